@@ -1,0 +1,473 @@
+"""The one configuration object of aqr_perception.
+
+``AqrConfig`` holds every setting of the model, the ROS node, synthetic data, training
+and evaluation. It is loaded from YAML (``config/*.yaml``), validated with pydantic,
+and shared by the node, the CLI, training and evaluation. Validation errors name the
+offending key (``model.transformer.num_queries: Input should be greater than 0``).
+
+YAML files may start from another file with ``base: other.yaml`` (relative to the
+file), then override any subset of keys (mappings merge recursively, everything else
+replaces). ``load_config(path, overrides=["model.aqr.strength=3.0"])`` applies
+dotted overrides last.
+
+The node's ROS parameters are exactly the fields of :class:`NodeConfig` (nested
+fields become dotted parameter names, e.g. ``sync.max_image_age_s``); its parameter
+file is ``config/aqr_perception.param.yaml`` and its JSON schema, generated from
+this module, is ``schema/aqr_perception.schema.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _find_config_dir() -> Path:
+    """config/ of a source checkout, else share/aqr_perception/config of a colcon install."""
+    source = PACKAGE_DIR.parent / "config"
+    if source.is_dir():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("aqr_perception")) / "config"
+    except Exception:  # no ament index: report the source path in later errors
+        return source
+
+
+CONFIG_DIR = _find_config_dir()
+DEFAULT_CONFIG = CONFIG_DIR / "tiny.yaml"
+
+NUSCENES_CLASSES: tuple[str, ...] = (
+    "car", "truck", "construction_vehicle", "bus", "trailer",
+    "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
+)
+#: nuScenes camera order used by CMT (and the node's default camera order).
+NUSCENES_CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT",
+    "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
+)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names every bad key."""
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+class ImageBranchConfig(_Section):
+    """Camera branch: ResNet + FPN, only the stride-16 level feeds the head."""
+
+    depth: Literal[18, 34, 50] = Field(50, description="ResNet depth")
+    input_height: PositiveInt = Field(320, description="network input height per view, px")
+    input_width: PositiveInt = Field(800, description="network input width per view, px")
+    feature_stride: Literal[8, 16, 32] = Field(16, description="stride of the feature map used as memory")
+    fpn_channels: PositiveInt = Field(256, description="FPN output channels")
+    frozen_bn: bool = Field(True, description="freeze BatchNorm statistics and affine parameters")
+    base_width: PositiveInt = Field(64, description="ResNet stem width (64 = standard ResNet)")
+    pixel_mean: list[float] = Field([123.675, 116.28, 103.53], min_length=3, max_length=3)
+    pixel_std: list[float] = Field([58.395, 57.12, 57.375], min_length=3, max_length=3)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> ImageBranchConfig:
+        for name in ("input_height", "input_width"):
+            if getattr(self, name) % 32:
+                raise ValueError(f"{name} must be a multiple of 32 (ResNet stride), got {getattr(self, name)}")
+        return self
+
+
+class LidarBranchConfig(_Section):
+    """LiDAR branch: pillar voxelization + PFN + scatter, SECOND backbone + FPN."""
+
+    pillar_size: list[PositiveFloat] = Field([0.3, 0.3], min_length=2, max_length=2,
+                                             description="pillar x/y size, m")
+    max_points_per_pillar: PositiveInt = 20
+    max_pillars: PositiveInt = 30000
+    point_features: Literal[4, 5] = Field(4, description="x, y, z, intensity (, time)")
+    pfn_channels: PositiveInt = 64
+    backbone_layer_nums: list[PositiveInt] = [5, 5]
+    backbone_strides: list[PositiveInt] = [2, 2]
+    backbone_channels: list[PositiveInt] = [128, 256]
+    fpn_upsample_strides: list[PositiveInt] = [1, 2]
+    fpn_channels: list[PositiveInt] = [256, 256]
+
+    @model_validator(mode="after")
+    def _lengths(self) -> LidarBranchConfig:
+        n = len(self.backbone_layer_nums)
+        for name in ("backbone_strides", "backbone_channels", "fpn_upsample_strides", "fpn_channels"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} must have {n} entries like backbone_layer_nums")
+        return self
+
+
+class TransformerConfig(_Section):
+    """CMT decoder and position-encoding settings."""
+
+    embed_dims: PositiveInt = 256
+    num_heads: PositiveInt = 8
+    num_layers: PositiveInt = 6
+    ffn_dims: PositiveInt = 1024
+    dropout: Probability = 0.1
+    num_queries: PositiveInt = 900
+    depth_num: PositiveInt = Field(64, description="depths per image ray in the RV position encoding")
+    depth_start: PositiveFloat = Field(1.0, description="first ray depth, m")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TransformerConfig:
+        if self.embed_dims % self.num_heads:
+            raise ValueError(f"embed_dims ({self.embed_dims}) must be divisible by num_heads ({self.num_heads})")
+        if self.embed_dims % 2:
+            raise ValueError("embed_dims must be even")
+        return self
+
+
+class AqrRouterConfig(_Section):
+    """Adaptive Query Routing: a learned per-query modality bias on cross-attention logits."""
+
+    enabled: bool = Field(True, description="false gives plain CMT (the no-AQR baseline)")
+    mode: Literal["global", "local"] = Field("global", description="bias every key of a modality, or only a window")
+    strength: PositiveFloat = Field(5.0, description="bias magnitude scale")
+    bev_window: PositiveInt = Field(15, description="local mode: BEV window side, cells (odd)")
+    camera_window: PositiveInt = Field(15, description="local mode: camera window side, feature pixels (odd)")
+    init_logit: float = Field(1.5, description="router output bias init: weights start at sigmoid(init_logit)")
+    per_layer: bool = Field(True, description="one router per decoder layer (else one shared)")
+
+    @model_validator(mode="after")
+    def _odd(self) -> AqrRouterConfig:
+        for name in ("bev_window", "camera_window"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name} must be odd (centred on the query's cell), got {getattr(self, name)}")
+        return self
+
+
+class DecodeConfig(_Section):
+    """NMS-free top-k decoding of the last decoder layer."""
+
+    topk: PositiveInt = 300
+    score_threshold: Probability = 0.0
+    post_center_range: list[float] = Field([-61.2, -61.2, -10.0, 61.2, 61.2, 10.0], min_length=6, max_length=6)
+
+
+class DenoiseConfig(_Section):
+    """Query denoising (training only)."""
+
+    enabled: bool = True
+    max_groups: PositiveInt = 10
+    box_noise_scale: Annotated[float, Field(ge=0.0)] = 1.0
+    split: Probability = Field(0.75, description="noise beyond which the label becomes no-object")
+
+
+class LossConfig(_Section):
+    """Hungarian matching costs and per-layer losses."""
+
+    focal_alpha: Probability = 0.25
+    focal_gamma: Annotated[float, Field(ge=0.0)] = 2.0
+    cls_weight: Annotated[float, Field(ge=0.0)] = 2.0
+    bbox_weight: Annotated[float, Field(ge=0.0)] = 0.25
+    code_weights: list[Annotated[float, Field(ge=0.0)]] = Field(
+        [2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2], min_length=10, max_length=10)
+    match_cls_weight: Annotated[float, Field(ge=0.0)] = 2.0
+    match_bbox_weight: Annotated[float, Field(ge=0.0)] = 0.25
+
+
+class ModelConfig(_Section):
+    """The AQR-biased CMT detector (see ../shared/spec/aqr-cmt.md)."""
+
+    name: str = "cmt_aqr_r50_800x320"
+    classes: list[str] = Field(list(NUSCENES_CLASSES), min_length=1)
+    num_views: PositiveInt = 6
+    point_cloud_range: list[float] = Field([-54.0, -54.0, -5.0, 54.0, 54.0, 3.0], min_length=6, max_length=6,
+                                           description="x_min y_min z_min x_max y_max z_max, LiDAR frame, m")
+    bev_size: PositiveInt = Field(180, description="BEV token grid side (memory holds bev_size^2 BEV tokens)")
+    image: ImageBranchConfig = ImageBranchConfig()
+    lidar: LidarBranchConfig = LidarBranchConfig()
+    transformer: TransformerConfig = TransformerConfig()
+    aqr: AqrRouterConfig = AqrRouterConfig()
+    attention: Literal["dense", "fused"] = Field(
+        "dense", description="cross-attention implementation: dense float bias (reference) or fused exact")
+    decode: DecodeConfig = DecodeConfig()
+    denoise: DenoiseConfig = DenoiseConfig()
+    loss: LossConfig = LossConfig()
+
+    @model_validator(mode="after")
+    def _geometry(self) -> ModelConfig:
+        r = self.point_cloud_range
+        if not (r[0] < r[3] and r[1] < r[4] and r[2] < r[5]):
+            raise ValueError(f"point_cloud_range must be [min_x, min_y, min_z, max_x, max_y, max_z], got {r}")
+        grid = [round((r[3 + i] - r[i]) / self.lidar.pillar_size[i]) for i in range(2)]
+        first = self.lidar.backbone_strides[0]
+        if grid[0] % first or grid[1] % first or grid[0] // first != self.bev_size or grid[1] != grid[0]:
+            raise ValueError(
+                f"pillar grid {grid} with first backbone stride {first} must give a square "
+                f"{self.bev_size}x{self.bev_size} BEV map (bev_size)")
+        return self
+
+    @property
+    def pillar_grid(self) -> tuple[int, int]:
+        """Pillar grid (nx, ny) over point_cloud_range."""
+        r, p = self.point_cloud_range, self.lidar.pillar_size
+        return round((r[3] - r[0]) / p[0]), round((r[4] - r[1]) / p[1])
+
+    @property
+    def feature_hw(self) -> tuple[int, int]:
+        """Camera feature map (H, W) per view at ``image.feature_stride``."""
+        s = self.image.feature_stride
+        return self.image.input_height // s, self.image.input_width // s
+
+
+# ------------------------------------------------------------------------------ node
+class SyncConfig(_Section):
+    """LiDAR-triggered camera association (no message_filters)."""
+
+    max_image_age_s: PositiveFloat = Field(
+        0.12, description="a camera is stale when |lidar stamp - (image stamp + offset)| exceeds this, s")
+    camera_time_offsets_s: list[float] = Field(
+        [], description="per-camera offsets added to image stamps, in camera order (empty: all 0)")
+    image_buffer_size: Annotated[int, Field(ge=1, le=64)] = Field(4, description="images kept per camera")
+    time_jump_back_s: PositiveFloat = Field(
+        1.0, description="a stamp this far behind the newest one resets the caches (bag loop, sim reset)")
+
+
+class NodeConfig(_Section):
+    """Parameters of the aqr_perception ROS 2 node (ROS parameter names = field paths)."""
+
+    config_file: str = Field("", description="AqrConfig YAML for the model (empty: the packaged tiny.yaml, "
+                                             "or the config stored in the checkpoint)")
+    checkpoint: str = Field("", description="model checkpoint (.pt); empty: the bundled one")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    lidar_topic: str = Field("/LIDAR_TOP", min_length=1, description="sensor_msgs/PointCloud2 input")
+    camera_names: list[str] = Field(list(NUSCENES_CAMERAS), min_length=1,
+                                    description="camera names in model view order")
+    image_topic_format: str = Field("/{camera}/image_rect_compressed",
+                                    description="image topic per camera; {camera} is replaced")
+    image_transport: Literal["raw", "compressed"] = Field(
+        "compressed", description="sensor_msgs/Image (raw) or sensor_msgs/CompressedImage")
+    camera_info_topic_format: str = Field("/{camera}/camera_info", description="CameraInfo topic per camera")
+    extrinsics_source: Literal["tf_static", "file"] = Field(
+        "tf_static", description="LiDAR->camera transforms from /tf_static or from calibration_file")
+    calibration_file: str = Field("", description="YAML with per-camera lidar_to_camera 4x4 (extrinsics_source=file)")
+    qos_reliability: Literal["best_effort", "reliable"] = Field(
+        "best_effort", description="input QoS; reliable for lossless bag replay")
+    qos_depth: Annotated[int, Field(ge=1, le=100)] = 2
+    score_threshold: Probability = Field(0.3, description="detections below this score are not published")
+    max_detections: Annotated[int, Field(ge=1, le=1000)] = 200
+    max_processing_time_ms: PositiveFloat = Field(200.0, description="diagnostics WARN beyond this")
+    max_consecutive_delay_ms: PositiveFloat = Field(1000.0, description="diagnostics ERROR when slow this long")
+    publish_markers: bool = True
+    diagnostics_period_s: PositiveFloat = 1.0
+    sync: SyncConfig = SyncConfig()
+
+
+# ----------------------------------------------------------------- data / train / eval
+class SynthConfig(_Section):
+    """Synthetic multi-sensor drives (the embedded default data)."""
+
+    seed: int = 0
+    num_drives: PositiveInt = 1
+    frames_per_drive: PositiveInt = 20
+    image_width: PositiveInt = 1600
+    image_height: PositiveInt = 900
+    lidar_beams: PositiveInt = 32
+    lidar_rate_hz: PositiveFloat = 20.0
+    camera_rate_hz: PositiveFloat = 12.0
+    corruption: Literal["clean", "no_lidar", "reduced_lidar", "no_cameras", "one_camera_missing",
+                        "dark", "fog", "time_offset"] = "clean"
+
+
+class TrainConfig(_Section):
+    """Training loop settings."""
+
+    seed: int = 0
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 1
+    lr: PositiveFloat = 1e-4
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
+    grad_clip: PositiveFloat = 35.0
+    schedule: Literal["cosine", "cyclic", "constant"] = "cosine"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    drop_images_p: Probability = Field(0.25, description="masked-modal training: zero all images")
+    drop_lidar_p: Probability = Field(0.25, description="masked-modal training: remove the LiDAR")
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    log_every: PositiveInt = 10
+    output_dir: str = "runs/train"
+
+    @model_validator(mode="after")
+    def _masked_modal(self) -> TrainConfig:
+        if self.drop_images_p + self.drop_lidar_p > 1.0:
+            raise ValueError("drop_images_p + drop_lidar_p must not exceed 1")
+        return self
+
+
+class EvalConfig(_Section):
+    """nuScenes-style detection evaluation."""
+
+    dist_thresholds: list[PositiveFloat] = [0.5, 1.0, 2.0, 4.0]
+    dist_th_tp: PositiveFloat = 2.0
+    min_recall: Probability = 0.1
+    min_precision: Probability = 0.1
+    max_boxes_per_sample: PositiveInt = 500
+    class_range: dict[str, PositiveFloat] = {
+        "car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50,
+        "pedestrian": 40, "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30,
+    }
+    replay_rate: PositiveFloat = Field(1.0, description="bag replay speed factor")
+    output_dir: str = "runs/eval"
+
+
+class AqrConfig(_Section):
+    """Everything: model, node, synthetic data, training, evaluation."""
+
+    model: ModelConfig = ModelConfig()
+    node: NodeConfig = NodeConfig()
+    synth: SynthConfig = SynthConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# --------------------------------------------------------------------------- loading
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain {' -> '.join(map(str, seen + (path,)))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+    return _deep_merge(_read_yaml_with_base(path.parent / base, seen + (path,)), data)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"model.aqr.strength=3"`` -> ``{"model": {"aqr": {"strength": 3}}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def format_validation_error(exc: ValidationError, source: str = "") -> str:
+    """One line per problem, each naming the dotted key and the offending value."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    head = f"invalid configuration{' in ' + source if source else ''}:"
+    return "\n".join([head, *lines])
+
+
+def config_from_dict(data: dict[str, Any], source: str = "") -> AqrConfig:
+    """Validate a plain mapping into an :class:`AqrConfig` (raises :class:`ConfigError`)."""
+    try:
+        return AqrConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AqrConfig:
+    """Load, merge and validate a config.
+
+    Args:
+        path: YAML file (``base:`` chains allowed); ``None`` loads ``config/tiny.yaml``.
+            A bare name without suffix (``"tiny"``) is looked up in ``config/``.
+        overrides: dotted ``key=value`` strings applied last.
+    """
+    p = resolve_config_path(path)
+    data = _read_yaml_with_base(p)
+    for text in overrides or []:
+        data = _deep_merge(data, parse_override(text))
+    return config_from_dict(data, str(p))
+
+
+def resolve_config_path(path: str | Path | None) -> Path:
+    """Map ``None`` / a preset name / a path to an existing config file path."""
+    if path is None or str(path) == "":
+        return DEFAULT_CONFIG
+    p = Path(path)
+    if not p.suffix and not p.exists():
+        p = CONFIG_DIR / f"{p.name}.yaml"
+    return p
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """Plain-Python (YAML/JSON-safe) mapping of a config section."""
+    return json.loads(cfg.model_dump_json())
+
+
+# ------------------------------------------------------------- ROS parameter file schema
+NODE_NAME = "aqr_perception"
+
+
+def node_param_schema() -> dict[str, Any]:
+    """JSON schema of the node's ROS parameter file (Autoware-style ``/**: ros__parameters``)."""
+    inner = NodeConfig.model_json_schema()
+    defs = inner.pop("$defs", {})
+    node_ref = {"type": "object", "properties": {"ros__parameters": {"$ref": "#/$defs/NodeConfig"}},
+                "required": ["ros__parameters"], "additionalProperties": False}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Parameters of the aqr_perception node",
+        "description": "Generated by `aqr-perception config schema` from aqr_perception/config.py; "
+                       "do not edit by hand.",
+        "type": "object",
+        "patternProperties": {r"^(/\*\*|/?([A-Za-z_][A-Za-z0-9_]*/)*" + NODE_NAME + ")$": node_ref},
+        "minProperties": 1,
+        "additionalProperties": False,
+        "$defs": {**defs, "NodeConfig": inner},
+    }
+
+
+def node_config_from_param_file(path: str | Path) -> NodeConfig:
+    """Read the ``ros__parameters`` of this node from a ROS parameter YAML file."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for key, value in data.items():
+        if key == "/**" or key.strip("/").split("/")[-1] == NODE_NAME:
+            params = (value or {}).get("ros__parameters", {})
+            try:
+                return NodeConfig.model_validate(params)
+            except ValidationError as exc:
+                raise ConfigError(format_validation_error(exc, str(path))) from None
+    raise ConfigError(f"{path}: no '/**' or '{NODE_NAME}' section with ros__parameters")

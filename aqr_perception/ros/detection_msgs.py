@@ -1,0 +1,113 @@
+"""Detections (numpy) -> vision_msgs/Detection3DArray and aqr_perception/QueryRouting.
+
+No torch here: the model's decoded output is handed over as numpy arrays.
+
+Box convention (LiDAR frame, one row per box), shared with the model's box coder:
+    ``[x, y, z, dx, dy, dz, yaw, vx, vy]``
+    x, y, z   box centre (gravity centre, not bottom), m
+    dx dy dz  full extent along the box's own x (heading), y and z axes, m
+    yaw       heading about +z, rad (0 = box x axis along LiDAR +x)
+    vx vy     velocity in the LiDAR frame, m/s
+
+``BoundingBox3D.size`` is (dx, dy, dz), ``center.orientation`` the yaw quaternion.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+
+from aqr_perception.msg import DetectionRouting, QueryRouting
+
+BOX_DIM = 9
+
+
+@dataclass
+class FrameDetections:
+    """Decoded detections of one frame (all arrays share the first dimension N).
+
+    boxes:  (N, 9) float, ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` in the LiDAR frame
+    scores: (N,) float in [0, 1]
+    labels: (N,) int, index into the class names
+    query_index: (N,) int, the object query each detection came from
+    lidar_weight, camera_weight: (N, L) float, AQR router weights per decoder layer
+        (L >= 1; the last column is the last layer)
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    query_index: np.ndarray
+    lidar_weight: np.ndarray
+    camera_weight: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:
+    """(N,) yaw about +z -> (N, 4) quaternions ``[x, y, z, w]``."""
+    half = 0.5 * np.asarray(yaw, dtype=np.float64)
+    q = np.zeros((half.shape[0], 4))
+    q[:, 2] = np.sin(half)
+    q[:, 3] = np.cos(half)
+    return q
+
+
+def quaternion_to_yaw(q: np.ndarray) -> np.ndarray:
+    """(N, 4) quaternions ``[x, y, z, w]`` -> (N,) yaw about +z (roll/pitch ignored)."""
+    q = np.asarray(q, dtype=np.float64)
+    x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def detection_id(stamp_ns: int, query_index: int) -> str:
+    """Per-frame detection id shared by Detection3D.id and DetectionRouting.id."""
+    return f"{stamp_ns}:{query_index}"
+
+
+def to_detection_array(header: Header, det: FrameDetections, class_names: Sequence[str]) -> Detection3DArray:
+    """Build the Detection3DArray of one frame (header = the source cloud's header)."""
+    out = Detection3DArray(header=header)
+    if len(det) == 0:
+        return out
+    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    boxes = np.asarray(det.boxes, dtype=np.float64)
+    quats = yaw_to_quaternion(boxes[:, 6])
+    for i in range(len(det)):
+        d = Detection3D(header=header)
+        d.id = detection_id(stamp_ns, int(det.query_index[i]))
+        c = d.bbox.center
+        c.position.x, c.position.y, c.position.z = (float(v) for v in boxes[i, :3])
+        c.orientation.x, c.orientation.y, c.orientation.z, c.orientation.w = (float(v) for v in quats[i])
+        d.bbox.size.x, d.bbox.size.y, d.bbox.size.z = (float(v) for v in boxes[i, 3:6])
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id = class_names[int(det.labels[i])]
+        hyp.hypothesis.score = float(det.scores[i])
+        hyp.pose.pose = c
+        d.results.append(hyp)
+        out.detections.append(d)
+    return out
+
+
+def to_routing_msg(header: Header, det: FrameDetections, lidar_available: bool,
+                   cameras_available: Sequence[str], cameras_masked: Sequence[str]) -> QueryRouting:
+    """Build the QueryRouting message matching :func:`to_detection_array` entry by entry."""
+    msg = QueryRouting(header=header, lidar_available=bool(lidar_available),
+                       cameras_available=list(cameras_available), cameras_masked=list(cameras_masked))
+    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    lw = np.asarray(det.lidar_weight, dtype=np.float32).reshape(len(det), -1)
+    cw = np.asarray(det.camera_weight, dtype=np.float32).reshape(len(det), -1)
+    for i in range(len(det)):
+        q = int(det.query_index[i])
+        msg.detections.append(DetectionRouting(
+            id=detection_id(stamp_ns, q), query_index=q,
+            lidar_weight=float(lw[i, -1]), camera_weight=float(cw[i, -1]),
+            lidar_weight_per_layer=lw[i].tolist() if lw.shape[1] > 1 else [],
+            camera_weight_per_layer=cw[i].tolist() if cw.shape[1] > 1 else []))
+    msg.mean_lidar_weight = float(lw[:, -1].mean()) if len(det) else float("nan")
+    msg.mean_camera_weight = float(cw[:, -1].mean()) if len(det) else float("nan")
+    return msg

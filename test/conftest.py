@@ -1,0 +1,33 @@
+"""Test-wide setup: loopback-only DDS and a private ROS domain for this test run.
+
+Every rclpy context created by a test (in this process or a child) inherits these
+variables, so no test traffic leaves the host and concurrent runs do not see each other.
+"""
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "test"))
+
+from aqr_perception.ros.dds_env import apply_loopback_dds_defaults  # noqa: E402
+
+apply_loopback_dds_defaults()
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+os.environ.setdefault("ROS_LOG_DIR", str(REPO / "build" / "ros_log"))
+
+
+@pytest.fixture
+def ros_context():
+    """A fresh rclpy context, shut down after the test."""
+    import rclpy
+    from rclpy.context import Context
+
+    ctx = Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    if ctx.ok():
+        rclpy.shutdown(context=ctx)
