@@ -76,7 +76,7 @@ class ImageBranchConfig(_Section):
     depth: Literal[18, 34, 50] = Field(50, description="ResNet depth")
     input_height: PositiveInt = Field(320, description="network input height per view, px")
     input_width: PositiveInt = Field(800, description="network input width per view, px")
-    feature_stride: Literal[8, 16, 32] = Field(16, description="stride of the feature map used as memory")
+    feature_stride: Literal[16] = Field(16, description="stride of the feature map used as memory (CMT: 16)")
     fpn_channels: PositiveInt = Field(256, description="FPN output channels")
     frozen_bn: bool = Field(True, description="freeze BatchNorm statistics and affine parameters")
     base_width: PositiveInt = Field(64, description="ResNet stem width (64 = standard ResNet)")
@@ -198,14 +198,17 @@ class ModelConfig(_Section):
     lidar: LidarBranchConfig = LidarBranchConfig()
     transformer: TransformerConfig = TransformerConfig()
     aqr: AqrRouterConfig = AqrRouterConfig()
-    attention: Literal["dense", "fused"] = Field(
-        "dense", description="cross-attention implementation: dense float bias (reference) or fused exact")
+    attention: Literal["dense"] = Field(
+        "dense", description="cross-attention implementation: dense float bias (the reference)")
     decode: DecodeConfig = DecodeConfig()
     denoise: DenoiseConfig = DenoiseConfig()
     loss: LossConfig = LossConfig()
 
     @model_validator(mode="after")
     def _geometry(self) -> ModelConfig:
+        if self.image.fpn_channels != self.transformer.embed_dims:
+            raise ValueError(f"image.fpn_channels ({self.image.fpn_channels}) must equal transformer.embed_dims "
+                             f"({self.transformer.embed_dims}): image features are memory tokens")
         r = self.point_cloud_range
         if not (r[0] < r[3] and r[1] < r[4] and r[2] < r[5]):
             raise ValueError(f"point_cloud_range must be [min_x, min_y, min_z, max_x, max_y, max_z], got {r}")

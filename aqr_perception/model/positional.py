@@ -1,0 +1,150 @@
+"""CMT position encodings: BEV keys, image (RV) keys, and object-query encodings.
+
+Frames and units:
+    reference points  (B, Q, 3) in [0, 1]^3, normalised over ``point_cloud_range``
+    lidar2img         (B, V, 4, 4) LiDAR frame (m) -> input-image pixels (u*d, v*d, d, 1),
+                      image resize/augmentation included
+    BEV grid          rows = y cells, columns = x cells
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def pos2embed(pos: Tensor, num_pos_feats: int = 128) -> Tensor:
+    """Sine/cosine embedding of the first two coordinates, CMT's ``pos2embed``.
+
+    Args:
+        pos: (..., >=2) with x = pos[..., 0], y = pos[..., 1], normalised to [0, 1].
+        num_pos_feats: features per coordinate (CMT passes hidden_dim = 256).
+
+    Returns:
+        (..., 2 * num_pos_feats), ``[y-part, x-part]``, each interleaving sin/cos.
+        As in the official code ``dim_t = 2 * (i // 2) / num_pos_feats + 1`` (the
+        temperature is unused), so frequencies lie in [1, 2) * 2*pi.
+    """
+    scale = 2 * math.pi
+    pos = pos * scale
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=pos.device)
+    dim_t = 2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats + 1
+    pos_x = pos[..., 0, None] / dim_t
+    pos_y = pos[..., 1, None] / dim_t
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=-1).flatten(-2)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=-1).flatten(-2)
+    return torch.cat((pos_y, pos_x), dim=-1)
+
+
+def bev_cell_centres(size: int, device: torch.device | None = None) -> Tensor:
+    """(size*size, 2) normalised ``(x, y)`` centres ``(i + 0.5) / size`` in row-major (y, x) order."""
+    idx = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size
+    y, x = torch.meshgrid(idx, idx, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1)
+
+
+def ray_depths(depth_num: int, depth_start: float, depth_max: float, device=None) -> Tensor:
+    """(D,) CMT's ray depths ``start + i * (max - start) / D`` (max = point_cloud_range x_max)."""
+    return depth_start + torch.arange(depth_num, dtype=torch.float32, device=device) * (
+        depth_max - depth_start) / depth_num
+
+
+def rays_to_normalised_lidar(uvd: Tensor, img2lidar: Tensor, pc_range: Tensor) -> Tensor:
+    """Homogeneous image points ``(u*d, v*d, d, 1)`` -> LiDAR points normalised over the range.
+
+    Args:
+        uvd: (..., 4) points; img2lidar: (..., 4, 4) broadcastable to them.
+        pc_range: (6,) tensor.
+    Returns:
+        (..., 3) in [0, 1] inside the range (not clamped).
+    """
+    xyz = (img2lidar @ uvd.unsqueeze(-1)).squeeze(-1)[..., :3]
+    return (xyz - pc_range[:3]) / (pc_range[3:] - pc_range[:3])
+
+
+class PositionEncoder(nn.Module):
+    """bev_embedding (512->256->256) and rv_embedding (3D->4C->C) shared by keys and queries."""
+
+    def __init__(self, embed_dims: int, depth_num: int, depth_start: float, pc_range: list[float],
+                 bev_size: int, feature_stride: int) -> None:
+        super().__init__()
+        self.embed_dims = embed_dims
+        self.bev_embedding = nn.Sequential(nn.Linear(embed_dims * 2, embed_dims), nn.ReLU(inplace=True),
+                                           nn.Linear(embed_dims, embed_dims))
+        self.rv_embedding = nn.Sequential(nn.Linear(depth_num * 3, embed_dims * 4), nn.ReLU(inplace=True),
+                                          nn.Linear(embed_dims * 4, embed_dims))
+        self.register_buffer("pc_range", torch.tensor(pc_range, dtype=torch.float32), persistent=False)
+        self.register_buffer("depths", ray_depths(depth_num, depth_start, pc_range[3]), persistent=False)
+        self.register_buffer("bev_coords", bev_cell_centres(bev_size), persistent=False)
+        self.feature_stride = feature_stride
+
+    # ---------------------------------------------------------------- keys
+    def bev_key_pe(self) -> Tensor:
+        """(bev_size^2, C) encodings of the BEV cells (row-major, y then x)."""
+        return self.bev_embedding(pos2embed(self.bev_coords, self.embed_dims))
+
+    def image_rays(self, feat_h: int, feat_w: int, pad_h: int, pad_w: int) -> Tensor:
+        """(h, w, D, 4) ray points ``(u*d, v*d, d, 1)`` of each feature pixel.
+
+        As in CMT the pixel of feature cell (i, j) is its top-left corner
+        ``(j * pad_w / w, i * pad_h / h)`` in input-image pixels.
+        """
+        v = torch.arange(feat_h, dtype=torch.float32, device=self.depths.device) * pad_h / feat_h
+        u = torch.arange(feat_w, dtype=torch.float32, device=self.depths.device) * pad_w / feat_w
+        vv, uu, dd = torch.meshgrid(v, u, self.depths, indexing="ij")
+        return torch.stack([uu * dd, vv * dd, dd, torch.ones_like(dd)], dim=-1)
+
+    def image_key_pe(self, lidar2img: Tensor, feat_h: int, feat_w: int, pad_h: int, pad_w: int) -> Tensor:
+        """(B, V, h, w, C) encodings of the image tokens.
+
+        lidar2img: (B, V, 4, 4). Each pixel's 64-depth ray goes through inv(lidar2img),
+        is normalised over the range, flattened to 3*D values and embedded.
+        """
+        rays = self.image_rays(feat_h, feat_w, pad_h, pad_w)  # (h, w, D, 4)
+        img2lidar = torch.linalg.inv(lidar2img.float())       # (B, V, 4, 4)
+        pts = rays_to_normalised_lidar(rays[None, None], img2lidar[:, :, None, None, None], self.pc_range)
+        return self.rv_embedding(pts.flatten(-2))
+
+    # ------------------------------------------------------------- queries
+    def project_reference_points(self, ref: Tensor, lidar2img: Tensor, pad_h: int, pad_w: int
+                                 ) -> tuple[Tensor, Tensor]:
+        """Project normalised reference points into every view.
+
+        Args:
+            ref: (B, Q, 3) in [0, 1]^3.  lidar2img: (B, V, 4, 4).
+        Returns:
+            uv: (B, V, Q, 2) input-image pixel coordinates,
+            visible: (B, V, Q) bool, in front of the camera and inside the image.
+        """
+        xyz = ref * (self.pc_range[3:] - self.pc_range[:3]) + self.pc_range[:3]
+        hom = torch.cat([xyz, torch.ones_like(xyz[..., :1])], dim=-1)      # (B, Q, 4)
+        proj = torch.einsum("bvij,bqj->bvqi", lidar2img.float(), hom)      # (B, V, Q, 4)
+        depth = proj[..., 2:3]
+        in_front = depth.detach() > 0
+        # CMT's +-1e-6: never divide by exactly zero, keep the sign of the depth
+        uv = proj[..., :2] / (depth.detach() + in_front * 1e-6 - (~in_front) * 1e-6)
+        visible = (in_front.squeeze(-1) & (uv[..., 0] >= 0) & (uv[..., 0] < pad_w)
+                   & (uv[..., 1] >= 0) & (uv[..., 1] < pad_h))
+        return uv, visible
+
+    def query_pe(self, ref: Tensor, lidar2img: Tensor, pad_h: int, pad_w: int,
+                 camera_valid: Tensor | None = None) -> Tensor:
+        """(B, Q, C) query encodings: BEV part + sum over visible views of the RV part.
+
+        For each view where the reference point lands in front of the camera and inside
+        the image, the 64-depth ray through its pixel is rebuilt, taken back to the LiDAR
+        frame and embedded by the shared rv_embedding. ``camera_valid`` (B, V) drops
+        missing views from the sum.
+        """
+        bev = self.bev_embedding(pos2embed(ref, self.embed_dims))
+        uv, visible = self.project_reference_points(ref, lidar2img, pad_h, pad_w)
+        if camera_valid is not None:
+            visible = visible & camera_valid[:, :, None]
+        d = self.depths
+        rays = torch.stack([uv[..., 0:1] * d, uv[..., 1:2] * d, d.expand_as(uv[..., 0:1] * d),
+                            torch.ones_like(uv[..., 0:1] * d)], dim=-1)    # (B, V, Q, D, 4)
+        img2lidar = torch.linalg.inv(lidar2img.float())
+        pts = rays_to_normalised_lidar(rays, img2lidar[:, :, None, None], self.pc_range)
+        rv = self.rv_embedding(pts.flatten(-2))                             # (B, V, Q, C)
+        return bev + (rv * visible.unsqueeze(-1)).sum(dim=1)
