@@ -1,0 +1,28 @@
+"""Shared builders for model tests: a calibrated batch on the nuScenes-like rig."""
+import numpy as np
+import torch
+
+from aqr_perception.data.rig import nuscenes_like_rig, resize_intrinsics
+from aqr_perception.model import DetectorInputs
+
+
+def rig_lidar2img(width: int, height: int) -> torch.Tensor:
+    """(V, 4, 4) lidar2img of the six-camera rig resized from 1600x900 to width x height."""
+    mats = []
+    for cam in nuscenes_like_rig():
+        k4 = np.eye(4)
+        k4[:3, :3] = resize_intrinsics(cam.K, width / 1600, height / 900)
+        mats.append(k4 @ cam.lidar_to_camera)
+    return torch.tensor(np.stack(mats), dtype=torch.float32)
+
+
+def random_inputs(cfg, batch=1, points=2000, seed=0, lidar_valid=None, camera_valid=None) -> DetectorInputs:
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.image.input_height, cfg.image.input_width
+    pts = [torch.cat([torch.randn(points, 2, generator=g) * 15, torch.randn(points, 1, generator=g),
+                      torch.rand(points, 1, generator=g)], 1) for _ in range(batch)]
+    return DetectorInputs(
+        points=pts, images=torch.rand(batch, cfg.num_views, 3, h, w, generator=g) * 255,
+        lidar2img=rig_lidar2img(w, h)[None].repeat(batch, 1, 1, 1),
+        camera_valid=torch.ones(batch, cfg.num_views, dtype=torch.bool) if camera_valid is None else camera_valid,
+        lidar_valid=torch.ones(batch, dtype=torch.bool) if lidar_valid is None else lidar_valid)

@@ -1,0 +1,132 @@
+"""The detector as a whole: R50 structure, tiny forward/backward, missing modalities."""
+import pytest
+import torch
+from model_helpers import random_inputs
+
+from aqr_perception.config import load_config
+from aqr_perception.model import build_detector
+from aqr_perception.model.resnet import ResNet
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_resnet50_trunk_matches_the_standard_parameter_count_and_names():
+    net = ResNet(50, frozen_bn=False)
+    # torchvision resnet50: 25,557,032 parameters, of which fc = 2048*1000 + 1000
+    assert _count(net) == 25_557_032 - 2_049_000
+    keys = set(net.state_dict())
+    for k in ("conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",
+              "layer3.5.conv3.weight", "layer4.2.bn3.running_var"):
+        assert k in keys, k
+    assert _count(ResNet(18, frozen_bn=False)) == 11_689_512 - 513_000   # resnet18 minus fc
+
+
+def test_r50_config_structure_and_parameter_counts():
+    cfg = load_config("cmt_aqr_r50_800x320").model
+    model = build_detector(cfg)
+    c, ffn, heads_c = 256, 1024, 64
+    # decoder layer: two attentions (4 C^2 + 4 C), FFN, three LayerNorms
+    attn = 4 * c * c + 4 * c
+    layer = 2 * attn + (c * ffn + ffn + ffn * c + c) + 3 * 2 * c
+    assert len(model.decoder.layers) == 6
+    assert _count(model.decoder.layers) == 6 * layer
+    assert _count(model.decoder.post_norm) == 2 * c
+    # one AQR router per layer: Linear(3C + 2 -> C), Linear(C -> 2)
+    router = (3 * c + 2) * c + c + c * 2 + 2
+    assert _count(model.decoder.routers) == 6 * router
+    # position encoders: bev 512->256->256, rv 192->1024->256
+    assert _count(model.position) == (512 * c + c + c * c + c) + (192 * 1024 + 1024 + 1024 * c + c)
+    # heads: per branch Linear(C->64) + LN(64) + Linear(64->out); outs 2,1,3,2,2 + 10 classes
+    branch = lambda out: c * heads_c + heads_c + 2 * heads_c + heads_c * out + out  # noqa: E731
+    assert _count(model.heads) == sum(branch(o) for o in (2, 1, 3, 2, 2, 10))
+    assert model.reference_points.weight.shape == (900, 3)
+    # frozen BN keeps its affine parameters as buffers: same total as the standard trunk
+    frozen = sum(m.weight.numel() + m.bias.numel() for m in model.img_backbone.modules()
+                 if type(m).__name__ == "FrozenBatchNorm2d")
+    assert _count(model.img_backbone) + frozen == 23_508_032
+    assert all(not p.requires_grad or p.dim() > 1 for p in model.img_backbone.parameters())
+    # memory: 32,400 BEV tokens + 6 x 20 x 50 image tokens (56,400 would be the 1600x640 variant)
+    assert model.layout.num_bev == 32_400 and model.layout.num_keys == 32_400 + 6_000
+    # lidar: 360x360 pillars -> 180x180 BEV
+    assert (model.lidar.voxelizer.nx, model.lidar.voxelizer.ny) == (360, 360)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = load_config("tiny").model
+    return cfg, build_detector(cfg).eval()
+
+
+def test_tiny_forward_shapes_and_weights(tiny):
+    cfg, model = tiny
+    out = model(random_inputs(cfg, batch=2))
+    L, Q = cfg.transformer.num_layers, cfg.transformer.num_queries
+    assert out.cls_logits.shape == (L, 2, Q, 10) and out.bbox_code.shape == (L, 2, Q, 10)
+    assert out.lidar_weight.shape == (L, 2, Q)
+    assert torch.isfinite(out.cls_logits).all() and torch.isfinite(out.bbox_code).all()
+    # router output starts near sigmoid(1.5) = 0.82 for every query
+    assert (out.lidar_weight - torch.sigmoid(torch.tensor(1.5))).abs().max() < 0.02
+    preds = model.predict(random_inputs(cfg, batch=1))
+    det = preds[0].detections
+    assert det.boxes.shape[1] == 9 and len(det.scores) <= cfg.decode.topk
+    assert preds[0].lidar_weight.shape == (len(det.scores), L)
+
+
+@pytest.mark.parametrize("case", ["no_lidar", "one_camera", "no_cameras", "nothing"])
+def test_missing_modalities_give_finite_outputs(tiny, case):
+    cfg, model = tiny
+    lidar = torch.tensor([case not in ("no_lidar", "nothing")])
+    cams = torch.ones(1, 6, dtype=torch.bool)
+    if case == "one_camera":
+        cams[0, 2] = False
+    if case in ("no_cameras", "nothing"):
+        cams[:] = False
+    inputs = random_inputs(cfg, lidar_valid=lidar, camera_valid=cams)
+    out = model(inputs)
+    assert torch.isfinite(out.cls_logits).all() and torch.isfinite(out.bbox_code).all()
+    assert torch.isfinite(out.lidar_weight).all() and torch.isfinite(out.camera_weight).all()
+    pred = model.predict(inputs)[0]
+    assert pred.has_input == (case != "nothing")
+    if case == "nothing":
+        assert len(pred.detections.scores) == 0
+
+
+def test_masked_camera_does_not_influence_the_output(tiny):
+    # the keys of a masked view carry no information: changing its pixels changes nothing
+    cfg, model = tiny
+    cams = torch.ones(1, 6, dtype=torch.bool)
+    cams[0, 4] = False
+    a = random_inputs(cfg, camera_valid=cams)
+    b = random_inputs(cfg, camera_valid=cams)
+    b.images[0, 4] = torch.rand_like(b.images[0, 4]) * 255
+    torch.testing.assert_close(model(a).cls_logits, model(b).cls_logits)
+    c = random_inputs(cfg, camera_valid=torch.ones(1, 6, dtype=torch.bool))
+    c.images[0, 4] = b.images[0, 4]
+    assert not torch.allclose(model(a).cls_logits, model(c).cls_logits)
+
+
+def test_gradients_reach_router_and_both_branches():
+    torch.manual_seed(0)
+    cfg = load_config("tiny", overrides=["model.image.frozen_bn=false"]).model
+    model = build_detector(cfg).train()
+    gt_boxes = [torch.tensor([[5.0, 3.0, 0.0, 4.0, 2.0, 1.5, 0.3, 1.0, 0.0]])]
+    gt_labels = [torch.tensor([0])]
+    out = model(random_inputs(cfg), gt_boxes, gt_labels)
+    from aqr_perception.model.losses import detection_loss
+    detection_loss(out, gt_boxes, gt_labels, cfg).total.backward()
+    for name, module in [("router", model.decoder.routers[0]), ("image", model.img_neck),
+                         ("lidar", model.lidar.pfn), ("reference", model.reference_points)]:
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, name
+
+
+def test_aqr_disabled_is_plain_cmt():
+    cfg = load_config("tiny", overrides=["model.aqr.enabled=false"]).model
+    model = build_detector(cfg).eval()
+    assert len(model.decoder.routers) == 0
+    out = model(random_inputs(cfg))
+    assert torch.all(out.lidar_weight == 0.5)

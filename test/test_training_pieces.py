@@ -1,0 +1,178 @@
+"""Box coder, DN queries, voxelizer, Hungarian matching, losses, masked-modal augmentation."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aqr_perception.config import DenoiseConfig, LossConfig, load_config
+from aqr_perception.model.assigner import hungarian_match
+from aqr_perception.model.box_coder import decode_boxes, encode_boxes, topk_decode
+from aqr_perception.model.denoising import make_denoising_queries, self_attention_mask
+from aqr_perception.model.lidar import PillarVoxelizer
+from aqr_perception.model.losses import sigmoid_focal_loss
+from aqr_perception.model.detector import DetectorInputs
+from aqr_perception.training.masked_modal import masked_modal
+
+
+def test_box_coder_round_trip_is_exact():
+    g = torch.Generator().manual_seed(0)
+    n = 50
+    boxes = torch.cat([torch.rand(n, 3, generator=g) * 100 - 50, torch.rand(n, 3, generator=g) * 10 + 0.2,
+                       (torch.rand(n, 1, generator=g) * 2 - 1) * math.pi * 0.999, torch.randn(n, 2, generator=g)],
+                      1).double()
+    code = encode_boxes(boxes)
+    assert code.shape == (n, 10)
+    torch.testing.assert_close(code[:, 3:6], boxes[:, 3:6].log())
+    torch.testing.assert_close(decode_boxes(code), boxes, atol=1e-12, rtol=1e-12)
+
+
+def test_topk_decode_selects_best_scores_and_filters_range():
+    logits = torch.full((4, 3), -10.0)
+    logits[2, 1], logits[0, 0], logits[3, 2] = 3.0, 2.0, 1.0
+    code = encode_boxes(torch.tensor([[1.0, 1, 0, 1, 1, 1, 0, 0, 0]] * 4))
+    code[3, 0] = 100.0                                         # outside the range
+    det = topk_decode(logits, code, topk=3, score_threshold=0.5, post_center_range=[-60, -60, -10, 60, 60, 10])
+    assert det.query_index.tolist() == [2, 0] and det.labels.tolist() == [1, 0]
+    torch.testing.assert_close(det.scores, torch.sigmoid(torch.tensor([3.0, 2.0])))
+
+
+def test_dn_mask_structure_small_case():
+    # 3 groups of 2 DN queries + 2 matching queries; True = may not attend
+    m = self_attention_mask(pad_size=6, single_pad=2, groups=3, num_queries=2).int()
+    expected = torch.tensor([
+        # g0    g1    g2   match
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0]])
+    assert torch.equal(m, expected)
+
+
+def test_dn_queries_are_noisy_gt_with_flipped_labels():
+    pc = [-50.0, -50.0, -5.0, 50.0, 50.0, 3.0]
+    boxes = [torch.tensor([[10.0, -5.0, 0.0, 4.0, 2.0, 1.6, 0.0, 0, 0]]),
+             torch.tensor([[0.0, 0.0, -1.0, 1.0, 1.0, 1.0, 0, 0, 0], [20.0, 20.0, 0.0, 2.0, 2.0, 2.0, 0, 0, 0]])]
+    labels = [torch.tensor([3]), torch.tensor([0, 9])]
+    ref = torch.rand(20, 3)
+    g = torch.Generator().manual_seed(0)
+    out_ref, mask, dn = make_denoising_queries(boxes, labels, ref, DenoiseConfig(max_groups=4), 10, pc, g)
+    assert (dn.single_pad, dn.groups, dn.pad_size) == (2, 4, 8)       # min(4, 20 // 2)
+    assert out_ref.shape == (2, 28, 3) and mask.shape == (28, 28)
+    torch.testing.assert_close(out_ref[:, 8:], ref[None].expand(2, -1, -1))
+    lo, hi = torch.tensor(pc[:3]), torch.tensor(pc[3:])
+    centres = out_ref[dn.batch_index, dn.query_index] * (hi - lo) + lo
+    offset = (centres - dn.boxes[:, :3]).abs()
+    assert torch.all(offset <= dn.boxes[:, 3:6] / 2 + 1e-5)            # within half the box size
+    noise = (centres - dn.boxes[:, :3]) / (dn.boxes[:, 3:6] / 2)
+    flipped = noise.norm(dim=1) > 0.75
+    clean = torch.cat(labels).repeat(4)
+    assert torch.equal(dn.labels, torch.where(flipped, torch.tensor(10), clean))
+    # sample 0 has one GT: its second slot of each group stays a zero reference point
+    assert torch.all(out_ref[0, 1] == 0)
+
+
+def test_voxelizer_matches_a_dictionary_grouping():
+    g = torch.Generator().manual_seed(0)
+    pts = torch.cat([torch.rand(3000, 3, generator=g) * torch.tensor([24.0, 24.0, 10.0]) - torch.tensor([12, 12, 6]),
+                     torch.rand(3000, 1, generator=g)], 1)
+    pts[5, 0] = float("nan")
+    vox = PillarVoxelizer([-10.0, -10.0, -5.0, 10.0, 10.0, 3.0], [2.0, 2.0], max_points=6, max_pillars=1000)
+    out = vox([pts])
+    groups = {}
+    for p in pts.tolist():
+        x, y, z = p[:3]
+        if not all(map(math.isfinite, (x, y, z))) or not (-10 <= x < 10 and -10 <= y < 10 and -5 <= z < 3):
+            continue
+        groups.setdefault((int((y + 10) // 2), int((x + 10) // 2)), []).append(p)
+    assert out.features.shape[0] == len(groups)
+    for k in range(out.features.shape[0]):
+        b, r, c = out.coords[k].tolist()
+        ref = groups[(r, c)]
+        n = min(len(ref), 6)
+        assert b == 0 and int(out.num_points[k]) == n
+        np.testing.assert_allclose(out.features[k, :n].numpy(), np.array(ref[:n]), rtol=1e-6)
+        assert torch.all(out.features[k, n:] == 0)
+
+
+def test_voxelizer_keeps_most_populated_pillars_when_capped():
+    pts = torch.tensor([[0.5, 0.5, 0, 1]] * 3 + [[2.5, 0.5, 0, 1]] + [[4.5, 0.5, 0, 1]] * 2, dtype=torch.float32)
+    vox = PillarVoxelizer([0.0, 0.0, -1.0, 6.0, 2.0, 1.0], [2.0, 2.0], max_points=4, max_pillars=2)
+    out = vox([pts])
+    assert out.coords[:, 2].tolist() == [0, 2] and out.num_points.tolist() == [3, 2]
+
+
+def test_hungarian_match_is_the_brute_force_optimum():
+    cfg = LossConfig()
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 10, generator=g)
+    code = encode_boxes(torch.cat([torch.randn(5, 3, generator=g) * 5, torch.rand(5, 3, generator=g) + 0.5,
+                                   torch.randn(5, 3, generator=g)], 1))
+    gt = torch.cat([torch.randn(3, 3, generator=g) * 5, torch.rand(3, 3, generator=g) + 0.5,
+                    torch.randn(3, 3, generator=g)], 1)
+    labels = torch.tensor([1, 4, 4])
+
+    def cost(qi, gi):
+        p = torch.sigmoid(logits[qi, labels[gi]])
+        focal = -math.log(p + 1e-12) * 0.25 * (1 - p) ** 2 + math.log(1 - p + 1e-12) * 0.75 * p ** 2
+        l1 = (code[qi, :8] - encode_boxes(gt[gi])[:8]).abs().sum()
+        return 2.0 * float(focal) + 0.25 * float(l1)
+
+    best = min(itertools.permutations(range(5), 3), key=lambda qs: sum(cost(q, i) for i, q in enumerate(qs)))
+    qi, gi = hungarian_match(logits, code, gt, labels, cfg)
+    assert dict(zip(gi.tolist(), qi.tolist())) == dict(enumerate(best))
+
+
+def test_focal_loss_matches_the_formula():
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    got = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0)
+    for (i, j), x in np.ndenumerate(logits.numpy()):
+        p = 1 / (1 + math.exp(-x))
+        t = targets[i, j].item()
+        expect = -0.25 * (1 - p) ** 2 * math.log(p) if t == 1 else -0.75 * p ** 2 * math.log(1 - p)
+        assert abs(float(got[i, j]) - expect) < 1e-6
+
+
+def test_masked_modal_drops_exclusively_with_the_configured_rates():
+    n = 4000
+    inputs = DetectorInputs([torch.ones(3, 4)] * n, torch.ones(n, 2, 3, 4, 4), torch.eye(4).expand(n, 2, 4, 4),
+                            torch.ones(n, 2, dtype=torch.bool), torch.ones(n, dtype=torch.bool))
+    out = masked_modal(inputs, 0.25, 0.25, torch.Generator().manual_seed(0))
+    no_img = ~out.camera_valid.any(1)
+    no_lidar = ~out.lidar_valid
+    assert not torch.any(no_img & no_lidar)
+    assert abs(no_img.float().mean() - 0.25) < 0.03 and abs(no_lidar.float().mean() - 0.25) < 0.03
+    assert torch.all(out.images[no_img] == 0) and torch.all(out.images[~no_img] == 1)
+    assert all(p.shape[0] == 0 for p, d in zip(out.points, no_lidar) if d)
+    assert torch.all(inputs.images == 1)                       # the input is not modified
+
+
+@pytest.mark.slow
+def test_training_reduces_the_loss_on_a_tiny_overfit_set():
+    from model_helpers import random_inputs
+
+    from aqr_perception.model import build_detector
+    from aqr_perception.model.losses import detection_loss
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", overrides=["model.transformer.dropout=0.0", "model.denoise.enabled=false"]).model
+    model = build_detector(cfg).train()
+    inputs = random_inputs(cfg, points=1500)
+    gt_boxes = [torch.tensor([[5.0, 3.0, 0.0, 4.0, 2.0, 1.5, 0.3, 1.0, 0.0],
+                              [-12.0, 8.0, -0.5, 0.7, 0.7, 1.8, 1.0, 0.0, 0.5]])]
+    gt_labels = [torch.tensor([0, 8])]
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    losses = []
+    for _ in range(12):
+        loss = detection_loss(model(inputs, gt_boxes, gt_labels), gt_boxes, gt_labels, cfg).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
