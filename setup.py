@@ -13,7 +13,7 @@ setup(
     license="Apache-2.0",
     python_requires="==3.11.*",
     packages=find_packages(include=["aqr_perception", "aqr_perception.*"]),
-    package_data={"aqr_perception": ["ros/*.xml"]},
+    package_data={"aqr_perception": ["ros/*.xml", "resources/*", "resources/*/*"]},
     # Runtime dependencies are pinned in requirements.txt (ROS wheels, torch CPU wheel);
     # declaring them here would let pip pull an unpinned CUDA torch.
     install_requires=[],

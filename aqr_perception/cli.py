@@ -1,6 +1,7 @@
 """The ``aqr-perception`` command.
 
 Subcommands:
+    synth    generate synthetic drives (rosbag2 + ground truth + pictures)
     demo     the README main job on the embedded default (what exists today, said plainly)
     node     run the ROS 2 node (same as ``aqr_perception_node``)
     config   show / validate configs, print or check the node parameter JSON schema
@@ -98,6 +99,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Generate synthetic drives (rosbag2 MCAP + nuScenes-style GT JSON + a picture each)."""
+    from tqdm import tqdm
+
+    from aqr_perception.data.synth.drive import generate_drive
+
+    overrides = list(args.overrides)
+    for key in ("num_drives", "frames_per_drive", "seed", "corruption"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"synth.{key}={value}")
+    cfg = cfgmod.load_config(args.config, overrides)
+    s = cfg.synth
+    out = Path(args.out or s.output_dir)
+    t0 = time.monotonic()
+    for i in tqdm(range(s.num_drives), desc="drives", unit="drive", disable=args.quiet):
+        seed = s.seed + i
+        r = generate_drive(cfg, out, f"drive_{seed:04d}_{s.corruption}", seed, picture=not args.no_pictures)
+        if args.quiet:
+            continue
+        tqdm.write(f"{r.bag}: {r.lidar_frames} sweeps, {r.camera_frames} camera frames, {r.gt_boxes} GT boxes")
+    if not args.quiet:
+        print(f"wrote {s.num_drives} drive(s) to {out} in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aqr-perception", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--frames", type=int, default=5, help="frames to exchange over DDS")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="generate synthetic drives as rosbag2 files")
+    _add_config_args(p)
+    p.add_argument("--drives", dest="num_drives", type=int, help="number of drives (synth.num_drives)")
+    p.add_argument("--frames", dest="frames_per_drive", type=int, help="LiDAR sweeps per drive")
+    p.add_argument("--seed", type=int, help="seed of the first drive (drive i uses seed + i)")
+    p.add_argument("--corruption", help="clean, no_lidar, reduced_lidar, no_cameras, one_camera_missing, "
+                                        "dark, fog, time_offset")
+    p.add_argument("--out", help="output folder (default synth.output_dir)")
+    p.add_argument("--no-pictures", action="store_true", help="skip the PNG per drive")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("node", help="run the ROS 2 node; arguments after it go to ROS (--ros-args ...)")
     p.add_argument("ros_args", nargs=argparse.REMAINDER)

@@ -278,18 +278,33 @@ class NodeConfig(_Section):
 
 # ----------------------------------------------------------------- data / train / eval
 class SynthConfig(_Section):
-    """Synthetic multi-sensor drives (the embedded default data)."""
+    """Synthetic multi-sensor drives (the embedded default data). Topic names and image
+    transport follow ``node`` so that the node reads the bags with its defaults."""
 
     seed: int = 0
     num_drives: PositiveInt = 1
-    frames_per_drive: PositiveInt = 20
+    frames_per_drive: PositiveInt = Field(20, description="LiDAR sweeps per drive")
     image_width: PositiveInt = 1600
     image_height: PositiveInt = 900
+    jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 85
+    compress: bool = Field(True, description="zstd chunk compression inside the MCAP file")
     lidar_beams: PositiveInt = 32
+    lidar_azimuth_steps: PositiveInt = 1080
+    lidar_max_range: PositiveFloat = 80.0
+    lidar_height: PositiveFloat = 1.84
     lidar_rate_hz: PositiveFloat = 20.0
     camera_rate_hz: PositiveFloat = 12.0
+    object_density: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0
+    gt_max_distance: PositiveFloat = Field(60.0, description="GT boxes farther than this from the LiDAR are omitted")
     corruption: Literal["clean", "no_lidar", "reduced_lidar", "no_cameras", "one_camera_missing",
                         "dark", "fog", "time_offset"] = "clean"
+    missing_camera: str = Field("CAM_FRONT", description="the camera removed by one_camera_missing")
+    time_offset_s: float = Field(0.15, description="camera stamp error of the time_offset corruption, s")
+    reduced_lidar_keep_every: PositiveInt = Field(4, description="reduced_lidar keeps every n-th beam ...")
+    reduced_lidar_drop: Probability = Field(0.5, description="... and drops this share of its points")
+    gt_topic: str = "/gt/detections"
+    gt_velocity_topic: str = "/gt/velocities"
+    output_dir: str = "runs/synth"
 
 
 class TrainConfig(_Section):

@@ -1,0 +1,69 @@
+"""Sensor data -> model input arrays (numpy; shared by the node and the dataset reader).
+
+Camera images are scaled (aspect kept) so that they cover the model input, then cropped:
+centred horizontally, from the top vertically (CMT's ResizeCropFlipImage at test time,
+which keeps the lower part of the image). The same scale and crop are folded into
+``lidar2img = A @ K4 @ lidar_to_camera``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class ModelArrays:
+    """One sample in model layout (numpy).
+
+    points: (N, 4) float32 ``[x, y, z, intensity]`` LiDAR frame
+    images: (V, 3, H, W) uint8 RGB at the model input size (zeros for invalid views)
+    lidar2img: (V, 4, 4) float32 (identity for invalid views)
+    camera_valid: (V,) bool;  lidar_valid: bool
+    """
+
+    points: np.ndarray
+    images: np.ndarray
+    lidar2img: np.ndarray
+    camera_valid: np.ndarray
+    lidar_valid: bool
+
+
+def resize_crop_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[float, int, int]:
+    """(scale, crop_x, crop_y) mapping a src image onto dst."""
+    (h, w), (dh, dw) = src_hw, dst_hw
+    scale = max(dh / h, dw / w)
+    new_h, new_w = int(round(h * scale)), int(round(w * scale))
+    return scale, max(0, (new_w - dw) // 2), max(0, new_h - dh)
+
+
+def prepare_camera(rgb: np.ndarray, K: np.ndarray, lidar_to_camera: np.ndarray, dst_hw: tuple[int, int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Resize+crop one image to ``dst_hw``; returns ((3, H, W) uint8, (4, 4) lidar2img)."""
+    h, w = rgb.shape[:2]
+    scale, cx, cy = resize_crop_matrix((h, w), dst_hw)
+    if scale != 1.0:
+        new = (int(round(w * scale)), int(round(h * scale)))
+        rgb = cv2.resize(rgb, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    rgb = rgb[cy:cy + dst_hw[0], cx:cx + dst_hw[1]]
+    A = np.array([[scale, 0, -cx, 0], [0, scale, -cy, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
+    K4 = np.eye(4)
+    K4[:3, :3] = K
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)), (A @ K4 @ lidar_to_camera).astype(np.float32)
+
+
+def build_model_arrays(points: np.ndarray | None, images: list[np.ndarray | None], Ks: list[np.ndarray | None],
+                       lidar_to_cameras: list[np.ndarray | None], dst_hw: tuple[int, int]) -> ModelArrays:
+    """Assemble one sample; a view without image or calibration is invalid (masked)."""
+    v = len(images)
+    out_img = np.zeros((v, 3, *dst_hw), dtype=np.uint8)
+    l2i = np.tile(np.eye(4, dtype=np.float32), (v, 1, 1))
+    valid = np.zeros(v, dtype=bool)
+    for i, (img, K, T) in enumerate(zip(images, Ks, lidar_to_cameras)):
+        if img is None or K is None or T is None:
+            continue
+        out_img[i], l2i[i] = prepare_camera(img, K, T, dst_hw)
+        valid[i] = True
+    pts = np.zeros((0, 4), np.float32) if points is None else np.asarray(points, np.float32)
+    return ModelArrays(pts, out_img, l2i, valid, bool(points is not None and len(pts) > 0))

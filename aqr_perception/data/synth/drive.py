@@ -1,0 +1,214 @@
+"""Generate one synthetic drive as a rosbag2 (MCAP) with ground truth.
+
+Topics (names from the node config, so the node reads the bag with its defaults):
+    /LIDAR_TOP                          sensor_msgs/PointCloud2 (x y z intensity ring), lidar_rate_hz
+    /CAM_*/image_rect_compressed        sensor_msgs/CompressedImage (JPEG), camera_rate_hz
+      (sensor_msgs/Image rgb8 with node.image_transport = raw, on node.image_topic_format)
+    /CAM_*/camera_info                  sensor_msgs/CameraInfo
+    /tf_static                          base_link -> LIDAR_TOP -> CAM_* (optical frames)
+    /tf                                 map -> base_link (ego pose) at every sweep
+    /gt/detections                      vision_msgs/Detection3DArray in LIDAR_TOP, every sweep
+    /gt/velocities                      aqr_perception/DetectionVelocityArray
+
+Next to the bag: ``<name>.gt.json`` (nuScenes-style: ego poses, boxes in the LiDAR and
+global frames, sizes as w, l, h) and, on request, ``<name>.png``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+from scipy.spatial.transform import Rotation
+
+from aqr_perception.config import AqrConfig
+from aqr_perception.data import rosbag_msgs as M
+from aqr_perception.data.boxes import points_in_boxes, transform_boxes
+from aqr_perception.data.rig import Camera, nuscenes_like_rig, resize_intrinsics
+from aqr_perception.data.synth.camera_sim import render
+from aqr_perception.data.synth.lidar_sim import LidarModel, simulate_sweep
+from aqr_perception.data.synth.world import CLASS_SPECS, World, make_world
+from aqr_perception.data.typestore import project_typestore
+
+LIDAR_FRAME, BASE_FRAME, MAP_FRAME = "LIDAR_TOP", "base_link", "map"
+EPOCH_S = 1_700_000_000           # drives start at EPOCH_S + 1000 * seed seconds
+FOG_VISIBILITY_M = 25.0
+DARK_GAIN, DARK_NOISE = 0.18, 6.0
+
+
+@dataclass
+class DriveResult:
+    """What was written."""
+
+    bag: Path
+    gt_json: Path
+    lidar_frames: int = 0
+    camera_frames: int = 0
+    gt_boxes: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+
+
+def drive_cameras(cfg: AqrConfig) -> list[Camera]:
+    """The rig at the configured image size (nuScenes-like placement, names from the node config)."""
+    s = cfg.synth
+    base = nuscenes_like_rig()
+    names = cfg.node.camera_names
+    if len(names) != len(base):
+        raise ValueError(f"the synthetic rig has {len(base)} cameras, node.camera_names lists {len(names)}")
+    return [Camera(name, s.image_width, s.image_height,
+                   resize_intrinsics(c.K, s.image_width / c.width, s.image_height / c.height), c.lidar_to_camera)
+            for name, c in zip(names, base)]
+
+
+def _rotation_wxyz(T: np.ndarray) -> list[float]:
+    x, y, z, w = Rotation.from_matrix(T[:3, :3]).as_quat()
+    return [float(w), float(x), float(y), float(z)]
+
+
+def _corrupt_points(points: np.ndarray, ring: np.ndarray, cfg: AqrConfig, rng: np.random.Generator):
+    s = cfg.synth
+    if s.corruption == "no_lidar":
+        return points[:0], ring[:0]
+    if s.corruption == "reduced_lidar":
+        keep = (ring % s.reduced_lidar_keep_every == 0) & (rng.uniform(size=ring.shape) >= s.reduced_lidar_drop)
+        return points[keep], ring[keep]
+    return points, ring
+
+
+def _corrupt_image(rgb: np.ndarray, depth: np.ndarray, cfg: AqrConfig, rng: np.random.Generator) -> np.ndarray:
+    c = cfg.synth.corruption
+    if c == "dark":
+        out = rgb.astype(np.float32) * DARK_GAIN + rng.normal(0, DARK_NOISE, rgb.shape)
+        return np.clip(out, 0, 255).astype(np.uint8)
+    if c == "fog":
+        t = np.exp(-np.minimum(depth, 1e3) / FOG_VISIBILITY_M)[..., None]
+        return np.clip(rgb * t + 200.0 * (1 - t), 0, 255).astype(np.uint8)
+    return rgb
+
+
+def _cameras_present(cfg: AqrConfig, cams: list[Camera]) -> list[Camera]:
+    c = cfg.synth.corruption
+    if c == "no_cameras":
+        return []
+    if c == "one_camera_missing":
+        return [cam for cam in cams if cam.name != cfg.synth.missing_camera]
+    return cams
+
+
+def generate_drive(cfg: AqrConfig, out_dir: Path, name: str, seed: int, picture: bool = False) -> DriveResult:
+    """Write ``out_dir/name`` (rosbag2 folder) and ``out_dir/name.gt.json``; deterministic in ``seed``."""
+    s, node = cfg.synth, cfg.node
+    rng = np.random.default_rng(seed)
+    corrupt_rng = np.random.default_rng([seed, 1])   # corruptions never shift the clean stream
+    duration = s.frames_per_drive / s.lidar_rate_hz
+    world: World = make_world(rng, duration, s.object_density)
+    world.lidar_height = s.lidar_height
+    cams = drive_cameras(cfg)
+    present = _cameras_present(cfg, cams)
+    model = LidarModel(beams=s.lidar_beams, azimuth_steps=s.lidar_azimuth_steps, max_range=s.lidar_max_range)
+    lidar_to_base = np.eye(4)
+    lidar_to_base[2, 3] = s.lidar_height
+    t0_ns = (EPOCH_S + 1000 * seed) * 1_000_000_000
+    ns = lambda t: t0_ns + int(round(t * 1e9))  # noqa: E731
+
+    store = project_typestore()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bag_path = out_dir / name
+    result = DriveResult(bag_path, out_dir / f"{name}.gt.json")
+    gt_frames, picture_data = [], None
+    raw = node.image_transport == "raw"
+    img_topic_type = "sensor_msgs/msg/Image" if raw else "sensor_msgs/msg/CompressedImage"
+    image_topic = node.image_topic_format
+
+    writer = Writer(bag_path, version=9, storage_plugin=StoragePlugin.MCAP)
+    if s.compress:
+        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)  # MCAP chunk compression
+    with writer:
+        conns = {}
+
+        def write(topic: str, msgtype: str, stamp_ns: int, msg) -> None:
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+            writer.write(conns[topic], stamp_ns, bytes(store.serialize_cdr(msg, msgtype)))
+            result.messages[topic] = result.messages.get(topic, 0) + 1
+
+        static = [M.transform_stamped(t0_ns, BASE_FRAME, LIDAR_FRAME, lidar_to_base)]
+        static += [M.transform_stamped(t0_ns, LIDAR_FRAME, c.name, np.linalg.inv(c.lidar_to_camera)) for c in cams]
+        write("/tf_static", "tf2_msgs/msg/TFMessage", t0_ns, M.tf_message(static))
+
+        lidar_times = [k / s.lidar_rate_hz for k in range(s.frames_per_drive)]
+        cam_times = [j / s.camera_rate_hz for j in range(int(np.ceil(duration * s.camera_rate_hz)))]
+        # at equal times the cameras go first, as a driver's images of the sweep's instant
+        events = sorted([(t, 1) for t in lidar_times] + [(t, 0) for t in cam_times])
+        for t, kind in events:
+            ego = world.ego_pose(t)
+            lidar_to_global = ego @ lidar_to_base
+            boxes_g, objs = world.boxes(t)
+            boxes_l = transform_boxes(boxes_g, np.linalg.inv(lidar_to_global))
+            if kind == 1:
+                refl = np.array([CLASS_SPECS[o.cls].reflectivity for o in objs])
+                pts, ring = simulate_sweep(boxes_l, refl, s.lidar_height, model, rng)
+                inside = points_in_boxes(pts[:, :3], boxes_l, margin=0.1) if len(objs) else np.zeros((len(pts), 0))
+                n_pts = inside.sum(axis=0)
+                pts_c, ring_c = _corrupt_points(pts, ring, cfg, corrupt_rng)
+                write(node.lidar_topic, "sensor_msgs/msg/PointCloud2", ns(t),
+                      M.pointcloud2(ns(t), LIDAR_FRAME, pts_c, ring_c))
+                write("/tf", "tf2_msgs/msg/TFMessage", ns(t),
+                      M.tf_message([M.transform_stamped(ns(t), MAP_FRAME, BASE_FRAME, ego)]))
+                near = np.hypot(boxes_l[:, 0], boxes_l[:, 1]) <= s.gt_max_distance
+                sel = [i for i in range(len(objs)) if near[i]]
+                ids = [str(objs[i].track_id) for i in sel]
+                write(s.gt_topic, "vision_msgs/msg/Detection3DArray", ns(t),
+                      M.detection_array(ns(t), LIDAR_FRAME, boxes_l[sel], [objs[i].cls for i in sel], ids))
+                write(s.gt_velocity_topic, "aqr_perception/msg/DetectionVelocityArray", ns(t),
+                      M.velocity_array(ns(t), LIDAR_FRAME, boxes_l[sel], ids))
+                gt_frames.append(_gt_frame(ns(t), ego, lidar_to_base, boxes_l[sel], boxes_g[sel],
+                                           [objs[i] for i in sel], n_pts[sel]))
+                result.lidar_frames += 1
+                result.gt_boxes += len(sel)
+                if picture and picture_data is None and t >= duration / 2:
+                    picture_data = {"points": pts_c, "boxes": boxes_l[sel], "classes": [objs[i].cls for i in sel],
+                                    "t": t}
+            else:
+                colors, classes = [o.color for o in objs], [o.cls for o in objs]
+                stamp = ns(t + (s.time_offset_s if s.corruption == "time_offset" else 0.0))
+                rendered = {}
+                for cam in present:
+                    r = render(cam, boxes_l, colors, lidar_to_global, s.lidar_height, classes)
+                    rgb = _corrupt_image(r.rgb, r.depth, cfg, corrupt_rng)
+                    rendered[cam.name] = rgb
+                    topic = image_topic.format(camera=cam.name)
+                    msg = M.raw_image(stamp, cam.name, rgb) if raw else \
+                        M.compressed_image(stamp, cam.name, rgb, s.jpeg_quality)
+                    write(topic, img_topic_type, stamp, msg)
+                    write(node.camera_info_topic_format.format(camera=cam.name), "sensor_msgs/msg/CameraInfo",
+                          stamp, M.camera_info(stamp, cam.name, cam.K, cam.width, cam.height))
+                result.camera_frames += 1
+                if picture and picture_data is not None and "images" not in picture_data:
+                    picture_data["images"] = rendered
+    meta = {"seed": seed, "corruption": s.corruption, "frames": result.lidar_frames, "lidar_frame": LIDAR_FRAME,
+            "classes": list(cfg.model.classes), "cameras": [c.name for c in cams],
+            "lidar_rate_hz": s.lidar_rate_hz, "camera_rate_hz": s.camera_rate_hz,
+            "image_size": [s.image_width, s.image_height], "lidar_to_ego": lidar_to_base.tolist()}
+    result.gt_json.write_text(json.dumps({"meta": meta, "frames": gt_frames}, indent=1))
+    if picture and picture_data is not None:
+        from aqr_perception.data.pictures import drive_picture
+
+        drive_picture(out_dir / f"{name}.png", picture_data, cams, cfg)
+    return result
+
+
+def _gt_frame(stamp_ns: int, ego: np.ndarray, lidar_to_base: np.ndarray, boxes_l: np.ndarray, boxes_g: np.ndarray,
+              objs: list, n_pts: np.ndarray) -> dict:
+    frame = {"stamp_ns": stamp_ns, "timestamp_us": stamp_ns // 1000,
+             "ego_pose": {"translation": ego[:3, 3].tolist(), "rotation": _rotation_wxyz(ego)}, "boxes": []}
+    for bl, bg, o, n in zip(boxes_l, boxes_g, objs, n_pts):
+        frame["boxes"].append({
+            "instance": int(o.track_id), "detection_name": o.cls, "attribute_name": o.attribute,
+            "lidar": {"center": bl[:3].tolist(), "yaw": float(bl[6]), "velocity": bl[7:9].tolist()},
+            "translation": bg[:3].tolist(), "size": [float(bg[4]), float(bg[3]), float(bg[5])],  # w, l, h
+            "rotation": [float(np.cos(bg[6] / 2)), 0.0, 0.0, float(np.sin(bg[6] / 2))],     # w, x, y, z
+            "velocity": bg[7:9].tolist(), "num_lidar_pts": int(n)})
+    return frame

@@ -1,0 +1,194 @@
+"""ROS message <-> numpy conversion (no torch, no per-point Python loops).
+
+Works on rclpy messages and on rosbags message objects alike (same field names).
+
+Stand-ins: where the real libraries are importable (a ROS distro install) they are used:
+``sensor_msgs_py.point_cloud2.read_points_numpy`` and ``cv_bridge.CvBridge``. The
+fallbacks below have the same semantics and give identical arrays (a test cross-checks
+them wherever the libraries exist):
+
+* :func:`read_points_numpy` (sensor_msgs_py): fields by name, any numeric datatype,
+  any point_step / row_step, organised or not, optional NaN skipping; returns one
+  dtype-promoted 2D array.
+* :func:`imgmsg_to_cv2` / :func:`compressed_imgmsg_to_cv2` (cv_bridge): decode to a
+  ``desired_encoding`` (``rgb8``, ``bgr8``, ``mono8``, ``passthrough``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+try:  # a ROS distro provides these; PyPI does not
+    from sensor_msgs_py.point_cloud2 import read_points_numpy as _ros_read_points_numpy
+except ImportError:  # pragma: no cover - depends on the machine
+    _ros_read_points_numpy = None
+try:
+    from cv_bridge import CvBridge as _CvBridge
+except ImportError:  # pragma: no cover
+    _CvBridge = None
+
+#: sensor_msgs/PointField datatype -> numpy type
+POINTFIELD_DTYPES = {1: np.int8, 2: np.uint8, 3: np.int16, 4: np.uint16, 5: np.int32, 6: np.uint32,
+                     7: np.float32, 8: np.float64}
+
+
+class ConversionError(ValueError):
+    """A message cannot be converted; the text says why (used in logs and diagnostics)."""
+
+
+def _buffer(data) -> np.ndarray:
+    """Zero-copy uint8 view of a message's ``data`` (array.array, bytes, list or ndarray)."""
+    if isinstance(data, np.ndarray):
+        return data.view(np.uint8).reshape(-1)
+    if isinstance(data, list):
+        return np.asarray(data, dtype=np.uint8)
+    return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+
+
+def cloud_dtype(cloud, field_names: Sequence[str]) -> np.dtype:
+    """Structured dtype (itemsize = point_step) exposing the named fields."""
+    by_name = {f.name: f for f in cloud.fields}
+    names, formats, offsets = [], [], []
+    for name in field_names:
+        f = by_name.get(name)
+        if f is None:
+            raise ConversionError(f"PointCloud2 has no field {name!r} (fields: {', '.join(by_name) or 'none'})")
+        if f.datatype not in POINTFIELD_DTYPES:
+            raise ConversionError(f"PointCloud2 field {name!r} has unknown datatype {f.datatype}")
+        dt = np.dtype(POINTFIELD_DTYPES[f.datatype]).newbyteorder(">" if cloud.is_bigendian else "<")
+        if f.offset + dt.itemsize > cloud.point_step:
+            raise ConversionError(f"PointCloud2 field {name!r} (offset {f.offset}) does not fit point_step "
+                                  f"{cloud.point_step}")
+        names.append(name)
+        formats.append(dt)
+        offsets.append(f.offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": cloud.point_step})
+
+
+def read_points_numpy(cloud, field_names: Sequence[str] | None = None, skip_nans: bool = False) -> np.ndarray:
+    """(N, len(field_names)) array of the cloud's points (sensor_msgs_py semantics).
+
+    The result dtype is the promotion of the fields' types. Rows containing a NaN in any
+    selected field are dropped when ``skip_nans``.
+    """
+    if _ros_read_points_numpy is not None:
+        return _ros_read_points_numpy(cloud, field_names=field_names, skip_nans=skip_nans)
+    return read_points_numpy_fallback(cloud, field_names, skip_nans)
+
+
+def read_points_numpy_fallback(cloud, field_names: Sequence[str] | None = None, skip_nans: bool = False) -> np.ndarray:
+    """The stand-in implementation of :func:`read_points_numpy` (always available)."""
+    if field_names is None:
+        field_names = [f.name for f in cloud.fields]
+    dt = cloud_dtype(cloud, field_names)
+    n_points = int(cloud.width) * int(cloud.height)
+    buf = _buffer(cloud.data)
+    row_bytes = int(cloud.width) * int(cloud.point_step)
+    if cloud.height > 1 and cloud.row_step != row_bytes:
+        if cloud.row_step < row_bytes or buf.size < cloud.row_step * (cloud.height - 1) + row_bytes:
+            raise ConversionError(f"PointCloud2 row_step {cloud.row_step} inconsistent with width*point_step "
+                                  f"{row_bytes} or data length {buf.size}")
+        # padded rows: take each row's point bytes
+        buf = np.lib.stride_tricks.as_strided(buf, (cloud.height, row_bytes), (cloud.row_step, 1)).reshape(-1)
+    need = n_points * int(cloud.point_step)
+    if buf.size < need:
+        raise ConversionError(f"PointCloud2 data has {buf.size} bytes, width*height*point_step needs {need}")
+    rec = np.frombuffer(buf[:need].tobytes() if not buf.flags.c_contiguous else buf[:need], dtype=dt, count=n_points)
+    out_dtype = np.result_type(*[dt.fields[n][0] for n in field_names])
+    out = np.empty((n_points, len(field_names)), dtype=out_dtype.newbyteorder("="))
+    for i, name in enumerate(field_names):
+        out[:, i] = rec[name]
+    if skip_nans:
+        out = out[~np.isnan(out).any(axis=1)] if np.issubdtype(out.dtype, np.floating) else out
+    return out
+
+
+def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity") -> np.ndarray:
+    """(N, 4) float32 ``[x, y, z, intensity]`` with non-finite points dropped.
+
+    x, y, z are required; a missing intensity field gives zeros.
+    """
+    names = [f.name for f in cloud.fields]
+    for required in ("x", "y", "z"):
+        if required not in names:
+            raise ConversionError(f"PointCloud2 has no {required!r} field (fields: {', '.join(names) or 'none'})")
+    fields = ["x", "y", "z"] + ([intensity_field] if intensity_field in names else [])
+    pts = read_points_numpy_fallback(cloud, fields).astype(np.float32, copy=False)
+    if pts.shape[1] == 3:
+        pts = np.concatenate([pts, np.zeros((pts.shape[0], 1), np.float32)], axis=1)
+    return pts[np.isfinite(pts).all(axis=1)]
+
+
+# ----------------------------------------------------------------------------- images
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3}
+_TO_RGB = {"rgb8": None, "bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
+           "mono8": cv2.COLOR_GRAY2RGB, "8UC1": cv2.COLOR_GRAY2RGB, "8UC3": None}
+
+
+def _to_desired(img: np.ndarray, source: str, desired: str) -> np.ndarray:
+    """Convert an image in ``source`` encoding to ``desired`` (rgb8 / bgr8 / mono8 / passthrough)."""
+    if desired in ("passthrough", source):
+        return img
+    rgb = img if _TO_RGB[source] is None else cv2.cvtColor(img, _TO_RGB[source])
+    if desired == "rgb8":
+        return rgb
+    if desired == "bgr8":
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if desired == "mono8":
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    raise ConversionError(f"unsupported desired encoding {desired!r}")
+
+
+def imgmsg_to_cv2(msg, desired_encoding: str = "passthrough") -> np.ndarray:
+    """sensor_msgs/Image -> (H, W[, C]) uint8 array (cv_bridge semantics for 8-bit encodings)."""
+    if _CvBridge is not None:
+        return _CvBridge().imgmsg_to_cv2(msg, desired_encoding=desired_encoding)
+    return imgmsg_to_cv2_fallback(msg, desired_encoding)
+
+
+def imgmsg_to_cv2_fallback(msg, desired_encoding: str = "passthrough") -> np.ndarray:
+    enc = msg.encoding
+    if enc not in _CHANNELS:
+        raise ConversionError(f"unsupported image encoding {enc!r} (supported: {', '.join(_CHANNELS)})")
+    ch = _CHANNELS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if step < w * ch:
+        raise ConversionError(f"image step {step} smaller than width*channels {w * ch}")
+    buf = _buffer(msg.data)
+    if buf.size < step * h:
+        raise ConversionError(f"image data has {buf.size} bytes, height*step needs {step * h}")
+    rows = buf[: step * h].reshape(h, step)[:, : w * ch]
+    img = rows.reshape(h, w, ch) if ch > 1 else rows.reshape(h, w)
+    return _to_desired(np.ascontiguousarray(img), enc, desired_encoding)
+
+
+def compressed_imgmsg_to_cv2(msg, desired_encoding: str = "passthrough") -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG/PNG) -> uint8 array (cv_bridge: decoded as bgr8)."""
+    if _CvBridge is not None:
+        return _CvBridge().compressed_imgmsg_to_cv2(msg, desired_encoding=desired_encoding)
+    return compressed_imgmsg_to_cv2_fallback(msg, desired_encoding)
+
+
+def compressed_imgmsg_to_cv2_fallback(msg, desired_encoding: str = "passthrough") -> np.ndarray:
+    buf = _buffer(msg.data)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise ConversionError(f"CompressedImage ({msg.format or 'no format'}) is not a decodable JPEG/PNG "
+                              f"({buf.size} bytes)")
+    src = "mono8" if img.ndim == 2 else ("bgra8" if img.shape[2] == 4 else "bgr8")
+    if img.dtype != np.uint8:
+        raise ConversionError(f"CompressedImage decodes to {img.dtype}, only 8-bit images are supported")
+    return _to_desired(img, src, desired_encoding)
+
+
+def camera_info_K(info) -> np.ndarray:
+    """(3, 3) intrinsics of a CameraInfo (rectified: P's left 3x3 when set, else K)."""
+    P = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    K = P[:, :3] if P[0, 0] > 0 else np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
+        raise ConversionError(f"CameraInfo has invalid intrinsics (fx={K[0, 0]}, fy={K[1, 1]})")
+    if int(info.width) <= 0 or int(info.height) <= 0:
+        raise ConversionError(f"CameraInfo has invalid size {info.width}x{info.height}")
+    return K

@@ -1,0 +1,157 @@
+"""Synthetic drives: real rosbag2 files, geometry consistent across sensors, determinism."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader
+
+from aqr_perception.config import load_config
+from aqr_perception.data.bag_reader import load_ground_truth, read_frames
+from aqr_perception.data.boxes import box_corners, transform_boxes, yaw_matrix
+from aqr_perception.data.synth.camera_sim import render
+from aqr_perception.data.synth.drive import drive_cameras, generate_drive
+from aqr_perception.data.synth.lidar_sim import LidarModel, simulate_sweep
+from aqr_perception.data.synth.world import CLASS_SPECS, make_world
+from aqr_perception.ros.msg_types import get_message
+
+SMALL = ["synth.image_width=352", "synth.image_height=192", "synth.lidar_azimuth_steps=360",
+         "synth.frames_per_drive=4"]
+
+
+def _cfg(*extra):
+    return load_config("tiny", overrides=SMALL + list(extra))
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    return generate_drive(_cfg(), out, "d", seed=3, picture=True)
+
+
+def _messages(bag):
+    with Reader(bag) as r:
+        return [(c.topic, c.msgtype, t, bytes(raw)) for c, t, raw in r.messages()]
+
+
+def test_bag_opens_with_rosbags_and_decodes_in_rclpy(drive):
+    msgs = _messages(drive.bag)
+    topics = {t for t, *_ in msgs}
+    assert {"/LIDAR_TOP", "/tf_static", "/tf", "/gt/detections", "/gt/velocities",
+            "/CAM_FRONT/image_rect_compressed", "/CAM_BACK_RIGHT/camera_info"} <= topics
+    seen = set()
+    for topic, msgtype, stamp, raw in msgs:
+        if msgtype in seen:
+            continue
+        seen.add(msgtype)
+        msg = deserialize_message(raw, get_message(msgtype))      # rclpy decodes the rosbags bytes
+        if msgtype == "sensor_msgs/msg/PointCloud2":
+            assert msg.width > 1000 and msg.point_step == 18 and [f.name for f in msg.fields][:3] == ["x", "y", "z"]
+            assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp
+        if msgtype == "vision_msgs/msg/Detection3DArray":
+            assert len(msg.detections) > 0 and msg.header.frame_id == "LIDAR_TOP"
+        if msgtype == "sensor_msgs/msg/CameraInfo":
+            assert (msg.width, msg.height) == (352, 192) and msg.k[0] > 0
+    assert drive.lidar_frames == 4 and json.loads(drive.gt_json.read_text())["frames"]
+    assert (drive.bag.parent / "d.png").stat().st_size > 10_000
+
+
+def test_same_seed_gives_identical_bag_and_other_seed_does_not(tmp_path, drive):
+    again = generate_drive(_cfg(), tmp_path, "d", seed=3)
+    assert _messages(again.bag) == _messages(drive.bag)
+    assert again.gt_json.read_text() == drive.gt_json.read_text()
+    other = generate_drive(_cfg(), tmp_path, "e", seed=4)
+    assert _messages(other.bag) != _messages(drive.bag)
+
+
+def _scene(seed=11):
+    rng = np.random.default_rng(seed)
+    world = make_world(rng, 1.0)
+    ego = world.ego_pose(0.0)
+    lidar_to_global = ego.copy()
+    lidar_to_global[2, 3] += world.lidar_height
+    boxes_g, objs = world.boxes(0.0)
+    return world, rng, lidar_to_global, transform_boxes(boxes_g, np.linalg.inv(lidar_to_global)), objs
+
+
+def test_lidar_points_lie_on_box_surfaces_or_the_ground():
+    world, rng, _, boxes, objs = _scene()
+    refl = np.array([CLASS_SPECS[o.cls].reflectivity for o in objs])
+    model = LidarModel(azimuth_steps=720, dropout=0.0)
+    pts, ring = simulate_sweep(boxes, refl, world.lidar_height, model, rng)
+    assert ring.min() == 0 and ring.max() <= 31 and pts.shape[1] == 4   # upward beams only hit objects
+    # distance of every point to the nearest box surface (outside or inside), or to the ground plane
+    rel = pts[:, None, :3] - boxes[None, :, :3]
+    local = np.einsum("nji,pnj->pni", yaw_matrix(boxes[:, 6]), rel)
+    half = boxes[None, :, 3:6] / 2
+    outside = np.linalg.norm(np.maximum(np.abs(local) - half, 0), axis=-1)
+    inside = np.min(half - np.abs(local), axis=-1)
+    to_surface = np.where(outside > 0, outside, np.maximum(inside, 0)).min(axis=1)
+    to_ground = np.abs(pts[:, 2] + world.lidar_height)
+    tol = 4 * model.range_noise + 1e-3
+    assert np.all(np.minimum(to_surface, to_ground) <= tol * np.maximum(1, np.linalg.norm(pts[:, :3], axis=1) / 10))
+    on_boxes = to_surface < to_ground
+    assert on_boxes.sum() > 300            # the objects are really hit
+
+
+def test_box_corners_project_where_the_object_is_rendered():
+    world, _, lidar_to_global, boxes, objs = _scene()
+    cfg = _cfg()
+    checked = centre_hits = 0
+    for cam in drive_cameras(cfg):
+        out = render(cam, boxes, [o.color for o in objs], lidar_to_global, world.lidar_height)
+        corners = box_corners(boxes)
+        hom = np.concatenate([corners, np.ones_like(corners[..., :1])], -1) @ cam.lidar_to_camera.T
+        for n in np.unique(out.ids[out.ids >= 0]):
+            if np.any(hom[n, :, 2] <= 0.1):
+                continue                        # partly behind the camera: skip the hull test
+            uv = hom[n, :, :2] / hom[n, :, 2:3] @ cam.K[:2, :2].T + cam.K[:2, 2]
+            ys, xs = np.nonzero(out.ids == n)
+            # every pixel of the object lies inside the bounding rectangle of its projected corners
+            assert xs.min() >= np.floor(uv[:, 0].min()) - 1 and xs.max() <= np.ceil(uv[:, 0].max()) + 1
+            assert ys.min() >= np.floor(uv[:, 1].min()) - 1 and ys.max() <= np.ceil(uv[:, 1].max()) + 1
+            # and the projected box centre, when unoccluded, shows the object
+            c = cam.lidar_to_camera @ np.append(boxes[n, :3], 1)
+            u, v = (cam.K @ (c[:3] / c[2]))[:2].astype(int)
+            centre_hits += int(0 <= v < cam.height and 0 <= u < cam.width and out.ids[v, u] == n)
+            checked += 1
+    assert checked > 10 and centre_hits > checked // 3
+
+
+@pytest.mark.parametrize("corruption", ["no_lidar", "one_camera_missing", "time_offset", "reduced_lidar", "dark"])
+def test_corruptions(tmp_path, drive, corruption):
+    r = generate_drive(_cfg(f"synth.corruption={corruption}"), tmp_path, "c", seed=3)
+    clean, bad = _messages(drive.bag), _messages(r.bag)
+    n_points = lambda ms: [deserialize_message(raw, get_message(t)).width for top, t, _, raw in ms  # noqa: E731
+                           if top == "/LIDAR_TOP"]
+    if corruption == "no_lidar":
+        assert n_points(bad) == [0] * 4
+    if corruption == "reduced_lidar":
+        assert all(b < 0.2 * c for b, c in zip(n_points(bad), n_points(clean)))
+    if corruption == "one_camera_missing":
+        assert not any(top.startswith("/CAM_FRONT/") for top, *_ in bad)
+        assert any(top.startswith("/CAM_FRONT_LEFT/") for top, *_ in bad)
+    if corruption == "time_offset":
+        stamps = lambda ms: [s for top, _, s, _ in ms if top == "/CAM_BACK/camera_info"]  # noqa: E731
+        assert [b - c for b, c in zip(stamps(bad), stamps(clean))] == [150_000_000] * len(stamps(clean))
+    if corruption == "dark":
+        from aqr_perception.ros.conversions import compressed_imgmsg_to_cv2
+        mean = lambda ms: np.mean([compressed_imgmsg_to_cv2(deserialize_message(raw, get_message(t))).mean()  # noqa
+                                   for top, t, _, raw in ms if top == "/CAM_FRONT/image_rect_compressed"])
+        assert mean(bad) < 0.35 * mean(clean)
+    # GT never depends on the corruption
+    assert r.gt_json.read_text().replace('"corruption": "' + corruption, "") == \
+        drive.gt_json.read_text().replace('"corruption": "clean', "")
+
+
+def test_reader_gives_model_arrays_and_gt_for_every_sweep(drive):
+    cfg = _cfg()
+    frames = list(read_frames(drive.bag, cfg))
+    gt = load_ground_truth(drive.gt_json, cfg.model.classes)
+    assert len(frames) == 4 and all(f.stamp_ns in gt for f in frames)
+    arrays = frames[1].model_arrays((cfg.model.image.input_height, cfg.model.image.input_width))
+    assert arrays.images.shape == (6, 3, 192, 352) and arrays.camera_valid.all() and arrays.lidar_valid
+    # the GT box centres project through lidar2img to where the camera shows them
+    g = gt[frames[1].stamp_ns]
+    assert g.boxes.shape[1] == 9 and (g.num_lidar_pts > 0).sum() > 5
