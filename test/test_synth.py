@@ -155,3 +155,21 @@ def test_reader_gives_model_arrays_and_gt_for_every_sweep(drive):
     # the GT box centres project through lidar2img to where the camera shows them
     g = gt[frames[1].stamp_ns]
     assert g.boxes.shape[1] == 9 and (g.num_lidar_pts > 0).sum() > 5
+
+
+def test_dataset_batches_feed_the_detector(drive):
+    import torch
+
+    from aqr_perception.model import build_detector
+    from aqr_perception.training.dataset import DriveDataset, collate
+
+    cfg = _cfg()
+    ds = DriveDataset([(drive.bag, drive.gt_json)], cfg)
+    assert len(ds) == 4
+    inputs, boxes, labels = collate([ds[1], ds[2]])
+    assert inputs.images.shape == (2, 6, 3, 192, 352) and inputs.images.dtype == torch.float32
+    assert len(boxes) == 2 and boxes[0].shape[1] == 9 and len(labels[0]) == len(boxes[0]) > 0
+    r = torch.tensor(cfg.model.point_cloud_range)
+    assert torch.all((boxes[0][:, :3] >= r[:3]) & (boxes[0][:, :3] <= r[3:]))
+    out = build_detector(cfg.model).eval()(inputs)
+    assert torch.isfinite(out.cls_logits).all()

@@ -1,0 +1,75 @@
+"""Training data: drive bags -> (model arrays, GT) samples, read the way the node reads them.
+
+Frames come from :func:`aqr_perception.data.bag_reader.read_frames` (the node's sync,
+conversion and preprocessing); GT from the drive's ``.gt.json``. GT boxes without any
+LiDAR point (fully occluded) and outside the point-cloud range are left out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from aqr_perception.config import AqrConfig
+from aqr_perception.data.bag_reader import GroundTruth, load_ground_truth, read_frames
+from aqr_perception.data.preprocess import ModelArrays
+from aqr_perception.model.batching import make_inputs
+from aqr_perception.model.detector import DetectorInputs
+
+
+@dataclass
+class Sample:
+    """One training sample: model arrays + GT boxes (N, 9) and labels (N,) in the LiDAR frame."""
+
+    arrays: ModelArrays
+    boxes: np.ndarray
+    labels: np.ndarray
+    stamp_ns: int
+
+
+def drive_paths(folder: Path) -> list[tuple[Path, Path]]:
+    """(bag folder, gt json) pairs of the drives in ``folder``."""
+    pairs = []
+    for gt in sorted(Path(folder).glob("*.gt.json")):
+        bag = gt.with_name(gt.name[: -len(".gt.json")])
+        if bag.is_dir():
+            pairs.append((bag, gt))
+    return pairs
+
+
+def select_gt(gt: GroundTruth, pc_range: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """GT boxes seen by the LiDAR and inside the range."""
+    r = np.asarray(pc_range)
+    inside = np.all((gt.boxes[:, :3] >= r[:3]) & (gt.boxes[:, :3] <= r[3:]), axis=1)
+    keep = inside & (gt.num_lidar_pts > 0)
+    return gt.boxes[keep], gt.labels[keep]
+
+
+class DriveDataset(Dataset):
+    """All frames of the given drives, decoded once and kept in memory (uint8 images)."""
+
+    def __init__(self, drives: list[tuple[Path, Path]], cfg: AqrConfig) -> None:
+        self.cfg = cfg
+        hw = (cfg.model.image.input_height, cfg.model.image.input_width)
+        self.samples: list[Sample] = []
+        for bag, gt_json in drives:
+            gts = load_ground_truth(gt_json, list(cfg.model.classes))
+            for frame in read_frames(bag, cfg):
+                boxes, labels = select_gt(gts[frame.stamp_ns], cfg.model.point_cloud_range)
+                self.samples.append(Sample(frame.model_arrays(hw), boxes, labels, frame.stamp_ns))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+
+def collate(samples: list[Sample]) -> tuple[DetectorInputs, list[torch.Tensor], list[torch.Tensor]]:
+    """Batch for the detector + per-sample GT tensors."""
+    return (make_inputs([s.arrays for s in samples]),
+            [torch.from_numpy(s.boxes).float() for s in samples],
+            [torch.from_numpy(s.labels).long() for s in samples])
