@@ -2,6 +2,7 @@
 
 Subcommands:
     synth    generate synthetic drives (rosbag2 + ground truth + pictures)
+    play     replay a rosbag2 over DDS (ros2 bag play stand-in)
     demo     the README main job on the embedded default (what exists today, said plainly)
     node     run the ROS 2 node (same as ``aqr_perception_node``)
     config   show / validate configs, print or check the node parameter JSON schema
@@ -70,6 +71,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     from aqr_perception.ros.node import main as node_main
 
     return node_main([sys.argv[0], *args.ros_args])
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from aqr_perception.ros.player import main as play_main
+
+    return play_main(args.play_args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -150,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("node", help="run the ROS 2 node; arguments after it go to ROS (--ros-args ...)")
     p.add_argument("ros_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("play", help="replay a rosbag2 over DDS (see `aqr-perception play -- --help`)",
+                       add_help=False)
+    p.add_argument("play_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("config", help="show or validate configuration")
     csub = p.add_subparsers(dest="action", required=True)

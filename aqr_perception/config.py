@@ -244,6 +244,9 @@ class SyncConfig(_Section):
     image_buffer_size: Annotated[int, Field(ge=1, le=64)] = Field(4, description="images kept per camera")
     time_jump_back_s: PositiveFloat = Field(
         1.0, description="a stamp this far behind the newest one resets the caches (bag loop, sim reset)")
+    calibration_wait_s: Annotated[float, Field(ge=0.0)] = Field(
+        2.0, description="after the first cloud, wait this long for every camera's calibration, then run "
+                         "with uncalibrated cameras masked")
 
 
 class NodeConfig(_Section):

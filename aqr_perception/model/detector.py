@@ -179,11 +179,14 @@ class CmtAqrDetector(nn.Module):
 
     @torch.no_grad()
     def predict(self, inputs: DetectorInputs) -> list[FramePrediction]:
+        """Forward + :meth:`decode`."""
+        return self.decode(self.forward(inputs))
+
+    def decode(self, out: DetectorOutput) -> list[FramePrediction]:
         """Decode the last layer of every sample (NMS-free top-k, threshold, range filter)."""
-        out = self.forward(inputs)
         d = self.cfg.decode
         preds = []
-        for i in range(inputs.batch_size):
+        for i in range(out.cls_logits.shape[1]):
             det = topk_decode(out.cls_logits[-1, i], out.bbox_code[-1, i], d.topk, d.score_threshold,
                               d.post_center_range)
             if not bool(out.has_input[i]):

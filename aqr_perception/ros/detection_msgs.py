@@ -20,7 +20,7 @@ import numpy as np
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-from aqr_perception.msg import DetectionRouting, QueryRouting
+from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
 
 BOX_DIM = 9
 
@@ -111,3 +111,14 @@ def to_routing_msg(header: Header, det: FrameDetections, lidar_available: bool,
     msg.mean_lidar_weight = float(lw[:, -1].mean()) if len(det) else float("nan")
     msg.mean_camera_weight = float(cw[:, -1].mean()) if len(det) else float("nan")
     return msg
+
+
+def to_velocity_msg(header: Header, det: FrameDetections) -> DetectionVelocityArray:
+    """Velocities (vx, vy of each box) matching :func:`to_detection_array` entry by entry."""
+    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    out = DetectionVelocityArray(header=header)
+    for i in range(len(det)):
+        v = DetectionVelocity(id=detection_id(stamp_ns, int(det.query_index[i])))
+        v.velocity.x, v.velocity.y = float(det.boxes[i, 7]), float(det.boxes[i, 8])
+        out.velocities.append(v)
+    return out

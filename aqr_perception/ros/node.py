@@ -1,13 +1,25 @@
 """The aqr_perception ROS 2 node (executable ``aqr_perception_node``).
 
-Current state: declares and validates its parameters (NodeConfig), refuses runtime
-changes it cannot apply, and reports on /diagnostics. The sensor pipeline (sync,
-conversion, the detector, Detection3DArray/MarkerArray/QueryRouting outputs) is
-added by the node issue on top of this skeleton.
+PointCloud2 + 6 x (Image | CompressedImage) + CameraInfo + /tf_static in;
+vision_msgs/Detection3DArray, DetectionVelocityArray, QueryRouting, MarkerArray,
+/diagnostics and debug timings out.
+
+Threads: the executor thread only stores messages (images into the sync buffers, the
+newest cloud into a one-slot mailbox); a worker thread turns each cloud into a frame:
+association -> conversion -> model -> messages. When the model is slower than the
+LiDAR, the newest cloud wins and the replaced ones are counted.
+
+Path of a frame: ``_on_cloud`` -> ``_worker`` -> ``_process`` (ros/conversions.py,
+ros/sync.py, data/preprocess.py) -> ``DetectorRuntime.infer`` (model/runtime.py) ->
+``_publish`` (ros/detection_msgs.py, ros/markers.py).
 """
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 
@@ -15,28 +27,155 @@ NODE_NAME = "aqr_perception"
 #: Parameters that can change at runtime; everything else needs a restart.
 RUNTIME_MUTABLE = frozenset({"score_threshold", "max_detections", "max_processing_time_ms",
                              "max_consecutive_delay_ms", "publish_markers"})
+LOG_THROTTLE_S = 5.0
+NS = 1_000_000_000
+
+
+@dataclass
+class FrameReport:
+    """What happened to the last processed frame (feeds diagnostics)."""
+
+    stamp_ns: int = 0
+    lidar_points: int = 0
+    cameras_used: list[str] = field(default_factory=list)
+    cameras_masked: dict[str, str] = field(default_factory=dict)
+    detections: int = 0
+    has_input: bool = False
+    stage_ms: dict[str, float] = field(default_factory=dict)
 
 
 def _make_node_class():  # rclpy is imported lazily so that `--help` works without a context
+    import numpy as np
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rcl_interfaces.msg import SetParametersResult
     from rclpy.node import Node
+    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+    from std_msgs.msg import Float64
+    from tf2_msgs.msg import TFMessage
+    from vision_msgs.msg import Detection3DArray
+    from visualization_msgs.msg import MarkerArray
 
+    from aqr_perception.config import ConfigError, NodeConfig, load_config
+    from aqr_perception.data.preprocess import build_model_arrays
+    from aqr_perception.msg import DetectionVelocityArray, QueryRouting
+    from aqr_perception.ros.calibration import CalibrationStore
+    from aqr_perception.ros.conversions import (ConversionError, compressed_imgmsg_to_cv2, imgmsg_to_cv2,
+                                                pointcloud2_to_xyzi)
+    from aqr_perception.ros.detection_msgs import (FrameDetections, to_detection_array, to_routing_msg,
+                                                   to_velocity_msg)
+    from aqr_perception.ros.markers import detection_markers
     from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters
+    from aqr_perception.ros.sync import LidarTriggeredSync
 
     class AqrPerceptionNode(Node):
-        """Parameters + diagnostics; see the module docstring for what is still missing."""
+        """See the module docstring."""
 
-        def __init__(self, **kwargs) -> None:
+        def __init__(self, runtime=None, **kwargs) -> None:
             super().__init__(NODE_NAME, **kwargs)
             declare_node_parameters(self)
-            self.cfg = node_config_from_parameters(self)
+            self.cfg: NodeConfig = node_config_from_parameters(self)
+            cfg = self.cfg
+            self.cameras = list(cfg.camera_names)
+            if runtime is None:
+                from aqr_perception.model.runtime import DetectorRuntime
+
+                fallback = load_config(cfg.config_file or None).model
+                runtime = DetectorRuntime(cfg.checkpoint or None, fallback, cfg.device)
+            self.runtime = runtime
+            if runtime.cfg.num_views != len(self.cameras):
+                raise ConfigError(f"camera_names lists {len(self.cameras)} cameras, the model expects "
+                                  f"{runtime.cfg.num_views} views")
+            self.class_names = list(runtime.cfg.classes)
+            self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
+            self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
+            self.counters: dict[str, int] = defaultdict(int)
+            self.report = FrameReport()
+            self._throttle: dict[str, float] = {}
+            self._first_cloud_wall: float | None = None
+            self._last_cloud_wall: float | None = None
+            self._lidar_frame: str | None = None
+            self._slow_since: float | None = None
+            self._last_done_wall: float | None = None
+            self._mailbox = None
+            self._cond = threading.Condition()
+            self._stop = threading.Event()
+
+            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.qos_depth,
+                             reliability=ReliabilityPolicy.RELIABLE if cfg.qos_reliability == "reliable"
+                             else ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+            image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(cfg.qos_depth, cfg.sync.image_buffer_size),
+                                   reliability=qos.reliability, durability=DurabilityPolicy.VOLATILE)
+            static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.create_subscription(PointCloud2, cfg.lidar_topic, self._on_cloud, qos)
+            image_type = Image if cfg.image_transport == "raw" else CompressedImage
+            for cam in self.cameras:
+                self.create_subscription(image_type, cfg.image_topic_format.format(camera=cam),
+                                         lambda m, c=cam: self._on_image(c, m), image_qos)
+                self.create_subscription(CameraInfo, cfg.camera_info_topic_format.format(camera=cam),
+                                         lambda m, c=cam: self._on_info(c, m), qos)
+            if cfg.extrinsics_source == "tf_static":
+                self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, static_qos)
+
+            out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            self.pub_det = self.create_publisher(Detection3DArray, "~/detections", out_qos)
+            self.pub_vel = self.create_publisher(DetectionVelocityArray, "~/velocities", out_qos)
+            self.pub_routing = self.create_publisher(QueryRouting, "~/routing", out_qos)
+            self.pub_markers = self.create_publisher(MarkerArray, "~/markers", out_qos)
+            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.pub_debug = {name: self.create_publisher(Float64, f"~/debug/{name}", 10) for name in (
+                "processing_time_ms", "pipeline_latency_ms", "cyclic_time_ms", "preprocess_ms", "inference_ms",
+                "postprocess_ms")}
             self.add_on_set_parameters_callback(self._on_set_parameters)
-            self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-            self._diag_timer = self.create_timer(self.cfg.diagnostics_period_s, self._publish_diagnostics)
+            self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
+            self._worker_thread = threading.Thread(target=self._worker, name="aqr_inference", daemon=True)
+            self._worker_thread.start()
             self.get_logger().info(
-                f"parameters ok: lidar={self.cfg.lidar_topic} cameras={','.join(self.cfg.camera_names)} "
-                f"device={self.cfg.device}")
+                f"ready: lidar={cfg.lidar_topic} cameras={','.join(self.cameras)} ({cfg.image_transport}) "
+                f"device={runtime.device} checkpoint={runtime.checkpoint or 'NONE (untrained weights)'}")
+
+        # ------------------------------------------------------------ helpers
+        def _warn(self, key: str, text: str) -> None:
+            """A log line per problem key at most every LOG_THROTTLE_S seconds."""
+            now = time.monotonic()
+            if now - self._throttle.get(key, -1e9) >= LOG_THROTTLE_S:
+                self._throttle[key] = now
+                self.get_logger().warning(text)
+
+        @staticmethod
+        def _stamp_ns(msg) -> int:
+            return msg.header.stamp.sec * NS + msg.header.stamp.nanosec
+
+        # ------------------------------------------------------ input callbacks
+        def _on_cloud(self, msg) -> None:
+            now = time.monotonic()
+            self.counters["clouds_received"] += 1
+            self._first_cloud_wall = self._first_cloud_wall or now
+            self._last_cloud_wall = now
+            with self._cond:
+                if self._mailbox is not None:
+                    self.counters["clouds_skipped_newest_wins"] += 1
+                self._mailbox = msg
+                self._cond.notify()
+
+        def _on_image(self, camera: str, msg) -> None:
+            self.sync.add_image(camera, self._stamp_ns(msg), msg)
+
+        def _on_info(self, camera: str, msg) -> None:
+            self.counters["camera_info_received"] += 1
+            try:
+                self.calib.set_camera_info(camera, msg)
+            except ConversionError as exc:
+                self.counters[f"camera_info_invalid.{camera}"] += 1
+                self._warn(f"info:{camera}", f"{self.cfg.camera_info_topic_format.format(camera=camera)}: {exc}")
+
+        def _on_tf_static(self, msg) -> None:
+            try:
+                self.calib.add_tf_static(msg)
+            except ValueError as exc:
+                self.counters["tf_static_invalid"] += 1
+                self._warn("tf_static", f"/tf_static: {exc}")
 
         def _on_set_parameters(self, params) -> SetParametersResult:
             refused = [p.name for p in params if p.name not in RUNTIME_MUTABLE]
@@ -44,18 +183,182 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 return SetParametersResult(
                     successful=False,
                     reason=f"{', '.join(refused)} cannot change at runtime: restart the node with new parameters")
+            try:
+                update = {p.name: p.value for p in params}
+                self.cfg = NodeConfig.model_validate({**self.cfg.model_dump(), **update})
+            except Exception as exc:  # pydantic.ValidationError
+                return SetParametersResult(successful=False, reason=str(exc).splitlines()[0])
             return SetParametersResult(successful=True)
 
+        # --------------------------------------------------------------- worker
+        def _worker(self) -> None:
+            while not self._stop.is_set():
+                with self._cond:
+                    if self._mailbox is None:
+                        self._cond.wait(timeout=0.1)
+                    msg, self._mailbox = self._mailbox, None
+                if msg is None:
+                    continue
+                try:
+                    self._process(msg)
+                except Exception as exc:  # never let one frame kill the node
+                    self.counters["frames_failed"] += 1
+                    self._warn("frame_failed", f"frame skipped: {type(exc).__name__}: {exc}")
+
+        def _process(self, cloud) -> None:
+            cfg = self.cfg
+            t0 = time.perf_counter()
+            stamp = self._stamp_ns(cloud)
+            try:
+                points = pointcloud2_to_xyzi(cloud)
+            except ConversionError as exc:
+                self.counters["clouds_invalid"] += 1
+                self._warn("cloud", f"{cfg.lidar_topic}: {exc}; frame skipped")
+                return
+            self._lidar_frame = cloud.header.frame_id
+            missing = self.calib.missing(cloud.header.frame_id)
+            if missing and time.monotonic() - self._first_cloud_wall < cfg.sync.calibration_wait_s:
+                self.counters["frames_waiting_for_calibration"] += 1
+                self._warn("calib_wait", "waiting for calibration: " +
+                           "; ".join(f"{c}: {r}" for c, r in missing.items()))
+                return
+            assoc = self.sync.associate(stamp)
+            masked: dict[str, str] = {}
+            images, Ks, exts = [], [], []
+            for cam in self.cameras:
+                img, K, T = None, self.calib.intrinsics(cam), self.calib.lidar_to_camera(cam, cloud.header.frame_id)
+                msg = assoc.images[cam]
+                if cam in missing:
+                    masked[cam] = missing[cam]
+                elif msg is None:
+                    masked[cam] = assoc.stale.get(cam, "stale")
+                else:
+                    try:
+                        img = (imgmsg_to_cv2 if cfg.image_transport == "raw" else compressed_imgmsg_to_cv2)(msg, "rgb8")
+                        size = self.calib.image_size(cam)
+                        if size is not None and img.shape[:2] != size:
+                            raise ConversionError(f"image is {img.shape[1]}x{img.shape[0]}, CameraInfo says "
+                                                  f"{size[1]}x{size[0]}")
+                    except ConversionError as exc:
+                        img = None
+                        masked[cam] = f"invalid image: {exc}"
+                        self.counters[f"images_invalid.{cam}"] += 1
+                        self._warn(f"img:{cam}", f"{cfg.image_topic_format.format(camera=cam)}: {exc}; "
+                                                 "camera masked for this frame")
+                images.append(img)
+                Ks.append(K if img is not None else None)
+                exts.append(T if img is not None else None)
+            for cam in masked:
+                self.counters[f"camera_masked.{cam}"] += 1
+            arrays = build_model_arrays(points, images, Ks, exts, self.runtime.input_hw)
+            t1 = time.perf_counter()
+            try:
+                pred = self.runtime.infer(arrays)
+            except RuntimeError as exc:
+                key = "model_out_of_memory" if "out of memory" in str(exc).lower() else "model_errors"
+                self.counters[key] += 1
+                if key == "model_out_of_memory":
+                    self.runtime.release_memory()
+                self._warn(key, f"model failed on frame {stamp}: {exc}; frame skipped, nothing published")
+                return
+            t2 = time.perf_counter()
+            keep = np.nonzero(pred.scores >= cfg.score_threshold)[0][: cfg.max_detections]
+            det = FrameDetections(pred.boxes[keep], pred.scores[keep], pred.labels[keep], pred.query_index[keep],
+                                  pred.lidar_weight[keep], pred.camera_weight[keep])
+            self._publish(cloud.header, det, arrays.lidar_valid, [c for c in self.cameras if c not in masked],
+                          list(masked))
+            t3 = time.perf_counter()
+            stage = {"preprocess_ms": 1e3 * (t1 - t0), "inference_ms": 1e3 * (t2 - t1),
+                     "postprocess_ms": 1e3 * (t3 - t2), "processing_time_ms": 1e3 * (t3 - t0)}
+            self._record(stamp, points, det, pred.has_input, masked, stage)
+
+        def _publish(self, header, det, lidar_valid: bool, used: list[str], masked: list[str]) -> None:
+            self.pub_det.publish(to_detection_array(header, det, self.class_names))
+            self.pub_vel.publish(to_velocity_msg(header, det))
+            self.pub_routing.publish(to_routing_msg(header, det, lidar_valid, used, masked))
+            if self.cfg.publish_markers:
+                names = [self.class_names[int(i)] for i in det.labels]
+                self.pub_markers.publish(detection_markers(header, det.boxes, det.scores, names))
+            self.counters["frames_published"] += 1
+
+        def _record(self, stamp: int, points, det, has_input: bool, masked: dict, stage: dict) -> None:
+            now_wall = time.monotonic()
+            if self._last_done_wall is not None:
+                stage["cyclic_time_ms"] = 1e3 * (now_wall - self._last_done_wall)
+            self._last_done_wall = now_wall
+            stage["pipeline_latency_ms"] = (self.get_clock().now().nanoseconds - stamp) / 1e6
+            for name, value in stage.items():
+                self.pub_debug[name].publish(Float64(data=float(value)))
+            if stage["processing_time_ms"] > self.cfg.max_processing_time_ms:
+                self._slow_since = self._slow_since or now_wall
+            else:
+                self._slow_since = None
+            if not has_input:
+                self.counters["frames_without_any_input"] += 1
+            self.report = FrameReport(stamp, int(points.shape[0]), [c for c in self.cameras if c not in masked],
+                                      dict(masked), len(det), has_input, stage)
+
+        # ---------------------------------------------------------- diagnostics
         def _publish_diagnostics(self) -> None:
-            status = DiagnosticStatus(
-                level=DiagnosticStatus.WARN, name=f"{self.get_name()}: pipeline",
-                hardware_id=self.cfg.device,
-                message="sensor pipeline and detector not running yet: this build only validates parameters",
-                values=[KeyValue(key="lidar_topic", value=self.cfg.lidar_topic),
-                        KeyValue(key="cameras", value=",".join(self.cfg.camera_names))])
-            arr = DiagnosticArray(status=[status])
+            OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+            cfg, rep, now = self.cfg, self.report, time.monotonic()
+            kv = lambda k, v: KeyValue(key=k, value=str(v))  # noqa: E731
+            # inputs: every problem is listed, the level is the worst of them
+            problems: list[tuple[int, str]] = []
+            if self._last_cloud_wall is None:
+                problems.append((ERROR, f"no PointCloud2 received on {cfg.lidar_topic}"))
+            elif now - self._last_cloud_wall > 2.0:
+                problems.append((ERROR, f"no PointCloud2 for {now - self._last_cloud_wall:.1f} s"))
+            if rep.cameras_masked:
+                problems.append((WARN, "cameras masked: " + ", ".join(
+                    f"{c} ({r})" for c, r in rep.cameras_masked.items())))
+            if rep.stamp_ns and rep.lidar_points == 0:
+                problems.append((WARN, "LiDAR sweep empty: camera-only detection"))
+            level = max((lv for lv, _ in problems), default=OK, key=lambda b: ord(b) if isinstance(b, bytes) else b)
+            text = "; ".join(t for _, t in problems) or "all inputs fresh"
+            inputs = DiagnosticStatus(level=level, name=f"{self.get_name()}: inputs", message=text,
+                                      hardware_id=self.get_name(), values=[
+                kv("lidar_points", rep.lidar_points), kv("cameras_used", ",".join(rep.cameras_used)),
+                *[kv(f"stale.{c}", r) for c, r in rep.cameras_masked.items()],
+                *[kv(f"sync.images_received.{c}", n) for c, n in self.sync.counters.images_received.items()],
+                *[kv(f"sync.images_unused.{c}", n) for c, n in self.sync.counters.images_evicted_unused.items()],
+                kv("sync.time_jumps", self.sync.counters.time_jumps),
+                kv("sync.clouds_out_of_order", self.sync.counters.clouds_out_of_order)])
+            # processing
+            ms = rep.stage_ms.get("processing_time_ms", 0.0)
+            if self._slow_since is not None and (now - self._slow_since) * 1e3 > cfg.max_consecutive_delay_ms:
+                level, text = ERROR, f"slower than {cfg.max_processing_time_ms:.0f} ms for {now - self._slow_since:.1f} s"
+            elif ms > cfg.max_processing_time_ms:
+                level, text = WARN, f"processing {ms:.0f} ms > {cfg.max_processing_time_ms:.0f} ms"
+            else:
+                level, text = OK, f"processing {ms:.0f} ms"
+            processing = DiagnosticStatus(level=level, name=f"{self.get_name()}: processing", message=text,
+                                          hardware_id=self.get_name(),
+                                          values=[kv(k, f"{v:.1f}") for k, v in rep.stage_ms.items()] +
+                                          [kv(k, v) for k, v in sorted(self.counters.items())])
+            # model
+            rt = self.runtime
+            if not rt.trained:
+                level, text = WARN, "no checkpoint: untrained weights, detections are meaningless"
+            elif rep.stamp_ns and not rep.has_input:
+                level, text = ERROR, "no modality available in the last frame: nothing detected"
+            else:
+                level, text = OK, f"{rt.cfg.name} on {rt.device}"
+            model = DiagnosticStatus(level=level, name=f"{self.get_name()}: model", message=text,
+                                     hardware_id=str(rt.device), values=[
+                kv("device", rt.device), kv("checkpoint", rt.checkpoint or "none"), kv("model", rt.cfg.name),
+                kv("last_detections", rep.detections)])
+            arr = DiagnosticArray(status=[inputs, processing, model])
             arr.header.stamp = self.get_clock().now().to_msg()
-            self._diag_pub.publish(arr)
+            self.pub_diag.publish(arr)
+
+        def destroy_node(self):
+            if hasattr(self, "_worker_thread"):   # absent when __init__ failed part-way
+                self._stop.set()
+                with self._cond:
+                    self._cond.notify_all()
+                self._worker_thread.join(timeout=2.0)
+            return super().destroy_node()
 
     return AqrPerceptionNode
 

@@ -1,0 +1,92 @@
+"""Inference runtime: one sample of numpy model arrays in, numpy detections out.
+
+The bridge between the ROS side (numpy, no torch) and the detector (torch). Loads a
+checkpoint (or builds an untrained model from a config, reported as such), picks the
+device, runs the model under ``torch.inference_mode`` and checks the outputs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aqr_perception.config import ModelConfig
+from aqr_perception.model.batching import make_inputs
+from aqr_perception.model.checkpoint import load_checkpoint, resolve_device
+from aqr_perception.model.detector import CmtAqrDetector
+
+PACKAGE_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+BUNDLED_CHECKPOINT = PACKAGE_RESOURCES / "cmt_aqr_tiny.pt"
+
+
+class ModelOutputError(RuntimeError):
+    """The model produced non-finite values; the frame must not be published."""
+
+
+@dataclass
+class Prediction:
+    """numpy result of one frame (N detections, L decoder layers).
+
+    boxes (N, 9) ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` LiDAR frame; scores (N,);
+    labels (N,); query_index (N,); lidar_weight / camera_weight (N, L);
+    has_input False when no modality was available; timings in ms.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    query_index: np.ndarray
+    lidar_weight: np.ndarray
+    camera_weight: np.ndarray
+    has_input: bool
+    inference_ms: float
+
+
+class DetectorRuntime:
+    """A loaded detector on a device."""
+
+    def __init__(self, checkpoint: str | Path | None, fallback_config: ModelConfig | None = None,
+                 device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        path = Path(checkpoint) if checkpoint else (BUNDLED_CHECKPOINT if BUNDLED_CHECKPOINT.exists() else None)
+        if path is not None:
+            self.model, blob = load_checkpoint(path, self.device)
+            self.checkpoint = str(path)
+            self.meta = blob.get("meta", {})
+        else:
+            if fallback_config is None:
+                raise ValueError("no checkpoint and no model config to build a model from")
+            self.model = CmtAqrDetector(fallback_config).to(self.device).eval()
+            self.checkpoint = ""
+            self.meta = {"untrained": True}
+        self.cfg: ModelConfig = self.model.cfg
+        self.input_hw = (self.cfg.image.input_height, self.cfg.image.input_width)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.checkpoint)
+
+    def release_memory(self) -> None:
+        """After a CUDA out-of-memory error: free the allocator's cached blocks."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def infer(self, arrays) -> Prediction:
+        """Run one sample (``data.preprocess.ModelArrays``); raises ModelOutputError on NaN/inf."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            inputs = make_inputs([arrays], self.device)
+            out = self.model(inputs)
+            if not (torch.isfinite(out.cls_logits[-1]).all() and torch.isfinite(out.bbox_code[-1]).all()):
+                raise ModelOutputError("non-finite detector outputs")
+            pred = self.model.decode(out)[0]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        d = pred.detections
+        return Prediction(d.boxes.float().cpu().numpy(), d.scores.float().cpu().numpy(), d.labels.cpu().numpy(),
+                          d.query_index.cpu().numpy(), pred.lidar_weight.float().cpu().numpy(),
+                          pred.camera_weight.float().cpu().numpy(), pred.has_input,
+                          1e3 * (time.perf_counter() - t0))

@@ -1,0 +1,98 @@
+"""Camera calibration of the node: intrinsics from CameraInfo, LiDAR->camera extrinsics
+from /tf_static (or a calibration file), cached, with a plain statement of what is missing.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from aqr_perception.ros.conversions import ConversionError, camera_info_K
+from aqr_perception.ros.tf_static import StaticTransforms
+
+
+class CalibrationStore:
+    """Per camera: K (3, 3), image size, optical frame id, and lidar_to_camera (4, 4)."""
+
+    def __init__(self, cameras: list[str], extrinsics_source: str, calibration_file: str = "") -> None:
+        self.cameras = list(cameras)
+        self.source = extrinsics_source
+        self.tf = StaticTransforms()
+        self._K: dict[str, np.ndarray] = {}
+        self._size: dict[str, tuple[int, int]] = {}
+        self._frame: dict[str, str] = {}
+        self._file_ext: dict[str, np.ndarray] = {}
+        self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self._lock = threading.Lock()
+        if extrinsics_source == "file":
+            self._file_ext = load_calibration_file(calibration_file, cameras)
+
+    def set_camera_info(self, camera: str, info) -> None:
+        """Store a CameraInfo (raises ConversionError for unusable intrinsics)."""
+        K = camera_info_K(info)
+        with self._lock:
+            self._K[camera] = K
+            self._size[camera] = (int(info.height), int(info.width))
+            if info.header.frame_id and self._frame.get(camera) != info.header.frame_id:
+                self._frame[camera] = info.header.frame_id
+                self._cache = {k: v for k, v in self._cache.items() if k[0] != camera}
+
+    def add_tf_static(self, msg) -> None:
+        with self._lock:
+            self.tf.add_message(msg)
+            self._cache.clear()
+
+    def intrinsics(self, camera: str) -> np.ndarray | None:
+        return self._K.get(camera)
+
+    def image_size(self, camera: str) -> tuple[int, int] | None:
+        return self._size.get(camera)
+
+    def lidar_to_camera(self, camera: str, lidar_frame: str) -> np.ndarray | None:
+        """(4, 4) mapping LiDAR points into the camera's optical frame, or None if unknown."""
+        if self.source == "file":
+            return self._file_ext.get(camera)
+        with self._lock:
+            key = (camera, lidar_frame)
+            if key not in self._cache:
+                frame = self._frame.get(camera)
+                if frame is None:
+                    return None
+                T = self.tf.lookup(frame, lidar_frame)
+                if T is None:
+                    return None
+                self._cache[key] = T
+            return self._cache[key]
+
+    def missing(self, lidar_frame: str | None) -> dict[str, str]:
+        """camera -> what is missing ("no CameraInfo", "no /tf_static path LIDAR_TOP -> CAM_X")."""
+        out = {}
+        for c in self.cameras:
+            if c not in self._K:
+                out[c] = "no CameraInfo received"
+            elif lidar_frame is not None and self.lidar_to_camera(c, lidar_frame) is None:
+                out[c] = (f"no extrinsic for {c} in {self.source}" if self.source == "file" else
+                          f"no /tf_static path {lidar_frame} -> {self._frame.get(c, '?')}")
+        return out
+
+
+def load_calibration_file(path: str, cameras: list[str]) -> dict[str, np.ndarray]:
+    """YAML ``{camera: {lidar_to_camera: [16 numbers, row-major]}}`` -> camera -> (4, 4)."""
+    if not path:
+        raise ValueError("extrinsics_source is 'file' but calibration_file is empty")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    out = {}
+    for c in cameras:
+        entry = data.get(c)
+        if entry is None:
+            continue
+        T = np.asarray(entry.get("lidar_to_camera", []), dtype=np.float64)
+        if T.size != 16 or not np.all(np.isfinite(T)):
+            raise ValueError(f"{path}: {c}.lidar_to_camera must be 16 finite numbers")
+        out[c] = T.reshape(4, 4)
+    return out
+
+
+__all__ = ["CalibrationStore", "ConversionError", "load_calibration_file"]

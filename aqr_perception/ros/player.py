@@ -1,0 +1,142 @@
+"""Replay a rosbag2 over DDS (stands in for ``ros2 bag play``, which is not on PyPI).
+
+Serialized messages are published as they are (rclpy publishes raw CDR bytes), at the
+bag's pace times ``rate`` (or as fast as a gate allows), optionally with ``/clock``.
+/tf_static is re-published with transient-local durability, like tf2's static
+broadcaster, so late subscribers still get it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
+
+
+class BagPlayer:
+    """Publishers for a bag's topics on ``node``; :meth:`play` sends the messages."""
+
+    def __init__(self, node, bag: Path, exclude: Iterable[str] = (), include: Iterable[str] | None = None,
+                 publish_clock: bool = False) -> None:
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosbags.rosbag2 import Reader
+
+        from aqr_perception.ros.msg_types import get_message
+
+        self.node = node
+        self.bag = Path(bag)
+        excluded = set(exclude)
+        allowed = set(include) if include is not None else None
+        self._reader_cls = Reader
+        self.publishers: dict[str, object] = {}
+        self.types: dict[str, str] = {}
+        with Reader(self.bag) as reader:
+            self.start_ns, self.end_ns = reader.start_time, reader.end_time
+            for conn in reader.connections:
+                if conn.topic in excluded or (allowed is not None and conn.topic not in allowed):
+                    continue
+                static = conn.topic == "/tf_static"
+                qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100 if not static else 1,
+                                 reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
+                if conn.topic not in self.publishers:
+                    self.publishers[conn.topic] = node.create_publisher(get_message(conn.msgtype), conn.topic, qos)
+                    self.types[conn.topic] = conn.msgtype
+        self.clock_pub = None
+        if publish_clock:
+            from rosgraph_msgs.msg import Clock
+
+            self.clock_pub = node.create_publisher(Clock, "/clock", 10)
+        self.published: dict[str, int] = {t: 0 for t in self.publishers}
+
+    def wait_for_subscribers(self, topics: Iterable[str], timeout_s: float, spin: Callable[[float], None]) -> bool:
+        """Spin until every listed (played) topic has a subscriber, or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        wanted = [t for t in topics if t in self.publishers]
+        while time.monotonic() < deadline:
+            if all(self.publishers[t].get_subscription_count() > 0 for t in wanted):
+                return True
+            spin(0.05)
+        return False
+
+    def _publish_clock(self, stamp_ns: int) -> None:
+        from rosgraph_msgs.msg import Clock
+
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
+        self.clock_pub.publish(msg)
+
+    def play(self, rate: float = 1.0, spin: Callable[[float], None] | None = None,
+             gate: Callable[[str, int], None] | None = None, time_shift_ns: int = 0) -> int:
+        """Publish every message; returns how many.
+
+        rate: pace factor (<= 0: as fast as possible). spin(seconds): called while
+        waiting (to serve the node's own subscriptions). gate(topic, stamp): called
+        before each message, may block (e.g. stepwise replay waits for the detector).
+        time_shift_ns: added to the bag time for /clock (looping).
+        """
+        spin = spin or (lambda s: time.sleep(s))
+        count = 0
+        wall0 = time.monotonic()
+        with self._reader_cls(self.bag) as reader:
+            conns = [c for c in reader.connections if c.topic in self.publishers]
+            for conn, stamp, raw in reader.messages(connections=conns):
+                if rate > 0:
+                    due = wall0 + (stamp - self.start_ns) / 1e9 / rate
+                    while (left := due - time.monotonic()) > 0:
+                        spin(min(left, 0.01))
+                if gate is not None:
+                    gate(conn.topic, stamp)
+                if self.clock_pub is not None:
+                    self._publish_clock(stamp + time_shift_ns)
+                self.publishers[conn.topic].publish(bytes(raw))
+                self.published[conn.topic] += 1
+                count += 1
+        return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``aqr-perception play``: replay a bag to DDS from its own process."""
+    parser = argparse.ArgumentParser(prog="aqr-perception play", description=__doc__)
+    parser.add_argument("bag", type=Path)
+    parser.add_argument("--rate", type=float, default=1.0, help="pace factor (<= 0: as fast as possible)")
+    parser.add_argument("--exclude", nargs="*", default=[], help="topics not to play (e.g. a withheld camera)")
+    parser.add_argument("--clock", action="store_true", help="publish /clock from the bag stamps")
+    parser.add_argument("--loop", type=int, default=1, help="play this many times (stamps jump back each time)")
+    parser.add_argument("--wait-for", nargs="*", default=[], help="topics whose subscribers to wait for first")
+    parser.add_argument("--wait-timeout", type=float, default=30.0)
+    parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last message")
+    args = parser.parse_args(argv)
+    apply_loopback_dds_defaults()
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init()
+    node = rclpy.create_node("aqr_bag_player")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spin = lambda s: executor.spin_once(timeout_sec=s)  # noqa: E731
+    try:
+        player = BagPlayer(node, args.bag, exclude=args.exclude, publish_clock=args.clock)
+        if args.wait_for and not player.wait_for_subscribers(args.wait_for, args.wait_timeout, spin):
+            print(f"play: no subscriber on {args.wait_for} after {args.wait_timeout} s", file=sys.stderr)
+            return 1
+        total = 0
+        for _ in range(args.loop):
+            total += player.play(args.rate, spin)
+        end = time.monotonic() + args.linger
+        while time.monotonic() < end:
+            spin(0.05)
+        print(f"play: published {total} messages from {args.bag}")
+        return 0
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

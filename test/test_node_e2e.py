@@ -1,0 +1,95 @@
+"""Acceptance of the node: a player process plays six cameras + LiDAR from the bundled
+drive, the node runs as its own process, and this process receives its outputs over
+loopback DDS. One camera is withheld: the node keeps publishing and reports it stale."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rosbags.rosbag2 import Reader
+
+from aqr_perception.data.typestore import project_typestore
+
+BAG = Path(__file__).resolve().parent.parent / "aqr_perception" / "resources" / "default_drive"
+WITHHELD = "CAM_BACK"
+
+
+def _bag_lidar_stamps():
+    store = project_typestore()
+    with Reader(BAG) as r:
+        conns = [c for c in r.connections if c.topic == "/LIDAR_TOP"]
+        stamps = set()
+        for c, _, raw in r.messages(connections=conns):
+            h = store.deserialize_cdr(raw, c.msgtype).header
+            stamps.add(h.stamp.sec * 10**9 + h.stamp.nanosec)
+    return stamps
+
+
+@pytest.mark.slow
+def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_context):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from vision_msgs.msg import Detection3DArray
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    from aqr_perception.msg import DetectionVelocityArray, QueryRouting
+
+    probe = rclpy.create_node("e2e_probe", context=ros_context)
+    got = {k: [] for k in ("det", "markers", "routing", "vel", "diag")}
+    probe.create_subscription(Detection3DArray, "/aqr_perception/detections", got["det"].append, 50)
+    probe.create_subscription(MarkerArray, "/aqr_perception/markers", got["markers"].append, 50)
+    probe.create_subscription(QueryRouting, "/aqr_perception/routing", got["routing"].append, 50)
+    probe.create_subscription(DetectionVelocityArray, "/aqr_perception/velocities", got["vel"].append, 50)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 50)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(probe)
+
+    node = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.node", "--ros-args",
+                             "-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
+                             "-p", "diagnostics_period_s:=0.5", "-p", "sync.calibration_wait_s:=0.5"])
+    player = None
+    try:
+        player = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.player", str(BAG), "--rate", "0.2",
+                                   "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed",
+                                   "--exclude", f"/{WITHHELD}/image_rect_compressed", f"/{WITHHELD}/camera_info",
+                                   "--linger", "3"])
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and player.poll() is None:
+            executor.spin_once(timeout_sec=0.1)
+        for _ in range(30):          # the node may still be finishing its last frame
+            executor.spin_once(timeout_sec=0.1)
+        assert player.wait(timeout=10) == 0
+    finally:
+        for proc in (player, node):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        node.wait(timeout=10)
+        executor.shutdown()
+        probe.destroy_node()
+
+    assert node.returncode == 0, "the node must exit cleanly on SIGTERM"
+    assert len(got["det"]) >= 3, f"only {len(got['det'])} detection arrays received"
+    stamps = _bag_lidar_stamps()
+    for det in got["det"]:
+        assert det.header.frame_id == "LIDAR_TOP"
+        assert det.header.stamp.sec * 10**9 + det.header.stamp.nanosec in stamps   # header = the cloud's
+        assert 0 < len(det.detections) <= 200
+        assert all(0.0 <= d.results[0].hypothesis.score <= 1.0 for d in det.detections)
+    by_stamp = {(m.header.stamp.sec, m.header.stamp.nanosec): m for m in got["routing"]}
+    det = got["det"][-1]
+    routing = by_stamp[(det.header.stamp.sec, det.header.stamp.nanosec)]
+    assert [r.id for r in routing.detections] == [d.id for d in det.detections]
+    assert WITHHELD in routing.cameras_masked and WITHHELD not in routing.cameras_available
+    assert routing.lidar_available
+    assert got["vel"] and len(got["vel"][-1].velocities) == len(got["det"][-1].detections)
+    markers = got["markers"][-1].markers
+    assert markers[0].action == Marker.DELETEALL
+    assert {m.ns for m in markers[1:]} == {"boxes", "heading", "labels"}
+    # diagnostics name the withheld camera as stale
+    inputs = [s for d in got["diag"] for s in d.status if s.name.endswith(": inputs")]
+    assert any(WITHHELD in s.message and s.level != b"\x00" for s in inputs)
+    assert any(kv.key == f"stale.{WITHHELD}" for s in inputs for kv in s.values)
+    model = [s for d in got["diag"] for s in d.status if s.name.endswith(": model")]
+    assert model and any(kv.key == "device" and kv.value == "cpu" for kv in model[-1].values)
