@@ -2,6 +2,7 @@
 
 Subcommands:
     synth    generate synthetic drives (rosbag2 + ground truth + pictures)
+    train    train the detector on synthetic drives (torchrun for DDP)
     play     replay a rosbag2 over DDS (ros2 bag play stand-in)
     demo     the README main job on the embedded default (what exists today, said plainly)
     node     run the ROS 2 node (same as ``aqr_perception_node``)
@@ -71,6 +72,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     from aqr_perception.ros.node import main as node_main
 
     return node_main([sys.argv[0], *args.ros_args])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from aqr_perception.training.train import main as train_main
+
+    return train_main(args.train_args)
 
 
 def cmd_play(args: argparse.Namespace) -> int:
@@ -157,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("node", help="run the ROS 2 node; arguments after it go to ROS (--ros-args ...)")
     p.add_argument("ros_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("train", help="train the detector (see `aqr-perception train -- --help`)", add_help=False)
+    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("play", help="replay a rosbag2 over DDS (see `aqr-perception play -- --help`)",
                        add_help=False)

@@ -150,7 +150,7 @@ def test_reader_gives_model_arrays_and_gt_for_every_sweep(drive):
     frames = list(read_frames(drive.bag, cfg))
     gt = load_ground_truth(drive.gt_json, cfg.model.classes)
     assert len(frames) == 4 and all(f.stamp_ns in gt for f in frames)
-    arrays = frames[1].model_arrays((cfg.model.image.input_height, cfg.model.image.input_width))
+    arrays = frames[1].arrays
     assert arrays.images.shape == (6, 3, 192, 352) and arrays.camera_valid.all() and arrays.lidar_valid
     # the GT box centres project through lidar2img to where the camera shows them
     g = gt[frames[1].stamp_ns]

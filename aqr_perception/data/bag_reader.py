@@ -1,9 +1,5 @@
-"""Read a drive bag into synchronised sensor frames, the way the node sees them.
-
-The node's own pieces are used: LiDAR-triggered sync (``ros.sync``), message
-conversion (``ros.conversions``), static transforms (``ros.tf_static``) and the model
-preprocessing (``data.preprocess``). One frame per PointCloud2 message.
-"""
+"""Read a drive bag into frames the way the node sees them (its own FramePipeline),
+and the drive's ground truth. One frame per PointCloud2 message."""
 from __future__ import annotations
 
 import json
@@ -15,66 +11,36 @@ import numpy as np
 from rosbags.rosbag2 import Reader
 
 from aqr_perception.config import AqrConfig
-from aqr_perception.data.preprocess import ModelArrays, build_model_arrays
 from aqr_perception.data.typestore import project_typestore
-from aqr_perception.ros.conversions import (camera_info_K, compressed_imgmsg_to_cv2, imgmsg_to_cv2,
-                                            pointcloud2_to_xyzi)
-from aqr_perception.ros.sync import LidarTriggeredSync
-from aqr_perception.ros.tf_static import StaticTransforms
+from aqr_perception.ros.pipeline import FrameInputs, FramePipeline
 
 
-@dataclass
-class SensorFrame:
-    """One LiDAR sweep with its associated cameras (None where stale/missing)."""
-
-    stamp_ns: int
-    lidar_frame: str
-    points: np.ndarray                       # (N, 4)
-    images: list[np.ndarray | None]          # RGB per camera, in camera order
-    Ks: list[np.ndarray | None]
-    lidar_to_cameras: list[np.ndarray | None]
-    stale: dict[str, str]
-
-    def model_arrays(self, input_hw: tuple[int, int]) -> ModelArrays:
-        return build_model_arrays(self.points, self.images, self.Ks, self.lidar_to_cameras, input_hw)
-
-
-def read_frames(bag: Path, cfg: AqrConfig) -> Iterator[SensorFrame]:
-    """Yield the drive's frames in time order."""
-    node = cfg.node
+def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
+    """Feed a bag's messages to ``pipeline`` in bag order, as the node's callbacks would;
+    ``on_cloud(cloud)`` is called for every PointCloud2 (after everything before it)."""
+    node = pipeline.cfg
     store = project_typestore()
-    cams = node.camera_names
-    image_topics = {node.image_topic_format.format(camera=c): c for c in cams}
-    info_topics = {node.camera_info_topic_format.format(camera=c): c for c in cams}
-    sync = LidarTriggeredSync(cams, node.sync)
-    tfs = StaticTransforms()
-    infos: dict[str, object] = {}
-    decode = imgmsg_to_cv2 if node.image_transport == "raw" else compressed_imgmsg_to_cv2
+    image_topics = {node.image_topic_format.format(camera=c): c for c in pipeline.cameras}
+    info_topics = {node.camera_info_topic_format.format(camera=c): c for c in pipeline.cameras}
     with Reader(bag) as reader:
         for conn, _t, raw in reader.messages():
             topic = conn.topic
             if topic in image_topics:
-                msg = store.deserialize_cdr(raw, conn.msgtype)
-                sync.add_image(image_topics[topic], msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec,
-                               msg)
+                pipeline.on_image(image_topics[topic], store.deserialize_cdr(raw, conn.msgtype))
             elif topic in info_topics:
-                infos[info_topics[topic]] = store.deserialize_cdr(raw, conn.msgtype)
+                pipeline.on_camera_info(info_topics[topic], store.deserialize_cdr(raw, conn.msgtype))
             elif topic == "/tf_static":
-                tfs.add_message(store.deserialize_cdr(raw, conn.msgtype))
+                pipeline.on_tf_static(store.deserialize_cdr(raw, conn.msgtype))
             elif topic == node.lidar_topic:
-                cloud = store.deserialize_cdr(raw, conn.msgtype)
-                stamp = cloud.header.stamp.sec * 1_000_000_000 + cloud.header.stamp.nanosec
-                assoc = sync.associate(stamp)
-                images, Ks, exts = [], [], []
-                for c in cams:
-                    msg, info = assoc.images[c], infos.get(c)
-                    T = tfs.lookup(info.header.frame_id, cloud.header.frame_id) if info is not None else None
-                    ok = msg is not None and info is not None and T is not None
-                    images.append(decode(msg, "rgb8") if ok else None)
-                    Ks.append(camera_info_K(info) if ok else None)
-                    exts.append(T if ok else None)
-                yield SensorFrame(stamp, cloud.header.frame_id, pointcloud2_to_xyzi(cloud), images, Ks, exts,
-                                  assoc.stale)
+                on_cloud(store.deserialize_cdr(raw, conn.msgtype))
+
+
+def read_frames(bag: Path, cfg: AqrConfig) -> Iterator[FrameInputs]:
+    """The drive's frames in time order, assembled exactly as the node assembles them."""
+    pipeline = FramePipeline(cfg.node, input_hw=(cfg.model.image.input_height, cfg.model.image.input_width))
+    frames: list[FrameInputs] = []
+    feed_bag(bag, pipeline, lambda cloud: frames.append(pipeline.assemble(cloud)))
+    yield from frames
 
 
 @dataclass

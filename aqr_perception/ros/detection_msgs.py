@@ -14,38 +14,15 @@ Box convention (LiDAR frame, one row per box), shared with the model's box coder
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
 from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
+from aqr_perception.ros.pipeline import FrameDetections  # noqa: F401  (re-exported for callers)
 
 BOX_DIM = 9
-
-
-@dataclass
-class FrameDetections:
-    """Decoded detections of one frame (all arrays share the first dimension N).
-
-    boxes:  (N, 9) float, ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` in the LiDAR frame
-    scores: (N,) float in [0, 1]
-    labels: (N,) int, index into the class names
-    query_index: (N,) int, the object query each detection came from
-    lidar_weight, camera_weight: (N, L) float, AQR router weights per decoder layer
-        (L >= 1; the last column is the last layer)
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    query_index: np.ndarray
-    lidar_weight: np.ndarray
-    camera_weight: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
 
 
 def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:

@@ -57,16 +57,12 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
     from visualization_msgs.msg import MarkerArray
 
     from aqr_perception.config import ConfigError, NodeConfig, load_config
-    from aqr_perception.data.preprocess import build_model_arrays
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
-    from aqr_perception.ros.calibration import CalibrationStore
-    from aqr_perception.ros.conversions import (ConversionError, compressed_imgmsg_to_cv2, imgmsg_to_cv2,
-                                                pointcloud2_to_xyzi)
-    from aqr_perception.ros.detection_msgs import (FrameDetections, to_detection_array, to_routing_msg,
-                                                   to_velocity_msg)
+    from aqr_perception.ros.conversions import ConversionError
+    from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
     from aqr_perception.ros.markers import detection_markers
     from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters
-    from aqr_perception.ros.sync import LidarTriggeredSync
+    from aqr_perception.ros.pipeline import FramePipeline
 
     class AqrPerceptionNode(Node):
         """See the module docstring."""
@@ -87,14 +83,12 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 raise ConfigError(f"camera_names lists {len(self.cameras)} cameras, the model expects "
                                   f"{runtime.cfg.num_views} views")
             self.class_names = list(runtime.cfg.classes)
-            self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
-            self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
+            self.pipeline = FramePipeline(cfg, runtime)
+            self.sync = self.pipeline.sync
             self.counters: dict[str, int] = defaultdict(int)
             self.report = FrameReport()
             self._throttle: dict[str, float] = {}
-            self._first_cloud_wall: float | None = None
             self._last_cloud_wall: float | None = None
-            self._lidar_frame: str | None = None
             self._slow_since: float | None = None
             self._last_done_wall: float | None = None
             self._mailbox = None
@@ -143,15 +137,10 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 self._throttle[key] = now
                 self.get_logger().warning(text)
 
-        @staticmethod
-        def _stamp_ns(msg) -> int:
-            return msg.header.stamp.sec * NS + msg.header.stamp.nanosec
-
         # ------------------------------------------------------ input callbacks
         def _on_cloud(self, msg) -> None:
             now = time.monotonic()
             self.counters["clouds_received"] += 1
-            self._first_cloud_wall = self._first_cloud_wall or now
             self._last_cloud_wall = now
             with self._cond:
                 if self._mailbox is not None:
@@ -160,19 +149,19 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 self._cond.notify()
 
         def _on_image(self, camera: str, msg) -> None:
-            self.sync.add_image(camera, self._stamp_ns(msg), msg)
+            self.pipeline.on_image(camera, msg)
 
         def _on_info(self, camera: str, msg) -> None:
             self.counters["camera_info_received"] += 1
             try:
-                self.calib.set_camera_info(camera, msg)
+                self.pipeline.on_camera_info(camera, msg)
             except ConversionError as exc:
                 self.counters[f"camera_info_invalid.{camera}"] += 1
                 self._warn(f"info:{camera}", f"{self.cfg.camera_info_topic_format.format(camera=camera)}: {exc}")
 
         def _on_tf_static(self, msg) -> None:
             try:
-                self.calib.add_tf_static(msg)
+                self.pipeline.on_tf_static(msg)
             except ValueError as exc:
                 self.counters["tf_static_invalid"] += 1
                 self._warn("tf_static", f"/tf_static: {exc}")
@@ -186,6 +175,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             try:
                 update = {p.name: p.value for p in params}
                 self.cfg = NodeConfig.model_validate({**self.cfg.model_dump(), **update})
+                self.pipeline.cfg = self.cfg
             except Exception as exc:  # pydantic.ValidationError
                 return SetParametersResult(successful=False, reason=str(exc).splitlines()[0])
             return SetParametersResult(successful=True)
@@ -208,69 +198,35 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
         def _process(self, cloud) -> None:
             cfg = self.cfg
             t0 = time.perf_counter()
-            stamp = self._stamp_ns(cloud)
-            try:
-                points = pointcloud2_to_xyzi(cloud)
-            except ConversionError as exc:
+            out = self.pipeline.process(cloud)
+            if out.status == "invalid_cloud":
                 self.counters["clouds_invalid"] += 1
-                self._warn("cloud", f"{cfg.lidar_topic}: {exc}; frame skipped")
+                self._warn("cloud", f"{cfg.lidar_topic}: {out.message}; frame skipped")
                 return
-            self._lidar_frame = cloud.header.frame_id
-            missing = self.calib.missing(cloud.header.frame_id)
-            if missing and time.monotonic() - self._first_cloud_wall < cfg.sync.calibration_wait_s:
+            if out.status == "waiting_calibration":
                 self.counters["frames_waiting_for_calibration"] += 1
-                self._warn("calib_wait", "waiting for calibration: " +
-                           "; ".join(f"{c}: {r}" for c, r in missing.items()))
+                self._warn("calib_wait", out.message)
                 return
-            assoc = self.sync.associate(stamp)
-            masked: dict[str, str] = {}
-            images, Ks, exts = [], [], []
-            for cam in self.cameras:
-                img, K, T = None, self.calib.intrinsics(cam), self.calib.lidar_to_camera(cam, cloud.header.frame_id)
-                msg = assoc.images[cam]
-                if cam in missing:
-                    masked[cam] = missing[cam]
-                elif msg is None:
-                    masked[cam] = assoc.stale.get(cam, "stale")
-                else:
-                    try:
-                        img = (imgmsg_to_cv2 if cfg.image_transport == "raw" else compressed_imgmsg_to_cv2)(msg, "rgb8")
-                        size = self.calib.image_size(cam)
-                        if size is not None and img.shape[:2] != size:
-                            raise ConversionError(f"image is {img.shape[1]}x{img.shape[0]}, CameraInfo says "
-                                                  f"{size[1]}x{size[0]}")
-                    except ConversionError as exc:
-                        img = None
-                        masked[cam] = f"invalid image: {exc}"
-                        self.counters[f"images_invalid.{cam}"] += 1
-                        self._warn(f"img:{cam}", f"{cfg.image_topic_format.format(camera=cam)}: {exc}; "
-                                                 "camera masked for this frame")
-                images.append(img)
-                Ks.append(K if img is not None else None)
-                exts.append(T if img is not None else None)
-            for cam in masked:
-                self.counters[f"camera_masked.{cam}"] += 1
-            arrays = build_model_arrays(points, images, Ks, exts, self.runtime.input_hw)
-            t1 = time.perf_counter()
-            try:
-                pred = self.runtime.infer(arrays)
-            except RuntimeError as exc:
-                key = "model_out_of_memory" if "out of memory" in str(exc).lower() else "model_errors"
+            if out.inputs is not None:
+                for cam, err in out.inputs.image_errors.items():
+                    self.counters[f"images_invalid.{cam}"] += 1
+                    self._warn(f"img:{cam}", f"{cfg.image_topic_format.format(camera=cam)}: {err}; "
+                                             "camera masked for this frame")
+                for cam in out.inputs.masked:
+                    self.counters[f"camera_masked.{cam}"] += 1
+            if out.status == "model_error":
+                key = "model_out_of_memory" if "out of memory" in out.message.lower() else "model_errors"
                 self.counters[key] += 1
-                if key == "model_out_of_memory":
-                    self.runtime.release_memory()
-                self._warn(key, f"model failed on frame {stamp}: {exc}; frame skipped, nothing published")
+                self._warn(key, f"model failed on frame {out.stamp_ns}: {out.message}; frame skipped, "
+                                "nothing published")
                 return
             t2 = time.perf_counter()
-            keep = np.nonzero(pred.scores >= cfg.score_threshold)[0][: cfg.max_detections]
-            det = FrameDetections(pred.boxes[keep], pred.scores[keep], pred.labels[keep], pred.query_index[keep],
-                                  pred.lidar_weight[keep], pred.camera_weight[keep])
-            self._publish(cloud.header, det, arrays.lidar_valid, [c for c in self.cameras if c not in masked],
-                          list(masked))
+            inputs = out.inputs
+            self._publish(cloud.header, out.detections, inputs.arrays.lidar_valid,
+                          [c for c in self.cameras if c not in inputs.masked], list(inputs.masked))
             t3 = time.perf_counter()
-            stage = {"preprocess_ms": 1e3 * (t1 - t0), "inference_ms": 1e3 * (t2 - t1),
-                     "postprocess_ms": 1e3 * (t3 - t2), "processing_time_ms": 1e3 * (t3 - t0)}
-            self._record(stamp, points, det, pred.has_input, masked, stage)
+            stage = {**out.stage_ms, "postprocess_ms": 1e3 * (t3 - t2), "processing_time_ms": 1e3 * (t3 - t0)}
+            self._record(out.stamp_ns, inputs.arrays.points, out.detections, out.has_input, inputs.masked, stage)
 
         def _publish(self, header, det, lidar_valid: bool, used: list[str], masked: list[str]) -> None:
             self.pub_det.publish(to_detection_array(header, det, self.class_names))

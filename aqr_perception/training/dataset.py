@@ -53,13 +53,12 @@ class DriveDataset(Dataset):
 
     def __init__(self, drives: list[tuple[Path, Path]], cfg: AqrConfig) -> None:
         self.cfg = cfg
-        hw = (cfg.model.image.input_height, cfg.model.image.input_width)
         self.samples: list[Sample] = []
         for bag, gt_json in drives:
             gts = load_ground_truth(gt_json, list(cfg.model.classes))
             for frame in read_frames(bag, cfg):
                 boxes, labels = select_gt(gts[frame.stamp_ns], cfg.model.point_cloud_range)
-                self.samples.append(Sample(frame.model_arrays(hw), boxes, labels, frame.stamp_ns))
+                self.samples.append(Sample(frame.arrays, boxes, labels, frame.stamp_ns))
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -1,0 +1,178 @@
+"""One frame, from a PointCloud2 to filtered detections, without rclpy.
+
+The node (``ros/node.py``), the offline evaluator and the training-data reader all feed
+messages through this class, so the three see identical frames:
+
+    on_image / on_camera_info / on_tf_static     (inputs, in arrival order)
+    assemble(cloud)  -> FrameInputs              (sync + conversion + calibration + preprocessing)
+    process(cloud)   -> FrameOutcome             (assemble + model + score filter)
+
+Messages may be rclpy or rosbags objects (same field names).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aqr_perception.config import NodeConfig
+from aqr_perception.data.preprocess import ModelArrays, build_model_arrays
+from aqr_perception.ros.calibration import CalibrationStore
+from aqr_perception.ros.conversions import (ConversionError, compressed_imgmsg_to_cv2, imgmsg_to_cv2,
+                                            pointcloud2_to_xyzi)
+from aqr_perception.ros.sync import LidarTriggeredSync
+
+NS = 1_000_000_000
+
+
+@dataclass
+class FrameDetections:
+    """Decoded detections of one frame (all arrays share the first dimension N).
+
+    boxes:  (N, 9) float, ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` in the LiDAR frame
+    scores: (N,) float in [0, 1]
+    labels: (N,) int, index into the class names
+    query_index: (N,) int, the object query each detection came from
+    lidar_weight, camera_weight: (N, L) float, AQR router weights per decoder layer
+        (L >= 1; the last column is the last layer)
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    query_index: np.ndarray
+    lidar_weight: np.ndarray
+    camera_weight: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * NS + msg.header.stamp.nanosec
+
+
+@dataclass
+class FrameInputs:
+    """A frame ready for the model; ``images`` (RGB per camera, None where masked) kept for pictures."""
+
+    stamp_ns: int
+    lidar_frame: str
+    arrays: ModelArrays
+    images: list[np.ndarray | None]
+    masked: dict[str, str]                      # camera -> reason
+    image_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FrameOutcome:
+    """What became of one cloud. status: ok | invalid_cloud | waiting_calibration | model_error."""
+
+    status: str
+    stamp_ns: int
+    detections: FrameDetections | None = None
+    inputs: FrameInputs | None = None
+    has_input: bool = False
+    message: str = ""
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+class FramePipeline:
+    """Sync + calibration + conversion + model for one sensor rig."""
+
+    def __init__(self, cfg: NodeConfig, runtime=None, input_hw: tuple[int, int] | None = None) -> None:
+        self.cfg = cfg
+        self.cameras = list(cfg.camera_names)
+        self.runtime = runtime
+        self.input_hw = input_hw or runtime.input_hw
+        self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
+        self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
+        self.first_cloud_wall: float | None = None
+        self._decode = imgmsg_to_cv2 if cfg.image_transport == "raw" else compressed_imgmsg_to_cv2
+
+    # ----------------------------------------------------------------- inputs
+    def on_image(self, camera: str, msg) -> None:
+        self.sync.add_image(camera, stamp_ns(msg), msg)
+
+    def on_camera_info(self, camera: str, msg) -> None:
+        """Raises ConversionError for unusable intrinsics (the caller counts and logs)."""
+        self.calib.set_camera_info(camera, msg)
+
+    def on_tf_static(self, msg) -> None:
+        self.calib.add_tf_static(msg)
+
+    # ------------------------------------------------------------------ frame
+    def assemble(self, cloud) -> FrameInputs:
+        """Points + the associated, decoded, calibrated images in model layout.
+
+        Raises ConversionError when the cloud itself is unusable. A camera that is
+        stale, uncalibrated or whose image does not decode (or does not match its
+        CameraInfo size) is masked, with the reason in ``masked``.
+        """
+        points = pointcloud2_to_xyzi(cloud)
+        lidar_frame = cloud.header.frame_id
+        stamp = stamp_ns(cloud)
+        assoc = self.sync.associate(stamp)
+        missing = self.calib.missing(lidar_frame)
+        masked: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        images, Ks, exts = [], [], []
+        for cam in self.cameras:
+            img, msg = None, assoc.images[cam]
+            if cam in missing:
+                masked[cam] = missing[cam]
+            elif msg is None:
+                masked[cam] = assoc.stale.get(cam, "stale")
+            else:
+                try:
+                    img = self._decode(msg, "rgb8")
+                    size = self.calib.image_size(cam)
+                    if size is not None and img.shape[:2] != size:
+                        raise ConversionError(f"image is {img.shape[1]}x{img.shape[0]}, CameraInfo says "
+                                              f"{size[1]}x{size[0]}")
+                except ConversionError as exc:
+                    img = None
+                    masked[cam] = errors[cam] = f"invalid image: {exc}"
+            images.append(img)
+            Ks.append(self.calib.intrinsics(cam) if img is not None else None)
+            exts.append(self.calib.lidar_to_camera(cam, lidar_frame) if img is not None else None)
+        arrays = build_model_arrays(points, images, Ks, exts, self.input_hw)
+        return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors)
+
+    def calibration_pending(self, lidar_frame: str) -> dict[str, str]:
+        """Cameras still missing calibration while the readiness wait lasts (else empty)."""
+        now = time.monotonic()
+        self.first_cloud_wall = self.first_cloud_wall or now
+        if now - self.first_cloud_wall >= self.cfg.sync.calibration_wait_s:
+            return {}
+        return self.calib.missing(lidar_frame)
+
+    def process(self, cloud, score_threshold: float | None = None, max_detections: int | None = None
+                ) -> FrameOutcome:
+        """Assemble, run the model, keep detections above the threshold (best first)."""
+        t0 = time.perf_counter()
+        stamp = stamp_ns(cloud)
+        pending = self.calibration_pending(cloud.header.frame_id)
+        if pending:
+            return FrameOutcome("waiting_calibration", stamp, message="waiting for calibration: " +
+                                "; ".join(f"{c}: {r}" for c, r in pending.items()))
+        try:
+            inputs = self.assemble(cloud)
+        except ConversionError as exc:
+            return FrameOutcome("invalid_cloud", stamp, message=str(exc))
+        t1 = time.perf_counter()
+        try:
+            pred = self.runtime.infer(inputs.arrays)
+        except RuntimeError as exc:   # includes ModelOutputError and CUDA out-of-memory
+            if "out of memory" in str(exc).lower():
+                self.runtime.release_memory()
+            return FrameOutcome("model_error", stamp, inputs=inputs, message=f"{type(exc).__name__}: {exc}")
+        t2 = time.perf_counter()
+        thr = self.cfg.score_threshold if score_threshold is None else score_threshold
+        top = self.cfg.max_detections if max_detections is None else max_detections
+        keep = np.nonzero(pred.scores >= thr)[0][:top]
+        det = FrameDetections(pred.boxes[keep], pred.scores[keep], pred.labels[keep], pred.query_index[keep],
+                              pred.lidar_weight[keep], pred.camera_weight[keep])
+        return FrameOutcome("ok", stamp, det, inputs, pred.has_input,
+                            stage_ms={"preprocess_ms": 1e3 * (t1 - t0), "inference_ms": 1e3 * (t2 - t1)})
