@@ -325,6 +325,7 @@ class TrainConfig(_Section):
     drop_lidar_p: Probability = Field(0.25, description="masked-modal training: remove the LiDAR")
     num_workers: Annotated[int, Field(ge=0)] = 0
     log_every: PositiveInt = 10
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(200, description="steps between last.pt saves (0: per epoch)")
     output_dir: str = "runs/train"
 
     @model_validator(mode="after")
@@ -346,7 +347,8 @@ class EvalConfig(_Section):
         "car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50,
         "pedestrian": 40, "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30,
     }
-    replay_rate: PositiveFloat = Field(1.0, description="bag replay speed factor")
+    score_threshold: Probability = Field(0.05, description="detections below this score are not evaluated")
+    pictures: Annotated[int, Field(ge=0)] = Field(3, description="frames drawn with predictions over GT")
     output_dir: str = "runs/eval"
 
 

@@ -124,6 +124,10 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.3f}")
+                if rank == 0 and tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                    meta.update(epoch=epoch, step=step, train_seconds=round(time.monotonic() - t0, 1),
+                                loss_last_20=sum(running[-20:]) / len(running[-20:]))
+                    save_checkpoint(out_dir / "last.pt", model, meta, optimizer.state_dict())
                 if writer and (step % tc.log_every == 0 or step == total):
                     parts = losses.parts
                     pick = lambda key: sum(v for k, v in parts.items() if k.endswith("." + key))  # noqa: E731

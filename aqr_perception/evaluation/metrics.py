@@ -1,0 +1,140 @@
+"""nuScenes detection metrics through the devkit's own functions.
+
+Boxes are evaluated in the global frame (as nuScenes does): predictions in the LiDAR
+frame are moved there with the drive's ego poses. Filtering follows the devkit's
+``filter_eval_boxes``: class-dependent range by distance to the ego, GT without LiDAR
+points removed. AP is averaged over the 0.5/1/2/4 m centre-distance thresholds; TP
+errors are taken at 2 m; NDS = (5 mAP + sum(1 - min(1, err))) / 10. Traffic cones have
+no attribute/velocity/orientation error, barriers no attribute/velocity error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aqr_perception.config import EvalConfig
+from aqr_perception.evaluation import devkit as dk
+
+#: mmdet3d/CMT default attributes by class, chosen from the predicted speed.
+SPEED_THRESHOLD = 0.2
+
+
+def default_attribute(name: str, speed: float) -> str:
+    if name in ("car", "truck", "bus", "trailer", "construction_vehicle"):
+        return "vehicle.moving" if speed > SPEED_THRESHOLD else "vehicle.parked"
+    if name in ("bicycle", "motorcycle"):
+        return "cycle.with_rider" if speed > SPEED_THRESHOLD else "cycle.without_rider"
+    if name == "pedestrian":
+        return "pedestrian.moving" if speed > SPEED_THRESHOLD else "pedestrian.standing"
+    return ""
+
+
+def yaw_quaternion_wxyz(yaw: float) -> list[float]:
+    return [float(np.cos(yaw / 2)), 0.0, 0.0, float(np.sin(yaw / 2))]
+
+
+@dataclass
+class FrameBoxes:
+    """Boxes of one sample in the global frame.
+
+    boxes (N, 9) ``[x, y, z, dx, dy, dz, yaw, vx, vy]``; names; scores (N,) for
+    predictions (None for GT); attributes; num_pts (GT only); ego_xyz (3,).
+    """
+
+    boxes: np.ndarray
+    names: list[str]
+    ego_xyz: np.ndarray
+    scores: np.ndarray | None = None
+    attributes: list[str] | None = None
+    num_pts: np.ndarray | None = None
+
+
+def _detection_box(token: str, b: np.ndarray, name: str, ego: np.ndarray, score: float, attr: str,
+                   num_pts: int) -> dk.DetectionBox:
+    return dk.DetectionBox(sample_token=token, translation=tuple(float(v) for v in b[:3]),
+                           size=(float(b[4]), float(b[3]), float(b[5])),        # w, l, h
+                           rotation=tuple(yaw_quaternion_wxyz(float(b[6]))), velocity=(float(b[7]), float(b[8])),
+                           ego_translation=tuple(float(v) for v in b[:3] - ego), num_pts=int(num_pts),
+                           detection_name=name, detection_score=float(score), attribute_name=attr)
+
+
+def to_eval_boxes(frames: dict[str, FrameBoxes], is_gt: bool, cfg: EvalConfig) -> dk.EvalBoxes:
+    """Build devkit EvalBoxes, filtered like ``filter_eval_boxes`` (range by class, GT needs points)."""
+    out = dk.EvalBoxes()
+    for token, f in frames.items():
+        boxes = []
+        for i, (b, name) in enumerate(zip(f.boxes, f.names)):
+            if name not in cfg.class_range:
+                continue
+            if np.hypot(*(b[:2] - f.ego_xyz[:2])) > cfg.class_range[name]:
+                continue
+            if is_gt and f.num_pts is not None and f.num_pts[i] == 0:
+                continue
+            speed = float(np.hypot(b[7], b[8]))
+            attr = f.attributes[i] if f.attributes is not None else default_attribute(name, speed)
+            boxes.append(_detection_box(token, b, name, f.ego_xyz, 1.0 if f.scores is None else f.scores[i], attr,
+                                        -1 if f.num_pts is None else f.num_pts[i]))
+        if not is_gt:
+            boxes = sorted(boxes, key=lambda x: -x.detection_score)[: cfg.max_boxes_per_sample]
+        out.add_boxes(token, boxes)
+    return out
+
+
+@dataclass
+class DetectionResult:
+    """Metrics of one evaluation (NaN where undefined)."""
+
+    mAP: float
+    NDS: float
+    tp_errors: dict[str, float]                      # mATE, mASE, mAOE, mAVE, mAAE
+    per_class_ap: dict[str, float]
+    per_class_tp: dict[str, dict[str, float]]
+    pr_curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # at 2 m
+    num_gt: int = 0
+    num_pred: int = 0
+
+    def summary(self) -> dict:
+        return {"mAP": self.mAP, "NDS": self.NDS, **self.tp_errors, "per_class_ap": self.per_class_ap,
+                "num_gt": self.num_gt, "num_pred": self.num_pred}
+
+
+def evaluate(gt: dict[str, FrameBoxes], pred: dict[str, FrameBoxes], classes: list[str], cfg: EvalConfig
+             ) -> DetectionResult:
+    """Devkit metrics for predictions vs GT (same sample tokens; missing predictions count as misses)."""
+    gt_boxes = to_eval_boxes(gt, True, cfg)
+    pred_boxes = to_eval_boxes({t: pred.get(t, FrameBoxes(np.zeros((0, 9)), [], gt[t].ego_xyz, np.zeros(0)))
+                                for t in gt}, False, cfg)
+    dcfg = dk.DetectionConfig(class_range={c: cfg.class_range.get(c, 50.0) for c in classes},
+                              dist_fcn="center_distance", dist_ths=list(cfg.dist_thresholds),
+                              dist_th_tp=cfg.dist_th_tp, min_recall=cfg.min_recall,
+                              min_precision=cfg.min_precision, max_boxes_per_sample=cfg.max_boxes_per_sample,
+                              mean_ap_weight=5)
+    metrics = dk.DetectionMetrics(dcfg)
+    curves = {}
+    per_class_tp: dict[str, dict[str, float]] = {}
+    for name in classes:
+        for th in cfg.dist_thresholds:
+            md = dk.accumulate(gt_boxes, pred_boxes, name, dk.center_distance, th)
+            metrics.add_label_ap(name, th, dk.calc_ap(md, cfg.min_recall, cfg.min_precision))
+            if th == cfg.dist_th_tp:
+                curves[name] = (md.recall.copy(), md.precision.copy())
+        md = dk.accumulate(gt_boxes, pred_boxes, name, dk.center_distance, cfg.dist_th_tp)
+        per_class_tp[name] = {}
+        for metric in dk.TP_METRICS:
+            if name == "traffic_cone" and metric in ("attr_err", "vel_err", "orient_err"):
+                tp = np.nan
+            elif name == "barrier" and metric in ("attr_err", "vel_err"):
+                tp = np.nan
+            else:
+                tp = dk.calc_tp(md, cfg.min_recall, metric)
+            metrics.add_label_tp(name, metric, tp)
+            per_class_tp[name][metric] = float(tp)
+    tp = metrics.tp_errors
+    names = {"trans_err": "mATE", "scale_err": "mASE", "orient_err": "mAOE", "vel_err": "mAVE", "attr_err": "mAAE"}
+    return DetectionResult(
+        mAP=float(metrics.mean_ap), NDS=float(metrics.nd_score),
+        tp_errors={names[k]: float(v) for k, v in tp.items()},
+        per_class_ap={c: float(v) for c, v in metrics.mean_dist_aps.items()},
+        per_class_tp=per_class_tp, pr_curves=curves,
+        num_gt=sum(len(v) for v in gt_boxes.boxes.values()), num_pred=sum(len(v) for v in pred_boxes.boxes.values()))

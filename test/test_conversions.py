@@ -1,0 +1,191 @@
+"""Message -> numpy conversion, checked on bytes serialised by rosbags and decoded by rclpy."""
+import cv2
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+
+from aqr_perception.data.typestore import project_typestore
+from aqr_perception.ros import conversions as C
+
+STORE = project_typestore()
+T = STORE.types
+
+
+def _via_rclpy(msg, msgtype, cls):
+    """rosbags object -> CDR bytes -> rclpy message (what a subscriber gets)."""
+    return deserialize_message(bytes(STORE.serialize_cdr(msg, msgtype)), cls)
+
+
+def _cloud(fields, rows, point_step, height=1, row_pad=0, big=False):
+    """PointCloud2 with ``fields`` = [(name, offset, datatype)], ``rows`` a structured array."""
+    n = rows.shape[0]
+    width = n // height
+    data = bytearray()
+    raw = rows.tobytes()
+    for r in range(height):
+        data += raw[r * width * point_step:(r + 1) * width * point_step] + b"\xee" * row_pad
+    PF = T["sensor_msgs/msg/PointField"]
+    Hdr, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+    msg = T["sensor_msgs/msg/PointCloud2"](
+        header=Hdr(stamp=Time(sec=1, nanosec=2), frame_id="lidar"), height=height, width=width,
+        fields=[PF(name=nm, offset=o, datatype=d, count=1) for nm, o, d in fields], is_bigendian=big,
+        point_step=point_step, row_step=width * point_step + row_pad, data=np.frombuffer(bytes(data), np.uint8),
+        is_dense=False)
+    return _via_rclpy(msg, "sensor_msgs/msg/PointCloud2", PointCloud2)
+
+
+def test_float32_cloud_with_padding_and_extra_fields():
+    dt = np.dtype({"names": ["x", "y", "z", "intensity", "ring"], "formats": ["<f4"] * 4 + ["<u2"],
+                   "offsets": [0, 4, 8, 16, 20], "itemsize": 32})
+    rng = np.random.default_rng(0)
+    rows = np.zeros(100, dt)
+    for k in "xyz":
+        rows[k] = rng.normal(0, 10, 100)
+    rows["intensity"] = rng.uniform(0, 255, 100)
+    rows["ring"] = np.arange(100) % 32
+    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 16, 7), ("ring", 20, 4)], rows, 32)
+    xyzi = C.pointcloud2_to_xyzi(cloud)
+    np.testing.assert_array_equal(xyzi, np.stack([rows["x"], rows["y"], rows["z"], rows["intensity"]], 1))
+    ring = C.read_points_numpy(cloud, ["ring"])
+    np.testing.assert_array_equal(ring[:, 0], rows["ring"])
+
+
+def test_mixed_datatypes_uint8_intensity_float64_xyz_big_endian():
+    dt = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": [">f8", ">f8", ">f8", "u1"],
+                   "offsets": [0, 8, 16, 24], "itemsize": 25})
+    rows = np.zeros(7, dt)
+    rows["x"], rows["y"], rows["z"] = np.arange(7) * 1.5, -np.arange(7), 0.25
+    rows["intensity"] = np.arange(7) * 30
+    cloud = _cloud([("x", 0, 8), ("y", 8, 8), ("z", 16, 8), ("intensity", 24, 2)], rows, 25, big=True)
+    xyzi = C.pointcloud2_to_xyzi(cloud)
+    expected = np.stack([rows["x"], rows["y"], rows["z"], rows["intensity"].astype(float)], 1).astype(np.float32)
+    np.testing.assert_array_equal(xyzi, expected)
+
+
+def test_organized_cloud_with_row_padding_and_nans():
+    dt = np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8], "itemsize": 12})
+    rows = np.zeros(12, dt)
+    rows["x"] = np.arange(12)
+    rows["y"] = 1.0
+    rows["z"] = 2.0
+    rows["x"][[3, 7]] = np.nan
+    rows["z"][5] = np.inf
+    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7)], rows, 12, height=3, row_pad=5)
+    all_pts = C.read_points_numpy(cloud, ["x", "y", "z"])
+    assert all_pts.shape == (12, 3)
+    np.testing.assert_array_equal(all_pts[~np.isnan(all_pts[:, 0]), 0], rows["x"][~np.isnan(rows["x"])])
+    assert C.read_points_numpy(cloud, ["x", "y", "z"], skip_nans=True).shape == (10, 3)
+    xyzi = C.pointcloud2_to_xyzi(cloud)               # non-finite dropped, intensity zeros
+    assert xyzi.shape == (9, 4) and np.all(xyzi[:, 3] == 0)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda f, ps: ([x for x in f if x[0] != "z"], ps), "no 'z' field"),
+    (lambda f, ps: ([(n, o, 42 if n == "x" else d) for n, o, d in f], ps), "unknown datatype"),
+    (lambda f, ps: (f, 8), "does not fit point_step"),
+])
+def test_broken_clouds_raise_clear_errors(bad, words):
+    dt = np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8], "itemsize": 12})
+    fields, step = bad([("x", 0, 7), ("y", 4, 7), ("z", 8, 7)], 12)
+    rows = np.zeros(4, dt)
+    cloud = _cloud(fields, rows, 12)
+    cloud.point_step = step
+    with pytest.raises(C.ConversionError, match=words):
+        C.pointcloud2_to_xyzi(cloud)
+
+
+def test_truncated_cloud_data():
+    dt = np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8], "itemsize": 12})
+    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7)], np.zeros(4, dt), 12)
+    cloud.width = 10
+    with pytest.raises(C.ConversionError, match="bytes"):
+        C.pointcloud2_to_xyzi(cloud)
+
+
+def _image(arr, encoding, pad=0):
+    h, w = arr.shape[:2]
+    ch = 1 if arr.ndim == 2 else arr.shape[2]
+    rows = np.concatenate([arr.reshape(h, w * ch), np.full((h, pad), 7, np.uint8)], 1) if pad else arr.reshape(h, -1)
+    Hdr, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+    msg = T["sensor_msgs/msg/Image"](header=Hdr(stamp=Time(sec=0, nanosec=0), frame_id="cam"), height=h, width=w,
+                                     encoding=encoding, is_bigendian=0, step=w * ch + pad,
+                                     data=np.ascontiguousarray(rows).reshape(-1))
+    return _via_rclpy(msg, "sensor_msgs/msg/Image", Image)
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_raw_images_in_every_encoding(pad):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(C.imgmsg_to_cv2(_image(rgb, "rgb8", pad), "rgb8"), rgb)
+    np.testing.assert_array_equal(C.imgmsg_to_cv2(_image(rgb[..., ::-1].copy(), "bgr8", pad), "rgb8"), rgb)
+    np.testing.assert_array_equal(C.imgmsg_to_cv2(_image(rgb, "rgb8", pad), "bgr8"), rgb[..., ::-1])
+    mono = rgb[..., 0].copy()
+    np.testing.assert_array_equal(C.imgmsg_to_cv2(_image(mono, "mono8", pad), "rgb8"), np.repeat(mono[..., None], 3, 2))
+    np.testing.assert_array_equal(C.imgmsg_to_cv2(_image(rgb, "rgb8", pad)), rgb)      # passthrough
+
+
+def test_bad_raw_images():
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(C.ConversionError, match="unsupported image encoding"):
+        C.imgmsg_to_cv2(_image(rgb, "yuv422"), "rgb8")
+    msg = _image(rgb, "rgb8")
+    msg.step = 5
+    with pytest.raises(C.ConversionError, match="step"):
+        C.imgmsg_to_cv2(msg, "rgb8")
+    msg = _image(rgb, "rgb8")
+    msg.height = 9
+    with pytest.raises(C.ConversionError, match="bytes"):
+        C.imgmsg_to_cv2(msg, "rgb8")
+
+
+def _compressed(data: bytes, fmt: str):
+    Hdr, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
+    msg = T["sensor_msgs/msg/CompressedImage"](header=Hdr(stamp=Time(sec=0, nanosec=0), frame_id="cam"),
+                                               format=fmt, data=np.frombuffer(data, np.uint8))
+    return _via_rclpy(msg, "sensor_msgs/msg/CompressedImage", CompressedImage)
+
+
+def test_compressed_png_is_lossless_and_jpeg_matches_imdecode():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    png = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
+    np.testing.assert_array_equal(C.compressed_imgmsg_to_cv2(_compressed(png, "bgr8; png compressed bgr8"), "rgb8"), rgb)
+    jpg = cv2.imencode(".jpg", rgb[..., ::-1])[1].tobytes()
+    expected = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(C.compressed_imgmsg_to_cv2(_compressed(jpg, "jpeg"), "rgb8"), expected)
+    with pytest.raises(C.ConversionError, match="not a decodable"):
+        C.compressed_imgmsg_to_cv2(_compressed(b"\xff\xd8 definitely not a jpeg", "jpeg"), "rgb8")
+    with pytest.raises(C.ConversionError, match="not a decodable"):
+        C.compressed_imgmsg_to_cv2(_compressed(b"", "jpeg"), "rgb8")
+
+
+def test_camera_info_validation():
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=100, height=50)
+    info.k = [50.0, 0.0, 50.0, 0.0, 50.0, 25.0, 0.0, 0.0, 1.0]
+    np.testing.assert_array_equal(C.camera_info_K(info), np.array(info.k).reshape(3, 3))
+    info.k = [0.0] * 9
+    with pytest.raises(C.ConversionError, match="intrinsics"):
+        C.camera_info_K(info)
+    info.k = [float("nan")] * 9
+    with pytest.raises(C.ConversionError, match="intrinsics"):
+        C.camera_info_K(info)
+
+
+@pytest.mark.skipif(C._ros_read_points_numpy is None and C._CvBridge is None,
+                    reason="sensor_msgs_py / cv_bridge come with a ROS distro (not on PyPI); cross-check there")
+def test_fallbacks_match_the_ros_libraries_where_present():  # pragma: no cover - distro machines only
+    dt = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 12],
+                   "itemsize": 16})
+    rows = np.zeros(20, dt)
+    rows["x"] = np.arange(20)
+    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 12, 7)], rows, 16)
+    if C._ros_read_points_numpy is not None:
+        np.testing.assert_array_equal(C._ros_read_points_numpy(cloud, ["x", "y", "z", "intensity"]),
+                                      C.read_points_numpy_fallback(cloud, ["x", "y", "z", "intensity"]))
+    if C._CvBridge is not None:
+        img = _image(np.arange(60, dtype=np.uint8).reshape(4, 5, 3), "rgb8")
+        np.testing.assert_array_equal(C._CvBridge().imgmsg_to_cv2(img, "bgr8"), C.imgmsg_to_cv2_fallback(img, "bgr8"))
