@@ -189,3 +189,24 @@ def test_fallbacks_match_the_ros_libraries_where_present():  # pragma: no cover 
     if C._CvBridge is not None:
         img = _image(np.arange(60, dtype=np.uint8).reshape(4, 5, 3), "rgb8")
         np.testing.assert_array_equal(C._CvBridge().imgmsg_to_cv2(img, "bgr8"), C.imgmsg_to_cv2_fallback(img, "bgr8"))
+
+
+@pytest.mark.parametrize("r", [2, 4, 8])
+def test_reduced_jpeg_decode_keeps_projection_consistent(r):
+    # a bright dot at a known full-resolution pixel lands where the reduced intrinsics say
+    h, w = 904, 1600
+    K = np.array([[1200.0, 0, 801.3], [0, 1200.0, 452.7], [0, 0, 1]])
+    p_cam = np.array([1.7, -0.9, 12.0])
+    u, v = (K @ (p_cam / p_cam[2]))[:2]
+    img = np.zeros((h, w, 3), np.uint8)
+    cv2.circle(img, (int(round(u * 16)), int(round(v * 16))), 6 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
+    jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert C.jpeg_reduction((h, w), (h // r, w // r)) == r and C.jpeg_reduction((h, w), (h, w)) == 1
+    small = C.compressed_to_rgb_reduced(_compressed(jpg, "jpeg"), r)
+    assert small.shape[:2] == (-(-h // r), -(-w // r))
+    Kr = C.reduce_intrinsics(K, r)
+    ur, vr = (Kr @ (p_cam / p_cam[2]))[:2]
+    weight = small[..., 0].astype(float)
+    ys, xs = np.mgrid[0:small.shape[0], 0:small.shape[1]]
+    cu, cv_ = (weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()   # dot centroid
+    assert abs(cu - ur) < 0.25 and abs(cv_ - vr) < 0.25

@@ -47,7 +47,9 @@ def prepare_camera(rgb: np.ndarray, K: np.ndarray, lidar_to_camera: np.ndarray, 
         new = (int(round(w * scale)), int(round(h * scale)))
         rgb = cv2.resize(rgb, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     rgb = rgb[cy:cy + dst_hw[0], cx:cx + dst_hw[1]]
-    A = np.array([[scale, 0, -cx, 0], [0, scale, -cy, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
+    # cv2.resize maps pixel centres as u' = s * (u + 0.5) - 0.5; then the crop shifts by (cx, cy)
+    off = 0.5 * scale - 0.5
+    A = np.array([[scale, 0, off - cx, 0], [0, scale, off - cy, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
     K4 = np.eye(4)
     K4[:3, :3] = K
     return np.ascontiguousarray(rgb.transpose(2, 0, 1)), (A @ K4 @ lidar_to_camera).astype(np.float32)

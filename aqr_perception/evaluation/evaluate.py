@@ -283,6 +283,7 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, preds: dict[str, Fr
     from aqr_perception.data.bag_reader import load_ground_truth
     from aqr_perception.data.pictures import compose, draw_bev, draw_camera, save_png
     from aqr_perception.data.rig import Camera
+    from aqr_perception.ros.conversions import reduce_intrinsics
 
     gts = load_ground_truth(gt_json, list(cfg.model.classes))
     pipeline = FramePipeline(eval_node_config(cfg), input_hw=(cfg.model.image.input_height,
@@ -309,7 +310,8 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, preds: dict[str, Fr
                 h, w = size or (cfg.synth.image_height, cfg.synth.image_width)
                 tiles.append(np.zeros((h, w, 3), np.uint8))
                 continue
-            c = Camera(cam, size[1], size[0], pipeline.calib.intrinsics(cam),
+            r = round(size[1] / img.shape[1])          # JPEGs may have been decoded reduced
+            c = Camera(cam, img.shape[1], img.shape[0], reduce_intrinsics(pipeline.calib.intrinsics(cam), r),
                        pipeline.calib.lidar_to_camera(cam, inputs.lidar_frame))
             tiles.append(draw_camera(img, c, groups))
         path = out_dir / f"frame_{token}.png"

@@ -192,3 +192,50 @@ def camera_info_K(info) -> np.ndarray:
     if int(info.width) <= 0 or int(info.height) <= 0:
         raise ConversionError(f"CameraInfo has invalid size {info.width}x{info.height}")
     return K
+
+
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def jpeg_reduction(src_hw: tuple[int, int], min_hw: tuple[int, int]) -> int:
+    """Largest JPEG DCT reduction (1, 2, 4, 8) that still leaves at least ``min_hw`` pixels."""
+    h, w = src_hw
+    best = 1
+    for r in (2, 4, 8):
+        if -(-h // r) >= min_hw[0] and -(-w // r) >= min_hw[1]:
+            best = r
+    return best
+
+
+def compressed_to_rgb_reduced(msg, reduction: int) -> np.ndarray:
+    """Decode a CompressedImage to RGB at 1/reduction size (JPEG decodes that directly, ~r^2 faster).
+
+    Pixel centres map as ``u_reduced = (u - (r - 1) / 2) / r`` (see :func:`reduce_intrinsics`).
+    Non-JPEG data (PNG) is decoded fully and reduced with INTER_AREA, which maps the same way.
+    """
+    buf = _buffer(msg.data)
+    if reduction == 1 or buf.size < 2 or buf[0] != 0xFF or buf[1] != 0xD8:
+        img = compressed_imgmsg_to_cv2_fallback(msg, "rgb8")
+        if reduction > 1:
+            h, w = img.shape[:2]
+            img = cv2.resize(img, (-(-w // reduction), -(-h // reduction)), interpolation=cv2.INTER_AREA)
+        return img
+    img = cv2.imdecode(buf, _REDUCED_FLAGS[reduction])
+    if img is None:
+        raise ConversionError(f"CompressedImage ({msg.format or 'no format'}) is not a decodable JPEG/PNG "
+                              f"({buf.size} bytes)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def reduce_intrinsics(K: np.ndarray, reduction: int) -> np.ndarray:
+    """K of the 1/reduction image: pixel centres ``u' = (u - (r - 1) / 2) / r``."""
+    if reduction == 1:
+        return K
+    r = float(reduction)
+    out = np.array(K, dtype=np.float64)
+    out[0, 0] /= r
+    out[1, 1] /= r
+    out[0, 1] /= r
+    out[0, 2] = (K[0, 2] - (r - 1) / 2) / r
+    out[1, 2] = (K[1, 2] - (r - 1) / 2) / r
+    return out

@@ -19,8 +19,8 @@ import numpy as np
 from aqr_perception.config import NodeConfig
 from aqr_perception.data.preprocess import ModelArrays, build_model_arrays
 from aqr_perception.ros.calibration import CalibrationStore
-from aqr_perception.ros.conversions import (ConversionError, compressed_imgmsg_to_cv2, imgmsg_to_cv2,
-                                            pointcloud2_to_xyzi)
+from aqr_perception.ros.conversions import (ConversionError, compressed_to_rgb_reduced, imgmsg_to_cv2,
+                                            jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
 from aqr_perception.ros.sync import LidarTriggeredSync
 
 NS = 1_000_000_000
@@ -89,7 +89,6 @@ class FramePipeline:
         self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
         self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
         self.first_cloud_wall: float | None = None
-        self._decode = imgmsg_to_cv2 if cfg.image_transport == "raw" else compressed_imgmsg_to_cv2
 
     # ----------------------------------------------------------------- inputs
     def on_image(self, camera: str, msg) -> None:
@@ -119,26 +118,41 @@ class FramePipeline:
         errors: dict[str, str] = {}
         images, Ks, exts = [], [], []
         for cam in self.cameras:
-            img, msg = None, assoc.images[cam]
+            img, K, msg = None, None, assoc.images[cam]
             if cam in missing:
                 masked[cam] = missing[cam]
             elif msg is None:
                 masked[cam] = assoc.stale.get(cam, "stale")
             else:
                 try:
-                    img = self._decode(msg, "rgb8")
-                    size = self.calib.image_size(cam)
-                    if size is not None and img.shape[:2] != size:
-                        raise ConversionError(f"image is {img.shape[1]}x{img.shape[0]}, CameraInfo says "
-                                              f"{size[1]}x{size[0]}")
+                    img, K = self._decode(cam, msg)
                 except ConversionError as exc:
                     img = None
                     masked[cam] = errors[cam] = f"invalid image: {exc}"
             images.append(img)
-            Ks.append(self.calib.intrinsics(cam) if img is not None else None)
+            Ks.append(K if img is not None else None)
             exts.append(self.calib.lidar_to_camera(cam, lidar_frame) if img is not None else None)
         arrays = build_model_arrays(points, images, Ks, exts, self.input_hw)
         return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors)
+
+    def _decode(self, cam: str, msg) -> tuple[np.ndarray, np.ndarray]:
+        """RGB image + the intrinsics that go with it; checks the size against CameraInfo.
+
+        JPEGs much larger than the model input are decoded directly at 1/2, 1/4 or 1/8
+        size (DCT scaling), with the intrinsics reduced to match.
+        """
+        size, K = self.calib.image_size(cam), self.calib.intrinsics(cam)
+        if self.cfg.image_transport == "raw":
+            img, r = imgmsg_to_cv2(msg, "rgb8"), 1
+        else:
+            r = jpeg_reduction(size, self.input_hw) if size is not None else 1
+            img = compressed_to_rgb_reduced(msg, r)
+        if size is not None:
+            expect = (-(-size[0] // r), -(-size[1] // r))
+            if img.shape[:2] != expect:
+                raise ConversionError(f"image is {img.shape[1] * r}x{img.shape[0] * r}, CameraInfo says "
+                                      f"{size[1]}x{size[0]}")
+        return img, reduce_intrinsics(K, r)
 
     def calibration_pending(self, lidar_frame: str) -> dict[str, str]:
         """Cameras still missing calibration while the readiness wait lasts (else empty)."""
