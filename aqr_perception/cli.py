@@ -6,6 +6,7 @@ Subcommands:
     play     replay a rosbag2 over DDS (ros2 bag play stand-in)
     demo     the README main job: the node replays the bundled drive with the bundled checkpoint
     eval     nuScenes metrics of a drive bag (replay to the node over DDS, or offline)
+    robustness  AQR vs no-AQR baseline under sensor corruptions (table + routing weights)
     node     run the ROS 2 node (same as ``aqr_perception_node``)
     config   show / validate configs, print or check the node parameter JSON schema
 """
@@ -116,6 +117,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    """The robustness table: held-out drives under corruptions, AQR vs baseline."""
+    from aqr_perception.evaluation.robustness import CONDITIONS, run_robustness
+
+    cfg = cfgmod.load_config(args.config, args.overrides + [f"synth.frames_per_drive={args.frames}"])
+    models = {"aqr": args.checkpoint or ""}
+    if args.baseline:
+        models["baseline"] = args.baseline
+    seeds = [args.seed + i for i in range(args.drives)]
+    conditions = tuple(args.conditions or CONDITIONS)
+    report = run_robustness(cfg, models, seeds, Path(args.out), conditions, args.device)
+    from aqr_perception.evaluation.robustness import robustness_table
+
+    print()
+    print(robustness_table(report["results"], list(models)))
+    print(f"\nwritten to {args.out}/robustness.md")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README main job: the node replays the bundled drive with the bundled checkpoint."""
     from aqr_perception.evaluation.evaluate import run_eval
@@ -185,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default eval.output_dir/<bag name>)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("robustness", help="AQR vs baseline on held-out drives under sensor corruptions")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", help="AQR model (default: the bundled one)")
+    p.add_argument("--baseline", help="no-AQR baseline checkpoint")
+    p.add_argument("--drives", type=int, default=2)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1100, help="first held-out seed")
+    p.add_argument("--conditions", nargs="*", help="subset of conditions")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/robustness")
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("synth", help="generate synthetic drives as rosbag2 files")
     _add_config_args(p)

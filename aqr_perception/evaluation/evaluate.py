@@ -77,7 +77,7 @@ def load_gt_frames(gt_json: Path) -> tuple[dict[str, FrameBoxes], dict[str, np.n
     return gt, poses
 
 
-def _global_predictions(ev: DriveEval) -> dict[str, FrameBoxes]:
+def global_predictions(ev: DriveEval) -> dict[str, FrameBoxes]:
     out = {}
     for token, p in ev.pred.items():
         T = ev.lidar_to_global[token]
@@ -234,7 +234,7 @@ def evaluate_drive(bag: Path, gt_json: Path, cfg: AqrConfig, preds: dict[str, Fr
     gt, poses = load_gt_frames(gt_json)
     ev = DriveEval(gt=gt, pred={t: p for t, p in preds.items() if t in gt}, lidar_to_global=poses,
                    frames_total=len(gt))
-    return evaluate(gt, _global_predictions(ev), list(cfg.model.classes), cfg.eval), ev
+    return evaluate(gt, global_predictions(ev), list(cfg.model.classes), cfg.eval), ev
 
 
 def metrics_table(rows: dict[str, DetectionResult]) -> str:
