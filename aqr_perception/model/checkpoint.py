@@ -17,11 +17,13 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, model: CmtAqrDetector, meta: dict[str, Any] | None = None,
-                    optimizer_state: dict | None = None) -> None:
-    """Write weights (fp32, CPU), the model config and ``meta`` (metrics, data, step...)."""
+                    optimizer_state: dict | None = None, half: bool = False) -> None:
+    """Write weights (CPU; fp32, or fp16 with ``half`` for a small shipped file), the model
+    config and ``meta`` (metrics, data, step...). Loading casts back to the model's dtype."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+    dtype = torch.float16 if half else torch.float32
+    state = {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
     blob = {"format": FORMAT_VERSION, "model_config": model.cfg.model_dump(mode="json"), "state_dict": state,
             "meta": meta or {}}
