@@ -198,8 +198,8 @@ class ModelConfig(_Section):
     lidar: LidarBranchConfig = LidarBranchConfig()
     transformer: TransformerConfig = TransformerConfig()
     aqr: AqrRouterConfig = AqrRouterConfig()
-    attention: Literal["dense"] = Field(
-        "dense", description="cross-attention implementation: dense float bias (the reference)")
+    attention: Literal["dense", "fused"] = Field(
+        "fused", description="cross-attention: fused (exact, no dense bias) or dense (the reference)")
     decode: DecodeConfig = DecodeConfig()
     denoise: DenoiseConfig = DenoiseConfig()
     loss: LossConfig = LossConfig()

@@ -60,7 +60,15 @@ def _dense(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, aqr
     return attention_reference(q, k, v, mask, dropout_p)
 
 
-IMPLEMENTATIONS = {"dense": _dense}
+def _fused(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, aqr: AqrBias | None,
+           dropout_p: float) -> Tensor:
+    from aqr_perception.model.fused_attention import fused_aqr_attention
+
+    return fused_aqr_attention(q, k, v, key_padding_mask, aqr, dropout_p)
+
+
+#: "dense" is the reference (builds the (B, Q, K) bias); "fused" is exact without it.
+IMPLEMENTATIONS = {"dense": _dense, "fused": _fused}
 
 
 def aqr_cross_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,

@@ -1,0 +1,148 @@
+"""Exact AQR cross-attention without the dense (B, heads, Q, K) bias.
+
+The memory is made of segments: the BEV tokens, then each camera view's tokens. The
+bias and the key padding the model uses are constant per (query, segment), except for
+the local-mode windows. Two exact identities remove the dense bias:
+
+1. **Folding a per-segment constant into the dot product.** With ``e_j`` the one-hot of
+   key j's segment, ``q' = [q, c * sqrt(d)]`` and ``k' = [k, e_j]`` give
+   ``q'.k' / sqrt(d) = q.k / sqrt(d) + c[segment]``: the global bias, and key padding
+   (``c = -PAD``, whose exp underflows to exactly 0), go into a few extra head
+   dimensions of a standard ``scaled_dot_product_attention`` call.
+2. **Local windows as one extra key.** ``exp(s + b) = exp(s) + exp(s + log(expm1(b)))``,
+   so a bias b >= 0 on the window keys W equals the unbiased attention plus extra
+   copies of the window keys. Their total weight and mean value are folded into one
+   *sentinel* key per query: logit ``log Z_W`` (via identity 1), value one-hot in an
+   extra value column. With the SDPA output o' (d + 1 columns),
+   ``out = o'[:d] + o'[d] * o_W`` where ``o_W`` is the window keys' own softmax average
+   over the logits ``s + log(expm1(b))`` (gathered, a few hundred keys per query).
+
+Everything is ordinary differentiable torch, so autograd gives exact gradients; SDPA
+picks its fused kernels (flash on CPU and CUDA). Memory beyond the unbiased attention:
+the extra key/value columns (S = 1 + views (+1) per key) and, in local mode, the
+gathered window logits/values in chunks of queries.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from aqr_perception.model.aqr import AqrBias, MemoryLayout, local_window_entries
+
+PAD = 1000.0            # exp(-1000) == 0 in fp16/bf16/fp32: an exactly masked key
+WINDOW_CHUNK = 128      # queries per gather chunk in local mode
+
+
+def segment_index(layout: MemoryLayout, device=None) -> Tensor:
+    """(K,) segment of every key: 0 = BEV, 1 + v = camera view v."""
+    img = torch.arange(layout.num_views, device=device).repeat_interleave(layout.img_h * layout.img_w) + 1
+    return torch.cat([torch.zeros(layout.num_bev, dtype=torch.long, device=device), img])
+
+
+def segment_padding(key_padding_mask: Tensor | None, layout: MemoryLayout, batch: int, device) -> Tensor | None:
+    """(B, S) bool padding per segment when ``key_padding_mask`` is constant within segments, else None."""
+    s = 1 + layout.num_views
+    if key_padding_mask is None:
+        return torch.zeros(batch, s, dtype=torch.bool, device=device)
+    bev = key_padding_mask[:, : layout.num_bev]
+    img = key_padding_mask[:, layout.num_bev:].reshape(batch, layout.num_views, -1)
+    structured = (bev.all(1) | ~bev.any(1)).all() and (img.all(2) | ~img.any(2)).all()
+    if not bool(structured):
+        return None
+    return torch.cat([bev[:, :1], img[:, :, 0]], dim=1)
+
+
+def _window_part(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, pad: Tensor | None, scale: float
+                 ) -> tuple[Tensor, Tensor]:
+    """Local mode: log Z_W (B, h, Q) and o_W (B, h, Q, d) of the window copies, in query chunks."""
+    keys, values, valid = local_window_entries(aqr)             # (B, Q, N)
+    if pad is not None:                                         # padded keys are not in any window
+        valid = valid & ~torch.gather(pad, 1, keys.flatten(1)).view_as(keys)
+    extra = torch.log(torch.expm1(values.clamp(min=1e-12))).to(q.dtype)   # log(e^b - 1)
+    extra = extra.masked_fill(~valid, float("-inf"))
+    b, h, nq, d = q.shape
+    lse_parts, out_parts = [], []
+    for start in range(0, nq, WINDOW_CHUNK):
+        sl = slice(start, start + WINDOW_CHUNK)
+        idx = keys[:, sl]                                        # (B, c, N)
+        c, n = idx.shape[1], idx.shape[2]
+        # per sample index_select: no (h, c*N, d) index tensor is built
+        kw = torch.stack([k[i].index_select(1, idx[i].reshape(-1)) for i in range(b)]).view(b, h, c, n, d)
+        vw = torch.stack([v[i].index_select(1, idx[i].reshape(-1)) for i in range(b)]).view(b, h, c, n, d)
+        logits = torch.einsum("bhqd,bhqnd->bhqn", q[:, :, sl], kw) * scale + extra[:, None, sl]
+        lse = torch.logsumexp(logits, dim=-1)                    # -inf for an empty window
+        w = torch.exp(logits - lse.clamp(min=-PAD)[..., None]).nan_to_num(0.0)
+        lse_parts.append(lse)
+        out_parts.append(torch.einsum("bhqn,bhqnd->bhqd", w, vw))
+    return torch.cat(lse_parts, 2), torch.cat(out_parts, 2)
+
+
+def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+                        aqr: AqrBias | None, dropout_p: float = 0.0) -> Tensor:
+    """Same result as the dense reference, (B, h, Q, d); see the module docstring.
+
+    q: (B, h, Q, d); k, v: (B, h, K, d); key_padding_mask: (B, K) bool (True = masked);
+    aqr: compact bias or None. Queries with every key masked get 0, as in the reference.
+    """
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    if aqr is None:
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        if key_padding_mask is not None:
+            out = out.masked_fill(key_padding_mask.all(1)[:, None, None, None], 0.0)
+        return out
+    lay = aqr.layout
+    seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
+    general_mask = None
+    if seg_pad is None:      # unstructured padding: SDPA takes it as a broadcast (B, 1, 1, K) mask
+        general_mask = ~key_padding_mask[:, None, None, :]
+        seg_pad = torch.zeros(b, 1 + lay.num_views, dtype=torch.bool, device=q.device)
+    # per (sample, query, segment) additive logit
+    if aqr.mode == "global":
+        bev = (aqr.lidar_weight - 0.5) * 2 * aqr.strength
+        cam = (aqr.camera_weight - 0.5) * 2 * aqr.strength
+        seg_logit = torch.cat([bev[..., None], cam[..., None].expand(-1, -1, lay.num_views)], -1)  # (B, Q, S)
+    else:
+        seg_logit = q.new_zeros(b, nq, 1 + lay.num_views)
+    seg_logit = seg_logit.to(q.dtype).masked_fill(seg_pad[:, None, :], -PAD)
+    n_seg = 1 + lay.num_views
+    seg = segment_index(lay, q.device)
+    q_extra = seg_logit * math.sqrt(d)                                                    # (B, Q, S)
+    # fused kernels need one head dim for q, k and v (a multiple of 8 on CUDA); each wide
+    # tensor is written once: [original | segment columns | sentinel column | zero padding]
+    local = aqr.mode == "local"
+    width = d + n_seg + (1 if local else 0)
+    dim = -(-width // 8) * 8
+    extra_key = 1 if local else 0
+    q2 = q.new_zeros(b, h, nq, dim)
+    q2[..., :d] = q
+    q2[..., d:d + n_seg] = q_extra[:, None]
+    k2 = k.new_zeros(b, h, nk + extra_key, dim)
+    k2[:, :, :nk, :d] = k
+    k2[:, :, torch.arange(nk, device=q.device), d + seg] = 1.0                             # segment one-hot
+    v2 = v.new_zeros(b, h, nk + extra_key, dim)
+    v2[:, :, :nk, :d] = v
+    if not local:
+        out = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=general_mask, dropout_p=dropout_p,
+                                             scale=scale)[..., :d]
+        dead = seg_pad.all(1) if general_mask is None else key_padding_mask.all(1)
+        return out.masked_fill(dead[:, None, None, None], 0.0)
+    # local mode: window copies folded into one sentinel key per query (the last key)
+    lse_w, o_w = _window_part(q, k, v, aqr, key_padding_mask, scale)
+    q2[..., width - 1] = lse_w.clamp(min=-PAD) * math.sqrt(d)                             # sentinel logit
+    k2[:, :, nk, width - 1] = 1.0
+    v2[:, :, nk, d] = 1.0                                        # the sentinel's weight lands in column d
+    mask2 = None
+    if general_mask is not None:
+        mask2 = torch.cat([general_mask, general_mask.new_ones(b, 1, 1, 1)], -1)
+    o2 = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask2, dropout_p=dropout_p, scale=scale)
+    out = o2[..., :d] + o2[..., d:d + 1] * o_w
+    # every key masked and no window: the reference defines the output as 0
+    regular_dead = seg_pad.all(1)[:, None, None] if general_mask is None else key_padding_mask.all(1)[:, None, None]
+    dead = regular_dead & torch.isneginf(lse_w)
+    return out.masked_fill(dead[..., None], 0.0)

@@ -1,0 +1,133 @@
+"""AQR cross-attention: dense bias (reference) vs fused exact vs unbiased SDPA, side by side.
+
+For each size (CMT: 8 heads, head dim 32, 900 queries, 32,400 BEV + 24,000 image keys;
+and the tiny config) and each AQR mode, prints the median time of --runs calls, the
+peak extra memory of each method (each measured in a fresh subprocess: peak RSS over
+the inputs on CPU, max_memory_allocated on CUDA) and the max abs error vs dense.
+
+Targets (issue 4): global <= 1.1x unbiased SDPA time, local <= 1.3x; extra memory
+<= 5 % of the dense bias; max abs error <= 1e-5 in fp32.
+
+    python bench/attention.py [--device cpu|cuda] [--runs 5] [--sizes cmt tiny] [--dtype float32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SIZES = {
+    # name: (batch, heads, queries, head_dim, layout (bev_h, bev_w, views, img_h, img_w), windows)
+    "cmt": (1, 8, 900, 32, (180, 180, 6, 40, 100), (15, 15)),
+    "tiny": (1, 4, 200, 32, (64, 64, 6, 12, 22), (15, 15)),
+}
+
+
+def make_case(size: str, mode: str, device: str, dtype: torch.dtype, seed: int = 0):
+    from aqr_perception.model.aqr import AqrBias, MemoryLayout, QueryProjection
+
+    b, h, nq, d, lay_t, (bw, cw) = SIZES[size]
+    g = torch.Generator().manual_seed(seed)
+    lay = MemoryLayout(*lay_t)
+    proj = QueryProjection(torch.randint(0, lay.num_bev, (b, nq), generator=g),
+                           torch.randint(0, lay.num_views, (b, nq), generator=g),
+                           torch.randint(0, lay.img_h, (b, nq), generator=g),
+                           torch.randint(0, lay.img_w, (b, nq), generator=g),
+                           torch.rand(b, nq, generator=g) > 0.2)
+    proj = QueryProjection(*(t.to(device) for t in (proj.bev_index, proj.cam_view, proj.cam_row, proj.cam_col,
+                                                    proj.cam_visible)))
+    aqr = AqrBias(mode, 5.0, torch.rand(b, nq, generator=g).to(device, dtype),
+                  torch.rand(b, nq, generator=g).to(device, dtype), lay, proj, bw, cw)
+    q = torch.randn(b, h, nq, d, generator=g).to(device, dtype)
+    k = torch.randn(b, h, lay.num_keys, d, generator=g).to(device, dtype)
+    v = torch.randn(b, h, lay.num_keys, d, generator=g).to(device, dtype)
+    mask = torch.zeros(b, lay.num_keys, dtype=torch.bool, device=device)
+    return q, k, v, mask, aqr
+
+
+def run_method(method: str, q, k, v, mask, aqr):
+    from torch.nn import functional as F
+
+    from aqr_perception.model.attention import aqr_cross_attention
+
+    if method == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v)
+    return aqr_cross_attention(q, k, v, mask, aqr, impl=method)
+
+
+def measure_child(size: str, mode: str, method: str, device: str, dtype: str, runs: int) -> dict:
+    """In this (fresh) process: time and peak extra memory of one method."""
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    case = make_case(size, mode, device, dt)
+    sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.inference_mode():
+        out = run_method(method, *case)
+        sync()
+        peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            run_method(method, *case)
+            sync()
+            times.append(time.perf_counter() - t0)
+    torch.save(out.float().cpu(), f"/tmp/aqr_bench_{size}_{mode}_{method}.pt")
+    return {"time_s": statistics.median(times), "peak_extra_bytes": max(0, peak)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", nargs="*", default=["tiny", "cmt"])
+    parser.add_argument("--modes", nargs="*", default=["global", "local"])
+    parser.add_argument("--child", nargs=3, metavar=("SIZE", "MODE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure_child(*args.child, args.device, args.dtype, args.runs)))
+        return
+    print(f"device {args.device}, {args.dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"median of {args.runs}")
+    for size in args.sizes:
+        b, h, nq, d, lay, _ = SIZES[size]
+        nk = lay[0] * lay[1] + lay[2] * lay[3] * lay[4]
+        dense_bias_bytes = b * h * nq * nk * 4
+        for mode in args.modes:
+            res = {}
+            for method in ("sdpa", "fused", "dense"):
+                out = subprocess.run([sys.executable, __file__, "--device", args.device, "--dtype", args.dtype,
+                                      "--runs", str(args.runs), "--child", size, mode, method],
+                                     capture_output=True, text=True, check=True)
+                res[method] = json.loads(out.stdout.strip().splitlines()[-1])
+            ref = torch.load(f"/tmp/aqr_bench_{size}_{mode}_dense.pt")
+            err = (torch.load(f"/tmp/aqr_bench_{size}_{mode}_fused.pt") - ref).abs().max().item()
+            t = {m: r["time_s"] for m, r in res.items()}
+            mem = {m: r["peak_extra_bytes"] / 2**20 for m, r in res.items()}
+            print(f"\n{size} ({nq} queries x {nk} keys, {h} heads), {mode} mode; dense bias would be "
+                  f"{dense_bias_bytes / 2**20:.0f} MiB")
+            print(f"  unbiased SDPA : {t['sdpa'] * 1e3:8.1f} ms  peak extra {mem['sdpa']:8.1f} MiB")
+            print(f"  fused exact   : {t['fused'] * 1e3:8.1f} ms  peak extra {mem['fused']:8.1f} MiB  "
+                  f"max |err| vs dense {err:.2e}")
+            print(f"  dense bias    : {t['dense'] * 1e3:8.1f} ms  peak extra {mem['dense']:8.1f} MiB")
+            target = 1.1 if mode == "global" else 1.3
+            print(f"  fused / SDPA time {t['fused'] / t['sdpa']:.2f}x (target <= {target}x); dense / SDPA "
+                  f"{t['dense'] / t['sdpa']:.2f}x; fused memory above SDPA {mem['fused'] - mem['sdpa']:.1f} MiB = "
+                  f"{100 * (mem['fused'] - mem['sdpa']) * 2**20 / dense_bias_bytes:.1f} % of the dense bias "
+                  f"(target <= 5 %)")
+
+
+if __name__ == "__main__":
+    main()

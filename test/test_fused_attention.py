@@ -1,0 +1,91 @@
+"""The fused AQR attention equals the dense reference (values and gradients), without
+ever building the (B, heads, Q, K) bias."""
+import pytest
+import torch
+
+from aqr_perception.model.aqr import AqrBias, MemoryLayout, QueryProjection
+from aqr_perception.model.attention import aqr_cross_attention
+
+TOL = 1e-5
+
+
+def _case(mode, seed, b=2, h=3, q=11, d=8, layout=(6, 7, 3, 4, 5), pad="none", windows=(5, 3)):
+    g = torch.Generator().manual_seed(seed)
+    lay = MemoryLayout(*layout)
+    vis = torch.rand(b, q, generator=g) > 0.4
+    proj = QueryProjection(torch.randint(0, lay.num_bev, (b, q), generator=g),
+                           torch.randint(0, lay.num_views, (b, q), generator=g),
+                           torch.randint(0, lay.img_h, (b, q), generator=g),
+                           torch.randint(0, lay.img_w, (b, q), generator=g), vis)
+    aqr = AqrBias(mode, 5.0, torch.rand(b, q, generator=g, dtype=torch.float64),
+                  torch.rand(b, q, generator=g, dtype=torch.float64), lay, proj, *windows)
+    qq, kk, vv = (torch.randn(b, h, n, d, generator=g, dtype=torch.float64) for n in (q, lay.num_keys, lay.num_keys))
+    mask = None
+    view = lay.img_h * lay.img_w
+    if pad == "lidar":
+        mask = torch.zeros(b, lay.num_keys, dtype=torch.bool)
+        mask[0, :lay.num_bev] = True
+    elif pad == "views":
+        mask = torch.zeros(b, lay.num_keys, dtype=torch.bool)
+        mask[1, lay.num_bev:lay.num_bev + view] = True
+        mask[0, lay.num_bev + 2 * view:] = True
+    elif pad == "everything":
+        mask = torch.zeros(b, lay.num_keys, dtype=torch.bool)
+        mask[1] = True
+    elif pad == "random":
+        mask = torch.rand(b, lay.num_keys, generator=g) < 0.3
+    return qq, kk, vv, mask, aqr
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("pad", ["none", "lidar", "views", "everything", "random"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fused_equals_dense(mode, pad, seed):
+    q, k, v, mask, aqr = _case(mode, seed, pad=pad)
+    dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
+    fused = aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
+    assert torch.isfinite(fused).all()
+    assert (dense - fused).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_fp32_error_within_target(mode):
+    q, k, v, mask, aqr = _case(mode, 3, b=1, h=8, q=40, d=32, layout=(18, 18, 6, 5, 9), windows=(15, 15))
+    q, k, v = q.float(), k.float(), v.float()
+    aqr.lidar_weight, aqr.camera_weight = aqr.lidar_weight.float(), aqr.camera_weight.float()
+    dense = aqr_cross_attention(q, k, v, None, aqr, impl="dense")
+    fused = aqr_cross_attention(q, k, v, None, aqr, impl="fused")
+    assert (dense - fused).abs().max() <= TOL
+
+
+def test_queries_without_window_and_windows_at_the_border():
+    q, k, v, mask, aqr = _case("local", 4, pad="lidar")
+    aqr.projection.cam_visible[:] = False                 # no camera windows at all
+    aqr.projection.bev_index[:, 0] = 0                    # clipped at a corner
+    aqr.projection.bev_index[:, 1] = aqr.layout.num_bev - 1
+    dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
+    fused = aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
+    assert (dense - fused).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("pad", ["none", "views"])
+def test_gradients_equal_dense(mode, pad):
+    q, k, v, mask, aqr = _case(mode, 5, pad=pad)
+    grads = {}
+    for impl in ("dense", "fused"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, aqr.lidar_weight, aqr.camera_weight)]
+        a = AqrBias(aqr.mode, aqr.strength, leaves[3], leaves[4], aqr.layout, aqr.projection, aqr.bev_window,
+                    aqr.camera_window)
+        out = aqr_cross_attention(leaves[0], leaves[1], leaves[2], mask, a, impl=impl)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads[impl] = [t.grad for t in leaves]
+    for name, gd, gf in zip(["q", "k", "v", "lidar_weight", "camera_weight"], grads["dense"], grads["fused"]):
+        assert (gd - gf).abs().max() <= 1e-6, name
+
+
+def test_no_bias_path_matches_reference():
+    q, k, v, mask, _ = _case("global", 6, pad="views")
+    dense = aqr_cross_attention(q, k, v, mask, None, impl="dense")
+    fused = aqr_cross_attention(q, k, v, mask, None, impl="fused")
+    assert (dense - fused).abs().max() <= TOL
