@@ -154,6 +154,8 @@ def imgmsg_to_cv2_fallback(msg, desired_encoding: str = "passthrough") -> np.nda
         raise ConversionError(f"unsupported image encoding {enc!r} (supported: {', '.join(_CHANNELS)})")
     ch = _CHANNELS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise ConversionError(f"empty image ({w}x{h})")
     if step < w * ch:
         raise ConversionError(f"image step {step} smaller than width*channels {w * ch}")
     buf = _buffer(msg.data)

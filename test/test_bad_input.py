@@ -1,0 +1,276 @@
+"""Bad input never kills the pipeline: every broken message gives a clear outcome or a
+masked camera with a reason; model faults skip the frame; nothing is built from corrupt data."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from aqr_perception.config import NodeConfig, SyncConfig
+from aqr_perception.data import rosbag_msgs as M
+from aqr_perception.data.rig import nuscenes_like_rig, resize_intrinsics
+from aqr_perception.model.runtime import ModelOutputError, Prediction
+from aqr_perception.ros.conversions import ConversionError, camera_info_K, imgmsg_to_cv2, pointcloud2_to_xyzi
+from aqr_perception.ros.pipeline import FramePipeline
+from aqr_perception.ros.sync import LidarTriggeredSync
+
+W, H = 64, 32
+NS = 1_000_000_000
+
+
+class StubRuntime:
+    """Stands in for the detector: records what it was given, can fail on demand."""
+
+    input_hw = (32, 64)
+
+    def __init__(self, fail: Exception | None = None):
+        self.fail = fail
+        self.calls = []
+        self.released = 0
+
+    def infer(self, arrays):
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append(arrays)
+        n = 3
+        return Prediction(np.zeros((n, 9)), np.array([0.9, 0.5, 0.1]), np.zeros(n, int), np.arange(n),
+                          np.full((n, 1), 0.7), np.full((n, 1), 0.6), True, 1.0)
+
+    def release_memory(self):
+        self.released += 1
+
+
+def _header(t_ns, frame):
+    h = Header(frame_id=frame)
+    h.stamp.sec, h.stamp.nanosec = t_ns // NS, t_ns % NS
+    return h
+
+
+def _cloud(n=100, t_ns=NS):
+    pts = np.random.default_rng(0).normal(0, 10, (n, 4)).astype(np.float32)
+    from rclpy.serialization import deserialize_message
+
+    from aqr_perception.data.typestore import project_typestore
+
+    raw = project_typestore().serialize_cdr(M.pointcloud2(t_ns, "lidar", pts), "sensor_msgs/msg/PointCloud2")
+    return deserialize_message(bytes(raw), PointCloud2)
+
+
+def _info(cam, K):
+    info = CameraInfo(header=_header(0, cam), width=W, height=H)
+    info.k = [float(v) for v in K.reshape(-1)]
+    return info
+
+
+def _image(cam, t_ns, rgb=None):
+    rgb = np.full((H, W, 3), 100, np.uint8) if rgb is None else rgb
+    return Image(header=_header(t_ns, cam), height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8",
+                 step=rgb.shape[1] * 3, data=rgb.tobytes())
+
+
+def _pipeline(runtime=None, **sync):
+    cams = [c for c in nuscenes_like_rig(W, H)]
+    cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw", score_threshold=0.3,
+                     sync=SyncConfig(calibration_wait_s=0.0, **sync))
+    p = FramePipeline(cfg, runtime or StubRuntime())
+    from tf2_msgs.msg import TFMessage
+    from geometry_msgs.msg import TransformStamped
+    from scipy.spatial.transform import Rotation
+
+    tfm = TFMessage()
+    for c in cams:
+        T = np.linalg.inv(c.lidar_to_camera)
+        t = TransformStamped(header=_header(0, "lidar"), child_frame_id=c.name)
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = T[:3, 3]
+        q = Rotation.from_matrix(T[:3, :3]).as_quat()
+        t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = q
+        tfm.transforms.append(t)
+        p.on_camera_info(c.name, _info(c.name, c.K))
+    p.on_tf_static(tfm)
+    return p, cams
+
+
+def test_clean_frame_runs_and_filters_by_score():
+    p, cams = _pipeline()
+    for c in cams:
+        p.on_image(c.name, _image(c.name, NS))
+    out = p.process(_cloud())
+    assert out.status == "ok" and out.inputs.masked == {}
+    assert list(out.detections.scores) == [0.9, 0.5]          # 0.1 < score_threshold
+
+
+@pytest.mark.parametrize("breakage, words", [
+    (lambda c: setattr(c, "fields", [f for f in c.fields if f.name != "y"]), "no 'y' field"),
+    (lambda c: setattr(c.fields[0], "datatype", 99), "unknown datatype"),
+    (lambda c: setattr(c, "point_step", 6), "does not fit point_step"),
+    (lambda c: setattr(c, "width", c.width + 50), "bytes"),
+])
+def test_broken_cloud_skips_the_frame_with_a_reason(breakage, words):
+    runtime = StubRuntime()
+    p, cams = _pipeline(runtime)
+    cloud = _cloud()
+    breakage(cloud)
+    out = p.process(cloud)
+    assert out.status == "invalid_cloud" and words in out.message
+    assert runtime.calls == []                                 # nothing reached the model
+
+
+def test_nan_points_dropped_and_empty_cloud_masks_lidar():
+    runtime = StubRuntime()
+    p, _ = _pipeline(runtime)
+    cloud = _cloud(n=10)
+    data = bytearray(cloud.data)
+    data[0:4] = np.float32(np.nan).tobytes()
+    data[16 + 4:16 + 8] = np.float32(np.inf).tobytes()
+    cloud.data = bytes(data)
+    out = p.process(cloud)
+    assert out.inputs.arrays.points.shape == (8, 4) and out.inputs.arrays.lidar_valid
+    out = p.process(_cloud(n=0, t_ns=2 * NS))
+    assert out.status == "ok" and not out.inputs.arrays.lidar_valid
+
+
+@pytest.mark.parametrize("breakage, words", [
+    (lambda m: setattr(m, "encoding", "yuv422"), "unsupported image encoding"),
+    (lambda m: setattr(m, "step", 10), "step"),
+    (lambda m: setattr(m, "data", bytes(m.data)[:100]), "bytes"),
+])
+def test_broken_image_masks_only_that_camera(breakage, words):
+    p, cams = _pipeline()
+    for i, c in enumerate(cams):
+        msg = _image(c.name, NS)
+        if i == 2:
+            breakage(msg)
+        p.on_image(c.name, msg)
+    out = p.process(_cloud())
+    assert out.status == "ok"
+    assert list(out.inputs.masked) == [cams[2].name] and words in out.inputs.masked[cams[2].name]
+    assert out.inputs.arrays.camera_valid.tolist() == [True, True, False, True, True, True]
+
+
+def test_image_size_different_from_camera_info_is_masked():
+    p, cams = _pipeline()
+    for c in cams:
+        p.on_image(c.name, _image(c.name, NS, np.zeros((H * 2, W * 2, 3), np.uint8) if c is cams[0] else None))
+    out = p.process(_cloud())
+    assert "CameraInfo says 64x32" in out.inputs.masked[cams[0].name]
+
+
+def test_invalid_compressed_image_masks_camera():
+    p, cams = _pipeline()
+    p.cfg = p.cfg.model_copy(update={"image_transport": "compressed"})
+    for c in cams:
+        p.on_image(c.name, CompressedImage(header=_header(NS, c.name), format="jpeg", data=b"\x00garbage"))
+    out = p.process(_cloud())
+    assert all("not a decodable" in r for r in out.inputs.masked.values()) and len(out.inputs.masked) == 6
+
+
+@pytest.mark.parametrize("k", [[0.0] * 9, [math.nan] * 9, [-5.0, 0, 1, 0, 5.0, 1, 0, 0, 1]])
+def test_bad_camera_info_is_rejected_and_camera_stays_uncalibrated(k):
+    cams = nuscenes_like_rig(W, H)
+    p, _ = _pipeline()
+    info = _info(cams[0].name, cams[0].K)
+    info.k = k
+    with pytest.raises(ConversionError):
+        p.on_camera_info("new_cam", info)
+
+
+def test_missing_tf_static_masks_cameras_with_reason():
+    cams = nuscenes_like_rig(W, H)
+    cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw",
+                     sync=SyncConfig(calibration_wait_s=0.0))
+    p = FramePipeline(cfg, StubRuntime())
+    for c in cams:
+        p.on_camera_info(c.name, _info(c.name, c.K))
+        p.on_image(c.name, _image(c.name, NS))
+    out = p.process(_cloud())
+    assert out.status == "ok" and len(out.inputs.masked) == 6
+    assert all("no /tf_static path lidar ->" in r for r in out.inputs.masked.values())
+
+
+def test_model_faults_skip_the_frame():
+    for fault in (ModelOutputError("non-finite detector outputs"), RuntimeError("CUDA out of memory. Tried...")):
+        runtime = StubRuntime(fault)
+        p, cams = _pipeline(runtime)
+        out = p.process(_cloud())
+        assert out.status == "model_error" and out.detections is None
+        assert runtime.released == (1 if "out of memory" in str(fault) else 0)
+
+
+def test_future_and_out_of_order_stamps_are_counted_not_fatal():
+    s = LidarTriggeredSync(["a"], SyncConfig(max_image_age_s=0.05))
+    s.add_image("a", 100 * NS, "future")                    # far ahead of the clouds
+    a = s.associate(1 * NS)                                 # 99 s back: treated as a reset
+    assert s.counters.time_jumps == 1 and a.images["a"] is None
+    s.associate(2 * NS)
+    s.associate(int(1.5 * NS))
+    assert s.counters.clouds_out_of_order == 1
+
+
+# ------------------------------------------------------------------ property-based fuzzing
+numeric_types = st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 0, 9, 255])
+
+
+@st.composite
+def random_clouds(draw):
+    names = draw(st.lists(st.sampled_from(["x", "y", "z", "intensity", "ring", "t", ""]), max_size=6))
+    fields = [PointField(name=n, offset=draw(st.integers(0, 40)), datatype=draw(numeric_types), count=1)
+              for n in names]
+    cloud = PointCloud2(height=draw(st.integers(0, 4)), width=draw(st.integers(0, 50)), fields=fields,
+                        is_bigendian=draw(st.booleans()), point_step=draw(st.integers(0, 48)),
+                        row_step=draw(st.integers(0, 2000)), is_dense=draw(st.booleans()))
+    cloud.data = draw(st.binary(max_size=4000))
+    return cloud
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_clouds())
+def test_fuzz_pointcloud2_conversion_raises_only_conversion_errors(cloud):
+    try:
+        pts = pointcloud2_to_xyzi(cloud)
+    except ConversionError:
+        return
+    assert pts.ndim == 2 and pts.shape[1] == 4 and np.isfinite(pts).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["rgb8", "bgr8", "mono8", "rgba8", "16UC1", "", "bayer_rggb8"]), st.integers(0, 20),
+       st.integers(0, 20), st.integers(0, 80), st.binary(max_size=2000))
+def test_fuzz_image_conversion_raises_only_conversion_errors(encoding, h, w, step, data):
+    msg = Image(height=h, width=w, encoding=encoding, step=step, data=data)
+    try:
+        img = imgmsg_to_cv2(msg, "rgb8")
+    except ConversionError:
+        return
+    assert img.shape == (h, w, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=9, max_size=9),
+       st.integers(-5, 5000), st.integers(-5, 5000))
+def test_fuzz_camera_info(k, width, height):
+    info = CameraInfo(width=max(width, 0), height=max(height, 0))
+    info.k = k
+    try:
+        K = camera_info_K(info)
+    except ConversionError:
+        return
+    assert np.isfinite(K).all() and K[0, 0] > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["img", "cloud"]), st.integers(0, 3), st.integers(-10**12, 10**12)),
+                max_size=60))
+def test_fuzz_sync_never_raises_and_counts_every_image(events):
+    s = LidarTriggeredSync(["c0", "c1", "c2", "c3"], SyncConfig(image_buffer_size=3))
+    n_images = 0
+    for kind, cam, t in events:
+        if kind == "img":
+            s.add_image(f"c{cam}", t, t)
+            n_images += 1
+        else:
+            a = s.associate(t)
+            assert set(a.images) == {"c0", "c1", "c2", "c3"}
+    assert sum(s.counters.images_received.values()) == n_images
