@@ -71,24 +71,31 @@ def _image(cam, t_ns, rgb=None):
                  step=rgb.shape[1] * 3, data=rgb.tobytes())
 
 
+def _tf_static(cams):
+    from geometry_msgs.msg import TransformStamped
+    from scipy.spatial.transform import Rotation
+    from tf2_msgs.msg import TFMessage
+
+    msg = TFMessage()
+    for c in cams:
+        T = np.linalg.inv(c.lidar_to_camera)
+        t = TransformStamped(child_frame_id=c.name)
+        t.header.frame_id = "lidar"
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in T[:3, 3])
+        q = Rotation.from_matrix(T[:3, :3]).as_quat()
+        t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = q
+        msg.transforms.append(t)
+    return msg
+
+
 def _pipeline(runtime=None, **sync):
     cams = [c for c in nuscenes_like_rig(W, H)]
     cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw", score_threshold=0.3,
                      sync=SyncConfig(calibration_wait_s=0.0, **sync))
     p = FramePipeline(cfg, runtime or StubRuntime())
-    from tf2_msgs.msg import TFMessage
-    from geometry_msgs.msg import TransformStamped
-    from scipy.spatial.transform import Rotation
-
-    tfm = TFMessage()
     for c in cams:
-        T = np.linalg.inv(c.lidar_to_camera)
-        t = TransformStamped(header=_header(0, "lidar"), child_frame_id=c.name)
-        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = T[:3, 3]
-        q = Rotation.from_matrix(T[:3, :3]).as_quat()
-        t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = q
-        tfm.transforms.append(t)
         p.on_camera_info(c.name, _info(c.name, c.K))
+    tfm = _tf_static(cams)
     p.on_tf_static(tfm)
     return p, cams
 

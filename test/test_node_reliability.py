@@ -1,0 +1,116 @@
+"""The node under bad input and shutdown: it keeps running, counts and reports every
+problem on /diagnostics, publishes nothing from corrupt data, and exits cleanly."""
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_bad_input import NS, H, W, StubRuntime, _cloud, _image, _info, _tf_static
+
+from aqr_perception.config import load_config
+from aqr_perception.data.rig import nuscenes_like_rig
+
+
+class NodeRuntime(StubRuntime):
+    cfg = load_config("tiny").model
+    device = "cpu"
+    checkpoint = "stub.pt"
+    trained = True
+
+
+@pytest.fixture
+def node_env(ros_context):
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from aqr_perception.ros.node import _make_node_class
+
+    cams = nuscenes_like_rig(W, H)
+    args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
+            "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2",
+            "-p", "extrinsics_source:=tf_static"]
+    node = _make_node_class()(runtime=NodeRuntime(), context=ros_context, cli_args=args)
+    probe = rclpy.create_node("probe", context=ros_context)
+    ex = MultiThreadedExecutor(context=ros_context)
+    ex.add_node(node)
+    ex.add_node(probe)
+    yield node, probe, ex, cams
+    ex.shutdown()
+    node.destroy_node()
+    probe.destroy_node()
+
+
+def _spin(ex, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ex.spin_once(timeout_sec=0.02)
+
+
+def test_bad_messages_are_counted_reported_and_never_published(node_env):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from vision_msgs.msg import Detection3DArray
+
+    node, probe, ex, cams = node_env
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
+    pub_img = {c.name: probe.create_publisher(Image, f"/{c.name}/image_raw", qos) for c in cams}
+    pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
+    dets, diags = [], []
+    probe.create_subscription(Detection3DArray, "/aqr_perception/detections", dets.append, 10)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    from rclpy.qos import DurabilityPolicy
+    from tf2_msgs.msg import TFMessage
+
+    static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pub_tf = probe.create_publisher(TFMessage, "/tf_static", static)
+    _spin(ex, 1.0)                                              # discovery
+    pub_tf.publish(_tf_static(cams))
+    bad_info = _info(cams[0].name, cams[0].K)
+    bad_info.k = [0.0] * 9
+    pub_info[cams[0].name].publish(bad_info)                    # invalid intrinsics
+    for c in cams[1:]:
+        pub_info[c.name].publish(_info(c.name, c.K))
+        msg = _image(c.name, NS)
+        if c is cams[1]:
+            msg.encoding = "yuv422"                             # unsupported encoding
+        pub_img[c.name].publish(msg)
+    broken = _cloud()
+    broken.fields = [f for f in broken.fields if f.name != "z"]
+    pub_cloud.publish(broken)                                   # corrupt cloud: no detection
+    _spin(ex, 1.0)
+    assert dets == []
+    assert node.counters["clouds_invalid"] == 1
+    assert node.counters[f"camera_info_invalid.{cams[0].name}"] == 1
+    pub_cloud.publish(_cloud(t_ns=NS))                          # a good cloud: processed, cameras masked
+    _spin(ex, 1.5)
+    assert len(dets) == 1 and dets[0].header.stamp.sec == 1
+    assert node.counters[f"images_invalid.{cams[1].name}"] == 1
+    statuses = {s.name.split(": ")[-1]: s for d in diags[-3:] for s in d.status}
+    inputs = statuses["inputs"]
+    assert inputs.level != b"\x00" and cams[1].name in inputs.message and "unsupported image encoding" in inputs.message
+    counters = {kv.key: kv.value for kv in statuses["processing"].values}
+    assert counters["clouds_invalid"] == "1" and counters[f"images_invalid.{cams[1].name}"] == "1"
+    stale = {kv.key: kv.value for kv in inputs.values if kv.key.startswith("stale.")}
+    assert set(stale) == {f"stale.{cams[0].name}", f"stale.{cams[1].name}"}
+    assert stale[f"stale.{cams[0].name}"] == "no CameraInfo received"
+
+
+@pytest.mark.slow
+def test_sigterm_exits_cleanly_within_two_seconds_and_restart_works():
+    for attempt in range(2):                                    # start, stop, start again
+        proc = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.node"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        line = ""
+        while time.monotonic() < deadline and "ready:" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "node died during start-up"
+        assert "ready:" in line
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=10)
+        assert rc == 0 and time.monotonic() - t0 < 2.0, f"attempt {attempt}: rc {rc}"
