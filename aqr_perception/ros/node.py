@@ -323,22 +323,28 @@ def main(argv: list[str] | None = None) -> int:
     """Run the node until Ctrl-C / SIGTERM (ROS arguments such as --ros-args are honoured)."""
     dds = apply_loopback_dds_defaults()
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from aqr_perception.config import ConfigError
 
     rclpy.init(args=sys.argv if argv is None else argv)
     node = None
+    executor = SingleThreadedExecutor()   # before the node: a signal during start-up finds it ready
     try:
         node = _make_node_class()()
         node.get_logger().info(dds)
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except ConfigError as exc:
         print(f"aqr_perception_node: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():          # a real failure; otherwise SIGINT/SIGTERM shut the context mid-call
+            raise
     finally:
+        executor.shutdown(timeout_sec=1.0)
         if node is not None:
             node.destroy_node()
         if rclpy.ok():
