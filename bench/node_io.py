@@ -45,7 +45,8 @@ def main() -> None:
     from aqr_perception.data.typestore import project_typestore
     from aqr_perception.model.runtime import DetectorRuntime
     from aqr_perception.ros.conversions import compressed_imgmsg_to_cv2, imgmsg_to_cv2, pointcloud2_to_xyzi
-    from aqr_perception.ros.detection_msgs import FrameDetections, to_detection_array, to_routing_msg, to_velocity_msg
+    from aqr_perception.detections import FrameDetections
+    from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
     from aqr_perception.ros.markers import detection_markers
     from aqr_perception.ros.sync import LidarTriggeredSync
 

@@ -11,7 +11,8 @@ from std_msgs.msg import Header
 
 from aqr_perception.config import NodeConfig, SyncConfig
 from aqr_perception.data import rosbag_msgs as M
-from aqr_perception.data.rig import nuscenes_like_rig, resize_intrinsics
+from aqr_perception.data.rig import nuscenes_like_rig
+from aqr_perception.detections import FrameDetections
 from aqr_perception.model.runtime import ModelOutputError, Prediction
 from aqr_perception.ros.conversions import ConversionError, camera_info_K, imgmsg_to_cv2, pointcloud2_to_xyzi
 from aqr_perception.ros.pipeline import FramePipeline
@@ -36,8 +37,9 @@ class StubRuntime:
             raise self.fail
         self.calls.append(arrays)
         n = 3
-        return Prediction(np.zeros((n, 9)), np.array([0.9, 0.5, 0.1]), np.zeros(n, int), np.arange(n),
-                          np.full((n, 1), 0.7), np.full((n, 1), 0.6), True, 1.0)
+        det = FrameDetections(np.zeros((n, 9)), np.array([0.9, 0.5, 0.1]), np.zeros(n, int), np.arange(n),
+                              np.full((n, 1), 0.7), np.full((n, 1), 0.6))
+        return Prediction(det, True, 1.0)
 
     def release_memory(self):
         self.released += 1

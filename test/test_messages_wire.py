@@ -12,7 +12,8 @@ from vision_msgs.msg import Detection3DArray
 
 from aqr_perception.config import NUSCENES_CLASSES
 from aqr_perception.msg import QueryRouting
-from aqr_perception.ros.detection_msgs import FrameDetections, to_detection_array, to_routing_msg
+from aqr_perception.detections import FrameDetections
+from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg
 
 DET = "vision_msgs/msg/Detection3DArray"
 ROUTING = "aqr_perception/msg/QueryRouting"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from aqr_perception.config import ModelConfig
+from aqr_perception.detections import FrameDetections
 from aqr_perception.model.batching import make_inputs
 from aqr_perception.model.checkpoint import load_checkpoint, resolve_device
 from aqr_perception.model.detector import CmtAqrDetector
@@ -28,19 +29,10 @@ class ModelOutputError(RuntimeError):
 
 @dataclass
 class Prediction:
-    """numpy result of one frame (N detections, L decoder layers).
+    """numpy result of one frame: the decoded detections (top-k, before any score
+    threshold), whether any modality was available, and the inference time in ms."""
 
-    boxes (N, 9) ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` LiDAR frame; scores (N,);
-    labels (N,); query_index (N,); lidar_weight / camera_weight (N, L);
-    has_input False when no modality was available; timings in ms.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    query_index: np.ndarray
-    lidar_weight: np.ndarray
-    camera_weight: np.ndarray
+    detections: FrameDetections
     has_input: bool
     inference_ms: float
 
@@ -86,7 +78,7 @@ class DetectorRuntime:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         d = pred.detections
-        return Prediction(d.boxes.float().cpu().numpy(), d.scores.float().cpu().numpy(), d.labels.cpu().numpy(),
-                          d.query_index.cpu().numpy(), pred.lidar_weight.float().cpu().numpy(),
-                          pred.camera_weight.float().cpu().numpy(), pred.has_input,
-                          1e3 * (time.perf_counter() - t0))
+        det = FrameDetections(d.boxes.float().cpu().numpy(), d.scores.float().cpu().numpy(), d.labels.cpu().numpy(),
+                              d.query_index.cpu().numpy(), pred.lidar_weight.float().cpu().numpy(),
+                              pred.camera_weight.float().cpu().numpy())
+        return Prediction(det, pred.has_input, 1e3 * (time.perf_counter() - t0))

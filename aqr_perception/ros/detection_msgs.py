@@ -20,7 +20,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
 from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
-from aqr_perception.ros.pipeline import FrameDetections  # noqa: F401  (re-exported for callers)
+from aqr_perception.detections import FrameDetections
 
 BOX_DIM = 9
 

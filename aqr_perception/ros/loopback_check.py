@@ -19,7 +19,7 @@ import numpy as np
 
 from aqr_perception.config import NUSCENES_CLASSES
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
-from aqr_perception.ros.detection_msgs import FrameDetections
+from aqr_perception.detections import FrameDetections
 
 DETECTIONS_TOPIC = "/aqr_loopback_check/detections"
 ROUTING_TOPIC = "/aqr_loopback_check/routing"

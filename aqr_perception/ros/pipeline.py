@@ -18,35 +18,13 @@ import numpy as np
 
 from aqr_perception.config import NodeConfig
 from aqr_perception.data.preprocess import ModelArrays, build_model_arrays
+from aqr_perception.detections import FrameDetections
 from aqr_perception.ros.calibration import CalibrationStore
 from aqr_perception.ros.conversions import (ConversionError, compressed_to_rgb_reduced, imgmsg_to_cv2,
                                             jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
 from aqr_perception.ros.sync import LidarTriggeredSync
 
 NS = 1_000_000_000
-
-
-@dataclass
-class FrameDetections:
-    """Decoded detections of one frame (all arrays share the first dimension N).
-
-    boxes:  (N, 9) float, ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` in the LiDAR frame
-    scores: (N,) float in [0, 1]
-    labels: (N,) int, index into the class names
-    query_index: (N,) int, the object query each detection came from
-    lidar_weight, camera_weight: (N, L) float, AQR router weights per decoder layer
-        (L >= 1; the last column is the last layer)
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    query_index: np.ndarray
-    lidar_weight: np.ndarray
-    camera_weight: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
 
 
 def stamp_ns(msg) -> int:
@@ -185,8 +163,6 @@ class FramePipeline:
         t2 = time.perf_counter()
         thr = self.cfg.score_threshold if score_threshold is None else score_threshold
         top = self.cfg.max_detections if max_detections is None else max_detections
-        keep = np.nonzero(pred.scores >= thr)[0][:top]
-        det = FrameDetections(pred.boxes[keep], pred.scores[keep], pred.labels[keep], pred.query_index[keep],
-                              pred.lidar_weight[keep], pred.camera_weight[keep])
+        det = pred.detections.select(np.nonzero(pred.detections.scores >= thr)[0][:top])
         return FrameOutcome("ok", stamp, det, inputs, pred.has_input,
                             stage_ms={"preprocess_ms": 1e3 * (t1 - t0), "inference_ms": 1e3 * (t2 - t1)})
