@@ -89,3 +89,23 @@ def test_no_bias_path_matches_reference():
     dense = aqr_cross_attention(q, k, v, mask, None, impl="dense")
     fused = aqr_cross_attention(q, k, v, mask, None, impl="fused")
     assert (dense - fused).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_fused_attention_exports_with_torch_export(mode):
+    q, k, v, _, aqr = _case(mode, 7)
+    q, k, v = q.float(), k.float(), v.float()
+    p = aqr.projection
+
+    class Wrapper(torch.nn.Module):
+        def forward(self, q, k, v, lw, cw, bev, view, row, col, vis):
+            a = AqrBias(mode, aqr.strength, lw, cw, aqr.layout, QueryProjection(bev, view, row, col, vis),
+                        aqr.bev_window, aqr.camera_window)
+            return aqr_cross_attention(q, k, v, None, a, impl="fused")
+
+    args = (q, k, v, aqr.lidar_weight.float(), aqr.camera_weight.float(), p.bev_index, p.cam_view, p.cam_row,
+            p.cam_col, p.cam_visible)
+    exported = torch.export.export(Wrapper(), args)
+    dense = aqr_cross_attention(q, k, v, None, AqrBias(mode, aqr.strength, args[3], args[4], aqr.layout, p,
+                                                       aqr.bev_window, aqr.camera_window), impl="dense")
+    assert (exported.module()(*args) - dense).abs().max() <= TOL
