@@ -89,6 +89,8 @@ def main() -> None:
         to_detection_array(header, det, NUSCENES_CLASSES)
         to_routing_msg(header, det, True, names, [])
         to_velocity_msg(header, det)
+
+    def markers():
         detection_markers(header, det.boxes, det.scores, [NUSCENES_CLASSES[i] for i in det.labels])
 
     decoded_raw = [imgmsg_to_cv2(m, "rgb8") for m in raw_msgs]
@@ -102,6 +104,7 @@ def main() -> None:
         "sync (6 images + associate)": sync_step,
         "preprocess to model input": lambda: build_model_arrays(pts, decoded_raw, Ks, exts, hw),
         "output messages (100 detections)": messages,
+        "RViz markers (100 detections; only with a subscriber)": markers,
     }
     res = {k: median_ms(fn, args.runs) for k, fn in stages.items()}
     runtime = DetectorRuntime(None, cfg.model, "cpu")

@@ -30,26 +30,41 @@ class ModelArrays:
     lidar_valid: bool
 
 
-def resize_crop_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[float, int, int]:
-    """(scale, crop_x, crop_y) mapping a src image onto dst."""
+def resize_crop_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+    """((new_h, new_w), crop_x, crop_y): the resized size covering dst, and the crop offsets."""
     (h, w), (dh, dw) = src_hw, dst_hw
     scale = max(dh / h, dw / w)
-    new_h, new_w = int(round(h * scale)), int(round(w * scale))
-    return scale, max(0, (new_w - dw) // 2), max(0, new_h - dh)
+    new_h, new_w = max(dh, int(round(h * scale))), max(dw, int(round(w * scale)))
+    return (new_h, new_w), (new_w - dw) // 2, new_h - dh
+
+
+def resize(rgb: np.ndarray, new_hw: tuple[int, int]) -> np.ndarray:
+    """cv2.resize to ``new_hw`` (pixel centres map as u' = s (u + 0.5) - 0.5 per axis).
+
+    Large reductions go through an integer INTER_AREA step first (OpenCV's fast path),
+    then INTER_AREA to the exact size; the composition maps pixel centres the same way.
+    """
+    h, w = rgb.shape[:2]
+    nh, nw = new_hw
+    if (nh, nw) == (h, w):
+        return rgb
+    f = min(h // nh, w // nw)
+    if f >= 2:
+        rgb = cv2.resize(rgb, (w // f, h // f), interpolation=cv2.INTER_AREA)
+        if (h // f, w // f) == (nh, nw):
+            return rgb
+    return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
 
 
 def prepare_camera(rgb: np.ndarray, K: np.ndarray, lidar_to_camera: np.ndarray, dst_hw: tuple[int, int]
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Resize+crop one image to ``dst_hw``; returns ((3, H, W) uint8, (4, 4) lidar2img)."""
     h, w = rgb.shape[:2]
-    scale, cx, cy = resize_crop_matrix((h, w), dst_hw)
-    if scale != 1.0:
-        new = (int(round(w * scale)), int(round(h * scale)))
-        rgb = cv2.resize(rgb, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    rgb = rgb[cy:cy + dst_hw[0], cx:cx + dst_hw[1]]
-    # cv2.resize maps pixel centres as u' = s * (u + 0.5) - 0.5; then the crop shifts by (cx, cy)
-    off = 0.5 * scale - 0.5
-    A = np.array([[scale, 0, off - cx, 0], [0, scale, off - cy, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
+    (nh, nw), cx, cy = resize_crop_matrix((h, w), dst_hw)
+    rgb = resize(rgb, (nh, nw))[cy:cy + dst_hw[0], cx:cx + dst_hw[1]]
+    sx, sy = nw / w, nh / h
+    # u' = sx (u + 0.5) - 0.5 - cx; the two-step resize composes to exactly this mapping
+    A = np.array([[sx, 0, 0.5 * sx - 0.5 - cx, 0], [0, sy, 0.5 * sy - 0.5 - cy, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     K4 = np.eye(4)
     K4[:3, :3] = K
     return np.ascontiguousarray(rgb.transpose(2, 0, 1)), (A @ K4 @ lidar_to_camera).astype(np.float32)

@@ -232,7 +232,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             self.pub_det.publish(to_detection_array(header, det, self.class_names))
             self.pub_vel.publish(to_velocity_msg(header, det))
             self.pub_routing.publish(to_routing_msg(header, det, lidar_valid, used, masked))
-            if self.cfg.publish_markers:
+            if self.cfg.publish_markers and self.pub_markers.get_subscription_count() > 0:  # RViz is watching
                 names = [self.class_names[int(i)] for i in det.labels]
                 self.pub_markers.publish(detection_markers(header, det.boxes, det.scores, names))
             self.counters["frames_published"] += 1

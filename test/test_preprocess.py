@@ -1,0 +1,28 @@
+"""Model-input preprocessing keeps images and lidar2img consistent to a fraction of a pixel."""
+import cv2
+import numpy as np
+import pytest
+
+from aqr_perception.data.preprocess import prepare_camera
+from aqr_perception.data.rig import nuscenes_like_rig
+
+
+@pytest.mark.parametrize("src, dst", [((900, 1600), (192, 352)), ((900, 1600), (320, 800)), ((192, 352), (192, 352)),
+                                      ((384, 704), (192, 352)), ((450, 800), (320, 800))])
+def test_projected_point_lands_on_its_pixel_after_resize_and_crop(src, dst):
+    cam = nuscenes_like_rig(src[1], src[0])[0]
+    p = np.array([20.0, 1.3, 0.4, 1.0])                          # LiDAR frame, in front of CAM_FRONT
+    uvw = cam.lidar2img @ p
+    u, v = uvw[:2] / uvw[2]
+    img = np.zeros((*src, 3), np.uint8)
+    radius = max(4.0, 8.0 * src[1] / dst[1])
+    cv2.circle(img, (int(round(u * 16)), int(round(v * 16))), int(radius * 16), (255, 255, 255), -1, cv2.LINE_AA,
+               shift=4)
+    out, l2i = prepare_camera(img, cam.K, cam.lidar_to_camera, dst)
+    assert out.shape == (3, *dst)
+    q = l2i.astype(np.float64) @ p
+    eu, ev = q[:2] / q[2]
+    w = out[0].astype(float)
+    ys, xs = np.mgrid[0:dst[0], 0:dst[1]]
+    cu, cv_ = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
+    assert abs(cu - eu) < 0.3 and abs(cv_ - ev) < 0.3
