@@ -349,6 +349,7 @@ class EvalConfig(_Section):
     }
     score_threshold: Probability = Field(0.05, description="detections below this score are not evaluated")
     pictures: Annotated[int, Field(ge=0)] = Field(3, description="frames drawn with predictions over GT")
+    picture_score_threshold: Probability = Field(0.2, description="predictions drawn in the pictures")
     output_dir: str = "runs/eval"
 
 

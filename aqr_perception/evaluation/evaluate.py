@@ -301,7 +301,7 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, preds: dict[str, Fr
         groups = [(gt.boxes[seen], [n for n, s in zip(gt.names, seen) if s], False)]
         p = preds.get(token)
         if p is not None:
-            conf = p.scores >= ROUTING_SCORE
+            conf = p.scores >= cfg.eval.picture_score_threshold
             groups.append((p.boxes[conf], [n for n, c in zip(p.names, conf) if c], True))
         tiles = []
         for cam, img in zip(pipeline.cameras, inputs.images):
