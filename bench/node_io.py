@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=35000)
     args = parser.parse_args()
 
-    from rclpy.serialization import deserialize_message, serialize_message
+    from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CompressedImage, Image, PointCloud2
     from std_msgs.msg import Header
 

@@ -1,5 +1,5 @@
 """Replay (node process over DDS) and offline (in-process pipeline) evaluation agree."""
-from pathlib import Path
+
 
 import numpy as np
 import pytest

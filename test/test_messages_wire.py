@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.typesys import Stores, get_typestore
-from rosbags_types import project_typestore
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 
 from aqr_perception.config import NUSCENES_CLASSES
-from aqr_perception.msg import QueryRouting
+from aqr_perception.data.typestore import project_typestore
 from aqr_perception.detections import FrameDetections
+from aqr_perception.msg import QueryRouting
 from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg
 
 DET = "vision_msgs/msg/Detection3DArray"

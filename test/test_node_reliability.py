@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from test_bad_input import NS, H, W, StubRuntime, _cloud, _image, _info, _tf_static
 

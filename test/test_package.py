@@ -1,6 +1,5 @@
 """The ROS package metadata, launch file and entry points hang together."""
 import ast
-import configparser
 import os
 import re
 import subprocess

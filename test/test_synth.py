@@ -1,6 +1,6 @@
 """Synthetic drives: real rosbag2 files, geometry consistent across sensors, determinism."""
 import json
-from pathlib import Path
+
 
 import numpy as np
 import pytest

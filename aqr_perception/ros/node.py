@@ -45,7 +45,6 @@ class FrameReport:
 
 
 def _make_node_class():  # rclpy is imported lazily so that `--help` works without a context
-    import numpy as np
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rcl_interfaces.msg import SetParametersResult
     from rclpy.node import Node
