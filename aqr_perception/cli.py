@@ -70,24 +70,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_node(args: argparse.Namespace) -> int:
-    from aqr_perception.ros.node import main as node_main
-
-    return node_main([sys.argv[0], *args.ros_args])
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from aqr_perception.training.train import main as train_main
-
-    return train_main(args.train_args)
-
-
-def cmd_play(args: argparse.Namespace) -> int:
-    from aqr_perception.ros.player import main as play_main
-
-    return play_main(args.play_args)
-
-
 DEFAULT_BAG = Path(__file__).resolve().parent / "resources" / "default_drive"
 
 
@@ -230,18 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("node", help="run the ROS 2 node; arguments after it go to ROS (--ros-args ...)")
-    p.add_argument("ros_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_node)
+    p = sub.add_parser("node", help="run the ROS 2 node; arguments after it go to ROS (--ros-args ...)", add_help=False)
+    p.add_argument("ros_args", nargs=argparse.REMAINDER)   # listed for --help; main() dispatches
 
-    p = sub.add_parser("train", help="train the detector (see `aqr-perception train -- --help`)", add_help=False)
-    p.add_argument("train_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train", help="train the detector (see `aqr-perception train --help`)", add_help=False)
+    p.add_argument("train_args", nargs=argparse.REMAINDER)   # listed for --help; main() dispatches
 
-    p = sub.add_parser("play", help="replay a rosbag2 over DDS (see `aqr-perception play -- --help`)",
+    p = sub.add_parser("play", help="replay a rosbag2 over DDS (see `aqr-perception play --help`)",
                        add_help=False)
-    p.add_argument("play_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_play)
+    p.add_argument("play_args", nargs=argparse.REMAINDER)    # listed for --help; main() dispatches
 
     p = sub.add_parser("config", help="show or validate configuration")
     csub = p.add_subparsers(dest="action", required=True)
@@ -256,7 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands that hand their arguments to another entry point unchanged.
+PASSTHROUGH = {"train": "aqr_perception.training.train", "play": "aqr_perception.ros.player",
+               "node": "aqr_perception.ros.node"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        rest = argv[1:]
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        entry = importlib.import_module(PASSTHROUGH[argv[0]]).main
+        return int(entry([sys.argv[0], *rest]) if argv[0] == "node" else entry(rest) or 0)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -55,3 +55,9 @@ def test_console_scripts_run():
     bad = subprocess.run([bindir / "aqr-perception", "config", "show", "--set", "model.nope=1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "model.nope: unknown key" in bad.stderr
+    # pass-through subcommands take their own options directly
+    train = subprocess.run([bindir / "aqr-perception", "train", "--data", "/nonexistent", "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+    assert train.returncode == 2 and "no drives" in train.stderr
+    play = subprocess.run([bindir / "aqr-perception", "play", "--help"], capture_output=True, text=True, timeout=60)
+    assert play.returncode == 0 and "--exclude" in play.stdout

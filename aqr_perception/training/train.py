@@ -173,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
-    meta = train(cfg, args.data, args.out or Path(cfg.train.output_dir), args.resume, args.device, args.max_steps,
-                 progress=not args.quiet)
+    try:
+        meta = train(cfg, args.data, args.out or Path(cfg.train.output_dir), args.resume, args.device,
+                     args.max_steps, progress=not args.quiet)
+    except FileNotFoundError as exc:
+        print(f"aqr-perception train: {exc}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {meta['step']} steps on {meta['frames']} frames in {meta['train_seconds']} s; "
               f"loss {meta['loss_last_20']:.3f}")
