@@ -114,3 +114,76 @@ def test_sigterm_exits_cleanly_within_two_seconds_and_restart_works():
         rc = proc.wait(timeout=10)
         elapsed = time.monotonic() - t0
         assert rc == 0 and elapsed < 2.0, f"attempt {attempt}: rc {rc} after {elapsed:.2f} s\n{proc.stdout.read()}"
+
+
+class SlowRuntime(NodeRuntime):
+    """A model that takes 100 ms per frame (the LiDAR below comes every 50 ms)."""
+
+    def infer(self, arrays):
+        time.sleep(0.1)
+        return super().infer(arrays)
+
+
+@pytest.mark.slow
+def test_overload_newest_frame_wins_latency_bounded_and_counted(ros_context):
+    """LiDAR at 2x the rate the model can follow: every cloud is either published or
+    counted as skipped, and the published frames are the newest (bounded latency)."""
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+    from vision_msgs.msg import Detection3DArray
+
+    from aqr_perception.ros.node import _make_node_class
+
+    args = ["--ros-args", "-p", "qos_reliability:=reliable", "-p", "qos_depth:=50",
+            "-p", "sync.calibration_wait_s:=0.0"]
+    node = _make_node_class()(runtime=SlowRuntime(), context=ros_context, cli_args=args)
+    probe = rclpy.create_node("overload_probe", context=ros_context)
+    node_ex = SingleThreadedExecutor(context=ros_context)      # the node spins on its own, as in its process
+    node_ex.add_node(node)
+    spinner = threading.Thread(target=node_ex.spin, daemon=True)
+    spinner.start()
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(probe)
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
+    received = []
+    probe.create_subscription(Detection3DArray, "/aqr_perception/detections",
+                              lambda m: received.append((time.monotonic(), m.header.stamp.sec * NS + m.header.stamp.nanosec)),
+                              qos)
+    try:
+        _spin(ex, 1.0)
+        sent = {}
+        n = 60
+        t0 = time.monotonic()
+        for i in range(n):                                      # 20 Hz for 3 s
+            stamp = (i + 1) * 50_000_000
+            sent[stamp] = time.monotonic()
+            pub.publish(_cloud(n=50, t_ns=stamp))
+            _spin(ex, max(0.0, t0 + (i + 1) * 0.05 - time.monotonic()))
+        c = node.counters
+        deadline = time.monotonic() + 10                        # let the frames in flight finish
+        while time.monotonic() < deadline and c["frames_published"] + c["clouds_skipped_newest_wins"] < n:
+            _spin(ex, 0.1)
+        _spin(ex, 0.5)
+        assert c["clouds_received"] == n
+        # every cloud is accounted for: published or replaced by a newer one before processing
+        assert c["frames_published"] + c["clouds_skipped_newest_wins"] == n, dict(c)
+        assert c["clouds_skipped_newest_wins"] >= n // 3          # the model cannot follow 20 Hz
+        assert len(received) == c["frames_published"]
+        # newest wins: latency stays bounded instead of growing with the backlog (without it the
+        # last output would come ~3 s after its cloud: 60 frames x 0.1 s - 3 s of sending)
+        lat = [arrive - sent[stamp] for arrive, stamp in received]
+        third = max(1, len(lat) // 3)
+        assert max(lat) < 1.5, f"latency grew: {[round(x, 2) for x in lat]}"
+        assert sum(lat[-third:]) / third < sum(lat[:third]) / third + 0.5, f"latency trend: {lat}"
+        assert [s for _, s in received] == sorted(s for _, s in received)
+    finally:
+        node_ex.shutdown()
+        spinner.join(timeout=5)
+        ex.shutdown()
+        node.destroy_node()
+        probe.destroy_node()
