@@ -229,12 +229,17 @@ def routing_summary(preds: dict[str, FramePrediction]) -> dict[str, float]:
             "mean_camera_weight": float(cw.mean()) if cw.size else float("nan"), "routed_detections": int(lw.size)}
 
 
+def drive_eval(gt_json: Path, preds: dict[str, FramePrediction]) -> DriveEval:
+    """GT, ego poses and the predictions of the GT's frames, for one drive."""
+    gt, poses = load_gt_frames(gt_json)
+    return DriveEval(gt=gt, pred={t: p for t, p in preds.items() if t in gt}, lidar_to_global=poses,
+                     frames_total=len(gt))
+
+
 def evaluate_drive(bag: Path, gt_json: Path, cfg: AqrConfig, preds: dict[str, FramePrediction]
                    ) -> tuple[DetectionResult, DriveEval]:
-    gt, poses = load_gt_frames(gt_json)
-    ev = DriveEval(gt=gt, pred={t: p for t, p in preds.items() if t in gt}, lidar_to_global=poses,
-                   frames_total=len(gt))
-    return evaluate(gt, global_predictions(ev), list(cfg.model.classes), cfg.eval), ev
+    ev = drive_eval(gt_json, preds)
+    return evaluate(ev.gt, global_predictions(ev), list(cfg.model.classes), cfg.eval), ev
 
 
 def metrics_table(rows: dict[str, DetectionResult]) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from aqr_perception.config import AqrConfig
 from aqr_perception.data.synth.drive import generate_drive
-from aqr_perception.evaluation.evaluate import (DriveEval, FramePrediction, global_predictions, load_gt_frames,
-                                                predict_offline, routing_summary)
+from aqr_perception.evaluation.evaluate import (FramePrediction, drive_eval, global_predictions, predict_offline,
+                                                routing_summary)
 from aqr_perception.evaluation.metrics import DetectionResult, evaluate
 
 CONDITIONS = ("clean", "no_lidar", "no_cameras", "one_camera_missing", "dark", "fog", "reduced_lidar")
@@ -39,10 +39,8 @@ def evaluate_condition(cfg: AqrConfig, pairs: list[tuple[Path, Path]], runtime
     """All drives of a condition pooled into one nuScenes evaluation; also the raw predictions."""
     gt_all, pred_global, pred_local = {}, {}, {}
     for bag, gt_json in pairs:
-        gt, poses = load_gt_frames(gt_json)
-        ev = DriveEval(gt=gt, lidar_to_global=poses)
-        ev.pred = {t: p for t, p in predict_offline(bag, cfg, runtime).items() if t in gt}
-        gt_all.update(gt)
+        ev = drive_eval(gt_json, predict_offline(bag, cfg, runtime))
+        gt_all.update(ev.gt)
         pred_global.update(global_predictions(ev))
         pred_local.update(ev.pred)
     return evaluate(gt_all, pred_global, list(cfg.model.classes), cfg.eval), pred_local

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-CODE_SIZE = 10
-BOX_SIZE = 9
 
 
 def encode_boxes(boxes: Tensor) -> Tensor:

@@ -97,6 +97,9 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
             out = out.masked_fill(key_padding_mask.all(1)[:, None, None, None], 0.0)
         return out
     lay = aqr.layout
+    # queries of a sample whose keys are all masked: the reference defines their output as 0
+    all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
+                  else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]
     seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
     general_mask = None
     if seg_pad is None:      # unstructured padding: SDPA takes it as a broadcast (B, 1, 1, K) mask
@@ -130,8 +133,7 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     if not local:
         out = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=general_mask, dropout_p=dropout_p,
                                              scale=scale)[..., :d]
-        dead = seg_pad.all(1) if general_mask is None else key_padding_mask.all(1)
-        return out.masked_fill(dead[:, None, None, None], 0.0)
+        return out.masked_fill(all_masked[..., None], 0.0)
     # local mode: window copies folded into one sentinel key per query (the last key)
     lse_w, o_w = _window_part(q, k, v, aqr, key_padding_mask, scale)
     q2[..., width - 1] = lse_w.clamp(min=-PAD) * math.sqrt(d)                             # sentinel logit
@@ -142,7 +144,5 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
         mask2 = torch.cat([general_mask, general_mask.new_ones(b, 1, 1, 1)], -1)
     o2 = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask2, dropout_p=dropout_p, scale=scale)
     out = o2[..., :d] + o2[..., d:d + 1] * o_w
-    # every key masked and no window: the reference defines the output as 0
-    regular_dead = seg_pad.all(1)[:, None, None] if general_mask is None else key_padding_mask.all(1)[:, None, None]
-    dead = regular_dead & torch.isneginf(lse_w)
-    return out.masked_fill(dead[..., None], 0.0)
+    # every key masked and no window copy either
+    return out.masked_fill((all_masked & torch.isneginf(lse_w))[..., None], 0.0)

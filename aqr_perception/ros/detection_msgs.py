@@ -22,9 +22,6 @@ from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithP
 from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
 from aqr_perception.detections import FrameDetections
 
-BOX_DIM = 9
-
-
 def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:
     """(N,) yaw about +z -> (N, 4) quaternions ``[x, y, z, w]``."""
     half = 0.5 * np.asarray(yaw, dtype=np.float64)

@@ -14,7 +14,6 @@ from visualization_msgs.msg import Marker, MarkerArray
 from aqr_perception.data.boxes import BOX_EDGES, box_corners
 from aqr_perception.data.pictures import class_color
 
-NAMESPACES = ("boxes", "heading", "labels")
 MARKER_LIFETIME_S = 1.0
 
 
