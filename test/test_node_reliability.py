@@ -21,8 +21,10 @@ class NodeRuntime(StubRuntime):
 
 @pytest.fixture
 def node_env(ros_context):
+    import threading
+
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     from aqr_perception.ros.node import _make_node_class
 
@@ -32,13 +34,25 @@ def node_env(ros_context):
             "-p", "extrinsics_source:=tf_static"]
     node = _make_node_class()(runtime=NodeRuntime(), context=ros_context, cli_args=args)
     probe = rclpy.create_node("probe", context=ros_context)
-    ex = MultiThreadedExecutor(context=ros_context)
-    ex.add_node(node)
+    node_ex = SingleThreadedExecutor(context=ros_context)      # the node spins on its own, as in its process
+    node_ex.add_node(node)
+    spinner = threading.Thread(target=node_ex.spin, daemon=True)
+    spinner.start()
+    ex = SingleThreadedExecutor(context=ros_context)
     ex.add_node(probe)
     yield node, probe, ex, cams
+    node_ex.shutdown()
+    spinner.join(timeout=5)
     ex.shutdown()
     node.destroy_node()
     probe.destroy_node()
+
+
+def _spin_until(ex, condition, timeout):
+    """Spin until ``condition()`` holds or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not condition():
+        ex.spin_once(timeout_sec=0.02)
 
 
 def _spin(ex, seconds):
@@ -80,12 +94,15 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
     broken = _cloud()
     broken.fields = [f for f in broken.fields if f.name != "z"]
     pub_cloud.publish(broken)                                   # corrupt cloud: no detection
-    _spin(ex, 1.0)
+    _spin_until(ex, lambda: node.counters["clouds_invalid"] and node.counters[f"camera_info_invalid.{cams[0].name}"],
+                10.0)
+    _spin(ex, 0.3)
     assert dets == []
     assert node.counters["clouds_invalid"] == 1
     assert node.counters[f"camera_info_invalid.{cams[0].name}"] == 1
     pub_cloud.publish(_cloud(t_ns=NS))                          # a good cloud: processed, cameras masked
-    _spin(ex, 1.5)
+    _spin_until(ex, lambda: len(dets) >= 1, 10.0)
+    _spin(ex, 0.5)                                              # fresh diagnostics after that frame
     assert len(dets) == 1 and dets[0].header.stamp.sec == 1
     assert node.counters[f"images_invalid.{cams[1].name}"] == 1
     statuses = {s.name.split(": ")[-1]: s for d in diags[-3:] for s in d.status}
