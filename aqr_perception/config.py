@@ -242,11 +242,15 @@ class SyncConfig(_Section):
     camera_time_offsets_s: list[float] = Field(
         [], description="per-camera offsets added to image stamps, in camera order (empty: all 0)")
     image_buffer_size: Annotated[int, Field(ge=1, le=64)] = Field(4, description="images kept per camera")
+    camera_wait_s: Annotated[float, Field(ge=0.0, le=5.0)] = Field(
+        0.05, description="when a cloud arrives before a live camera's image of that instant (newest image older "
+                          "than the cloud but inside max_image_age_s) or before its first calibration, wait at "
+                          "most this long (wall clock) for it; 0 disables")
     time_jump_back_s: PositiveFloat = Field(
         1.0, description="a stamp this far behind the newest one resets the caches (bag loop, sim reset)")
     calibration_wait_s: Annotated[float, Field(ge=0.0)] = Field(
-        2.0, description="after the first cloud, wait this long for every camera's calibration, then run "
-                         "with uncalibrated cameras masked")
+        2.0, description="startup: the first cloud waits this long (wall clock) for every camera's calibration "
+                         "and first image, then runs with the missing cameras masked")
 
 
 class NodeConfig(_Section):
@@ -277,6 +281,13 @@ class NodeConfig(_Section):
     publish_markers: bool = True
     diagnostics_period_s: PositiveFloat = 1.0
     sync: SyncConfig = SyncConfig()
+
+    def input_topics(self) -> list[str]:
+        """Every topic the node subscribes to (LiDAR, images, CameraInfo, /tf_static)."""
+        topics = [self.lidar_topic]
+        for cam in self.camera_names:
+            topics += [self.image_topic_format.format(camera=cam), self.camera_info_topic_format.format(camera=cam)]
+        return topics + (["/tf_static"] if self.extrinsics_source == "tf_static" else [])
 
 
 # ----------------------------------------------------------------- data / train / eval

@@ -93,7 +93,7 @@ def _tf_static(cams):
 def _pipeline(runtime=None, **sync):
     cams = [c for c in nuscenes_like_rig(W, H)]
     cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw", score_threshold=0.3,
-                     sync=SyncConfig(calibration_wait_s=0.0, **sync))
+                     sync=SyncConfig(**{"calibration_wait_s": 0.0, **sync}))
     p = FramePipeline(cfg, runtime or StubRuntime())
     for c in cams:
         p.on_camera_info(c.name, _info(c.name, c.K))

@@ -104,3 +104,18 @@ def test_calibration_store_names_what_is_missing():
     missing = store.missing("lidar")
     assert missing["back"] == "no CameraInfo received"
     assert "no /tf_static path lidar -> front_optical" in missing["front"]
+
+
+
+def test_in_flight_and_live_cameras():
+    s = _sync()                                                # 50 ms window
+    assert s.cameras_in_flight(100 * MS) == [] and s.live_cameras(100 * MS) == []   # nothing yet: down
+    s.add_image("front", 80 * MS, "f80")                       # older than the cloud, inside the window
+    s.add_image("back", 10 * MS, "b10")                        # 90 ms old: down
+    assert s.cameras_in_flight(100 * MS) == ["front"] and s.live_cameras(100 * MS) == ["front"]
+    s.add_image("back", 120 * MS, "b120")                      # a later image: live, nothing to wait for
+    s.add_image("front", 100 * MS, "f100")                     # its image of this instant arrived
+    assert s.cameras_in_flight(100 * MS) == [] and s.live_cameras(100 * MS) == ["front", "back"]
+    s2 = _sync(camera_time_offsets_s=[0.03, 0.0])              # offsets count: 80 + 30 > 100
+    s2.add_image("front", 80 * MS, "f80")
+    assert s2.cameras_in_flight(100 * MS) == []

@@ -32,6 +32,8 @@ from aqr_perception.ros.pipeline import FramePipeline, stamp_ns
 
 ROUTING_SCORE = 0.3          # routing weights are averaged over detections at least this confident
 STEP_TIMEOUT_S = 60.0
+REPLAY_STARTUP_WAIT_S = 10.0  # the first cloud waits for every camera (a camera absent from the bag costs this once)
+REPLAY_CAMERA_WAIT_S = 1.0    # an image really missing from the bag costs this, per frame
 
 
 @dataclass
@@ -112,10 +114,10 @@ def predict_offline(bag: Path, cfg: AqrConfig, runtime, keep_inputs: set[str] | 
 
 
 def eval_node_config(cfg: AqrConfig):
-    """The node settings used for evaluation: every detection the metric may use, no readiness wait."""
+    """The node settings used for evaluation: every detection the metric may use."""
     return cfg.node.model_copy(update={
         "score_threshold": cfg.eval.score_threshold, "max_detections": cfg.eval.max_boxes_per_sample,
-        "qos_reliability": "reliable", "sync": cfg.node.sync.model_copy(update={"calibration_wait_s": 0.0})})
+        "qos_reliability": "reliable"})
 
 
 # ------------------------------------------------------------------------ replay
@@ -136,7 +138,9 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
 
     node_cfg = eval_node_config(cfg)
     params = [f"score_threshold:={node_cfg.score_threshold}", f"max_detections:={node_cfg.max_detections}",
-              "qos_reliability:=reliable", "qos_depth:=20", "sync.calibration_wait_s:=0.0", "use_sim_time:=true",
+              "qos_reliability:=reliable", "qos_depth:=20", "use_sim_time:=true",
+              # a cloud's inputs precede it in the bag: the node lets them all land before using it
+              f"sync.calibration_wait_s:={REPLAY_STARTUP_WAIT_S}", f"sync.camera_wait_s:={REPLAY_CAMERA_WAIT_S}",
               f"device:={device}", "publish_markers:=false"]
     if checkpoint:
         params.append(f"checkpoint:={checkpoint}")
@@ -164,11 +168,13 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
     try:
         player = BagPlayer(probe, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic, "/tf"],
                            publish_clock=True)
+        # every played input must be matched: a message published before discovery is lost
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and player.publishers[cfg.node.lidar_topic].get_subscription_count() == 0:
+        while not player.wait_for_subscribers(node_cfg.input_topics(), 0.5, spin):
             if node_proc.poll() is not None:
                 raise RuntimeError(f"the node exited with code {node_proc.returncode} before subscribing")
-            spin(0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError("the node did not subscribe to every input topic within 120 s")
         outstanding: list[str] = []
 
         def gate(topic: str, stamp: int) -> None:

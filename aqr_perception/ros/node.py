@@ -197,14 +197,10 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
         def _process(self, cloud) -> None:
             cfg = self.cfg
             t0 = time.perf_counter()
-            out = self.pipeline.process(cloud)
+            out = self.pipeline.process(cloud, live=True)
             if out.status == "invalid_cloud":
                 self.counters["clouds_invalid"] += 1
                 self._warn("cloud", f"{cfg.lidar_topic}: {out.message}; frame skipped")
-                return
-            if out.status == "waiting_calibration":
-                self.counters["frames_waiting_for_calibration"] += 1
-                self._warn("calib_wait", out.message)
                 return
             if out.inputs is not None:
                 for cam, err in out.inputs.image_errors.items():
@@ -278,7 +274,9 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 *[kv(f"sync.images_received.{c}", n) for c, n in self.sync.counters.images_received.items()],
                 *[kv(f"sync.images_unused.{c}", n) for c, n in self.sync.counters.images_evicted_unused.items()],
                 kv("sync.time_jumps", self.sync.counters.time_jumps),
-                kv("sync.clouds_out_of_order", self.sync.counters.clouds_out_of_order)])
+                kv("sync.clouds_out_of_order", self.sync.counters.clouds_out_of_order),
+                kv("sync.clouds_waited_for_inputs", self.pipeline.input_waits.clouds_waited),
+                kv("sync.input_wait_timeouts", self.pipeline.input_waits.wait_timeouts)])
             # processing
             ms = rep.stage_ms.get("processing_time_ms", 0.0)
             if self._slow_since is not None and (now - self._slow_since) * 1e3 > cfg.max_consecutive_delay_ms:

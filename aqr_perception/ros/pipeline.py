@@ -4,13 +4,15 @@ The node (``ros/node.py``), the offline evaluator and the training-data reader a
 messages through this class, so the three see identical frames:
 
     on_image / on_camera_info / on_tf_static     (inputs, in arrival order)
+    wait_for_inputs(...)                         (live input only: let a cloud's inputs catch up)
     assemble(cloud)  -> FrameInputs              (sync + conversion + calibration + preprocessing)
-    process(cloud)   -> FrameOutcome             (assemble + model + score filter)
+    process(cloud)   -> FrameOutcome             (wait + assemble + model + score filter)
 
 Messages may be rclpy or rosbags objects (same field names).
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -44,8 +46,16 @@ class FrameInputs:
 
 
 @dataclass
+class InputWaitCounters:
+    """Clouds that arrived before some of their inputs (live input only)."""
+
+    clouds_waited: int = 0          # waited for an image or a calibration still in transport
+    wait_timeouts: int = 0          # ... and went on without it at the bound
+
+
+@dataclass
 class FrameOutcome:
-    """What became of one cloud. status: ok | invalid_cloud | waiting_calibration | model_error."""
+    """What became of one cloud. status: ok | invalid_cloud | model_error."""
 
     status: str
     stamp_ns: int
@@ -67,17 +77,76 @@ class FramePipeline:
         self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
         self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
         self.first_cloud_wall: float | None = None
+        self.input_waits = InputWaitCounters()
+        self._arrival = threading.Condition()          # notified on every stored input
+        self._calibration_given_up: set[str] = set()   # waited once for it in vain: never again
 
     # ----------------------------------------------------------------- inputs
+    def _arrived(self) -> None:
+        with self._arrival:
+            self._arrival.notify_all()
+
     def on_image(self, camera: str, msg) -> None:
         self.sync.add_image(camera, stamp_ns(msg), msg)
+        self._arrived()
 
     def on_camera_info(self, camera: str, msg) -> None:
         """Raises ConversionError for unusable intrinsics (the caller counts and logs)."""
         self.calib.set_camera_info(camera, msg)
+        self._arrived()
 
     def on_tf_static(self, msg) -> None:
         self.calib.add_tf_static(msg)
+        self._arrived()
+
+    def _inputs_in_flight(self, stamp: int, lidar_frame: str, startup: bool) -> dict[str, str]:
+        """camera -> what it still lacks for this cloud ("image", "first image", "calibration").
+
+        Steady state: only live cameras are expected (one that is down costs no wait).
+        Startup: every configured camera is expected.
+        """
+        late = {c: "image" for c in self.sync.cameras_in_flight(stamp)}
+        expected = set(self.cameras if startup else self.sync.live_cameras(stamp))
+        if startup:
+            for c in expected - set(self.sync.live_cameras(stamp)) - late.keys():
+                if self.sync.counters.images_received[c] == 0:
+                    late[c] = "first image"
+        missing = self.calib.missing(lidar_frame)
+        for c in self.cameras:
+            if c in expected and c in missing and c not in self._calibration_given_up:
+                late.setdefault(c, "calibration")
+        return late
+
+    def wait_for_inputs(self, stamp: int, lidar_frame: str) -> dict[str, str]:
+        """Hold a live cloud while its inputs may still be in transport (wall-clock bound).
+
+        Startup (the first ``sync.calibration_wait_s`` after the first cloud): wait for
+        every camera's calibration and first image. Afterwards: wait up to
+        ``sync.camera_wait_s`` for a live camera's image of this instant (or a first
+        calibration). A calibration that never comes is waited for once. Returns what was
+        still missing when the wait ended (empty: nothing was). Offline readers see every
+        input in bag order and never call this.
+        """
+        now = time.monotonic()
+        self.first_cloud_wall = self.first_cloud_wall or now
+        startup_end = self.first_cloud_wall + self.cfg.sync.calibration_wait_s
+        startup = now < startup_end
+        deadline = startup_end if startup else now + self.cfg.sync.camera_wait_s
+        if deadline <= now:
+            return {}
+        with self._arrival:
+            late = self._inputs_in_flight(stamp, lidar_frame, startup)
+            if late:
+                self.input_waits.clouds_waited += 1
+            while late:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
+                    self.input_waits.wait_timeouts += 1
+                    self._calibration_given_up.update(c for c, what in late.items() if what == "calibration")
+                    return late
+                self._arrival.wait(remaining)
+                late = self._inputs_in_flight(stamp, lidar_frame, startup)
+        return {}
 
     # ------------------------------------------------------------------ frame
     def assemble(self, cloud) -> FrameInputs:
@@ -132,23 +201,17 @@ class FramePipeline:
                                       f"{size[1]}x{size[0]}")
         return img, reduce_intrinsics(K, r)
 
-    def calibration_pending(self, lidar_frame: str) -> dict[str, str]:
-        """Cameras still missing calibration while the readiness wait lasts (else empty)."""
-        now = time.monotonic()
-        self.first_cloud_wall = self.first_cloud_wall or now
-        if now - self.first_cloud_wall >= self.cfg.sync.calibration_wait_s:
-            return {}
-        return self.calib.missing(lidar_frame)
+    def process(self, cloud, score_threshold: float | None = None, max_detections: int | None = None,
+                live: bool = False) -> FrameOutcome:
+        """Assemble, run the model, keep detections above the threshold (best first).
 
-    def process(self, cloud, score_threshold: float | None = None, max_detections: int | None = None
-                ) -> FrameOutcome:
-        """Assemble, run the model, keep detections above the threshold (best first)."""
-        t0 = time.perf_counter()
+        ``live`` (the node): first ``wait_for_inputs``. Offline readers leave it False:
+        bag order already puts a cloud's inputs before it.
+        """
         stamp = stamp_ns(cloud)
-        pending = self.calibration_pending(cloud.header.frame_id)
-        if pending:
-            return FrameOutcome("waiting_calibration", stamp, message="waiting for calibration: " +
-                                "; ".join(f"{c}: {r}" for c, r in pending.items()))
+        if live:
+            self.wait_for_inputs(stamp, cloud.header.frame_id)
+        t0 = time.perf_counter()
         try:
             inputs = self.assemble(cloud)
         except ConversionError as exc:

@@ -4,6 +4,9 @@ Per camera the latest few images are kept. Each point cloud picks, per camera, t
 image whose (offset-corrected) stamp is nearest to the cloud's stamp; a camera whose
 nearest image is farther than ``max_image_age_s`` (either side) -- or that has sent
 nothing -- is *stale*: its keys are masked in the model instead of dropping the frame.
+A cloud may overtake the images of its own instant in transport: ``cameras_in_flight``
+names the live cameras whose newest image is older than the cloud, so that the caller
+can wait for a later candidate (as message_filters' ApproximateTime does).
 A stamp that jumps back by more than ``time_jump_back_s`` (a looping bag, a simulation
 reset) clears every cache. Counters account for every image received.
 
@@ -110,6 +113,26 @@ class LidarTriggeredSync:
                     self._used[camera].discard(old_stamp)
                 else:
                     self.counters.images_evicted_unused[camera] += 1
+
+    def cameras_in_flight(self, stamp_ns: int) -> list[str]:
+        """Live cameras whose image for this cloud may still be on its way: the newest
+        (offset-corrected) image is older than the cloud but inside ``max_image_age_s``.
+
+        A camera that has sent nothing, or nothing that recent, is down: not listed.
+        """
+        late = []
+        with self._lock:
+            for c in self.cameras:
+                buf = self._buffers[c]
+                if buf and stamp_ns - self._window_ns <= buf[-1][0] + self._offset_ns[c] < stamp_ns:
+                    late.append(c)
+        return late
+
+    def live_cameras(self, stamp_ns: int) -> list[str]:
+        """Cameras with an image within ``max_image_age_s`` before the cloud, or any later one."""
+        with self._lock:
+            return [c for c in self.cameras
+                    if self._buffers[c] and self._buffers[c][-1][0] + self._offset_ns[c] >= stamp_ns - self._window_ns]
 
     def associate(self, stamp_ns: int) -> Association:
         """Pick per camera the image nearest to the cloud stamp within the window."""
