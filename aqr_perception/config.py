@@ -276,6 +276,9 @@ class NodeConfig(_Section):
     qos_depth: Annotated[int, Field(ge=1, le=100)] = 2
     score_threshold: Probability = Field(0.3, description="detections below this score are not published")
     max_detections: Annotated[int, Field(ge=1, le=1000)] = 200
+    max_points: Annotated[int, Field(ge=1)] = Field(
+        2_000_000, description="a PointCloud2 declaring more points is refused (frame skipped); a 128-beam "
+                               "sensor gives ~0.3 M per sweep")
     max_processing_time_ms: PositiveFloat = Field(200.0, description="diagnostics WARN beyond this")
     max_consecutive_delay_ms: PositiveFloat = Field(1000.0, description="diagnostics ERROR when slow this long")
     publish_markers: bool = True

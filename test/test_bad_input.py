@@ -127,6 +127,23 @@ def test_broken_cloud_skips_the_frame_with_a_reason(breakage, words):
     assert runtime.calls == []                                 # nothing reached the model
 
 
+def test_absurdly_large_cloud_is_refused_before_decoding():
+    """10 M real points (160 MB): refused by the size cap; below the cap the same cloud decodes."""
+    import time
+
+    runtime = StubRuntime()
+    p, _ = _pipeline(runtime)
+    n = 10_000_000
+    cloud = _cloud(n=10)
+    cloud.width, cloud.row_step = n, n * cloud.point_step
+    cloud.data = np.zeros(n * cloud.point_step, np.uint8).tobytes()
+    t = time.monotonic()
+    out = p.process(cloud)
+    assert out.status == "invalid_cloud" and "10000000 points" in out.message and "max_points" in out.message
+    assert time.monotonic() - t < 1.0 and runtime.calls == []
+    assert pointcloud2_to_xyzi(cloud, max_points=n).shape == (n, 4)
+
+
 def test_nan_points_dropped_and_empty_cloud_masks_lidar():
     runtime = StubRuntime()
     p, _ = _pipeline(runtime)

@@ -105,11 +105,16 @@ def read_points_numpy_fallback(cloud, field_names: Sequence[str] | None = None, 
     return out
 
 
-def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity") -> np.ndarray:
+def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity", max_points: int | None = None) -> np.ndarray:
     """(N, 4) float32 ``[x, y, z, intensity]`` with non-finite points dropped.
 
-    x, y, z are required; a missing intensity field gives zeros.
+    x, y, z are required; a missing intensity field gives zeros. A cloud declaring more
+    than ``max_points`` points is refused before any of it is decoded.
     """
+    declared = int(cloud.width) * int(cloud.height)
+    if max_points is not None and declared > max_points:
+        raise ConversionError(f"PointCloud2 has {declared} points (width {cloud.width} x height {cloud.height}), "
+                              f"more than max_points {max_points}")
     names = [f.name for f in cloud.fields]
     for required in ("x", "y", "z"):
         if required not in names:

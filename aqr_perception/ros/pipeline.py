@@ -156,7 +156,7 @@ class FramePipeline:
         stale, uncalibrated or whose image does not decode (or does not match its
         CameraInfo size) is masked, with the reason in ``masked``.
         """
-        points = pointcloud2_to_xyzi(cloud)
+        points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points)
         lidar_frame = cloud.header.frame_id
         stamp = stamp_ns(cloud)
         assoc = self.sync.associate(stamp)
