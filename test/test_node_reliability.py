@@ -115,6 +115,20 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
     assert stale[f"stale.{cams[0].name}"] == "no CameraInfo received"
 
 
+def test_a_publisher_with_incompatible_qos_is_counted_and_reported(node_env):
+    """A best-effort LiDAR driver cannot feed a reliable subscription: DDS never delivers
+    its clouds, so the node must say so instead of staying silent."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    node, probe, ex, _ = node_env
+    pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+    _spin_until(ex, lambda: node.counters["qos_incompatible./LIDAR_TOP"] > 0, 10.0)
+    pub.publish(_cloud())
+    _spin(ex, 0.3)
+    assert node.counters["qos_incompatible./LIDAR_TOP"] == 1 and node.counters["clouds_received"] == 0
+
+
 @pytest.mark.slow
 def test_sigterm_exits_cleanly_within_two_seconds_and_restart_works():
     for attempt in range(2):                                    # start, stop, start again

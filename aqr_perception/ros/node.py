@@ -47,6 +47,7 @@ class FrameReport:
 def _make_node_class():  # rclpy is imported lazily so that `--help` works without a context
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rcl_interfaces.msg import SetParametersResult
+    from rclpy.event_handler import SubscriptionEventCallbacks
     from rclpy.node import Node
     from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -57,6 +58,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
 
     from aqr_perception.config import ConfigError, NodeConfig, load_config
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
+    from aqr_perception.ros.sequence_gaps import SequenceGaps
     from aqr_perception.ros.conversions import ConversionError
     from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
     from aqr_perception.ros.markers import detection_markers
@@ -101,15 +103,15 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                                    reliability=qos.reliability, durability=DurabilityPolicy.VOLATILE)
             static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self.create_subscription(PointCloud2, cfg.lidar_topic, self._on_cloud, qos)
+            self._subscribe(PointCloud2, cfg.lidar_topic, self._on_cloud, qos)
             image_type = Image if cfg.image_transport == "raw" else CompressedImage
             for cam in self.cameras:
-                self.create_subscription(image_type, cfg.image_topic_format.format(camera=cam),
-                                         lambda m, c=cam: self._on_image(c, m), image_qos)
-                self.create_subscription(CameraInfo, cfg.camera_info_topic_format.format(camera=cam),
-                                         lambda m, c=cam: self._on_info(c, m), qos)
+                self._subscribe(image_type, cfg.image_topic_format.format(camera=cam),
+                                lambda m, c=cam: self._on_image(c, m), image_qos)
+                self._subscribe(CameraInfo, cfg.camera_info_topic_format.format(camera=cam),
+                                lambda m, c=cam: self._on_info(c, m), qos)
             if cfg.extrinsics_source == "tf_static":
-                self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, static_qos)
+                self._subscribe(TFMessage, "/tf_static", self._on_tf_static, static_qos)
 
             out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
             self.pub_det = self.create_publisher(Detection3DArray, "~/detections", out_qos)
@@ -129,6 +131,30 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 f"device={runtime.device} checkpoint={runtime.checkpoint or 'NONE (untrained weights)'}")
 
         # ------------------------------------------------------------ helpers
+        def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
+            """A subscription whose losses (transport, queue overwrite) and QoS mismatches are
+            counted and logged: nothing a publisher sent disappears without a counter."""
+            def lost(info) -> None:
+                self.counters[f"dds_messages_lost.{topic}"] += info.total_count_change
+                self._warn(f"lost:{topic}", f"{topic}: {info.total_count} messages lost in transport so far")
+
+            def incompatible(info) -> None:
+                self.counters[f"qos_incompatible.{topic}"] += info.total_count_change
+                self._warn(f"qos:{topic}", f"{topic}: a publisher's QoS is incompatible (policy id "
+                                           f"{info.last_policy_kind}); its messages are not received")
+
+            gaps = SequenceGaps()
+
+            def receive(msg, info) -> None:
+                if missed := gaps.observe(info):
+                    self.counters[f"messages_missed.{topic}"] += missed
+                    self._warn(f"missed:{topic}", f"{topic}: {gaps.missed} messages overwritten in the subscription "
+                                                  "queue before the node could take them (qos_depth, CPU load)")
+                callback(msg)
+
+            events = SubscriptionEventCallbacks(message_lost=lost, incompatible_qos=incompatible)
+            self.create_subscription(msg_type, topic, receive, qos, event_callbacks=events)
+
         def _warn(self, key: str, text: str) -> None:
             """A log line per problem key at most every LOG_THROTTLE_S seconds."""
             now = time.monotonic()
