@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from aqr_perception.model.aqr import AqrBias, MemoryLayout, local_window_entries
 
 PAD = 1000.0            # exp(-1000) == 0 in fp16/bf16/fp32: an exactly masked key
-WINDOW_CHUNK = 128      # queries per gather chunk in local mode
+WINDOW_CHUNK = 32       # queries per gather chunk in local mode (measured: 32 beats 8..128 on CPU)
 
 
 def segment_index(layout: MemoryLayout, device=None) -> Tensor:
@@ -57,27 +57,45 @@ def segment_padding(key_padding_mask: Tensor | None, layout: MemoryLayout, batch
 
 def _window_part(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, pad: Tensor | None, scale: float
                  ) -> tuple[Tensor, Tensor]:
-    """Local mode: log Z_W (B, h, Q) and o_W (B, h, Q, d) of the window copies, in query chunks."""
+    """Local mode: log Z_W (B, h, Q) and o_W (B, h, Q, d) of the window copies, in query chunks.
+
+    Memory-bound (a gather of N window keys and values per query), so it works in small
+    query chunks per sample. Without autograd the gathers write into two buffers reused
+    by every chunk: fresh multi-MB allocations per chunk (page faults) used to cost more
+    than the arithmetic.
+    """
     keys, values, valid = local_window_entries(aqr)             # (B, Q, N)
     if pad is not None:                                         # padded keys are not in any window
         valid = valid & ~torch.gather(pad, 1, keys.flatten(1)).view_as(keys)
     extra = torch.log(torch.expm1(values.clamp(min=1e-12))).to(q.dtype)   # log(e^b - 1)
     extra = extra.masked_fill(~valid, float("-inf"))
     b, h, nq, d = q.shape
-    lse_parts, out_parts = [], []
-    for start in range(0, nq, WINDOW_CHUNK):
-        sl = slice(start, start + WINDOW_CHUNK)
-        idx = keys[:, sl]                                        # (B, c, N)
-        c, n = idx.shape[1], idx.shape[2]
-        # per sample index_select: no (h, c*N, d) index tensor is built
-        kw = torch.stack([k[i].index_select(1, idx[i].reshape(-1)) for i in range(b)]).view(b, h, c, n, d)
-        vw = torch.stack([v[i].index_select(1, idx[i].reshape(-1)) for i in range(b)]).view(b, h, c, n, d)
-        logits = torch.einsum("bhqd,bhqnd->bhqn", q[:, :, sl], kw) * scale + extra[:, None, sl]
-        lse = torch.logsumexp(logits, dim=-1)                    # -inf for an empty window
-        w = torch.exp(logits - lse.clamp(min=-PAD)[..., None]).nan_to_num(0.0)
-        lse_parts.append(lse)
-        out_parts.append(torch.einsum("bhqn,bhqnd->bhqd", w, vw))
-    return torch.cat(lse_parts, 2), torch.cat(out_parts, 2)
+    n = keys.shape[-1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, extra))
+    if not grad:
+        kbuf = q.new_empty(h, WINDOW_CHUNK * n, d)
+        vbuf = q.new_empty(h, WINDOW_CHUNK * n, d)
+    lse_rows, out_rows = [], []
+    for i in range(b):
+        lse_parts, out_parts = [], []
+        for start in range(0, nq, WINDOW_CHUNK):
+            sl = slice(start, start + WINDOW_CHUNK)
+            idx = keys[i, sl].reshape(-1)
+            c = idx.numel() // n
+            if grad:
+                kw, vw = k[i].index_select(1, idx), v[i].index_select(1, idx)
+            else:
+                kw = torch.index_select(k[i], 1, idx, out=kbuf[:, : c * n])
+                vw = torch.index_select(v[i], 1, idx, out=vbuf[:, : c * n])
+            kw, vw = kw.view(h, c, n, d), vw.view(h, c, n, d)
+            logits = torch.matmul(kw, q[i, :, sl, :, None]).squeeze(-1) * scale + extra[i, None, sl]   # (h, c, n)
+            lse = torch.logsumexp(logits, dim=-1)                # -inf for an empty window
+            w = torch.exp(logits - lse.clamp(min=-PAD)[..., None]).nan_to_num(0.0)
+            lse_parts.append(lse)
+            out_parts.append(torch.matmul(w[..., None, :], vw).squeeze(-2))                   # (h, c, d)
+        lse_rows.append(torch.cat(lse_parts, 1))
+        out_rows.append(torch.cat(out_parts, 1))
+    return torch.stack(lse_rows), torch.stack(out_rows)
 
 
 def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
@@ -106,6 +124,7 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
         general_mask = ~key_padding_mask[:, None, None, :]
         seg_pad = torch.zeros(b, 1 + lay.num_views, dtype=torch.bool, device=q.device)
     # per (sample, query, segment) additive logit
+    local = aqr.mode == "local"
     if aqr.mode == "global":
         bev = (aqr.lidar_weight - 0.5) * 2 * aqr.strength
         cam = (aqr.camera_weight - 0.5) * 2 * aqr.strength
@@ -113,21 +132,30 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     else:
         seg_logit = q.new_zeros(b, nq, 1 + lay.num_views)
     seg_logit = seg_logit.to(q.dtype).masked_fill(seg_pad[:, None, :], -PAD)
-    n_seg = 1 + lay.num_views
     seg = segment_index(lay, q.device)
-    q_extra = seg_logit * math.sqrt(d)                                                    # (B, Q, S)
+    # fewest extra columns that carry the per-segment logits: none in local mode without
+    # padding, [BEV, cameras] in global mode without padding, else one per segment (always
+    # when tracing: the check is data-dependent)
+    if torch.compiler.is_compiling() or bool(seg_pad.any()):
+        cols = seg_logit
+    elif local:
+        cols, seg = seg_logit[..., :0], None
+    else:
+        cols, seg = seg_logit[..., :2], seg.clamp(max=1)
+    n_seg = cols.shape[-1]
+    q_extra = cols * math.sqrt(d)                                                         # (B, Q, n_seg)
     # fused kernels need one head dim for q, k and v (a multiple of 8 on CUDA); each wide
     # tensor is written once: [original | segment columns | sentinel column | zero padding]
-    local = aqr.mode == "local"
     width = d + n_seg + (1 if local else 0)
-    dim = -(-width // 8) * 8
+    dim = -(-width // 8) * 8 if q.is_cuda else width
     extra_key = 1 if local else 0
     q2 = q.new_zeros(b, h, nq, dim)
     q2[..., :d] = q
     q2[..., d:d + n_seg] = q_extra[:, None]
     k2 = k.new_zeros(b, h, nk + extra_key, dim)
     k2[:, :, :nk, :d] = k
-    k2[:, :, torch.arange(nk, device=q.device), d + seg] = 1.0                             # segment one-hot
+    if seg is not None:
+        k2[:, :, torch.arange(nk, device=q.device), d + seg] = 1.0                         # segment one-hot
     v2 = v.new_zeros(b, h, nk + extra_key, dim)
     v2[:, :, :nk, :d] = v
     if not local:
