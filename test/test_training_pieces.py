@@ -169,7 +169,7 @@ def test_training_reduces_the_loss_on_a_tiny_overfit_set():
     gt_labels = [torch.tensor([0, 8])]
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     losses = []
-    for _ in range(12):
+    for _ in range(20):
         loss = detection_loss(model(inputs, gt_boxes, gt_labels), gt_boxes, gt_labels, cfg).total
         opt.zero_grad()
         loss.backward()

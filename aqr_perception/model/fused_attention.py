@@ -68,7 +68,11 @@ def _window_part(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, pad: Tensor | No
     if pad is not None:                                         # padded keys are not in any window
         valid = valid & ~torch.gather(pad, 1, keys.flatten(1)).view_as(keys)
     extra = torch.log(torch.expm1(values.clamp(min=1e-12))).to(q.dtype)   # log(e^b - 1)
-    extra = extra.masked_fill(~valid, float("-inf"))
+    # invalid entries get -PAD, not -inf: exp(-PAD) is exactly 0 next to any real entry, and a
+    # query with no valid entry at all (LiDAR dropped, point not in any camera) keeps finite
+    # gradients; its log Z_W ~ -PAD makes the sentinel weigh exactly 0 in the main softmax
+    extra = extra.masked_fill(~valid, -PAD)
+    empty = ~valid.any(-1)                                      # (B, Q)
     b, h, nq, d = q.shape
     n = keys.shape[-1]
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, extra))
@@ -89,13 +93,14 @@ def _window_part(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, pad: Tensor | No
                 vw = torch.index_select(v[i], 1, idx, out=vbuf[:, : c * n])
             kw, vw = kw.view(h, c, n, d), vw.view(h, c, n, d)
             logits = torch.matmul(kw, q[i, :, sl, :, None]).squeeze(-1) * scale + extra[i, None, sl]   # (h, c, n)
-            lse = torch.logsumexp(logits, dim=-1)                # -inf for an empty window
-            w = torch.exp(logits - lse.clamp(min=-PAD)[..., None]).nan_to_num(0.0)
+            lse = torch.logsumexp(logits, dim=-1)
+            w = torch.exp(logits - lse[..., None])
             lse_parts.append(lse)
             out_parts.append(torch.matmul(w[..., None, :], vw).squeeze(-2))                   # (h, c, d)
         lse_rows.append(torch.cat(lse_parts, 1))
         out_rows.append(torch.cat(out_parts, 1))
-    return torch.stack(lse_rows), torch.stack(out_rows)
+    lse = torch.stack(lse_rows).masked_fill(empty[:, None], float("-inf"))  # -inf: no window copy
+    return lse, torch.stack(out_rows)
 
 
 def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
