@@ -1,5 +1,6 @@
 """The node under bad input and shutdown: it keeps running, counts and reports every
 problem on /diagnostics, publishes nothing from corrupt data, and exits cleanly."""
+import contextlib
 import signal
 import subprocess
 import sys
@@ -19,8 +20,10 @@ class NodeRuntime(StubRuntime):
     trained = True
 
 
-@pytest.fixture
-def node_env(ros_context):
+@contextlib.contextmanager
+def running_node(ros_context, runtime, args, probe_name):
+    """The node spinning on its own executor thread (as in its process) + a probe node
+    with its own executor; both torn down afterwards."""
     import threading
 
     import rclpy
@@ -28,24 +31,32 @@ def node_env(ros_context):
 
     from aqr_perception.ros.node import _make_node_class
 
-    cams = nuscenes_like_rig(W, H)
-    args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
-            "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2",
-            "-p", "extrinsics_source:=tf_static"]
-    node = _make_node_class()(runtime=NodeRuntime(), context=ros_context, cli_args=args)
-    probe = rclpy.create_node("probe", context=ros_context)
-    node_ex = SingleThreadedExecutor(context=ros_context)      # the node spins on its own, as in its process
+    node = _make_node_class()(runtime=runtime, context=ros_context, cli_args=args)
+    probe = rclpy.create_node(probe_name, context=ros_context)
+    node_ex = SingleThreadedExecutor(context=ros_context)
     node_ex.add_node(node)
     spinner = threading.Thread(target=node_ex.spin, daemon=True)
     spinner.start()
     ex = SingleThreadedExecutor(context=ros_context)
     ex.add_node(probe)
-    yield node, probe, ex, cams
-    node_ex.shutdown()
-    spinner.join(timeout=5)
-    ex.shutdown()
-    node.destroy_node()
-    probe.destroy_node()
+    try:
+        yield node, probe, ex
+    finally:
+        node_ex.shutdown()
+        spinner.join(timeout=5)
+        ex.shutdown()
+        node.destroy_node()
+        probe.destroy_node()
+
+
+@pytest.fixture
+def node_env(ros_context):
+    cams = nuscenes_like_rig(W, H)
+    args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
+            "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2",
+            "-p", "extrinsics_source:=tf_static"]
+    with running_node(ros_context, NodeRuntime(), args, "probe") as (node, probe, ex):
+        yield node, probe, ex, cams
 
 
 def _spin_until(ex, condition, timeout):
@@ -159,33 +170,19 @@ class SlowRuntime(NodeRuntime):
 def test_overload_newest_frame_wins_latency_bounded_and_counted(ros_context):
     """LiDAR at 2x the rate the model can follow: every cloud is either published or
     counted as skipped, and the published frames are the newest (bounded latency)."""
-    import threading
-
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
     from vision_msgs.msg import Detection3DArray
 
-    from aqr_perception.ros.node import _make_node_class
-
     args = ["--ros-args", "-p", "qos_reliability:=reliable", "-p", "qos_depth:=50",
             "-p", "sync.calibration_wait_s:=0.0"]
-    node = _make_node_class()(runtime=SlowRuntime(), context=ros_context, cli_args=args)
-    probe = rclpy.create_node("overload_probe", context=ros_context)
-    node_ex = SingleThreadedExecutor(context=ros_context)      # the node spins on its own, as in its process
-    node_ex.add_node(node)
-    spinner = threading.Thread(target=node_ex.spin, daemon=True)
-    spinner.start()
-    ex = SingleThreadedExecutor(context=ros_context)
-    ex.add_node(probe)
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
-    received = []
-    probe.create_subscription(Detection3DArray, "/aqr_perception/detections",
-                              lambda m: received.append((time.monotonic(), m.header.stamp.sec * NS + m.header.stamp.nanosec)),
-                              qos)
-    try:
+    with running_node(ros_context, SlowRuntime(), args, "overload_probe") as (node, probe, ex):
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
+        received = []
+        probe.create_subscription(
+            Detection3DArray, "/aqr_perception/detections",
+            lambda m: received.append((time.monotonic(), m.header.stamp.sec * NS + m.header.stamp.nanosec)), qos)
         _spin(ex, 1.0)
         sent = {}
         n = 60
@@ -212,9 +209,3 @@ def test_overload_newest_frame_wins_latency_bounded_and_counted(ros_context):
         assert max(lat) < 1.5, f"latency grew: {[round(x, 2) for x in lat]}"
         assert sum(lat[-third:]) / third < sum(lat[:third]) / third + 0.5, f"latency trend: {lat}"
         assert [s for _, s in received] == sorted(s for _, s in received)
-    finally:
-        node_ex.shutdown()
-        spinner.join(timeout=5)
-        ex.shutdown()
-        node.destroy_node()
-        probe.destroy_node()
