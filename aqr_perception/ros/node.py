@@ -58,10 +58,10 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
 
     from aqr_perception.config import ConfigError, NodeConfig, load_config
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
-    from aqr_perception.ros.sequence_gaps import SequenceGaps
     from aqr_perception.ros.conversions import ConversionError
     from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
     from aqr_perception.ros.markers import detection_markers
+    from aqr_perception.ros.sequence_gaps import SequenceGaps
     from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters
     from aqr_perception.ros.pipeline import FramePipeline
 

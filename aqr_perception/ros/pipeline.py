@@ -106,14 +106,13 @@ class FramePipeline:
         Startup: every configured camera is expected.
         """
         late = {c: "image" for c in self.sync.cameras_in_flight(stamp)}
-        expected = set(self.cameras if startup else self.sync.live_cameras(stamp))
         if startup:
-            for c in expected - set(self.sync.live_cameras(stamp)) - late.keys():
-                if self.sync.counters.images_received[c] == 0:
-                    late[c] = "first image"
-        missing = self.calib.missing(lidar_frame)
-        for c in self.cameras:
-            if c in expected and c in missing and c not in self._calibration_given_up:
+            expected = set(self.cameras)
+            late.update((c, "first image") for c in self.cameras if self.sync.counters.images_received[c] == 0)
+        else:
+            expected = set(self.sync.live_cameras(stamp))
+        for c in self.calib.missing(lidar_frame):
+            if c in expected and c not in self._calibration_given_up:
                 late.setdefault(c, "calibration")
         return late
 
