@@ -37,15 +37,40 @@ def _case(mode, seed, b=2, h=3, q=11, d=8, layout=(6, 7, 3, 4, 5), pad="none", w
     return qq, kk, vv, mask, aqr
 
 
+def _fused(q, k, v, mask, aqr, path):
+    """The fused attention on one of its two routes: "inference" (no autograd: per-segment
+    log-sum-exp merge on CPU) or "autograd" (the folded formulation training uses)."""
+    if path == "inference":
+        with torch.no_grad():
+            return aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
+    return aqr_cross_attention(q.clone().requires_grad_(True), k, v, mask, aqr, impl="fused").detach()
+
+
+@pytest.mark.parametrize("path", ["inference", "autograd"])
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("pad", ["none", "lidar", "views", "everything", "random"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fused_equals_dense(mode, pad, seed):
+def test_fused_equals_dense(mode, pad, seed, path):
     q, k, v, mask, aqr = _case(mode, seed, pad=pad)
     dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
-    fused = aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
+    fused = _fused(q, k, v, mask, aqr, path)
     assert torch.isfinite(fused).all()
     assert (dense - fused).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_inference_route_takes_no_dense_sized_buffer(mode, monkeypatch):
+    """The inference route is the one taken without autograd on CPU, and it never runs the
+    folded SDPA call (whose memory is checked by bench/attention.py)."""
+    from aqr_perception.model import fused_attention
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("folded SDPA used on the inference route")
+
+    monkeypatch.setattr(fused_attention.F, "scaled_dot_product_attention", forbidden)
+    q, k, v, mask, aqr = _case(mode, 8, pad="views")
+    dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
+    assert (dense - _fused(q, k, v, mask, aqr, "inference")).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
@@ -54,17 +79,18 @@ def test_fp32_error_within_target(mode):
     q, k, v = q.float(), k.float(), v.float()
     aqr.lidar_weight, aqr.camera_weight = aqr.lidar_weight.float(), aqr.camera_weight.float()
     dense = aqr_cross_attention(q, k, v, None, aqr, impl="dense")
-    fused = aqr_cross_attention(q, k, v, None, aqr, impl="fused")
-    assert (dense - fused).abs().max() <= TOL
+    for path in ("inference", "autograd"):
+        assert (dense - _fused(q, k, v, None, aqr, path)).abs().max() <= TOL, path
 
 
-def test_queries_without_window_and_windows_at_the_border():
+@pytest.mark.parametrize("path", ["inference", "autograd"])
+def test_queries_without_window_and_windows_at_the_border(path):
     q, k, v, mask, aqr = _case("local", 4, pad="lidar")
     aqr.projection.cam_visible[:] = False                 # no camera windows at all
     aqr.projection.bev_index[:, 0] = 0                    # clipped at a corner
     aqr.projection.bev_index[:, 1] = aqr.layout.num_bev - 1
     dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
-    fused = aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
+    fused = _fused(q, k, v, mask, aqr, path)
     assert (dense - fused).abs().max() <= TOL
 
 

@@ -17,7 +17,10 @@ the local-mode windows. Two exact identities remove the dense bias:
    ``out = o'[:d] + o'[d] * o_W`` where ``o_W`` is the window keys' own softmax average
    over the logits ``s + log(expm1(b))`` (gathered, a few hundred keys per query).
 
-Everything is ordinary differentiable torch, so autograd gives exact gradients; SDPA
+Inference on CPU (no autograd) takes a faster exact route instead, without the extra
+columns: per-segment attention merged by log-sum-exp (segment_attention.py).
+
+Everything here is ordinary differentiable torch, so autograd gives exact gradients; SDPA
 picks its fused kernels (flash on CPU and CUDA). Memory beyond the unbiased attention:
 the extra key/value columns (S = 1 + views (+1) per key) and, in local mode, the
 gathered window logits/values in chunks of queries.
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from aqr_perception.model import segment_attention
 from aqr_perception.model.aqr import AqrBias, MemoryLayout, local_window_entries
 
 PAD = 1000.0            # exp(-1000) == 0 in fp16/bf16/fp32: an exactly masked key
@@ -124,6 +128,8 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
                   else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]
     seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
+    if segment_attention.usable(q, dropout_p, seg_pad):
+        return segment_attention.segment_lse_attention(q, k, v, aqr, seg_pad, scale)
     general_mask = None
     if seg_pad is None:      # unstructured padding: SDPA takes it as a broadcast (B, 1, 1, K) mask
         general_mask = ~key_padding_mask[:, None, None, :]
