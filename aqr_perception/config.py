@@ -258,7 +258,8 @@ class NodeConfig(_Section):
 
     config_file: str = Field("", description="AqrConfig YAML for the model (empty: the packaged tiny.yaml, "
                                              "or the config stored in the checkpoint)")
-    checkpoint: str = Field("", description="model checkpoint (.pt); empty: the bundled one")
+    checkpoint: str = Field("", description="model checkpoint (.pt); empty: the bundled one; "
+                                            "'none': untrained weights built from config_file")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     lidar_topic: str = Field("/LIDAR_TOP", min_length=1, description="sensor_msgs/PointCloud2 input")
     camera_names: list[str] = Field(list(NUSCENES_CAMERAS), min_length=1,

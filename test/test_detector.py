@@ -130,3 +130,40 @@ def test_aqr_disabled_is_plain_cmt():
     assert len(model.decoder.routers) == 0
     out = model(random_inputs(cfg))
     assert torch.all(out.lidar_weight == 0.5)
+
+
+def test_runtime_checkpoint_choice():
+    """Empty checkpoint: the bundled trained model; "none": untrained weights built from the
+    given config (what benchmarks ask for), whatever is bundled."""
+    from aqr_perception.config import config_from_dict, config_to_dict
+    from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, UNTRAINED, DetectorRuntime
+
+    raw = config_to_dict(load_config("tiny"))
+    raw["model"]["name"] = "a_smaller_one"
+    raw["model"]["transformer"]["num_queries"] = 37
+    small = config_from_dict(raw, "test").model
+    untrained = DetectorRuntime(UNTRAINED, small, "cpu")
+    assert not untrained.trained and untrained.cfg.name == "a_smaller_one"
+    assert untrained.model.reference_points.weight.shape[0] == 37
+    bundled = DetectorRuntime(None, small, "cpu")
+    assert bundled.trained and bundled.checkpoint == str(BUNDLED_CHECKPOINT)
+    assert bundled.cfg.transformer.num_queries != 37
+
+
+@pytest.mark.parametrize("camera_valid", [[True] * 6, [True, False, True, True, False, True]])
+def test_bundled_model_gives_the_same_outputs_with_fused_and_dense_attention(camera_valid):
+    """The node's inference route (fused attention without autograd) against the dense
+    reference, on the trained weights (realistic router outputs), with and without a
+    missing camera."""
+    from aqr_perception.model.runtime import DetectorRuntime
+
+    model = DetectorRuntime(None, None, "cpu").model
+    inputs = random_inputs(model.cfg, camera_valid=torch.tensor([camera_valid]))
+    outs = {}
+    for impl in ("dense", "fused"):
+        model.decoder.impl = impl
+        with torch.inference_mode():
+            outs[impl] = model(inputs)
+    model.decoder.impl = model.cfg.attention
+    for name in ("cls_logits", "bbox_code", "lidar_weight", "camera_weight"):
+        torch.testing.assert_close(getattr(outs["fused"], name), getattr(outs["dense"], name), atol=1e-4, rtol=1e-4)

@@ -20,6 +20,8 @@ from aqr_perception.model.detector import CmtAqrDetector
 
 PACKAGE_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 BUNDLED_CHECKPOINT = PACKAGE_RESOURCES / "cmt_aqr_tiny.pt"
+#: checkpoint value that asks for untrained weights built from the config (benchmarks, tests)
+UNTRAINED = "none"
 
 
 class ModelOutputError(RuntimeError):
@@ -41,8 +43,15 @@ class DetectorRuntime:
 
     def __init__(self, checkpoint: str | Path | None, fallback_config: ModelConfig | None = None,
                  device: str = "auto") -> None:
+        """``checkpoint``: a .pt file; None or "" for the bundled one; ``UNTRAINED`` ("none")
+        for random weights built from ``fallback_config`` (also used when nothing is bundled)."""
         self.device = resolve_device(device)
-        path = Path(checkpoint) if checkpoint else (BUNDLED_CHECKPOINT if BUNDLED_CHECKPOINT.exists() else None)
+        if checkpoint == UNTRAINED:
+            path = None
+        elif checkpoint:
+            path = Path(checkpoint)
+        else:
+            path = BUNDLED_CHECKPOINT if BUNDLED_CHECKPOINT.exists() else None
         if path is not None:
             self.model, blob = load_checkpoint(path, self.device)
             self.checkpoint = str(path)

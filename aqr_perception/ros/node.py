@@ -44,6 +44,11 @@ class FrameReport:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
+def _architecture(model_cfg) -> dict:
+    """A ModelConfig without the choice of attention kernel (same weights, same outputs)."""
+    return model_cfg.model_dump(mode="json", exclude={"attention"})
+
+
 def _make_node_class():  # rclpy is imported lazily so that `--help` works without a context
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rcl_interfaces.msg import SetParametersResult
@@ -79,6 +84,11 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
 
                 fallback = load_config(cfg.config_file or None).model
                 runtime = DetectorRuntime(cfg.checkpoint or None, fallback, cfg.device)
+                if cfg.config_file and runtime.trained and _architecture(fallback) != _architecture(runtime.cfg):
+                    self.get_logger().warning(
+                        f"config_file {cfg.config_file} describes model {fallback.name!r}, the checkpoint holds "
+                        f"{runtime.cfg.name!r} with other settings: the checkpoint's model is used "
+                        "(checkpoint:=none runs the config's model with untrained weights)")
             self.runtime = runtime
             if runtime.cfg.num_views != len(self.cameras):
                 raise ConfigError(f"camera_names lists {len(self.cameras)} cameras, the model expects "
@@ -136,7 +146,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             counted and logged: nothing a publisher sent disappears without a counter."""
             def lost(info) -> None:
                 self.counters[f"dds_messages_lost.{topic}"] += info.total_count_change
-                self._warn(f"lost:{topic}", f"{topic}: {info.total_count} messages lost in transport so far")
+                self._warn(f"lost:{topic}", f"{topic}: DDS reports {info.total_count} messages lost in transport so "
+                                            "far (these are also in messages_missed)")
 
             def incompatible(info) -> None:
                 self.counters[f"qos_incompatible.{topic}"] += info.total_count_change
@@ -148,8 +159,9 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             def receive(msg, info) -> None:
                 if missed := gaps.observe(info):
                     self.counters[f"messages_missed.{topic}"] += missed
-                    self._warn(f"missed:{topic}", f"{topic}: {gaps.missed} messages overwritten in the subscription "
-                                                  "queue before the node could take them (qos_depth, CPU load)")
+                    self._warn(f"missed:{topic}", f"{topic}: {gaps.missed} messages never reached the node so far "
+                                                  "(gaps in the publisher's sequence numbers: overwritten in a "
+                                                  "queue, qos_depth / CPU load, or lost in transport)")
                 callback(msg)
 
             events = SubscriptionEventCallbacks(message_lost=lost, incompatible_qos=incompatible)
