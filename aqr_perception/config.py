@@ -261,6 +261,9 @@ class NodeConfig(_Section):
     checkpoint: str = Field("", description="model checkpoint (.pt); empty: the bundled one; "
                                             "'none': untrained weights built from config_file")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    cpu_threads: Annotated[int, Field(ge=0)] = Field(
+        0, description="PyTorch intra-op threads (0: PyTorch's default, one per core); set it below the core count "
+                       "when other processes share the CPU: oversubscribed threads slow inference many times over")
     lidar_topic: str = Field("/LIDAR_TOP", min_length=1, description="sensor_msgs/PointCloud2 input")
     camera_names: list[str] = Field(list(NUSCENES_CAMERAS), min_length=1,
                                     description="camera names in model view order")

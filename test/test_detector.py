@@ -167,3 +167,14 @@ def test_bundled_model_gives_the_same_outputs_with_fused_and_dense_attention(cam
     model.decoder.impl = model.cfg.attention
     for name in ("cls_logits", "bbox_code", "lidar_weight", "camera_weight"):
         torch.testing.assert_close(getattr(outs["fused"], name), getattr(outs["dense"], name), atol=1e-4, rtol=1e-4)
+
+
+def test_runtime_cpu_threads():
+    from aqr_perception.model.runtime import UNTRAINED, DetectorRuntime
+
+    before = torch.get_num_threads()
+    try:
+        rt = DetectorRuntime(UNTRAINED, load_config("tiny").model, "cpu", cpu_threads=1)
+        assert torch.get_num_threads() == 1 and rt.cpu_threads == 1
+    finally:
+        torch.set_num_threads(before)

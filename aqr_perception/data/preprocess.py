@@ -41,18 +41,21 @@ def resize_crop_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tupl
 def resize(rgb: np.ndarray, new_hw: tuple[int, int]) -> np.ndarray:
     """cv2.resize to ``new_hw`` (pixel centres map as u' = s (u + 0.5) - 0.5 per axis).
 
-    Large reductions go through an integer INTER_AREA step first (OpenCV's fast path),
-    then INTER_AREA to the exact size; the composition maps pixel centres the same way.
+    Large reductions first halve the image with exact 2x2 INTER_AREA steps while both sides
+    are even and the result still covers ``new_hw`` (OpenCV's SIMD fast path: 1600x900 ->
+    352x198 in two halvings + one small step costs about half of one direct 4x step), then
+    INTER_AREA to the exact size; every step maps pixel centres the same way, so the
+    composition does too.
     """
     h, w = rgb.shape[:2]
     nh, nw = new_hw
     if (nh, nw) == (h, w):
         return rgb
-    f = min(h // nh, w // nw)
-    if f >= 2:
-        rgb = cv2.resize(rgb, (w // f, h // f), interpolation=cv2.INTER_AREA)
-        if (h // f, w // f) == (nh, nw):
-            return rgb
+    while h % 2 == 0 and w % 2 == 0 and h // 2 >= nh and w // 2 >= nw:
+        h, w = h // 2, w // 2
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    if (h, w) == (nh, nw):
+        return rgb
     return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
 
 

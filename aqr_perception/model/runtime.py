@@ -42,9 +42,12 @@ class DetectorRuntime:
     """A loaded detector on a device."""
 
     def __init__(self, checkpoint: str | Path | None, fallback_config: ModelConfig | None = None,
-                 device: str = "auto") -> None:
+                 device: str = "auto", cpu_threads: int = 0) -> None:
         """``checkpoint``: a .pt file; None or "" for the bundled one; ``UNTRAINED`` ("none")
-        for random weights built from ``fallback_config`` (also used when nothing is bundled)."""
+        for random weights built from ``fallback_config`` (also used when nothing is bundled).
+        ``cpu_threads`` > 0 sets PyTorch's intra-op thread count (process-wide)."""
+        if cpu_threads > 0:
+            torch.set_num_threads(cpu_threads)
         self.device = resolve_device(device)
         if checkpoint == UNTRAINED:
             path = None
@@ -63,6 +66,7 @@ class DetectorRuntime:
             self.checkpoint = ""
             self.meta = {"untrained": True}
         self.cfg: ModelConfig = self.model.cfg
+        self.cpu_threads = torch.get_num_threads()
         self.input_hw = (self.cfg.image.input_height, self.cfg.image.input_width)
 
     @property

@@ -83,7 +83,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 from aqr_perception.model.runtime import DetectorRuntime
 
                 fallback = load_config(cfg.config_file or None).model
-                runtime = DetectorRuntime(cfg.checkpoint or None, fallback, cfg.device)
+                runtime = DetectorRuntime(cfg.checkpoint or None, fallback, cfg.device, cfg.cpu_threads)
                 if cfg.config_file and runtime.trained and _architecture(fallback) != _architecture(runtime.cfg):
                     self.get_logger().warning(
                         f"config_file {cfg.config_file} describes model {fallback.name!r}, the checkpoint holds "
@@ -337,8 +337,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 level, text = OK, f"{rt.cfg.name} on {rt.device}"
             model = DiagnosticStatus(level=level, name=f"{self.get_name()}: model", message=text,
                                      hardware_id=str(rt.device), values=[
-                kv("device", rt.device), kv("checkpoint", rt.checkpoint or "none"), kv("model", rt.cfg.name),
-                kv("last_detections", rep.detections)])
+                kv("device", rt.device), kv("cpu_threads", getattr(rt, "cpu_threads", "")),
+                kv("checkpoint", rt.checkpoint or "none"), kv("model", rt.cfg.name), kv("last_detections", rep.detections)])
             arr = DiagnosticArray(status=[inputs, processing, model])
             arr.header.stamp = self.get_clock().now().to_msg()
             self.pub_diag.publish(arr)
