@@ -286,6 +286,8 @@ class NodeConfig(_Section):
     max_processing_time_ms: PositiveFloat = Field(200.0, description="diagnostics WARN beyond this")
     max_consecutive_delay_ms: PositiveFloat = Field(1000.0, description="diagnostics ERROR when slow this long")
     publish_markers: bool = True
+    publish_debug_images: bool = Field(False, description="per camera ~/debug/<camera>/image: the model's input "
+                                                          "view with the boxes projected (only while subscribed)")
     diagnostics_period_s: PositiveFloat = 1.0
     sync: SyncConfig = SyncConfig()
 

@@ -31,24 +31,28 @@ def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_co
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection3DArray
     from visualization_msgs.msg import Marker, MarkerArray
 
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
 
     probe = rclpy.create_node("e2e_probe", context=ros_context)
-    got = {k: [] for k in ("det", "markers", "routing", "vel", "diag")}
+    got = {k: [] for k in ("det", "markers", "routing", "vel", "diag", "debug_front", "debug_withheld")}
     probe.create_subscription(Detection3DArray, "/aqr_perception/detections", got["det"].append, 50)
     probe.create_subscription(MarkerArray, "/aqr_perception/markers", got["markers"].append, 50)
     probe.create_subscription(QueryRouting, "/aqr_perception/routing", got["routing"].append, 50)
     probe.create_subscription(DetectionVelocityArray, "/aqr_perception/velocities", got["vel"].append, 50)
     probe.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 50)
+    probe.create_subscription(Image, "/aqr_perception/debug/CAM_FRONT/image", got["debug_front"].append, 50)
+    probe.create_subscription(Image, f"/aqr_perception/debug/{WITHHELD}/image", got["debug_withheld"].append, 50)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(probe)
 
     node = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.node", "--ros-args",
                              "-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
-                             "-p", "diagnostics_period_s:=0.5", "-p", "sync.calibration_wait_s:=0.5"])
+                             "-p", "diagnostics_period_s:=0.5", "-p", "sync.calibration_wait_s:=0.5",
+                             "-p", "publish_debug_images:=true"])
     player = None
     try:
         player = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.player", str(BAG), "--rate", "0.2",
@@ -91,5 +95,11 @@ def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_co
     inputs = [s for d in got["diag"] for s in d.status if s.name.endswith(": inputs")]
     assert any(WITHHELD in s.message and s.level != b"\x00" for s in inputs)
     assert any(kv.key == f"stale.{WITHHELD}" for s in inputs for kv in s.values)
+    # debug images: the model's view of each camera used, stamped like the cloud; none for the withheld one
+    assert got["debug_front"] and not got["debug_withheld"]
+    det_stamps = {(d.header.stamp.sec, d.header.stamp.nanosec) for d in got["det"]}
+    for img in got["debug_front"]:
+        assert (img.header.stamp.sec, img.header.stamp.nanosec) in det_stamps
+        assert (img.height, img.width, img.encoding) == (192, 352, "rgb8") and img.header.frame_id == "CAM_FRONT"
     model = [s for d in got["diag"] for s in d.status if s.name.endswith(": model")]
     assert model and any(kv.key == "device" and kv.value == "cpu" for kv in model[-1].values)

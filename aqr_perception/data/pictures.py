@@ -61,43 +61,54 @@ def draw_bev(points: np.ndarray, boxes: list[tuple[np.ndarray, list[str], bool]]
     return img
 
 
-def project_box_edges(cam: Camera, boxes: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Per box the visible edge segments in pixels (edges behind the camera are clipped)."""
+def project_box_edges(lidar2img: np.ndarray, boxes: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per box the visible edge segments in pixels; edges behind the camera are clipped.
+
+    lidar2img: (4, 4) or (3, 4) LiDAR frame -> homogeneous pixels ``(u*d, v*d, d)`` whose
+    third row is the camera depth (``K4 @ lidar_to_camera``, with any image resize/crop
+    folded into the first two rows); boxes: (N, >=7) in the LiDAR frame.
+    """
     out = []
     if len(boxes) == 0:
         return out
     corners = box_corners(np.asarray(boxes)[:, :7])
-    hom = np.concatenate([corners, np.ones_like(corners[..., :1])], -1) @ cam.lidar_to_camera.T
-    for c in hom[..., :3]:
+    hom = np.concatenate([corners, np.ones_like(corners[..., :1])], -1) @ np.asarray(lidar2img, np.float64)[:3].T
+    for c in hom:
         segs = []
         for i, j in BOX_EDGES:
             a, b = c[i], c[j]
             if a[2] < 0.1 and b[2] < 0.1:
                 continue
-            if a[2] < 0.1 or b[2] < 0.1:
+            if a[2] < 0.1 or b[2] < 0.1:      # homogeneous pixels are linear in the point: clip at depth 0.1
                 s = (0.1 - a[2]) / (b[2] - a[2])
                 p = a + s * (b - a)
                 a, b = (p, b) if a[2] < 0.1 else (a, p)
-            pa = cam.K[:2, :2] @ (a[:2] / a[2]) + cam.K[:2, 2]
-            pb = cam.K[:2, :2] @ (b[:2] / b[2]) + cam.K[:2, 2]
-            segs.append((pa, pb))
+            segs.append((a[:2] / a[2], b[:2] / b[2]))
         out.append(segs)
     return out
 
 
-def draw_camera(img: np.ndarray, cam: Camera, boxes: list[tuple[np.ndarray, list[str], bool]]) -> np.ndarray:
-    """Copy of ``img`` (RGB) with box groups projected; GT white, predictions by class."""
+def draw_boxes(img: np.ndarray, lidar2img: np.ndarray, boxes: list[tuple[np.ndarray, list[str], bool]],
+               title: str = "") -> np.ndarray:
+    """Copy of ``img`` (H, W, 3 RGB) with box groups projected by ``lidar2img``; GT white,
+    predictions by class; ``title`` written top left."""
     out = img.copy()
     for group, names, is_pred in boxes:
-        for segs, name in zip(project_box_edges(cam, group), names):
+        for segs, name in zip(project_box_edges(lidar2img, group), names):
             color = class_color(name) if is_pred else GT_COLOR
             for pa, pb in segs:
                 ok, p1, p2 = cv2.clipLine((0, 0, out.shape[1], out.shape[0]), tuple(int(v) for v in np.clip(pa, -1e5, 1e5)),
                                           tuple(int(v) for v in np.clip(pb, -1e5, 1e5)))
                 if ok:
                     cv2.line(out, p1, p2, color, 2 if is_pred else 1, cv2.LINE_AA)
-    cv2.putText(out, cam.name, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+    if title:
+        cv2.putText(out, title, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
     return out
+
+
+def draw_camera(img: np.ndarray, cam: Camera, boxes: list[tuple[np.ndarray, list[str], bool]]) -> np.ndarray:
+    """``draw_boxes`` for a rig camera's full-size image, titled with its name."""
+    return draw_boxes(img, cam.lidar2img, boxes, cam.name)
 
 
 def compose(bev: np.ndarray, cams: list[np.ndarray], cols: int = 3) -> np.ndarray:

@@ -50,6 +50,10 @@ class CalibrationStore:
     def image_size(self, camera: str) -> tuple[int, int] | None:
         return self._size.get(camera)
 
+    def frame_id(self, camera: str) -> str:
+        """The camera's optical frame (from its CameraInfo), or the camera name before one came."""
+        return self._frame.get(camera, camera)
+
     def lidar_to_camera(self, camera: str, lidar_frame: str) -> np.ndarray | None:
         """(4, 4) mapping LiDAR points into the camera's optical frame, or None if unknown."""
         if self.source == "file":

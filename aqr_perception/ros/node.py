@@ -2,7 +2,7 @@
 
 PointCloud2 + 6 x (Image | CompressedImage) + CameraInfo + /tf_static in;
 vision_msgs/Detection3DArray, DetectionVelocityArray, QueryRouting, MarkerArray,
-/diagnostics and debug timings out.
+/diagnostics, debug timings and (optional) per-camera debug images out.
 
 Threads: the executor thread only stores messages (images into the sync buffers, the
 newest cloud into a one-slot mailbox); a worker thread turns each cloud into a frame:
@@ -26,7 +26,7 @@ from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 NODE_NAME = "aqr_perception"
 #: Parameters that can change at runtime; everything else needs a restart.
 RUNTIME_MUTABLE = frozenset({"score_threshold", "max_detections", "max_processing_time_ms",
-                             "max_consecutive_delay_ms", "publish_markers"})
+                             "max_consecutive_delay_ms", "publish_markers", "publish_debug_images"})
 LOG_THROTTLE_S = 5.0
 NS = 1_000_000_000
 
@@ -56,7 +56,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
     from rclpy.node import Node
     from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-    from std_msgs.msg import Float64
+    from std_msgs.msg import Float64, Header
     from tf2_msgs.msg import TFMessage
     from vision_msgs.msg import Detection3DArray
     from visualization_msgs.msg import MarkerArray
@@ -64,6 +64,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
     from aqr_perception.config import ConfigError, NodeConfig, load_config
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
     from aqr_perception.ros.conversions import ConversionError
+    from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
     from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
     from aqr_perception.ros.markers import detection_markers
     from aqr_perception.ros.sequence_gaps import SequenceGaps
@@ -128,6 +129,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             self.pub_vel = self.create_publisher(DetectionVelocityArray, "~/velocities", out_qos)
             self.pub_routing = self.create_publisher(QueryRouting, "~/routing", out_qos)
             self.pub_markers = self.create_publisher(MarkerArray, "~/markers", out_qos)
+            self.pub_debug_images = {cam: self.create_publisher(Image, f"~/debug/{cam}/image", out_qos)
+                                     for cam in self.cameras}
             self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.pub_debug = {name: self.create_publisher(Float64, f"~/debug/{name}", 10) for name in (
                 "processing_time_ms", "pipeline_latency_ms", "cyclic_time_ms", "preprocess_ms", "inference_ms",
@@ -257,6 +260,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             inputs = out.inputs
             self._publish(cloud.header, out.detections, inputs.arrays.lidar_valid,
                           [c for c in self.cameras if c not in inputs.masked], list(inputs.masked))
+            if self.cfg.publish_debug_images:
+                self._publish_debug_images(cloud.header, inputs, out.detections)
             t3 = time.perf_counter()
             stage = {**out.stage_ms, "postprocess_ms": 1e3 * (t3 - t2), "processing_time_ms": 1e3 * (t3 - t0)}
             self._record(out.stamp_ns, inputs.arrays.points, out.detections, out.has_input, inputs.masked, stage)
@@ -269,6 +274,16 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 names = [self.class_names[int(i)] for i in det.labels]
                 self.pub_markers.publish(detection_markers(header, det.boxes, det.scores, names))
             self.counters["frames_published"] += 1
+
+        def _publish_debug_images(self, header, inputs, det) -> None:
+            watched = [c for c, pub in self.pub_debug_images.items() if pub.get_subscription_count() > 0]
+            if not watched:
+                return
+            views = debug_views(inputs.arrays, det, self.class_names, self.cameras)
+            for cam in watched:
+                if cam in views:                      # masked cameras: nothing to show
+                    hdr = Header(stamp=header.stamp, frame_id=self.pipeline.calib.frame_id(cam))
+                    self.pub_debug_images[cam].publish(rgb_to_imgmsg(hdr, views[cam]))
 
         def _record(self, stamp: int, points, det, has_input: bool, masked: dict, stage: dict) -> None:
             now_wall = time.monotonic()
