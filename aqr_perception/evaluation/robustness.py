@@ -59,8 +59,9 @@ def run_robustness(cfg: AqrConfig, models: dict[str, str], seeds: list[int], out
         pairs = ensure_drives(cfg, condition, seeds, out / "data" / condition)
         for name, rt in runtimes.items():
             result, preds = evaluate_condition(cfg, pairs, rt)
+            routing = routing_summary(preds) if rt.cfg.aqr.enabled else {}    # no router: no weights to show
             results.setdefault(condition, {})[name] = {"NDS": result.NDS, "mAP": result.mAP, **result.tp_errors,
-                                                       **routing_summary(preds)}
+                                                       **routing}
         log(f"{condition:<20} " + "  ".join(f"{n}: NDS {r['NDS']:.3f} mAP {r['mAP']:.3f}"
                                             for n, r in results[condition].items()) +
             f"  ({time.monotonic() - t0:.0f} s)")
@@ -82,8 +83,8 @@ def robustness_table(results: dict[str, dict[str, dict]], models: list[str]) -> 
             r = per_model[m]
             kept = r["NDS"] / clean[m]["NDS"] if m in clean and clean[m]["NDS"] > 0 else float("nan")
             fmt = lambda v: "n/a" if v != v else f"{v:.3f}"  # noqa: E731
-            cells += [fmt(r["NDS"]), fmt(r["mAP"]), fmt(kept), fmt(r["mean_lidar_weight"]),
-                      fmt(r["mean_camera_weight"])]
+            cells += [fmt(r["NDS"]), fmt(r["mAP"]), fmt(kept), fmt(r.get("mean_lidar_weight", float("nan"))),
+                      fmt(r.get("mean_camera_weight", float("nan")))]
         lines.append(f"| {cond} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
