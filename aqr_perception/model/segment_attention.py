@@ -37,6 +37,7 @@ def usable(q: Tensor, dropout_p: float, segment_pad: Tensor | None) -> bool:
     """Whether this path applies: CPU, fp32/fp64, no autograd, no dropout, no tracing,
     padding constant within segments (``segment_pad`` from ``fused_attention.segment_padding``)."""
     return (q.device.type == "cpu" and q.dtype in SUPPORTED_DTYPES and not torch.is_grad_enabled()
+            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
             and dropout_p == 0.0 and segment_pad is not None and not torch.compiler.is_compiling())
 
 
