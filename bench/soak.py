@@ -95,7 +95,7 @@ def main() -> int:
                                   for c in cams]), "tf2_msgs/msg/TFMessage", TFMessage)
 
     node_cmd = [sys.executable, "-m", "aqr_perception.ros.node", "--ros-args", "--log-level", "warn",
-                "-p", f"config_file:={cfg_file}", "-p", f"checkpoint:={'' if args.bundled else 'none'}",
+                *([] if args.bundled else ["-p", f"config_file:={cfg_file}", "-p", "checkpoint:=none"]),
                 "-p", "device:=cpu", "-p", "cpu_threads:=1", "-p", "image_transport:=raw",
                 "-p", "image_topic_format:=/{camera}/image_raw", "-p", "qos_reliability:=reliable",
                 "-p", "qos_depth:=5", "-p", "score_threshold:=0.0", "-p", "publish_markers:=false",

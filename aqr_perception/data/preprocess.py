@@ -7,10 +7,27 @@ which keeps the lower part of the image). The same scale and crop are folded int
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def camera_pool() -> ThreadPoolExecutor:
+    """One thread per core for per-camera work (decoding, resizing; OpenCV releases the
+    GIL), made per process (a pool inherited through fork has no threads)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="aqr_resize"))
+        return _POOL[1]
 
 
 @dataclass
@@ -80,10 +97,17 @@ def build_model_arrays(points: np.ndarray | None, images: list[np.ndarray | None
     out_img = np.zeros((v, 3, *dst_hw), dtype=np.uint8)
     l2i = np.tile(np.eye(4, dtype=np.float32), (v, 1, 1))
     valid = np.zeros(v, dtype=bool)
-    for i, (img, K, T) in enumerate(zip(images, Ks, lidar_to_cameras)):
-        if img is None or K is None or T is None:
-            continue
-        out_img[i], l2i[i] = prepare_camera(img, K, T, dst_hw)
+    todo = [i for i, (img, K, T) in enumerate(zip(images, Ks, lidar_to_cameras))
+            if img is not None and K is not None and T is not None]
+
+    def one(i: int) -> None:
+        out_img[i], l2i[i] = prepare_camera(images[i], Ks[i], lidar_to_cameras[i], dst_hw)
         valid[i] = True
+
+    if len(todo) > 1 and any(images[i].shape[:2] != tuple(dst_hw) for i in todo):
+        list(camera_pool().map(one, todo))       # OpenCV releases the GIL: cameras in parallel
+    else:
+        for i in todo:
+            one(i)
     pts = np.zeros((0, 4), np.float32) if points is None else np.asarray(points, np.float32)
     return ModelArrays(pts, out_img, l2i, valid, bool(points is not None and len(pts) > 0))

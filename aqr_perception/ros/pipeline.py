@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aqr_perception.config import NodeConfig
-from aqr_perception.data.preprocess import ModelArrays, build_model_arrays
+from aqr_perception.data.preprocess import ModelArrays, build_model_arrays, camera_pool
 from aqr_perception.detections import FrameDetections
 from aqr_perception.ros.calibration import CalibrationStore
 from aqr_perception.ros.conversions import (ConversionError, compressed_to_rgb_reduced, imgmsg_to_cv2,
@@ -162,24 +162,32 @@ class FramePipeline:
         missing = self.calib.missing(lidar_frame)
         masked: dict[str, str] = {}
         errors: dict[str, str] = {}
-        images, Ks, exts = [], [], []
         for cam in self.cameras:
-            img, K, msg = None, None, assoc.images[cam]
             if cam in missing:
                 masked[cam] = missing[cam]
-            elif msg is None:
+            elif assoc.images[cam] is None:
                 masked[cam] = assoc.stale.get(cam, "stale")
-            else:
-                try:
-                    img, K = self._decode(cam, msg)
-                except ConversionError as exc:
-                    img = None
-                    masked[cam] = errors[cam] = f"invalid image: {exc}"
+        todo = [cam for cam in self.cameras if cam not in masked]
+        run = camera_pool().map if len(todo) > 1 else map        # decoding releases the GIL
+        decoded = dict(zip(todo, run(lambda cam: self._try_decode(cam, assoc.images[cam]), todo)))
+        images, Ks, exts = [], [], []
+        for cam in self.cameras:
+            img, K, err = decoded.get(cam, (None, None, None))
+            if err is not None:
+                masked[cam] = errors[cam] = f"invalid image: {err}"
             images.append(img)
-            Ks.append(K if img is not None else None)
+            Ks.append(K)
             exts.append(self.calib.lidar_to_camera(cam, lidar_frame) if img is not None else None)
+        masked = {cam: masked[cam] for cam in self.cameras if cam in masked}       # camera order
         arrays = build_model_arrays(points, images, Ks, exts, self.input_hw)
         return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors)
+
+    def _try_decode(self, cam: str, msg) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+        """(image, K, None), or (None, None, reason) when the image is unusable."""
+        try:
+            return (*self._decode(cam, msg), None)
+        except ConversionError as exc:
+            return None, None, str(exc)
 
     def _decode(self, cam: str, msg) -> tuple[np.ndarray, np.ndarray]:
         """RGB image + the intrinsics that go with it; checks the size against CameraInfo.
