@@ -120,6 +120,9 @@ def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity", max_points: i
         if required not in names:
             raise ConversionError(f"PointCloud2 has no {required!r} field (fields: {', '.join(names) or 'none'})")
     fields = ["x", "y", "z"] + ([intensity_field] if intensity_field in names else [])
+    # the validating implementation even on a distro: sensor_msgs_py's read_points_numpy needs one
+    # datatype for all fields (drivers mix float32 xyz with uint8/uint16 intensity) and fails on a
+    # malformed cloud with a bare assertion instead of a ConversionError that names the problem
     pts = read_points_numpy_fallback(cloud, fields).astype(np.float32, copy=False)
     if pts.shape[1] == 3:
         pts = np.concatenate([pts, np.zeros((pts.shape[0], 1), np.float32)], axis=1)
