@@ -178,3 +178,17 @@ def test_runtime_cpu_threads():
         assert torch.get_num_threads() == 1 and rt.cpu_threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_runtime_warm_up_runs_the_model_once_without_state_change():
+    from aqr_perception.model.runtime import UNTRAINED, DetectorRuntime
+
+    rt = DetectorRuntime(UNTRAINED, load_config("tiny").model, "cpu")
+    calls = []
+    rt.model.register_forward_hook(lambda module, args, out: calls.append(args[0]))
+    before = {k: v.clone() for k, v in rt.model.state_dict().items()}
+    ms = rt.warm_up()
+    assert len(calls) == 1 and ms > 0 and not rt.model.training
+    inputs = calls[0]
+    assert bool(inputs.lidar_valid.all()) and bool(inputs.camera_valid.all()) and len(inputs.points[0]) > 0
+    assert all(torch.equal(before[k], v) for k, v in rt.model.state_dict().items())

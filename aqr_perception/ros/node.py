@@ -94,6 +94,12 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             if runtime.cfg.num_views != len(self.cameras):
                 raise ConfigError(f"camera_names lists {len(self.cameras)} cameras, the model expects "
                                   f"{runtime.cfg.num_views} views")
+            warm_up_ms = float("nan")
+            if hasattr(runtime, "warm_up"):   # the first inference is several times slower than the next
+                try:
+                    warm_up_ms = runtime.warm_up()
+                except RuntimeError as exc:   # e.g. CUDA out of memory: frames will report it too
+                    self.get_logger().error(f"model warm-up failed: {type(exc).__name__}: {exc}")
             self.class_names = list(runtime.cfg.classes)
             self.pipeline = FramePipeline(cfg, runtime)
             self.sync = self.pipeline.sync
@@ -141,7 +147,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             self._worker_thread.start()
             self.get_logger().info(
                 f"ready: lidar={cfg.lidar_topic} cameras={','.join(self.cameras)} ({cfg.image_transport}) "
-                f"device={runtime.device} checkpoint={runtime.checkpoint or 'NONE (untrained weights)'}")
+                f"device={runtime.device} checkpoint={runtime.checkpoint or 'NONE (untrained weights)'} "
+                f"(model warm-up {warm_up_ms:.0f} ms)")
 
         # ------------------------------------------------------------ helpers
         def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
