@@ -90,6 +90,21 @@ def window_offsets(window: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
     return dr, dc, torch.sqrt((dr * dr + dc * dc).float())
 
 
+#: additive logit of an exactly masked key: exp(-1000) == 0 in fp16/bf16/fp32
+PAD = 1000.0
+
+
+def segment_index(layout: MemoryLayout, device=None) -> Tensor:
+    """(K,) segment of every key: 0 = BEV, 1 + v = camera view v."""
+    img = torch.arange(layout.num_views, device=device).repeat_interleave(layout.img_h * layout.img_w) + 1
+    return torch.cat([torch.zeros(layout.num_bev, dtype=torch.long, device=device), img])
+
+
+def global_biases(bias: AqrBias) -> tuple[Tensor, Tensor]:
+    """Global mode: the (B, Q) bias of every BEV key and of every image key of each query."""
+    return (bias.lidar_weight - 0.5) * 2 * bias.strength, (bias.camera_weight - 0.5) * 2 * bias.strength
+
+
 def local_window_entries(bias: AqrBias) -> tuple[Tensor, Tensor, Tensor]:
     """The non-zero entries of a local-mode bias.
 
@@ -131,8 +146,7 @@ def dense_bias(bias: AqrBias) -> Tensor:
     b, q = bias.lidar_weight.shape
     lay = bias.layout
     if bias.mode == "global":
-        bev = (bias.lidar_weight - 0.5) * 2 * bias.strength
-        cam = (bias.camera_weight - 0.5) * 2 * bias.strength
+        bev, cam = global_biases(bias)
         return torch.cat([bev[..., None].expand(b, q, lay.num_bev),
                           cam[..., None].expand(b, q, lay.num_keys - lay.num_bev)], dim=-1)
     keys, values, _ = local_window_entries(bias)

@@ -34,16 +34,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from aqr_perception.model import segment_attention
-from aqr_perception.model.aqr import AqrBias, MemoryLayout, local_window_entries
+from aqr_perception.model.aqr import (PAD, AqrBias, MemoryLayout, global_biases, local_window_entries,
+                                     segment_index)
 
-PAD = 1000.0            # exp(-1000) == 0 in fp16/bf16/fp32: an exactly masked key
 WINDOW_CHUNK = 32       # queries per gather chunk in local mode (measured: 32 beats 8..128 on CPU)
-
-
-def segment_index(layout: MemoryLayout, device=None) -> Tensor:
-    """(K,) segment of every key: 0 = BEV, 1 + v = camera view v."""
-    img = torch.arange(layout.num_views, device=device).repeat_interleave(layout.img_h * layout.img_w) + 1
-    return torch.cat([torch.zeros(layout.num_bev, dtype=torch.long, device=device), img])
 
 
 def segment_padding(key_padding_mask: Tensor | None, layout: MemoryLayout, batch: int, device) -> Tensor | None:
@@ -137,8 +131,7 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     # per (sample, query, segment) additive logit
     local = aqr.mode == "local"
     if aqr.mode == "global":
-        bev = (aqr.lidar_weight - 0.5) * 2 * aqr.strength
-        cam = (aqr.camera_weight - 0.5) * 2 * aqr.strength
+        bev, cam = global_biases(aqr)
         seg_logit = torch.cat([bev[..., None], cam[..., None].expand(-1, -1, lay.num_views)], -1)  # (B, Q, S)
     else:
         seg_logit = q.new_zeros(b, nq, 1 + lay.num_views)

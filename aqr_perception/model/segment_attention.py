@@ -27,9 +27,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from aqr_perception.model.aqr import AqrBias, MemoryLayout, local_window_entries
+from aqr_perception.model.aqr import (PAD, AqrBias, MemoryLayout, global_biases, local_window_entries,
+                                     segment_index)
 
-PAD = 1000.0                              # same convention as fused_attention.PAD
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -98,16 +98,13 @@ def segment_lse_attention(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, segment
     local = aqr.mode == "local"
     if local:
         keys, values, valid = local_window_entries(aqr)                      # (B, Q, N)
-        seg_of_key = torch.cat([torch.zeros(lay.num_bev, dtype=torch.long, device=q.device),
-                                1 + torch.arange(lay.num_views, device=q.device).repeat_interleave(
-                                    lay.img_h * lay.img_w)])
+        seg_of_key = segment_index(lay, q.device)
         valid = valid & ~torch.gather(segment_pad, 1, seg_of_key[keys.flatten(1)]).view_as(keys)
         extra = torch.log(torch.expm1(values.clamp(min=1e-12))).to(q.dtype).masked_fill(~valid, -PAD)
         keys = keys.masked_fill(~valid, 0)
         empty = ~valid.any(-1)
     else:
-        bias = {0: ((aqr.lidar_weight - 0.5) * 2 * aqr.strength).to(q.dtype),
-                1: ((aqr.camera_weight - 0.5) * 2 * aqr.strength).to(q.dtype)}
+        bias = dict(enumerate(b.to(q.dtype) for b in global_biases(aqr)))       # 0: BEV, 1: cameras
     out = q.new_zeros(b, h, nq, d)
     for i in range(b):
         lses, outs = [], []
