@@ -98,7 +98,11 @@ class LidarBranchConfig(_Section):
                                              description="pillar x/y size, m")
     max_points_per_pillar: PositiveInt = 20
     max_pillars: PositiveInt = 30000
-    point_features: Literal[4, 5] = Field(4, description="x, y, z, intensity (, time)")
+    point_features: Literal[4, 5] = Field(4, description="x, y, z, intensity (, time lag of the point's sweep, s)")
+    sweeps: Annotated[int, Field(ge=1, le=20)] = Field(
+        1, description="LiDAR sweeps per sample: the current one + past ones moved into its frame with the /tf "
+                       "ego pose (CMT reads 10 on nuScenes); > 1 needs point_features 5")
+    sweep_max_age_s: PositiveFloat = Field(0.5, description="past sweeps older than this are not used")
     pfn_channels: PositiveInt = 64
     backbone_layer_nums: list[PositiveInt] = [5, 5]
     backbone_strides: list[PositiveInt] = [2, 2]
@@ -112,6 +116,8 @@ class LidarBranchConfig(_Section):
         for name in ("backbone_strides", "backbone_channels", "fpn_upsample_strides", "fpn_channels"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} must have {n} entries like backbone_layer_nums")
+        if self.sweeps > 1 and self.point_features != 5:
+            raise ValueError("sweeps > 1 needs point_features: 5 (the time-lag channel)")
         return self
 
 
@@ -275,6 +281,9 @@ class NodeConfig(_Section):
     extrinsics_source: Literal["tf_static", "file"] = Field(
         "tf_static", description="LiDAR->camera transforms from /tf_static or from calibration_file")
     calibration_file: str = Field("", description="YAML with per-camera lidar_to_camera 4x4 (extrinsics_source=file)")
+    fixed_frame: str = Field("map", min_length=1,
+                             description="world-fixed frame (REP 105 odom or map) whose /tf pose of the LiDAR aligns "
+                                         "past sweeps (multi-sweep models only)")
     qos_reliability: Literal["best_effort", "reliable"] = Field(
         "best_effort", description="input QoS; reliable for lossless bag replay")
     qos_depth: Annotated[int, Field(ge=1, le=100)] = 2
@@ -292,11 +301,12 @@ class NodeConfig(_Section):
     sync: SyncConfig = SyncConfig()
 
     def input_topics(self) -> list[str]:
-        """Every topic the node subscribes to (LiDAR, images, CameraInfo, /tf_static)."""
+        """Every topic the node may subscribe to (LiDAR, images, CameraInfo, /tf_static, and
+        /tf, read by multi-sweep models for the ego pose)."""
         topics = [self.lidar_topic]
         for cam in self.camera_names:
             topics += [self.image_topic_format.format(camera=cam), self.camera_info_topic_format.format(camera=cam)]
-        return topics + (["/tf_static"] if self.extrinsics_source == "tf_static" else [])
+        return topics + (["/tf_static"] if self.extrinsics_source == "tf_static" else []) + ["/tf"]
 
 
 # ----------------------------------------------------------------- data / train / eval

@@ -90,11 +90,11 @@ def _tf_static(cams):
     return msg
 
 
-def _pipeline(runtime=None, **sync):
+def _pipeline(runtime=None, lidar=None, **sync):
     cams = [c for c in nuscenes_like_rig(W, H)]
     cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw", score_threshold=0.3,
                      sync=SyncConfig(**{"calibration_wait_s": 0.0, **sync}))
-    p = FramePipeline(cfg, runtime or StubRuntime())
+    p = FramePipeline(cfg, runtime or StubRuntime(), lidar=lidar)
     for c in cams:
         p.on_camera_info(c.name, _info(c.name, c.K))
     tfm = _tf_static(cams)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from test_bad_input import NS, StubRuntime, _cloud, _image, _info, _pipeline, _tf_static
 
-from aqr_perception.config import NodeConfig, SyncConfig
+from aqr_perception.config import LidarBranchConfig, NodeConfig, SyncConfig
 from aqr_perception.data.rig import nuscenes_like_rig
 from aqr_perception.ros.pipeline import FramePipeline
 
@@ -115,3 +115,37 @@ def test_offline_processing_never_waits():
         p.on_image(c.name, _image(c.name, T0))
     out, waited = _timed(lambda: p.process(cloud))
     assert out.status == "ok" and out.inputs.masked == {} and waited < 1.0 and p.input_waits.clouds_waited == 0
+
+
+def _ego_tf(t_ns, x):
+    """/tf: the LiDAR ("lidar") at x metres along the map's x axis."""
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    t = TransformStamped(child_frame_id="lidar")
+    t.header.frame_id = "map"
+    t.header.stamp.sec, t.header.stamp.nanosec = divmod(t_ns, NS)
+    t.transform.translation.x = float(x)
+    t.transform.rotation.w = 1.0
+    return TFMessage(transforms=[t])
+
+
+def test_a_multi_sweep_cloud_waits_for_its_ego_pose_and_a_dead_tf_stream_costs_only_the_bound():
+    clouds = [_cloud(t_ns=t) for t in (T0, T1, T2)]
+    p, cams = _pipeline(camera_wait_s=5.0, lidar=LidarBranchConfig(sweeps=3, point_features=5))
+    for c in cams:
+        p.on_image(c.name, _image(c.name, T1))
+    p.on_tf(_ego_tf(T0, 0.0))
+    assert p.process(clouds[0], live=True).status == "ok"
+    _later(0.2, lambda: p.on_tf(_ego_tf(T1, 0.5)))               # the pose of T1 is still in transport
+    out, waited = _timed(lambda: p.process(clouds[1], live=True))
+    assert 0.15 < waited < 2.5
+    pts = p.runtime.calls[-1].points
+    assert sorted(np.unique(pts[:, 4]).round(3)) == [0.0, 0.05]
+    # the T0 sweep, 0.5 m behind, is moved back by 0.5 m into the T1 frame
+    np.testing.assert_allclose(pts[pts[:, 4] > 0, 0], pts[pts[:, 4] == 0, 0] - 0.5, atol=1e-5)
+    # the /tf stream stops: the next cloud waits the bound (camera_wait_s) and goes alone
+    p.cfg = p.cfg.model_copy(update={"sync": SyncConfig(calibration_wait_s=0.0, camera_wait_s=0.3)})
+    out, waited = _timed(lambda: p.process(clouds[2], live=True))
+    assert out.status == "ok" and 0.25 < waited < 2.5
+    assert np.all(p.runtime.calls[-1].points[:, 4] == 0) and p.sweeps.counters.frames_without_pose == 1

@@ -10,6 +10,8 @@ import pytest
 from rosbags.rosbag2 import Reader
 
 from aqr_perception.data.typestore import project_typestore
+from aqr_perception.model.checkpoint import read_model_config
+from aqr_perception.model.runtime import BUNDLED_CHECKPOINT
 
 BAG = Path(__file__).resolve().parent.parent / "aqr_perception" / "resources" / "default_drive"
 WITHHELD = "CAM_BACK"
@@ -95,6 +97,13 @@ def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_co
     inputs = [s for d in got["diag"] for s in d.status if s.name.endswith(": inputs")]
     assert any(WITHHELD in s.message and s.level != b"\x00" for s in inputs)
     assert any(kv.key == f"stale.{WITHHELD}" for s in inputs for kv in s.values)
+    # the bundled model reads past sweeps: the node took the ego pose of every sweep from /tf
+    sweeps = read_model_config(BUNDLED_CHECKPOINT).lidar.sweeps
+    last = {kv.key: kv.value for kv in inputs[-1].values}
+    if sweeps > 1:
+        assert last["sweeps.per_sample"] == str(sweeps) and last["sweeps.frames_without_pose"] == "0"
+    else:
+        assert "sweeps.per_sample" not in last
     # debug images: the model's view of each camera used, stamped like the cloud; none for the withheld one
     assert got["debug_front"] and not got["debug_withheld"]
     det_stamps = {(d.header.stamp.sec, d.header.stamp.nanosec) for d in got["det"]}

@@ -31,13 +31,16 @@ def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
                 pipeline.on_camera_info(info_topics[topic], store.deserialize_cdr(raw, conn.msgtype))
             elif topic == "/tf_static":
                 pipeline.on_tf_static(store.deserialize_cdr(raw, conn.msgtype))
+            elif topic == "/tf" and pipeline.multi_sweep:
+                pipeline.on_tf(store.deserialize_cdr(raw, conn.msgtype))
             elif topic == node.lidar_topic:
                 on_cloud(store.deserialize_cdr(raw, conn.msgtype))
 
 
 def read_frames(bag: Path, cfg: AqrConfig) -> Iterator[FrameInputs]:
     """The drive's frames in time order, assembled exactly as the node assembles them."""
-    pipeline = FramePipeline(cfg.node, input_hw=(cfg.model.image.input_height, cfg.model.image.input_width))
+    pipeline = FramePipeline(cfg.node, input_hw=(cfg.model.image.input_height, cfg.model.image.input_width),
+                             lidar=cfg.model.lidar)
     frames: list[FrameInputs] = []
     feed_bag(bag, pipeline, lambda cloud: frames.append(pipeline.assemble(cloud)))
     yield from frames

@@ -113,6 +113,15 @@ def predict_offline(bag: Path, cfg: AqrConfig, runtime, keep_inputs: set[str] | 
     return preds
 
 
+def _model_config(checkpoint: str, cfg: AqrConfig):
+    """The model config the node will run: the checkpoint's (bundled when empty), else cfg's."""
+    from aqr_perception.model.checkpoint import read_model_config
+    from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, UNTRAINED
+
+    path = None if checkpoint == UNTRAINED else (checkpoint or BUNDLED_CHECKPOINT)
+    return read_model_config(path) if path and Path(path).exists() else cfg.model
+
+
 def eval_node_config(cfg: AqrConfig):
     """The node settings used for evaluation: every detection the metric may use."""
     return cfg.node.model_copy(update={
@@ -166,8 +175,9 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
                               lambda m: got["routing"].__setitem__(key(m), m), qos)
     spin = lambda s: executor.spin_once(timeout_sec=s)  # noqa: E731
     try:
-        player = BagPlayer(probe, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic, "/tf"],
-                           publish_clock=True)
+        multi_sweep = _model_config(checkpoint, cfg).lidar.sweeps > 1
+        player = BagPlayer(probe, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic]
+                           + ([] if multi_sweep else ["/tf"]), publish_clock=True)
         # every played input must be matched: a message published before discovery is lost
         deadline = time.monotonic() + 120
         while not player.wait_for_subscribers(node_cfg.input_topics(), 0.5, spin):
@@ -298,7 +308,7 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, preds: dict[str, Fr
 
     gts = load_ground_truth(gt_json, list(cfg.model.classes))
     pipeline = FramePipeline(eval_node_config(cfg), input_hw=(cfg.model.image.input_height,
-                                                              cfg.model.image.input_width))
+                                                              cfg.model.image.input_width), lidar=cfg.model.lidar)
     written: list[Path] = []
 
     def on_cloud(cloud) -> None:
@@ -337,6 +347,7 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
              device: str = "cpu", quiet: bool = False) -> tuple[DetectionResult, dict]:
     """Predict (replay or offline), score, write the report; returns (result, report dict)."""
     t0 = time.monotonic()
+    cfg = cfg.model_copy(update={"model": _model_config(checkpoint, cfg)})   # pictures read sweeps as the node
     if mode == "replay":
         preds = predict_replay(bag, cfg, checkpoint, device, log=not quiet)
     else:

@@ -45,6 +45,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     return model.to(device).eval(), blob
 
 
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The model config stored in a checkpoint (no weights built)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+    return ModelConfig.model_validate(blob["model_config"])
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda``/``cuda:N``/``cpu`` as given."""
     if name == "auto":

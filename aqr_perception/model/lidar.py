@@ -187,7 +187,10 @@ class LidarBranch(nn.Module):
         self.point_features = lc.point_features
 
     def forward(self, points: list[Tensor]) -> Tensor:
-        pts = [p[:, : self.point_features] for p in points]
+        """points: B tensors (N_i, F); columns beyond ``point_features`` are ignored, missing
+        ones (a single sweep given to a multi-sweep model: no time lag) are zeros."""
+        f = self.point_features
+        pts = [p[:, :f] if p.shape[1] >= f else F.pad(p, (0, f - p.shape[1])) for p in points]
         pillars = self.voxelizer(pts)
         feats = self.pfn(pillars)
         bev = scatter_to_bev(feats, pillars.coords, len(points), self.voxelizer.ny, self.voxelizer.nx)

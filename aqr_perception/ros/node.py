@@ -129,6 +129,11 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                                 lambda m, c=cam: self._on_info(c, m), qos)
             if cfg.extrinsics_source == "tf_static":
                 self._subscribe(TFMessage, "/tf_static", self._on_tf_static, static_qos)
+            if self.pipeline.multi_sweep:   # the ego pose that aligns past sweeps
+                tf_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                    durability=DurabilityPolicy.VOLATILE)
+                self._subscribe(TFMessage, "/tf", self._on_tf, tf_qos)
+            self._sweeps_without_pose_seen = 0
 
             out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
             self.pub_det = self.create_publisher(Detection3DArray, "~/detections", out_qos)
@@ -212,6 +217,13 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             except ValueError as exc:
                 self.counters["tf_static_invalid"] += 1
                 self._warn("tf_static", f"/tf_static: {exc}")
+
+        def _on_tf(self, msg) -> None:
+            try:
+                self.pipeline.on_tf(msg)
+            except ValueError as exc:
+                self.counters["tf_invalid"] += 1
+                self._warn("tf", f"/tf: {exc}")
 
         def _on_set_parameters(self, params) -> SetParametersResult:
             refused = [p.name for p in params if p.name not in RUNTIME_MUTABLE]
@@ -325,6 +337,17 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                     f"{c} ({r})" for c, r in rep.cameras_masked.items())))
             if rep.stamp_ns and rep.lidar_points == 0:
                 problems.append((WARN, "LiDAR sweep empty: camera-only detection"))
+            sweep_values = []
+            if self.pipeline.multi_sweep:
+                sc = self.pipeline.sweeps.counters
+                if sc.frames_without_pose > self._sweeps_without_pose_seen:
+                    problems.append((WARN, f"no /tf ego pose in {cfg.fixed_frame} for "
+                                           f"{sc.frames_without_pose - self._sweeps_without_pose_seen} recent sweep(s): "
+                                           "used alone (velocities unreliable)"))
+                self._sweeps_without_pose_seen = sc.frames_without_pose
+                sweep_values = [kv("sweeps.per_sample", self.pipeline.sweeps.sweeps),
+                                kv("sweeps.frames_without_pose", sc.frames_without_pose),
+                                kv("sweeps.history_resets", sc.history_resets)]
             level = max((lv for lv, _ in problems), default=OK, key=lambda b: ord(b) if isinstance(b, bytes) else b)
             text = "; ".join(t for _, t in problems) or "all inputs fresh"
             inputs = DiagnosticStatus(level=level, name=f"{self.get_name()}: inputs", message=text,
@@ -336,7 +359,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 kv("sync.time_jumps", self.sync.counters.time_jumps),
                 kv("sync.clouds_out_of_order", self.sync.counters.clouds_out_of_order),
                 kv("sync.clouds_waited_for_inputs", self.pipeline.input_waits.clouds_waited),
-                kv("sync.input_wait_timeouts", self.pipeline.input_waits.wait_timeouts)])
+                kv("sync.input_wait_timeouts", self.pipeline.input_waits.wait_timeouts), *sweep_values])
             # processing
             ms = rep.stage_ms.get("processing_time_ms", 0.0)
             if self._slow_since is not None and (now - self._slow_since) * 1e3 > cfg.max_consecutive_delay_ms:

@@ -3,7 +3,7 @@
 The node (``ros/node.py``), the offline evaluator and the training-data reader all feed
 messages through this class, so the three see identical frames:
 
-    on_image / on_camera_info / on_tf_static     (inputs, in arrival order)
+    on_image / on_camera_info / on_tf_static / on_tf   (inputs, in arrival order)
     wait_for_inputs(...)                         (live input only: let a cloud's inputs catch up)
     assemble(cloud)  -> FrameInputs              (sync + conversion + calibration + preprocessing)
     process(cloud)   -> FrameOutcome             (wait + assemble + model + score filter)
@@ -18,15 +18,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aqr_perception.config import NodeConfig
+from aqr_perception.config import LidarBranchConfig, NodeConfig
 from aqr_perception.data.preprocess import ModelArrays, build_model_arrays, camera_pool
+from aqr_perception.data.sweeps import SweepAccumulator
 from aqr_perception.detections import FrameDetections
 from aqr_perception.ros.calibration import CalibrationStore
 from aqr_perception.ros.conversions import (ConversionError, compressed_to_rgb_reduced, imgmsg_to_cv2,
                                             jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
+from aqr_perception.ros.ego_pose import EgoPoses
 from aqr_perception.ros.sync import LidarTriggeredSync
 
 NS = 1_000_000_000
+#: an ego-pose stream whose newest sample is older than this is not waited for (it stopped)
+POSE_STREAM_LIVE_S = 1.0
 
 
 def stamp_ns(msg) -> int:
@@ -67,13 +71,22 @@ class FrameOutcome:
 
 
 class FramePipeline:
-    """Sync + calibration + conversion + model for one sensor rig."""
+    """Sync + calibration + conversion + model for one sensor rig.
 
-    def __init__(self, cfg: NodeConfig, runtime=None, input_hw: tuple[int, int] | None = None) -> None:
+    ``lidar`` (default: the runtime model's) says how many sweeps a sample holds; with
+    more than one, past sweeps are aligned by the /tf pose of the LiDAR in
+    ``cfg.fixed_frame`` (``on_tf``).
+    """
+
+    def __init__(self, cfg: NodeConfig, runtime=None, input_hw: tuple[int, int] | None = None,
+                 lidar: LidarBranchConfig | None = None) -> None:
         self.cfg = cfg
         self.cameras = list(cfg.camera_names)
         self.runtime = runtime
         self.input_hw = input_hw or runtime.input_hw
+        lidar = lidar or getattr(getattr(runtime, "cfg", None), "lidar", None) or LidarBranchConfig()
+        self.sweeps = SweepAccumulator(lidar.sweeps, lidar.sweep_max_age_s) if lidar.sweeps > 1 else None
+        self.poses = EgoPoses()
         self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
         self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
         self.first_cloud_wall: float | None = None
@@ -99,6 +112,20 @@ class FramePipeline:
         self.calib.add_tf_static(msg)
         self._arrived()
 
+    def on_tf(self, msg) -> None:
+        """A /tf message (ego pose); raises ValueError for a non-finite transform."""
+        self.poses.add_message(msg)
+        self._arrived()
+
+    @property
+    def multi_sweep(self) -> bool:
+        return self.sweeps is not None
+
+    def lidar_pose(self, lidar_frame: str, stamp: int) -> np.ndarray | None:
+        """(4, 4) LiDAR -> ``fixed_frame`` at ``stamp`` (/tf interpolated + /tf_static), or None."""
+        edges = self.poses.edges_at(stamp)
+        return self.calib.tf.lookup(self.cfg.fixed_frame, lidar_frame, edges) if edges else None
+
     def _inputs_in_flight(self, stamp: int, lidar_frame: str, startup: bool) -> dict[str, str]:
         """camera -> what it still lacks for this cloud ("image", "first image", "calibration").
 
@@ -114,6 +141,10 @@ class FramePipeline:
         for c in self.calib.missing(lidar_frame):
             if c in expected and c not in self._calibration_given_up:
                 late.setdefault(c, "calibration")
+        if self.sweeps is not None and self.lidar_pose(lidar_frame, stamp) is None:
+            newest = self.poses.newest_ns
+            if startup or (newest is not None and stamp - newest <= POSE_STREAM_LIVE_S * NS):
+                late["/tf"] = "ego pose"
         return late
 
     def wait_for_inputs(self, stamp: int, lidar_frame: str) -> dict[str, str]:
@@ -123,8 +154,9 @@ class FramePipeline:
         every camera's calibration and first image. Afterwards: wait up to
         ``sync.camera_wait_s`` for a live camera's image of this instant (or a first
         calibration). A calibration that never comes is waited for once. Returns what was
-        still missing when the wait ended (empty: nothing was). Offline readers see every
-        input in bag order and never call this.
+        still missing when the wait ended (empty: nothing was). Multi-sweep: the /tf ego pose
+        at the cloud's stamp is waited for the same way while the /tf stream is live. Offline
+        readers see every input in bag order and never call this.
         """
         now = time.monotonic()
         self.first_cloud_wall = self.first_cloud_wall or now
@@ -153,11 +185,15 @@ class FramePipeline:
 
         Raises ConversionError when the cloud itself is unusable. A camera that is
         stale, uncalibrated or whose image does not decode (or does not match its
-        CameraInfo size) is masked, with the reason in ``masked``.
+        CameraInfo size) is masked, with the reason in ``masked``. Multi-sweep: the points
+        are the current sweep + the past ones (``data.sweeps``), (N, 5); a sweep without
+        ego pose goes alone (counted in ``sweeps.counters``).
         """
         points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points)
         lidar_frame = cloud.header.frame_id
         stamp = stamp_ns(cloud)
+        if self.sweeps is not None:
+            points = self.sweeps.add(stamp, points, self.lidar_pose(lidar_frame, stamp))
         assoc = self.sync.associate(stamp)
         missing = self.calib.missing(lidar_frame)
         masked: dict[str, str] = {}

@@ -41,13 +41,17 @@ class StaticTransforms:
     def frames(self) -> set[str]:
         return {f for edge in self._edges for f in edge}
 
-    def lookup(self, target: str, source: str) -> np.ndarray | None:
-        """(4, 4) mapping points in ``source`` into ``target``, or None if not connected."""
+    def lookup(self, target: str, source: str,
+               extra_edges: dict[tuple[str, str], np.ndarray] | None = None) -> np.ndarray | None:
+        """(4, 4) mapping points in ``source`` into ``target``, or None if not connected.
+
+        ``extra_edges``: more (parent, child) -> child->parent transforms for this lookup
+        only (the dynamic /tf edges at one instant, see ``ros.ego_pose``)."""
         target, source = target.lstrip("/"), source.lstrip("/")
         if target == source:
             return np.eye(4)
         adj: dict[str, list[tuple[str, np.ndarray]]] = {}
-        for (parent, child), T in self._edges.items():
+        for (parent, child), T in {**self._edges, **(extra_edges or {})}.items():
             adj.setdefault(child, []).append((parent, T))                # child -> parent
             adj.setdefault(parent, []).append((child, np.linalg.inv(T)))  # parent -> child
         seen = {source: np.eye(4)}

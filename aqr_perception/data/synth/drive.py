@@ -153,10 +153,12 @@ def generate_drive(cfg: AqrConfig, out_dir: Path, name: str, seed: int, picture:
                 inside = points_in_boxes(pts[:, :3], boxes_l, margin=0.1) if len(objs) else np.zeros((len(pts), 0))
                 n_pts = inside.sum(axis=0)
                 pts_c, ring_c = _corrupt_points(pts, ring, cfg, corrupt_rng)
-                write(node.lidar_topic, "sensor_msgs/msg/PointCloud2", ns(t),
-                      M.pointcloud2(ns(t), LIDAR_FRAME, pts_c, ring_c))
+                # the ego pose of the sweep's instant is out before the sweep (odometry runs
+                # faster than a LiDAR turns), so a multi-sweep reader can align it on arrival
                 write("/tf", "tf2_msgs/msg/TFMessage", ns(t),
                       M.tf_message([M.transform_stamped(ns(t), MAP_FRAME, BASE_FRAME, ego)]))
+                write(node.lidar_topic, "sensor_msgs/msg/PointCloud2", ns(t),
+                      M.pointcloud2(ns(t), LIDAR_FRAME, pts_c, ring_c))
                 near = np.hypot(boxes_l[:, 0], boxes_l[:, 1]) <= s.gt_max_distance
                 sel = [i for i in range(len(objs)) if near[i]]
                 ids = [str(objs[i].track_id) for i in sel]

@@ -1,0 +1,82 @@
+"""Time-stamped transforms from /tf, looked up at a sweep's stamp (stands in for the
+dynamic half of tf2_ros.Buffer: ``lookupTransform(target, source, time)``).
+
+Each (parent, child) edge keeps its recent samples; a lookup interpolates between the
+two samples around the requested instant (linear translation, slerp rotation), as tf2
+does, and refuses to extrapolate: an instant after the newest sample is "not yet
+available" (the live node waits for it, bounded). No rclpy needed.
+"""
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+from aqr_perception.ros.tf_static import transform_to_matrix
+
+NS = 1_000_000_000
+
+
+class EgoPoses:
+    """Recent /tf samples per edge; ``edges_at(t)`` gives every edge known at ``t``."""
+
+    def __init__(self, history_s: float = 10.0, max_interval_s: float = 1.0) -> None:
+        self.history_ns = int(history_s * NS)
+        self.max_interval_ns = int(max_interval_s * NS)   # no interpolation across a longer gap
+        self._stamps: dict[tuple[str, str], list[int]] = {}
+        self._poses: dict[tuple[str, str], list[np.ndarray]] = {}
+        self.newest_ns: int | None = None
+
+    def add_message(self, msg) -> int:
+        """Add every transform of a TFMessage; returns how many were stored."""
+        n = 0
+        for t in msg.transforms:
+            T = transform_to_matrix(t.transform)
+            if not np.all(np.isfinite(T)):
+                raise ValueError(f"non-finite transform {t.header.frame_id} <- {t.child_frame_id}")
+            stamp = t.header.stamp.sec * NS + t.header.stamp.nanosec
+            self.add(t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"), stamp, T)
+            n += 1
+        return n
+
+    def add(self, parent: str, child: str, stamp_ns: int, child_to_parent: np.ndarray) -> None:
+        edge = (parent, child)
+        stamps = self._stamps.setdefault(edge, [])
+        poses = self._poses.setdefault(edge, [])
+        if stamps and stamp_ns < stamps[0] - self.history_ns:
+            stamps.clear()      # time jumped back (bag restarted): old samples mean nothing now
+            poses.clear()
+        i = bisect.bisect_left(stamps, stamp_ns)
+        if i < len(stamps) and stamps[i] == stamp_ns:
+            poses[i] = child_to_parent
+        else:
+            stamps.insert(i, stamp_ns)
+            poses.insert(i, child_to_parent)
+        drop = bisect.bisect_left(stamps, stamps[-1] - self.history_ns)
+        del stamps[:drop], poses[:drop]
+        self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
+
+    def edges_at(self, stamp_ns: int) -> dict[tuple[str, str], np.ndarray]:
+        """(parent, child) -> child->parent at ``stamp_ns`` for every edge that brackets it."""
+        out = {}
+        for edge, stamps in self._stamps.items():
+            T = self._interpolate(stamps, self._poses[edge], stamp_ns)
+            if T is not None:
+                out[edge] = T
+        return out
+
+    def _interpolate(self, stamps: list[int], poses: list[np.ndarray], t: int) -> np.ndarray | None:
+        i = bisect.bisect_left(stamps, t)
+        if i < len(stamps) and stamps[i] == t:
+            return poses[i]
+        if i == 0 or i == len(stamps) or stamps[i] - stamps[i - 1] > self.max_interval_ns:
+            return None
+        t0, t1 = stamps[i - 1], stamps[i]
+        a = (t - t0) / (t1 - t0)
+        P0, P1 = poses[i - 1], poses[i]
+        T = np.eye(4)
+        rots = Rotation.from_matrix(np.stack([P0[:3, :3], P1[:3, :3]]))
+        T[:3, :3] = Slerp([0.0, 1.0], rots)([a]).as_matrix()[0]
+        T[:3, 3] = (1 - a) * P0[:3, 3] + a * P1[:3, 3]
+        return T
