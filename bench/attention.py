@@ -8,7 +8,12 @@ the inputs on CPU, max_memory_allocated on CUDA) and the max abs error vs dense.
 Targets (issue 4): global <= 1.1x unbiased SDPA time, local <= 1.3x; extra memory
 <= 5 % of the dense bias; max abs error <= 1e-5 in fp32.
 
-    python bench/attention.py [--device cpu|cuda] [--runs 5] [--sizes cmt tiny] [--dtype float32]
+``--train`` times forward + backward instead (gradients to q, k, v and the router
+weights, as in training), for the fused route taken (on CPU: the segment route with its
+own backward), the folded route (CUDA's; forced here) and the dense reference; the
+error column is then the max abs gradient error vs dense.
+
+    python bench/attention.py [--device cpu|cuda] [--runs 5] [--sizes cmt tiny] [--dtype float32] [--train]
 """
 from __future__ import annotations
 
@@ -54,36 +59,58 @@ def make_case(size: str, mode: str, device: str, dtype: torch.dtype, seed: int =
 def run_method(method: str, q, k, v, mask, aqr):
     from torch.nn import functional as F
 
+    from aqr_perception.model import segment_attention
     from aqr_perception.model.attention import aqr_cross_attention
 
     if method == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
+    if method == "folded":
+        usable, segment_attention.usable = segment_attention.usable, lambda *a: False
+        try:
+            return aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
+        finally:
+            segment_attention.usable = usable
     return aqr_cross_attention(q, k, v, mask, aqr, impl=method)
 
 
-def measure_child(size: str, mode: str, method: str, device: str, dtype: str, runs: int) -> dict:
+def run_train_step(method: str, q, k, v, mask, aqr, grad_out) -> list:
+    """Forward + backward; returns the gradients (q, k, v, lidar weight, camera weight)."""
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v, aqr.lidar_weight, aqr.camera_weight)]
+    aqr.lidar_weight, aqr.camera_weight = leaves[3], leaves[4]
+    out = run_method(method, *leaves[:3], mask, aqr)
+    out.backward(grad_out)
+    return [t.grad for t in leaves]
+
+
+def measure_child(size: str, mode: str, method: str, device: str, dtype: str, runs: int, train: bool) -> dict:
     """In this (fresh) process: time and peak extra memory of one method."""
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
     case = make_case(size, mode, device, dt)
+    grad_out = torch.randn(case[0].shape, generator=torch.Generator().manual_seed(1)).to(device, dt)
     sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with torch.inference_mode():
-        out = run_method(method, *case)
+    if train:
+        call = lambda: run_train_step(method, *case, grad_out)  # noqa: E731
+    else:
+        call = lambda: run_method(method, *case)  # noqa: E731
+    with torch.inference_mode(not train):
+        out = call()
         sync()
         peak = (torch.cuda.max_memory_allocated() if device == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            run_method(method, *case)
+            call()
             sync()
             times.append(time.perf_counter() - t0)
-    torch.save(out.float().cpu(), f"/tmp/aqr_bench_{size}_{mode}_{method}.pt")
+    out = torch.cat([t.float().cpu().reshape(-1) for t in out if t is not None]) if train else out.float().cpu()
+    torch.save(out, f"/tmp/aqr_bench_{size}_{mode}_{method}_{int(train)}.pt")
     return {"time_s": statistics.median(times), "peak_extra_bytes": max(0, peak)}
 
 
@@ -94,33 +121,40 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", nargs="*", default=["tiny", "cmt"])
     parser.add_argument("--modes", nargs="*", default=["global", "local"])
+    parser.add_argument("--train", action="store_true", help="time forward + backward")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "MODE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_child(*args.child, args.device, args.dtype, args.runs)))
+        print(json.dumps(measure_child(*args.child, args.device, args.dtype, args.runs, args.train)))
         return
+    what = "forward + backward" if args.train else "forward"
     print(f"device {args.device}, {args.dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"median of {args.runs}")
+          f"median of {args.runs}, {what}")
+    methods = ("sdpa", "fused", "folded", "dense") if args.train else ("sdpa", "fused", "dense")
     for size in args.sizes:
         b, h, nq, d, lay, _ = SIZES[size]
         nk = lay[0] * lay[1] + lay[2] * lay[3] * lay[4]
         dense_bias_bytes = b * h * nq * nk * 4
         for mode in args.modes:
             res = {}
-            for method in ("sdpa", "fused", "dense"):
+            for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--device", args.device, "--dtype", args.dtype,
-                                      "--runs", str(args.runs), "--child", size, mode, method],
+                                      "--runs", str(args.runs), "--child", size, mode, method]
+                                     + (["--train"] if args.train else []),
                                      capture_output=True, text=True, check=True)
                 res[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            ref = torch.load(f"/tmp/aqr_bench_{size}_{mode}_dense.pt")
-            err = (torch.load(f"/tmp/aqr_bench_{size}_{mode}_fused.pt") - ref).abs().max().item()
+            load = lambda m: torch.load(f"/tmp/aqr_bench_{size}_{mode}_{m}_{int(args.train)}.pt")  # noqa: E731
+            ref = load("dense")
+            err = {m: (load(m) - ref).abs().max().item() for m in methods if m not in ("sdpa", "dense")}
             t = {m: r["time_s"] for m, r in res.items()}
             mem = {m: r["peak_extra_bytes"] / 2**20 for m, r in res.items()}
-            print(f"\n{size} ({nq} queries x {nk} keys, {h} heads), {mode} mode; dense bias would be "
+            print(f"\n{size} ({nq} queries x {nk} keys, {h} heads), {mode} mode, {what}; dense bias would be "
                   f"{dense_bias_bytes / 2**20:.0f} MiB")
             print(f"  unbiased SDPA : {t['sdpa'] * 1e3:8.1f} ms  peak extra {mem['sdpa']:8.1f} MiB")
-            print(f"  fused exact   : {t['fused'] * 1e3:8.1f} ms  peak extra {mem['fused']:8.1f} MiB  "
-                  f"max |err| vs dense {err:.2e}")
+            for m, label in (("fused", "fused exact  "), ("folded", "folded route ")):
+                if m in t:
+                    print(f"  {label}: {t[m] * 1e3:8.1f} ms  peak extra {mem[m]:8.1f} MiB  "
+                          f"max |err| vs dense {err[m]:.2e}")
             print(f"  dense bias    : {t['dense'] * 1e3:8.1f} ms  peak extra {mem['dense']:8.1f} MiB")
             target = 1.1 if mode == "global" else 1.3
             print(f"  fused / SDPA time {t['fused'] / t['sdpa']:.2f}x (target <= {target}x); dense / SDPA "

@@ -1,5 +1,7 @@
 """The fused AQR attention equals the dense reference (values and gradients), without
 ever building the (B, heads, Q, K) bias."""
+import contextlib
+
 import pytest
 import torch
 
@@ -37,40 +39,56 @@ def _case(mode, seed, b=2, h=3, q=11, d=8, layout=(6, 7, 3, 4, 5), pad="none", w
     return qq, kk, vv, mask, aqr
 
 
-def _fused(q, k, v, mask, aqr, path):
-    """The fused attention on one of its two routes: "inference" (no autograd: per-segment
-    log-sum-exp merge on CPU) or "autograd" (the folded formulation training uses)."""
-    if path == "inference":
-        with torch.no_grad():
-            return aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
-    return aqr_cross_attention(q.clone().requires_grad_(True), k, v, mask, aqr, impl="fused").detach()
+@contextlib.contextmanager
+def _route(path):
+    """The fused attention's routes: "segment" (per-segment log-sum-exp merge, taken on CPU,
+    with or without autograd), "folded" (biases folded into one SDPA call: CUDA, dropout,
+    tracing, unstructured padding), forced here on CPU by declaring the segment route unusable."""
+    from aqr_perception.model import segment_attention
+
+    if path == "segment":
+        yield
+        return
+    saved = segment_attention.usable
+    segment_attention.usable = lambda *args: False
+    try:
+        yield
+    finally:
+        segment_attention.usable = saved
 
 
-@pytest.mark.parametrize("path", ["inference", "autograd"])
+def _fused(q, k, v, mask, aqr, path, grad=False):
+    with _route(path), torch.set_grad_enabled(grad):
+        q = q.clone().requires_grad_(grad)
+        return aqr_cross_attention(q, k, v, mask, aqr, impl="fused").detach()
+
+
+@pytest.mark.parametrize("path", ["segment", "folded"])
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("pad", ["none", "lidar", "views", "everything", "random"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fused_equals_dense(mode, pad, seed, path):
     q, k, v, mask, aqr = _case(mode, seed, pad=pad)
     dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
-    fused = _fused(q, k, v, mask, aqr, path)
+    fused = _fused(q, k, v, mask, aqr, path, grad=bool(seed))
     assert torch.isfinite(fused).all()
     assert (dense - fused).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("mode", ["global", "local"])
-def test_inference_route_takes_no_dense_sized_buffer(mode, monkeypatch):
-    """The inference route is the one taken without autograd on CPU, and it never runs the
-    folded SDPA call (whose memory is checked by bench/attention.py)."""
+def test_segment_route_is_taken_on_cpu_and_builds_nothing_dense_sized(mode, grad, monkeypatch):
+    """On CPU (inference and training) the segment route is the one taken, and it never
+    runs the folded SDPA call (whose memory is checked by bench/attention.py)."""
     from aqr_perception.model import fused_attention
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("folded SDPA used on the inference route")
+        raise AssertionError("folded SDPA used on CPU")
 
     monkeypatch.setattr(fused_attention.F, "scaled_dot_product_attention", forbidden)
     q, k, v, mask, aqr = _case(mode, 8, pad="views")
     dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
-    assert (dense - _fused(q, k, v, mask, aqr, "inference")).abs().max() <= TOL
+    assert (dense - _fused(q, k, v, mask, aqr, "segment", grad)).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
@@ -79,11 +97,11 @@ def test_fp32_error_within_target(mode):
     q, k, v = q.float(), k.float(), v.float()
     aqr.lidar_weight, aqr.camera_weight = aqr.lidar_weight.float(), aqr.camera_weight.float()
     dense = aqr_cross_attention(q, k, v, None, aqr, impl="dense")
-    for path in ("inference", "autograd"):
+    for path in ("segment", "folded"):
         assert (dense - _fused(q, k, v, None, aqr, path)).abs().max() <= TOL, path
 
 
-@pytest.mark.parametrize("path", ["inference", "autograd"])
+@pytest.mark.parametrize("path", ["segment", "folded"])
 def test_queries_without_window_and_windows_at_the_border(path):
     q, k, v, mask, aqr = _case("local", 4, pad="lidar")
     aqr.projection.cam_visible[:] = False                 # no camera windows at all
@@ -94,18 +112,21 @@ def test_queries_without_window_and_windows_at_the_border(path):
     assert (dense - fused).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("path", ["segment", "folded"])
 @pytest.mark.parametrize("mode", ["global", "local"])
-@pytest.mark.parametrize("pad", ["none", "views", "lidar"])
-def test_gradients_equal_dense(mode, pad):
+@pytest.mark.parametrize("pad", ["none", "views", "lidar", "everything"])
+def test_gradients_equal_dense(mode, pad, path):
     """'lidar' (masked-modal training drops the LiDAR): queries that see no camera have no
-    window entry at all; their gradients must stay finite and exact."""
+    window entry at all; their gradients must stay finite and exact. 'everything': a sample
+    with no key at all (zero output, zero gradients)."""
     q, k, v, mask, aqr = _case(mode, 5, pad=pad)
     grads = {}
     for impl in ("dense", "fused"):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v, aqr.lidar_weight, aqr.camera_weight)]
         a = AqrBias(aqr.mode, aqr.strength, leaves[3], leaves[4], aqr.layout, aqr.projection, aqr.bev_window,
                     aqr.camera_window)
-        out = aqr_cross_attention(leaves[0], leaves[1], leaves[2], mask, a, impl=impl)
+        with _route(path):
+            out = aqr_cross_attention(leaves[0], leaves[1], leaves[2], mask, a, impl=impl)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         grads[impl] = [t.grad for t in leaves]
     for name, gd, gf in zip(["q", "k", "v", "lidar_weight", "camera_weight"], grads["dense"], grads["fused"]):

@@ -17,8 +17,10 @@ the local-mode windows. Two exact identities remove the dense bias:
    ``out = o'[:d] + o'[d] * o_W`` where ``o_W`` is the window keys' own softmax average
    over the logits ``s + log(expm1(b))`` (gathered, a few hundred keys per query).
 
-Inference on CPU (no autograd) takes a faster exact route instead, without the extra
-columns: per-segment attention merged by log-sum-exp (segment_attention.py).
+On CPU (inference and training) a faster exact route is taken instead, without the
+extra columns: per-segment attention merged by log-sum-exp, with its own backward
+(segment_attention.py). This folded route serves CUDA, dropout, tracing and padding
+that is not constant per segment.
 
 Everything here is ordinary differentiable torch, so autograd gives exact gradients; SDPA
 picks its fused kernels (flash on CPU and CUDA). Memory beyond the unbiased attention:

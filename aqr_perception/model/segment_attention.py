@@ -15,10 +15,10 @@ unbiased attention of the queries over one contiguous run of unpadded segments, 
   matrix of their softmax weights (SpMM). No gathered key/value copies, nothing Q x K.
 
 The run outputs come from PyTorch's CPU flash-attention kernel, the one SDPA dispatches
-to, called through its aten op because only that returns the log-sum-exp. Neither that
-log-sum-exp nor the sparse products have autograd formulas here, so this path serves
-no-grad CPU inference (the node, evaluation); training, CUDA and tracing use the folded
-formulation in fused_attention.py. Both are tested against the dense reference.
+to, called through its aten op because only that returns the log-sum-exp; the backward
+calls the kernel's own backward op per run (see ``_SegmentLseAttention``), so training
+takes this path too. CUDA and tracing (``torch.export``) use the folded formulation in
+fused_attention.py. Both are tested against the dense reference, values and gradients.
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def usable(q: Tensor, dropout_p: float, segment_pad: Tensor | None) -> bool:
-    """Whether this path applies: CPU, fp32/fp64, no autograd, no dropout, no tracing,
-    padding constant within segments (``segment_pad`` from ``fused_attention.segment_padding``)."""
-    return (q.device.type == "cpu" and q.dtype in SUPPORTED_DTYPES and not torch.is_grad_enabled()
-            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    """Whether this path applies: CPU, fp32/fp64, no dropout, no tracing, padding constant
+    within segments (``segment_pad`` from ``fused_attention.segment_padding``)."""
+    return (q.device.type == "cpu" and q.dtype in SUPPORTED_DTYPES
+            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
             and dropout_p == 0.0 and segment_pad is not None and not torch.compiler.is_compiling())
 
 
@@ -58,44 +58,155 @@ def _runs(layout: MemoryLayout, padded: list[bool], split_bev: bool) -> list[tup
     return [tuple(r) for r in runs]
 
 
-def _window_part(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, extra: Tensor, scale: float
-                 ) -> tuple[Tensor, Tensor]:
-    """One sample's window copies. q: (h, Q, d); k, v: (h, K, d); keys, extra: (Q, N) with
-    ``extra = log(expm1(b))`` on valid entries, -PAD on invalid ones (which point at key 0).
-    Returns log Z_W (h, Q) and o_W (h, Q, d)."""
-    h, nq, d = q.shape
-    n = keys.shape[1]
-    crow = torch.arange(0, nq * n + 1, n, device=q.device)
-    col = keys.reshape(-1)
-    lse_heads, out_heads = [], []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        for i in range(h):
-            lse, out = _window_head(q[i], k[i], v[i], crow, col, extra, scale)
-            lse_heads.append(lse)
-            out_heads.append(out)
-    return torch.stack(lse_heads), torch.stack(out_heads)
+class _Windows:
+    """One sample's window entries as a fixed CSR pattern (Q rows, N entries per row)."""
+
+    def __init__(self, keys: Tensor, num_keys: int) -> None:
+        nq, self.n = keys.shape
+        self.crow = torch.arange(0, nq * self.n + 1, self.n, device=keys.device)
+        self.col = keys.reshape(-1)
+        self.shape = (nq, num_keys)
+        self._transposed: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def csr(self, values: Tensor) -> Tensor:
+        """(Q, K) sparse matrix with ``values`` (Q, N) at the window entries."""
+        return torch.sparse_csr_tensor(self.crow, self.col, values.reshape(-1), self.shape, check_invariants=False)
+
+    def csr_t(self, values: Tensor) -> Tensor:
+        """(K, Q): the transpose of ``csr(values)``, its pattern sorted once per sample
+        (``csr(values).t() @ x`` re-sorts on every call: measured 10x slower)."""
+        if self._transposed is None:
+            order = torch.argsort(self.col, stable=True)
+            counts = torch.bincount(self.col, minlength=self.shape[1])
+            crow = torch.zeros(self.shape[1] + 1, dtype=self.crow.dtype, device=self.col.device)
+            crow[1:] = torch.cumsum(counts, 0)
+            self._transposed = (order, crow, torch.div(order, self.n, rounding_mode="floor"))
+        order, crow, rows = self._transposed
+        return torch.sparse_csr_tensor(crow, rows, values.reshape(-1)[order], self.shape[::-1],
+                                       check_invariants=False)
+
+    def sample(self, a: Tensor, b: Tensor) -> Tensor:
+        """(Q, N): a[q] . b[key(q, n)] for a (Q, d), b (K, d) (SDDMM, nothing Q x K)."""
+        pattern = self.csr(a.new_zeros(self.shape[0] * self.n))
+        return torch.sparse.sampled_addmm(pattern, a, b.t(), beta=0.0).values().view(self.shape[0], self.n)
 
 
-def _window_head(q: Tensor, k: Tensor, v: Tensor, crow: Tensor, col: Tensor, extra: Tensor, scale: float
-                 ) -> tuple[Tensor, Tensor]:
-    """One head: q (Q, d), k/v (K, d) -> log Z_W (Q,), o_W (Q, d)."""
-    nq, n = extra.shape
-    pattern = torch.sparse_csr_tensor(crow, col, q.new_zeros(nq * n), (nq, k.shape[0]), check_invariants=False)
-    logits = torch.sparse.sampled_addmm(pattern, q, k.t(), beta=0.0, alpha=scale).values().view(nq, n) + extra
-    lse = torch.logsumexp(logits, dim=-1)
-    weights = torch.exp(logits - lse[:, None])
-    csr = torch.sparse_csr_tensor(crow, col, weights.reshape(-1), (nq, k.shape[0]), check_invariants=False)
-    return lse, csr @ v
+def _window_forward(q: Tensor, k: Tensor, v: Tensor, win: _Windows, extra: Tensor, scale: float
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """One sample's window copies, every head. q: (h, Q, d); k, v: (h, K, d); extra: (Q, N)
+    ``log(expm1(b))`` on valid entries, -PAD on invalid ones (which point at key 0).
+    Returns log Z_W (h, Q), o_W (h, Q, d) and the entry weights p (h, Q, N)."""
+    lses, outs, probs = [], [], []
+    for i in range(q.shape[0]):
+        logits = win.sample(q[i] * scale, k[i]) + extra
+        lse = torch.logsumexp(logits, dim=-1)
+        p = torch.exp(logits - lse[:, None])
+        lses.append(lse)
+        outs.append(win.csr(p) @ v[i])
+        probs.append(p)
+    return torch.stack(lses), torch.stack(outs), torch.stack(probs)
+
+
+def _merge(lses: list[Tensor], outs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Parts (l_r, o_r) -> (out (h, Q, d), part weights (P, h, Q)); 0 where no part has a key."""
+    lse = torch.stack(lses)                                              # (P, h, Q)
+    m = lse.amax(0)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(lse - m)
+    den = e.sum(0)
+    w = torch.where(den > 0, e / den.clamp(min=torch.finfo(e.dtype).tiny), 0.0)
+    return (w[..., None] * torch.stack(outs)).sum(0), w
+
+
+class _SegmentLseAttention(torch.autograd.Function):
+    """Forward: per-run flash attention + window part, merged by log-sum-exp. Backward
+    (exact, no Q x K either): the whole softmax's score gradient restricted to part r is
+    ``P_r w_r (dO . v - dO . O)``, which is what the flash backward kernel computes for
+    the run when given ``grad_out = w_r dO`` and the *merged* output O in place of the run's
+    own (it only uses ``out`` for ``rowsum(dO * out)``); the window part's is the same
+    expression on its entries (SDDMM + CSR products). A part's log-sum-exp bias gets
+    ``w_r (dO . o_r - dO . O)``; a window entry's logit gets its score gradient."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bev_bias, cam_bias, extra, keys, empty, segment_pad, layout, local, scale):
+        b, h, nq, d = q.shape
+        out = q.new_zeros(b, h, nq, d)
+        saved = []
+        for i in range(b):
+            runs = _runs(layout, segment_pad[i].tolist(), split_bev=not local)
+            lses, raw_lses, outs = [], [], []
+            for start, end, kind in runs:
+                o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    q[i:i + 1], k[i:i + 1, :, start:end], v[i:i + 1, :, start:end], scale=scale)
+                raw_lses.append(lse[0])
+                lses.append(lse[0] if local else lse[0] + (bev_bias if kind == 0 else cam_bias)[i])
+                outs.append(o[0])
+            win = probs = None
+            if local:
+                win = _Windows(keys[i], k.shape[2])
+                lse_w, o_w, probs = _window_forward(q[i], k[i], v[i], win, extra[i], scale)
+                lses.append(lse_w.masked_fill(empty[i], float("-inf")))
+                outs.append(o_w)
+            if not lses:
+                saved.append(None)
+                continue                                                     # every key masked: 0
+            out[i], w = _merge(lses, outs)
+            saved.append((runs, raw_lses, outs, w, win, probs))
+        ctx.save_for_backward(q, k, v, out)
+        ctx.saved, ctx.local, ctx.scale = saved, local, scale
+        ctx.has_bias = bev_bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out = ctx.saved_tensors
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        b, h, nq, _ = q.shape
+        d_bev = q.new_zeros(b, nq) if ctx.has_bias else None
+        d_cam = q.new_zeros(b, nq) if ctx.has_bias else None
+        d_extra = None
+        grad_out = grad_out.contiguous()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            for i, item in enumerate(ctx.saved):
+                if item is None:
+                    continue
+                runs, raw_lses, outs, w, win, probs = item
+                go, o_i = grad_out[i], out[i]
+                dot_out = (go * o_i).sum(-1)                                 # (h, Q): dO . O
+                for r, (start, end, kind) in enumerate(runs):
+                    gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                        (w[r][..., None] * go)[None].contiguous(), q[i:i + 1], k[i:i + 1, :, start:end],
+                        v[i:i + 1, :, start:end], o_i[None].contiguous(), raw_lses[r][None], 0.0, False,
+                        attn_mask=None, scale=ctx.scale)
+                    dq[i] += gq[0]
+                    dk[i, :, start:end] += gk[0]
+                    dv[i, :, start:end] += gv[0]
+                    if ctx.has_bias:
+                        g = (w[r] * ((go * outs[r]).sum(-1) - dot_out)).sum(0)   # (Q,) over heads
+                        (d_bev if kind == 0 else d_cam)[i] += g
+                if ctx.local:
+                    ww = w[-1]                                               # (h, Q) window part weight
+                    if d_extra is None:
+                        d_extra = q.new_zeros(b, nq, win.n)
+                    for j in range(h):
+                        pw = probs[j] * ww[j][:, None]                       # (Q, N)
+                        ds = pw * (win.sample(go[j], v[i, j]) - dot_out[j][:, None])
+                        d_extra[i] += ds
+                        dq[i, j] += ctx.scale * (win.csr(ds) @ k[i, j])
+                        dk[i, j] += ctx.scale * (win.csr_t(ds) @ q[i, j])
+                        dv[i, j] += win.csr_t(pw) @ go[j]
+        return dq, dk, dv, d_bev, d_cam, d_extra, None, None, None, None, None, None
 
 
 def segment_lse_attention(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, segment_pad: Tensor,
                           scale: float) -> Tensor:
-    """Same result as the dense reference, (B, h, Q, d). q: (B, h, Q, d); k, v: (B, h, K, d);
-    segment_pad: (B, 1 + views) bool. Queries with no key and no window entry get 0."""
+    """Same result as the dense reference, (B, h, Q, d), differentiable in q, k, v and the
+    AQR bias (router weights). q: (B, h, Q, d); k, v: (B, h, K, d); segment_pad:
+    (B, 1 + views) bool. Queries with no key and no window entry get 0."""
     lay = aqr.layout
-    b, h, nq, d = q.shape
     local = aqr.mode == "local"
+    bev = cam = extra = keys = empty = None
     if local:
         keys, values, valid = local_window_entries(aqr)                      # (B, Q, N)
         seg_of_key = segment_index(lay, q.device)
@@ -104,26 +215,7 @@ def segment_lse_attention(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, segment
         keys = keys.masked_fill(~valid, 0)
         empty = ~valid.any(-1)
     else:
-        bias = dict(enumerate(b.to(q.dtype) for b in global_biases(aqr)))       # 0: BEV, 1: cameras
-    out = q.new_zeros(b, h, nq, d)
-    for i in range(b):
-        lses, outs = [], []
-        for start, end, kind in _runs(lay, segment_pad[i].tolist(), split_bev=not local):
-            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q[i:i + 1], k[i:i + 1, :, start:end], v[i:i + 1, :, start:end], scale=scale)
-            lses.append(lse[0] if local else lse[0] + bias[kind][i])
-            outs.append(o[0])
-        if local:
-            lse_w, o_w = _window_part(q[i], k[i], v[i], keys[i], extra[i], scale)
-            lses.append(lse_w.masked_fill(empty[i], float("-inf")))
-            outs.append(o_w)
-        if not lses:
-            continue                                                         # every key masked: 0
-        lse = torch.stack(lses)                                              # (P, h, Q)
-        m = lse.amax(0)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        w = torch.exp(lse - m)
-        den = w.sum(0)
-        num = (w[..., None] * torch.stack(outs)).sum(0)
-        out[i] = torch.where(den[..., None] > 0, num / den.clamp(min=torch.finfo(q.dtype).tiny)[..., None], 0.0)
-    return out
+        bev, cam = (x.to(q.dtype) for x in global_biases(aqr))              # (B, Q) each
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return _SegmentLseAttention.apply(q, k, v, bev, cam, extra, keys, empty, segment_pad, lay, local, scale)
