@@ -140,8 +140,8 @@ def test_no_bias_path_matches_reference():
     assert (dense - fused).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
-def test_fused_attention_exports_with_torch_export(mode):
+def _export_case(mode):
+    """(module, its args, the dense reference output) for exporting the fused attention."""
     q, k, v, _, aqr = _case(mode, 7)
     q, k, v = q.float(), k.float(), v.float()
     p = aqr.projection
@@ -154,7 +154,30 @@ def test_fused_attention_exports_with_torch_export(mode):
 
     args = (q, k, v, aqr.lidar_weight.float(), aqr.camera_weight.float(), p.bev_index, p.cam_view, p.cam_row,
             p.cam_col, p.cam_visible)
-    exported = torch.export.export(Wrapper(), args)
     dense = aqr_cross_attention(q, k, v, None, AqrBias(mode, aqr.strength, args[3], args[4], aqr.layout, p,
                                                        aqr.bev_window, aqr.camera_window), impl="dense")
+    return Wrapper().eval(), args, dense
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_fused_attention_exports_with_torch_export(mode):
+    module, args, dense = _export_case(mode)
+    exported = torch.export.export(module, args)
     assert (exported.module()(*args) - dense).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_fused_attention_exports_to_onnx_and_runs_in_onnxruntime(mode, tmp_path):
+    """torch.onnx (dynamo exporter) takes the folded route (tracing); onnxruntime's result
+    is compared with the dense reference computed by torch."""
+    import onnxruntime
+
+    module, args, dense = _export_case(mode)
+    path = tmp_path / f"aqr_attention_{mode}.onnx"
+    torch.onnx.export(module, args, str(path), dynamo=True, verbose=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = ["q", "k", "v", "lw", "cw", "bev", "view", "row", "col", "vis"]       # Wrapper.forward's
+    assert [i.name for i in session.get_inputs()] == names
+    feeds = {name: a.numpy() for name, a in zip(names, args)}
+    out = torch.from_numpy(session.run(None, feeds)[0])
+    assert out.shape == dense.shape and (out - dense).abs().max() <= TOL
