@@ -133,3 +133,25 @@ def test_without_tf_the_pipeline_uses_each_sweep_alone_and_counts_it(drive):
     feed_bag(drive.bag, pipeline, lambda c: lags.append(np.unique(pipeline.assemble(c).arrays.points[:, 4])))
     assert all(list(u) == [0.0] for u in lags)
     assert pipeline.sweeps.counters.frames_without_pose == len(lags) == 6
+
+
+def test_clouds_skipped_under_load_still_serve_as_past_sweeps(drive):
+    """The node runs the model on every other cloud (overload) and only remembers the
+    others: the samples still see the sweeps 50 and 100 ms back, moved like any other."""
+    cfg = load_config("tiny", overrides=SMALL + SWEEPS)
+    every = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar)
+    half = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar)
+    full, skipping = {}, {}
+    feed_bag(drive.bag, every, lambda c: full.__setitem__(stamp_ns(c), every.assemble(c).arrays.points))
+    count = iter(range(100))
+
+    def on_cloud(c):
+        if next(count) % 2:
+            skipping[stamp_ns(c)] = half.assemble(c).arrays.points
+        else:
+            half.remember_sweep(c)
+
+    feed_bag(drive.bag, half, on_cloud)
+    assert len(skipping) == 3
+    for stamp, pts in list(skipping.items())[1:]:
+        np.testing.assert_array_equal(pts, full[stamp])

@@ -81,6 +81,16 @@ class SweepAccumulator:
             self.history.appendleft(_Sweep(stamp_ns, pts, lidar_to_fixed))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
+    def remember(self, stamp_ns: int, points: np.ndarray, lidar_to_fixed: np.ndarray | None) -> None:
+        """Keep a sweep as history without producing a sample (a cloud the node had no time
+        to run the model on): the next samples still get their recent past sweeps. A sweep
+        without pose, empty, or older than the history is not kept."""
+        pts = np.asarray(points, np.float32)[:, :4]
+        if (lidar_to_fixed is None or len(pts) == 0 or not self.history.maxlen
+                or (self.history and stamp_ns <= self.history[0].stamp_ns)):
+            return
+        self.history.appendleft(_Sweep(stamp_ns, pts, lidar_to_fixed))
+
     def _reset(self) -> None:
         if self.history:
             self.counters.history_resets += 1

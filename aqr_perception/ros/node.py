@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
@@ -110,6 +110,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             self._slow_since: float | None = None
             self._last_done_wall: float | None = None
             self._mailbox = None
+            # clouds the model had no time for, kept as past sweeps (multi-sweep models only)
+            self._skipped_sweeps: deque = deque(maxlen=max(0, runtime.cfg.lidar.sweeps - 1))
             self._cond = threading.Condition()
             self._stop = threading.Event()
 
@@ -197,6 +199,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             with self._cond:
                 if self._mailbox is not None:
                     self.counters["clouds_skipped_newest_wins"] += 1
+                    self._skipped_sweeps.append(self._mailbox)    # still past sweeps for the next frames
                 self._mailbox = msg
                 self._cond.notify()
 
@@ -246,9 +249,13 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                     if self._mailbox is None:
                         self._cond.wait(timeout=0.1)
                     msg, self._mailbox = self._mailbox, None
+                    skipped = list(self._skipped_sweeps)
+                    self._skipped_sweeps.clear()
                 if msg is None:
                     continue
                 try:
+                    for old in skipped:
+                        self.pipeline.remember_sweep(old)
                     self._process(msg)
                 except Exception as exc:  # never let one frame kill the node
                     self.counters["frames_failed"] += 1

@@ -218,6 +218,18 @@ class FramePipeline:
         arrays = build_model_arrays(points, images, Ks, exts, self.input_hw)
         return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors)
 
+    def remember_sweep(self, cloud) -> None:
+        """Multi-sweep: keep a cloud that will not be run (skipped under load) as history
+        for the next ones. Unusable clouds and clouds without pose are left out."""
+        if self.sweeps is None:
+            return
+        try:
+            points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points)
+        except ConversionError:
+            return
+        stamp = stamp_ns(cloud)
+        self.sweeps.remember(stamp, points, self.lidar_pose(cloud.header.frame_id, stamp))
+
     def _try_decode(self, cam: str, msg) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
         """(image, K, None), or (None, None, reason) when the image is unusable."""
         try:
