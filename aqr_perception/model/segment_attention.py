@@ -91,11 +91,12 @@ class _Windows:
         return torch.sparse.sampled_addmm(pattern, a, b.t(), beta=0.0).values().view(self.shape[0], self.n)
 
 
-def _window_forward(q: Tensor, k: Tensor, v: Tensor, win: _Windows, extra: Tensor, scale: float
-                    ) -> tuple[Tensor, Tensor, Tensor]:
+def _window_forward(q: Tensor, k: Tensor, v: Tensor, win: _Windows, extra: Tensor, scale: float,
+                    keep_weights: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """One sample's window copies, every head. q: (h, Q, d); k, v: (h, K, d); extra: (Q, N)
     ``log(expm1(b))`` on valid entries, -PAD on invalid ones (which point at key 0).
-    Returns log Z_W (h, Q), o_W (h, Q, d) and the entry weights p (h, Q, N)."""
+    Returns log Z_W (h, Q), o_W (h, Q, d) and, with ``keep_weights`` (for the backward),
+    the entry weights p (h, Q, N)."""
     lses, outs, probs = [], [], []
     for i in range(q.shape[0]):
         logits = win.sample(q[i] * scale, k[i]) + extra
@@ -103,8 +104,9 @@ def _window_forward(q: Tensor, k: Tensor, v: Tensor, win: _Windows, extra: Tenso
         p = torch.exp(logits - lse[:, None])
         lses.append(lse)
         outs.append(win.csr(p) @ v[i])
-        probs.append(p)
-    return torch.stack(lses), torch.stack(outs), torch.stack(probs)
+        if keep_weights:
+            probs.append(p)
+    return torch.stack(lses), torch.stack(outs), torch.stack(probs) if keep_weights else None
 
 
 def _merge(lses: list[Tensor], outs: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -131,6 +133,7 @@ class _SegmentLseAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bev_bias, cam_bias, extra, keys, empty, segment_pad, layout, local, scale):
         b, h, nq, d = q.shape
         out = q.new_zeros(b, h, nq, d)
+        backward = any(ctx.needs_input_grad[:6])        # else keep nothing for it
         saved = []
         for i in range(b):
             runs = _runs(layout, segment_pad[i].tolist(), split_bev=not local)
@@ -144,14 +147,14 @@ class _SegmentLseAttention(torch.autograd.Function):
             win = probs = None
             if local:
                 win = _Windows(keys[i], k.shape[2])
-                lse_w, o_w, probs = _window_forward(q[i], k[i], v[i], win, extra[i], scale)
+                lse_w, o_w, probs = _window_forward(q[i], k[i], v[i], win, extra[i], scale, backward)
                 lses.append(lse_w.masked_fill(empty[i], float("-inf")))
                 outs.append(o_w)
             if not lses:
                 saved.append(None)
                 continue                                                     # every key masked: 0
             out[i], w = _merge(lses, outs)
-            saved.append((runs, raw_lses, outs, w, win, probs))
+            saved.append((runs, raw_lses, outs, w, win, probs) if backward else None)
         ctx.save_for_backward(q, k, v, out)
         ctx.saved, ctx.local, ctx.scale = saved, local, scale
         ctx.has_bias = bev_bias is not None
