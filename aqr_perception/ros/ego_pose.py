@@ -13,7 +13,7 @@ import bisect
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from aqr_perception.ros.tf_static import transform_to_matrix
+from aqr_perception.ros.tf_static import message_transforms
 
 NS = 1_000_000_000
 
@@ -30,17 +30,13 @@ class EgoPoses:
 
     def add_message(self, msg) -> int:
         """Add every transform of a TFMessage; returns how many were stored."""
-        n = 0
-        for t in msg.transforms:
-            T = transform_to_matrix(t.transform)
-            if not np.all(np.isfinite(T)):
-                raise ValueError(f"non-finite transform {t.header.frame_id} <- {t.child_frame_id}")
-            stamp = t.header.stamp.sec * NS + t.header.stamp.nanosec
-            self.add(t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"), stamp, T)
-            n += 1
-        return n
+        for parent, child, stamp, T in message_transforms(msg):
+            self.add(parent, child, stamp, T)
+        return len(msg.transforms)
 
     def add(self, parent: str, child: str, stamp_ns: int, child_to_parent: np.ndarray) -> None:
+        if not np.all(np.isfinite(child_to_parent)):
+            raise ValueError(f"non-finite transform {parent} <- {child}")
         edge = (parent, child)
         stamps = self._stamps.setdefault(edge, [])
         poses = self._poses.setdefault(edge, [])

@@ -6,6 +6,7 @@ them through the tree. No rclpy needed (works on rclpy or rosbags TFMessages).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -20,6 +21,14 @@ def transform_to_matrix(tf) -> np.ndarray:
     return T
 
 
+def message_transforms(msg) -> Iterator[tuple[str, str, int, np.ndarray]]:
+    """(parent, child, stamp_ns, child -> parent (4, 4)) of every transform of a TFMessage,
+    frame names without a leading '/' (tf2's convention)."""
+    for t in msg.transforms:
+        stamp = t.header.stamp.sec * 1_000_000_000 + t.header.stamp.nanosec
+        yield t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"), stamp, transform_to_matrix(t.transform)
+
+
 class StaticTransforms:
     """A tree of static frames."""
 
@@ -28,8 +37,8 @@ class StaticTransforms:
 
     def add_message(self, msg) -> int:
         """Add every transform of a TFMessage; returns how many were added/updated."""
-        for t in msg.transforms:
-            self.add(t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"), transform_to_matrix(t.transform))
+        for parent, child, _stamp, T in message_transforms(msg):
+            self.add(parent, child, T)
         return len(msg.transforms)
 
     def add(self, parent: str, child: str, child_to_parent: np.ndarray) -> None:
