@@ -24,9 +24,8 @@ NS = 1_000_000_000
 class SweepCounters:
     """What the accumulator did (diagnostics)."""
 
-    frames: int = 0
     frames_without_pose: int = 0     # current sweep had no ego pose: used alone
-    history_resets: int = 0          # time went backwards or jumped beyond max_gap_s
+    history_resets: int = 0          # no pose, LiDAR out, time went backwards or jumped beyond max_age_s
 
 
 @dataclass
@@ -56,7 +55,6 @@ class SweepAccumulator:
 
     def add(self, stamp_ns: int, points: np.ndarray, lidar_to_fixed: np.ndarray | None) -> np.ndarray:
         """points: (N, 4) current sweep; returns (M, 5) (see class doc)."""
-        self.counters.frames += 1
         pts = np.asarray(points, np.float32)[:, :4]
         current = np.column_stack([pts, np.zeros(len(pts), np.float32)])
         if len(pts) == 0:     # LiDAR out: old sweeps alone would be outside what the model knows
@@ -77,8 +75,7 @@ class SweepAccumulator:
             T = (fixed_to_lidar @ past.lidar_to_fixed).astype(np.float32)
             xyz = past.points[:, :3] @ T[:3, :3].T + T[:3, 3]
             parts.append(np.column_stack([xyz, past.points[:, 3], np.full(len(xyz), age / NS, np.float32)]))
-        if self.history.maxlen:
-            self.history.appendleft(_Sweep(stamp_ns, pts, lidar_to_fixed))
+        self.history.appendleft(_Sweep(stamp_ns, pts, lidar_to_fixed))      # maxlen 0 (one sweep): kept none
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def remember(self, stamp_ns: int, points: np.ndarray, lidar_to_fixed: np.ndarray | None) -> None:
@@ -86,8 +83,7 @@ class SweepAccumulator:
         to run the model on): the next samples still get their recent past sweeps. A sweep
         without pose, empty, or older than the history is not kept."""
         pts = np.asarray(points, np.float32)[:, :4]
-        if (lidar_to_fixed is None or len(pts) == 0 or not self.history.maxlen
-                or (self.history and stamp_ns <= self.history[0].stamp_ns)):
+        if lidar_to_fixed is None or len(pts) == 0 or (self.history and stamp_ns <= self.history[0].stamp_ns):
             return
         self.history.appendleft(_Sweep(stamp_ns, pts, lidar_to_fixed))
 
