@@ -22,6 +22,7 @@ fused_attention.py. Both are tested against the dense reference, values and grad
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -31,6 +32,15 @@ from aqr_perception.model.aqr import (PAD, AqrBias, MemoryLayout, global_biases,
                                      segment_index)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+@contextlib.contextmanager
+def _csr_beta_quiet():
+    """Silence torch's "Sparse CSR tensor support is in beta" warning (once per CSR tensor
+    built; the forward and the backward build several per head)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        yield
 
 
 def usable(q: Tensor, dropout_p: float, segment_pad: Tensor | None) -> bool:
@@ -169,8 +179,7 @@ class _SegmentLseAttention(torch.autograd.Function):
         d_cam = q.new_zeros(b, nq) if ctx.has_bias else None
         d_extra = None
         grad_out = grad_out.contiguous()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        with _csr_beta_quiet():
             for i, item in enumerate(ctx.saved):
                 if item is None:
                     continue
@@ -219,6 +228,5 @@ def segment_lse_attention(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, segment
         empty = ~valid.any(-1)
     else:
         bev, cam = (x.to(q.dtype) for x in global_biases(aqr))              # (B, Q) each
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+    with _csr_beta_quiet():
         return _SegmentLseAttention.apply(q, k, v, bev, cam, extra, keys, empty, segment_pad, lay, local, scale)
