@@ -353,6 +353,10 @@ class TrainConfig(_Section):
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     drop_images_p: Probability = Field(0.25, description="masked-modal training: zero all images")
     drop_lidar_p: Probability = Field(0.25, description="masked-modal training: remove the LiDAR")
+    aug_rotation: Annotated[float, Field(ge=0.0, le=3.1416)] = Field(
+        0.785, description="global BEV augmentation: max |yaw rotation| of the scene (rad)")
+    aug_scale: tuple[PositiveFloat, PositiveFloat] = Field((0.9, 1.1), description="global BEV augmentation: scale range")
+    aug_flip_p: Probability = Field(0.5, description="global BEV augmentation: chance of mirroring y, and of mirroring x")
     num_workers: Annotated[int, Field(ge=0)] = 0
     log_every: PositiveInt = 10
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(200, description="steps between last.pt saves (0: per epoch)")
@@ -362,6 +366,8 @@ class TrainConfig(_Section):
     def _masked_modal(self) -> TrainConfig:
         if self.drop_images_p + self.drop_lidar_p > 1.0:
             raise ValueError("drop_images_p + drop_lidar_p must not exceed 1")
+        if self.aug_scale[0] > self.aug_scale[1]:
+            raise ValueError("aug_scale must be [low, high] with low <= high")
         return self
 
 

@@ -42,6 +42,7 @@ def test_base_inheritance_and_overrides(tmp_path):
     ("model.aqr.mode=everywhere", "model.aqr.mode", "'global' or 'local'"),
     ("train.lr=fast", "train.lr", "valid number"),
     ("model.aqr.bev_window=14", "model.aqr", "odd"),
+    ("train.aug_scale=[1.1,0.9]", "train", "low <= high"),
 ])
 def test_errors_name_the_key(override, key, words):
     with pytest.raises(ConfigError) as err:

@@ -29,6 +29,7 @@ from aqr_perception.config import AqrConfig, config_to_dict, load_config
 from aqr_perception.model.checkpoint import load_checkpoint, resolve_device, save_checkpoint
 from aqr_perception.model.detector import CmtAqrDetector
 from aqr_perception.model.losses import detection_loss
+from aqr_perception.training.bev_augment import random_augment
 from aqr_perception.training.dataset import DriveDataset, collate, drive_paths
 from aqr_perception.training.masked_modal import masked_modal
 
@@ -111,6 +112,9 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
                     break
                 for g in optimizer.param_groups:
                     g["lr"] = tc.lr * lr_factor(step, total, tc.warmup_steps, tc.schedule)
+                inputs, gt_boxes, gt_labels = random_augment(inputs, gt_boxes, gt_labels, tc.aug_rotation,
+                                                             tc.aug_scale, tc.aug_flip_p,
+                                                             cfg.model.point_cloud_range, aug_gen)
                 inputs = masked_modal(inputs, tc.drop_images_p, tc.drop_lidar_p, aug_gen).to(device)
                 gt_boxes = [b.to(device) for b in gt_boxes]
                 gt_labels = [lab.to(device) for lab in gt_labels]
