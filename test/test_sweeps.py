@@ -14,7 +14,8 @@ from aqr_perception.data.sweeps import NS, SweepAccumulator
 from aqr_perception.data.synth.drive import generate_drive
 from aqr_perception.model.lidar import LidarBranch
 from aqr_perception.ros.ego_pose import EgoPoses
-from aqr_perception.ros.pipeline import FramePipeline, stamp_ns
+from aqr_perception.ros.pipeline import FramePipeline
+from aqr_perception.stamps import header_ns
 
 SMALL = ["synth.image_width=352", "synth.image_height=192", "synth.lidar_azimuth_steps=360",
          "synth.frames_per_drive=6"]
@@ -104,7 +105,7 @@ def test_accumulated_points_of_a_drive_lie_on_the_ground_truth_moved_back_by_its
                  for f in json.loads(drive.gt_json.read_text())["frames"]}
     pipeline = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar)
     frames = []
-    feed_bag(drive.bag, pipeline, lambda c: frames.append((stamp_ns(c), pipeline.assemble(c).arrays.points)))
+    feed_bag(drive.bag, pipeline, lambda c: frames.append((header_ns(c), pipeline.assemble(c).arrays.points)))
     assert pipeline.sweeps.counters.frames_without_pose == 0
     compared = moving = 0
     for stamp, pts in frames[2:]:
@@ -142,12 +143,12 @@ def test_clouds_skipped_under_load_still_serve_as_past_sweeps(drive):
     every = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar)
     half = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar)
     full, skipping = {}, {}
-    feed_bag(drive.bag, every, lambda c: full.__setitem__(stamp_ns(c), every.assemble(c).arrays.points))
+    feed_bag(drive.bag, every, lambda c: full.__setitem__(header_ns(c), every.assemble(c).arrays.points))
     count = iter(range(100))
 
     def on_cloud(c):
         if next(count) % 2:
-            skipping[stamp_ns(c)] = half.assemble(c).arrays.points
+            skipping[header_ns(c)] = half.assemble(c).arrays.points
         else:
             half.remember_sweep(c)
 

@@ -10,6 +10,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from aqr_perception.data.typestore import project_typestore
+from aqr_perception.stamps import ns_to_sec_nanosec
 
 #: sensor_msgs/PointField datatypes
 FLOAT32, UINT16 = 7, 4
@@ -21,8 +22,7 @@ def _T(name: str):
 
 def header(stamp_ns: int, frame_id: str):
     Time = _T("builtin_interfaces/msg/Time")
-    return _T("std_msgs/msg/Header")(stamp=Time(sec=int(stamp_ns // 1_000_000_000),
-                                                nanosec=int(stamp_ns % 1_000_000_000)), frame_id=frame_id)
+    return _T("std_msgs/msg/Header")(stamp=Time(*ns_to_sec_nanosec(stamp_ns)), frame_id=frame_id)
 
 
 def pointcloud2(stamp_ns: int, frame_id: str, points: np.ndarray, ring: np.ndarray | None = None):

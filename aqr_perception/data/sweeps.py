@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NS = 1_000_000_000
+from aqr_perception.stamps import NS
+
 
 
 @dataclass

@@ -28,7 +28,8 @@ from aqr_perception.config import AqrConfig
 from aqr_perception.data.bag_reader import feed_bag
 from aqr_perception.data.boxes import transform_boxes
 from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, evaluate
-from aqr_perception.ros.pipeline import FramePipeline, stamp_ns
+from aqr_perception.ros.pipeline import FramePipeline
+from aqr_perception.stamps import header_ns
 
 ROUTING_SCORE = 0.3          # routing weights are averaged over detections at least this confident
 STEP_TIMEOUT_S = 60.0
@@ -99,7 +100,7 @@ def predict_offline(bag: Path, cfg: AqrConfig, runtime, keep_inputs: set[str] | 
 
     def on_cloud(cloud) -> None:
         out = pipeline.process(cloud)
-        token = str(stamp_ns(cloud))
+        token = str(header_ns(cloud))
         if out.status != "ok":
             return
         d = out.detections
@@ -166,7 +167,7 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
     executor.add_node(probe)
     got: dict[str, dict[str, object]] = {"det": {}, "vel": {}, "routing": {}}
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    key = lambda m: str(stamp_ns(m))  # noqa: E731
+    key = lambda m: str(header_ns(m))  # noqa: E731
     probe.create_subscription(Detection3DArray, "/aqr_perception/detections",
                               lambda m: got["det"].__setitem__(key(m), m), qos)
     probe.create_subscription(DetectionVelocityArray, "/aqr_perception/velocities",
@@ -312,9 +313,9 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, preds: dict[str, Fr
     written: list[Path] = []
 
     def on_cloud(cloud) -> None:
-        token = str(stamp_ns(cloud))
+        token = str(header_ns(cloud))
         if token not in tokens:
-            pipeline.sync.associate(stamp_ns(cloud))   # keep the sync state as the node has it
+            pipeline.sync.associate(header_ns(cloud))   # keep the sync state as the node has it
             return
         inputs = pipeline.assemble(cloud)
         gt = gts[int(token)]

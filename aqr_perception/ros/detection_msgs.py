@@ -21,6 +21,7 @@ from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithP
 
 from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
 from aqr_perception.detections import FrameDetections
+from aqr_perception.stamps import time_to_ns
 
 def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:
     """(N,) yaw about +z -> (N, 4) quaternions ``[x, y, z, w]``."""
@@ -48,7 +49,7 @@ def to_detection_array(header: Header, det: FrameDetections, class_names: Sequen
     out = Detection3DArray(header=header)
     if len(det) == 0:
         return out
-    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    stamp_ns = time_to_ns(header.stamp)
     boxes = np.asarray(det.boxes, dtype=np.float64)
     quats = yaw_to_quaternion(boxes[:, 6])
     for i in range(len(det)):
@@ -72,7 +73,7 @@ def to_routing_msg(header: Header, det: FrameDetections, lidar_available: bool,
     """Build the QueryRouting message matching :func:`to_detection_array` entry by entry."""
     msg = QueryRouting(header=header, lidar_available=bool(lidar_available),
                        cameras_available=list(cameras_available), cameras_masked=list(cameras_masked))
-    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    stamp_ns = time_to_ns(header.stamp)
     lw = np.asarray(det.lidar_weight, dtype=np.float32).reshape(len(det), -1)
     cw = np.asarray(det.camera_weight, dtype=np.float32).reshape(len(det), -1)
     for i in range(len(det)):
@@ -89,7 +90,7 @@ def to_routing_msg(header: Header, det: FrameDetections, lidar_available: bool,
 
 def to_velocity_msg(header: Header, det: FrameDetections) -> DetectionVelocityArray:
     """Velocities (vx, vy of each box) matching :func:`to_detection_array` entry by entry."""
-    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    stamp_ns = time_to_ns(header.stamp)
     out = DetectionVelocityArray(header=header)
     for i in range(len(det)):
         v = DetectionVelocity(id=detection_id(stamp_ns, int(det.query_index[i])))

@@ -14,8 +14,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from aqr_perception.ros.tf_static import message_transforms
+from aqr_perception.stamps import NS
 
-NS = 1_000_000_000
 
 
 class EgoPoses:

@@ -28,7 +28,6 @@ NODE_NAME = "aqr_perception"
 RUNTIME_MUTABLE = frozenset({"score_threshold", "max_detections", "max_processing_time_ms",
                              "max_consecutive_delay_ms", "publish_markers", "publish_debug_images"})
 LOG_THROTTLE_S = 5.0
-NS = 1_000_000_000
 
 
 @dataclass

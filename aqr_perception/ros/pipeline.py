@@ -27,14 +27,10 @@ from aqr_perception.ros.conversions import (ConversionError, compressed_to_rgb_r
                                             jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
 from aqr_perception.ros.ego_pose import EgoPoses
 from aqr_perception.ros.sync import LidarTriggeredSync
+from aqr_perception.stamps import NS, header_ns
 
-NS = 1_000_000_000
 #: an ego-pose stream whose newest sample is older than this is not waited for (it stopped)
 POSE_STREAM_LIVE_S = 1.0
-
-
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * NS + msg.header.stamp.nanosec
 
 
 @dataclass
@@ -100,7 +96,7 @@ class FramePipeline:
             self._arrival.notify_all()
 
     def on_image(self, camera: str, msg) -> None:
-        self.sync.add_image(camera, stamp_ns(msg), msg)
+        self.sync.add_image(camera, header_ns(msg), msg)
         self._arrived()
 
     def on_camera_info(self, camera: str, msg) -> None:
@@ -191,7 +187,7 @@ class FramePipeline:
         """
         points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points)
         lidar_frame = cloud.header.frame_id
-        stamp = stamp_ns(cloud)
+        stamp = header_ns(cloud)
         if self.sweeps is not None:
             points = self.sweeps.add(stamp, points, self.lidar_pose(lidar_frame, stamp))
         assoc = self.sync.associate(stamp)
@@ -227,7 +223,7 @@ class FramePipeline:
             points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points)
         except ConversionError:
             return
-        stamp = stamp_ns(cloud)
+        stamp = header_ns(cloud)
         self.sweeps.remember(stamp, points, self.lidar_pose(cloud.header.frame_id, stamp))
 
     def _try_decode(self, cam: str, msg) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
@@ -263,7 +259,7 @@ class FramePipeline:
         ``live`` (the node): first ``wait_for_inputs``. Offline readers leave it False:
         bag order already puts a cloud's inputs before it.
         """
-        stamp = stamp_ns(cloud)
+        stamp = header_ns(cloud)
         if live:
             self.wait_for_inputs(stamp, cloud.header.frame_id)
         t0 = time.perf_counter()

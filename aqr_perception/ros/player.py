@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
+from aqr_perception.stamps import ns_to_sec_nanosec
 
 
 class BagPlayer:
@@ -66,7 +67,7 @@ class BagPlayer:
         from rosgraph_msgs.msg import Clock
 
         msg = Clock()
-        msg.clock.sec, msg.clock.nanosec = stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
+        msg.clock.sec, msg.clock.nanosec = ns_to_sec_nanosec(stamp_ns)
         self.clock_pub.publish(msg)
 
     def play(self, rate: float = 1.0, spin: Callable[[float], None] | None = None,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aqr_perception.config import SyncConfig
+from aqr_perception.stamps import NS
 
-NS = 1_000_000_000
 
 
 @dataclass

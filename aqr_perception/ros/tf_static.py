@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from aqr_perception.stamps import header_ns
+
 
 def transform_to_matrix(tf) -> np.ndarray:
     """geometry_msgs/Transform -> (4, 4) child -> parent."""
@@ -25,7 +27,7 @@ def message_transforms(msg) -> Iterator[tuple[str, str, int, np.ndarray]]:
     """(parent, child, stamp_ns, child -> parent (4, 4)) of every transform of a TFMessage,
     frame names without a leading '/' (tf2's convention)."""
     for t in msg.transforms:
-        stamp = t.header.stamp.sec * 1_000_000_000 + t.header.stamp.nanosec
+        stamp = header_ns(t)
         yield t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"), stamp, transform_to_matrix(t.transform)
 
 
