@@ -70,12 +70,18 @@ def _udp_local_addresses(pid):
     return addrs
 
 
+def _fastdds_segments() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("fastdds_*")} if shm.is_dir() else set()
+
+
 @pytest.mark.parametrize("source_env_script", [True, False], ids=["env.sh", "python-defaults"])
 def test_rclpy_process_binds_only_loopback(source_env_script):
     env = os.environ.copy()
     if not source_env_script:  # a forgotten `source scripts/env.sh`: the entry point must cover it
         for var in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "ROS_LOCALHOST_ONLY"):
             env.pop(var, None)
+    shm_before = _fastdds_segments()
     child = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.loopback_check", "publish",
                               "--count", "1", "--wait", "6"], env=env, stderr=subprocess.DEVNULL)
     try:
@@ -88,9 +94,18 @@ def test_rclpy_process_binds_only_loopback(source_env_script):
             time.sleep(0.2)
         time.sleep(1.0)  # let the participant finish creating its locators
         addrs = _udp_local_addresses(child.pid) or addrs
+        segments = _fastdds_segments() - shm_before
     finally:
-        child.kill()
-        child.wait()
+        child.terminate()            # SIGTERM, as ros2 launch / systemd stop a node
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
     assert addrs, "the DDS participant opened no UDP socket (did rclpy start?)"
     outside = [a for a in addrs if not (a.startswith("127.") or a == "::1")]
     assert not outside, f"DDS sockets bound beyond loopback: {outside} (all: {addrs})"
+    # the shared-memory transport was in use, and a stopped participant removes its segment
+    # (128 MiB with the project's profile; a SIGKILLed one cannot: /dev/shm fills up run after run)
+    assert segments, "no Fast DDS shared-memory segment appeared: is the SHM transport of the profile in use?"
+    assert not (segments & _fastdds_segments()), "segments left in /dev/shm after SIGTERM"

@@ -132,7 +132,11 @@ def exchange(count: int = 5, timeout_s: float = 30.0) -> ExchangeResult:
         res.publisher_rc = child.wait(timeout=max(1.0, deadline - time.monotonic() + 5.0))
     finally:
         if child.poll() is None:
-            child.kill()
+            child.terminate()        # SIGTERM lets rclpy remove its shared-memory segment; SIGKILL would not
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
