@@ -20,7 +20,6 @@ import numpy as np
 from aqr_perception.stamps import NS
 
 
-
 @dataclass
 class SweepCounters:
     """What the accumulator did (diagnostics)."""

@@ -17,7 +17,6 @@ from aqr_perception.ros.tf_static import message_transforms
 from aqr_perception.stamps import NS
 
 
-
 class EgoPoses:
     """Recent /tf samples per edge; ``edges_at(t)`` gives every edge known at ``t``."""
 

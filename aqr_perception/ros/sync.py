@@ -24,7 +24,6 @@ from aqr_perception.config import SyncConfig
 from aqr_perception.stamps import NS
 
 
-
 @dataclass
 class Association:
     """Result of one cloud: chosen image per camera (None = stale) and why."""
