@@ -34,6 +34,7 @@ def test_replay_and_offline_give_the_same_detections_and_metrics(tmp_path):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
         np.testing.assert_allclose(a.lidar_weight, b.lidar_weight, atol=1e-5)
+        assert (a.lidar_available, a.cameras_available) == (b.lidar_available, b.cameras_available) == (True, True)
     r_off, _ = evaluate_drive(drive.bag, drive.gt_json, cfg, offline)
     r_rep, _ = evaluate_drive(drive.bag, drive.gt_json, cfg, replay)
     assert r_off.NDS == pytest.approx(r_rep.NDS, abs=1e-4) and r_off.mAP == pytest.approx(r_rep.mAP, abs=1e-4)

@@ -39,13 +39,17 @@ REPLAY_CAMERA_WAIT_S = 1.0    # an image really missing from the bag costs this,
 
 @dataclass
 class FramePrediction:
-    """Detections of one frame in the LiDAR frame + routing weights (last layer)."""
+    """Detections of one frame in the LiDAR frame + routing weights (last layer) + which
+    modalities the model had (a missing modality's keys are all masked: its weight then
+    changes nothing and says nothing)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     names: list[str]
     lidar_weight: np.ndarray
     camera_weight: np.ndarray
+    lidar_available: bool = True
+    cameras_available: bool = True
 
 
 @dataclass
@@ -103,10 +107,11 @@ def predict_offline(bag: Path, cfg: AqrConfig, runtime, keep_inputs: set[str] | 
         token = str(header_ns(cloud))
         if out.status != "ok":
             return
-        d = out.detections
+        d, arrays = out.detections, out.inputs.arrays
         preds[token] = FramePrediction(d.boxes, d.scores, [names[int(i)] for i in d.labels],
                                        d.lidar_weight[:, -1] if len(d) else np.zeros(0),
-                                       d.camera_weight[:, -1] if len(d) else np.zeros(0))
+                                       d.camera_weight[:, -1] if len(d) else np.zeros(0),
+                                       bool(arrays.lidar_valid), bool(arrays.camera_valid.any()))
         if inputs_out is not None and keep_inputs is not None and token in keep_inputs:
             inputs_out[token] = out.inputs
 
@@ -233,17 +238,25 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
         lw = np.array([r.lidar_weight for r in routing.detections]) if routing else np.zeros(len(boxes))
         cw = np.array([r.camera_weight for r in routing.detections]) if routing else np.zeros(len(boxes))
         preds[token] = FramePrediction(np.array(boxes, dtype=np.float64).reshape(-1, 9), np.array(scores), names,
-                                       lw, cw)
+                                       lw, cw, bool(routing.lidar_available) if routing else True,
+                                       bool(routing.cameras_available) if routing else True)
     return preds
 
 
 # ------------------------------------------------------------------------ report
 def routing_summary(preds: dict[str, FramePrediction]) -> dict[str, float]:
-    """Mean router weights over confident detections (NaN when there are none)."""
-    lw = np.concatenate([p.lidar_weight[p.scores >= ROUTING_SCORE] for p in preds.values()] or [np.zeros(0)])
-    cw = np.concatenate([p.camera_weight[p.scores >= ROUTING_SCORE] for p in preds.values()] or [np.zeros(0)])
-    return {"mean_lidar_weight": float(lw.mean()) if lw.size else float("nan"),
-            "mean_camera_weight": float(cw.mean()) if cw.size else float("nan"), "routed_detections": int(lw.size)}
+    """Mean router weights over confident detections, each over the frames that had its
+    modality (NaN when there are none: without LiDAR the LiDAR weight biases only masked keys)."""
+    def mean(weights: str, available: str) -> tuple[float, int]:
+        w = np.concatenate([getattr(p, weights)[p.scores >= ROUTING_SCORE] for p in preds.values()
+                            if getattr(p, available)] or [np.zeros(0)])
+        return (float(w.mean()) if w.size else float("nan")), int(w.size)
+
+    lw, n_lidar = mean("lidar_weight", "lidar_available")
+    cw, n_camera = mean("camera_weight", "cameras_available")
+    routed = sum(int((p.scores >= ROUTING_SCORE).sum()) for p in preds.values())
+    return {"mean_lidar_weight": lw, "mean_camera_weight": cw, "routed_detections": routed,
+            "with_lidar": n_lidar, "with_cameras": n_camera}
 
 
 def drive_eval(gt_json: Path, preds: dict[str, FramePrediction]) -> DriveEval:
