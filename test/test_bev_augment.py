@@ -12,7 +12,7 @@ import torch
 
 from aqr_perception.data.boxes import points_in_boxes, wrap_angle
 from aqr_perception.model.detector import DetectorInputs
-from aqr_perception.training.bev_augment import augment_scene, sample_transform, transform_boxes
+from aqr_perception.training.bev_augment import augment_scene, random_augment, sample_transform, transform_boxes
 
 RANGE = [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]
 
@@ -101,3 +101,15 @@ def test_augmented_points_project_to_the_same_pixels_and_gt_leaving_the_range_is
     assert out_labels[0].tolist() == [0] and len(out_boxes[0]) == 1
     torch.testing.assert_close(out_boxes[0][0, :2], torch.tensor([(10 - 5) / math.sqrt(2), 15 / math.sqrt(2)]))
     assert torch.equal(inputs.lidar2img, l2i) and inputs.points[0] is pts      # the input is not modified
+
+
+def test_identity_settings_leave_the_sample_and_the_random_stream_alone():
+    g = torch.Generator().manual_seed(5)
+    inputs = DetectorInputs([torch.rand(10, 5)], torch.zeros(1, 1, 3, 4, 4), torch.eye(4).expand(1, 1, 4, 4),
+                            torch.ones(1, 1, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+    boxes, labels = [_boxes(3, g).float()], [torch.tensor([0, 1, 2])]
+    state = g.get_state()
+    out, out_boxes, _ = random_augment(inputs, boxes, labels, 0.0, (1.0, 1.0), 0.0, RANGE, g)
+    assert out is inputs and out_boxes is boxes and torch.equal(g.get_state(), state)
+    random_augment(inputs, boxes, labels, 0.1, (1.0, 1.0), 0.0, RANGE, g)
+    assert not torch.equal(g.get_state(), state)

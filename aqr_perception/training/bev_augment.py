@@ -79,6 +79,10 @@ def augment_scene(inputs: DetectorInputs, gt_boxes: list[Tensor], gt_labels: lis
 def random_augment(inputs: DetectorInputs, gt_boxes: list[Tensor], gt_labels: list[Tensor], max_rotation: float,
                    scale_range: tuple[float, float], flip_p: float, pc_range: list[float],
                    generator: torch.Generator | None = None) -> tuple[DetectorInputs, list[Tensor], list[Tensor]]:
-    """:func:`augment_scene` with a fresh :func:`sample_transform` per sample."""
+    """:func:`augment_scene` with a fresh :func:`sample_transform` per sample. With identity
+    settings (no rotation, scale 1, no flips) nothing is drawn from ``generator``, so the
+    masked-modal draws that share it are those of a run without augmentation."""
+    if max_rotation == 0.0 and tuple(scale_range) == (1.0, 1.0) and flip_p == 0.0:
+        return inputs, gt_boxes, gt_labels
     transforms = [sample_transform(max_rotation, scale_range, flip_p, generator) for _ in range(inputs.batch_size)]
     return augment_scene(inputs, gt_boxes, gt_labels, transforms, pc_range)
