@@ -12,7 +12,7 @@ import torch
 
 from aqr_perception.data.boxes import points_in_boxes, wrap_angle
 from aqr_perception.model.detector import DetectorInputs
-from aqr_perception.training.bev_augment import augment_scene, random_augment, sample_transform, transform_boxes
+from aqr_perception.training.bev_augment import augment_boxes, augment_scene, random_augment, sample_transform
 
 RANGE = [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]
 
@@ -46,7 +46,7 @@ def test_points_inside_a_box_stay_inside_the_augmented_box(seed):
     boxes = _boxes(8, g)
     A = sample_transform(math.pi / 4, (0.9, 1.1), 0.5, g)
     inside, outside = _points_in_and_out(boxes, g)
-    new = transform_boxes(boxes, A).numpy()
+    new = augment_boxes(boxes, A).numpy()
     M, t = A[:3, :3].numpy(), A[:3, 3].numpy()
     for k in range(len(boxes)):
         assert points_in_boxes(inside[k] @ M.T + t, new[k:k + 1]).all()
@@ -57,18 +57,18 @@ def test_flips_and_rotation_match_the_closed_forms():
     g = torch.Generator().manual_seed(7)
     boxes = _boxes(20, g)
     mirror_y = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
-    out = transform_boxes(boxes, mirror_y)
+    out = augment_boxes(boxes, mirror_y)
     torch.testing.assert_close(out[:, 6], -boxes[:, 6])
     torch.testing.assert_close(out[:, 7:9], boxes[:, 7:9] * torch.tensor([1.0, -1.0], dtype=torch.float64))
     mirror_x = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
-    out = transform_boxes(boxes, mirror_x)
+    out = augment_boxes(boxes, mirror_x)
     torch.testing.assert_close(out[:, 6], torch.from_numpy(wrap_angle((math.pi - boxes[:, 6]).numpy())))
     torch.testing.assert_close(out[:, 0], -boxes[:, 0])
     theta, s = 0.6, 1.07
     rot = torch.eye(4, dtype=torch.float64)
     rot[:2, :2] = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]) * s
     rot[2, 2] = s
-    out = transform_boxes(boxes, rot)
+    out = augment_boxes(boxes, rot)
     torch.testing.assert_close(out[:, 6], torch.from_numpy(wrap_angle((boxes[:, 6] + theta).numpy())))
     torch.testing.assert_close(out[:, 3:6], boxes[:, 3:6] * s)
     speed = boxes[:, 7:9].norm(dim=1)

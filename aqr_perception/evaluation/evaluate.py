@@ -138,7 +138,11 @@ def eval_node_config(cfg: AqrConfig):
 # ------------------------------------------------------------------------ replay
 def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cpu",
                    log: bool = True) -> dict[str, FramePrediction]:
-    """Play the bag to the node process over DDS, stepwise, and record its outputs."""
+    """Play the bag to the node process over DDS, stepwise, and record its outputs.
+
+    ``cfg.model`` must be the model the node will run (the checkpoint's: :func:`run_eval`
+    puts it there): whether the node needs ``/tf`` (multi-sweep) is read from it.
+    """
     from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 
     apply_loopback_dds_defaults()
@@ -181,7 +185,7 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
                               lambda m: got["routing"].__setitem__(key(m), m), qos)
     spin = lambda s: executor.spin_once(timeout_sec=s)  # noqa: E731
     try:
-        multi_sweep = _model_config(checkpoint, cfg).lidar.sweeps > 1
+        multi_sweep = cfg.model.lidar.sweeps > 1
         player = BagPlayer(probe, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic]
                            + ([] if multi_sweep else ["/tf"]), publish_clock=True)
         # every played input must be matched: a message published before discovery is lost

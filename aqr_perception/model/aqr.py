@@ -119,8 +119,9 @@ def local_window_entries(bias: AqrBias) -> tuple[Tensor, Tensor, Tensor]:
     device = bias.lidar_weight.device
     out_k, out_v, out_m = [], [], []
     # BEV window around the query's cell
+    dtype = bias.lidar_weight.dtype
     dr, dc, dist = window_offsets(bias.bev_window, device)
-    decay = (1 - dist / bias.bev_window).clamp(min=0)
+    decay = (1 - dist / bias.bev_window).clamp(min=0).to(dtype)    # fp16/bf16 weights: keep their dtype
     row = torch.div(proj.bev_index, lay.bev_w, rounding_mode="floor")[..., None] + dr
     col = (proj.bev_index % lay.bev_w)[..., None] + dc
     ok = (row >= 0) & (row < lay.bev_h) & (col >= 0) & (col < lay.bev_w)
@@ -129,7 +130,7 @@ def local_window_entries(bias: AqrBias) -> tuple[Tensor, Tensor, Tensor]:
     out_m.append(ok)
     # camera window around the query's pixel in its view
     dr, dc, dist = window_offsets(bias.camera_window, device)
-    decay = (1 - dist / bias.camera_window).clamp(min=0)
+    decay = (1 - dist / bias.camera_window).clamp(min=0).to(dtype)
     row = proj.cam_row[..., None] + dr
     col = proj.cam_col[..., None] + dc
     ok = (row >= 0) & (row < lay.img_h) & (col >= 0) & (col < lay.img_w) & proj.cam_visible[..., None]

@@ -37,7 +37,7 @@ def sample_transform(max_rotation: float, scale_range: tuple[float, float], flip
     return flip[:, None] * A
 
 
-def transform_boxes(boxes: Tensor, A: Tensor) -> Tensor:
+def augment_boxes(boxes: Tensor, A: Tensor) -> Tensor:
     """(N, 9) boxes ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` through ``A`` (rotation about z,
     uniform scale, mirrors). A mirrored box keeps its extents; its heading is the image of
     the old heading vector."""
@@ -68,7 +68,7 @@ def augment_scene(inputs: DetectorInputs, gt_boxes: list[Tensor], gt_labels: lis
         p[:, :3] = p[:, :3] @ M[:3, :3].T + M[:3, 3]
         points.append(p)
         l2i[b] = (inputs.lidar2img[b].double() @ torch.linalg.inv(A).to(l2i.device)).to(l2i.dtype)
-        boxes = transform_boxes(gt_boxes[b], A)
+        boxes = augment_boxes(gt_boxes[b], A)
         keep = in_range(boxes, pc_range)
         boxes_out.append(boxes[keep])
         labels_out.append(gt_labels[b][keep])
