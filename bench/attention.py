@@ -97,14 +97,17 @@ def cpu_tensor_peak(call, external: list[torch.Tensor]) -> tuple[object, int]:
         return storages(t)
 
     mem_tracker.get_untyped_storages = with_sparse
-    tracker = mem_tracker.MemTracker()
-    tracker.track_external(*external)
-    total = lambda kind: sum(v["Total"] for d, v in tracker.get_tracker_snapshot(kind).items()  # noqa: E731
-                             if str(d) == "cpu")
-    with tracker:
-        base = total("current")
-        out = call()
-    return out, total("peak") - base
+    try:
+        tracker = mem_tracker.MemTracker()
+        tracker.track_external(*external)
+        total = lambda kind: sum(v["Total"] for d, v in tracker.get_tracker_snapshot(kind).items()  # noqa: E731
+                                 if str(d) == "cpu")
+        with tracker:
+            base = total("current")
+            out = call()
+        return out, total("peak") - base
+    finally:
+        mem_tracker.get_untyped_storages = storages
 
 
 def measure_child(size: str, mode: str, method: str, device: str, dtype: str, runs: int, train: bool) -> dict:
@@ -127,9 +130,9 @@ def measure_child(size: str, mode: str, method: str, device: str, dtype: str, ru
             sync()
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            p = aqr.projection
-            out, peak = cpu_tensor_peak(call, [q, k, v, mask, aqr.lidar_weight, aqr.camera_weight, grad_out,
-                                               p.bev_index, p.cam_view, p.cam_row, p.cam_col, p.cam_visible])
+            inputs = [q, k, v, mask, grad_out] + [t for obj in (aqr, aqr.projection) for t in vars(obj).values()
+                                                  if isinstance(t, torch.Tensor)]
+            out, peak = cpu_tensor_peak(call, inputs)
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
