@@ -115,11 +115,22 @@ def test_queries_without_window_and_windows_at_the_border(path):
 @pytest.mark.parametrize("path", ["segment", "folded"])
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("pad", ["none", "views", "lidar", "everything"])
-def test_gradients_equal_dense(mode, pad, path):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gradients_equal_dense(mode, pad, path, batch):
     """'lidar' (masked-modal training drops the LiDAR): queries that see no camera have no
     window entry at all; their gradients must stay finite and exact. 'everything': a sample
-    with no key at all (zero output, zero gradients)."""
+    with no key at all (zero output, zero gradients). A batch of one takes the segment
+    route's shortcut of using a whole-memory run's kernel gradients as dk, dv."""
     q, k, v, mask, aqr = _case(mode, 5, pad=pad)
+    if batch == 1:      # the second sample: 'views' and 'everything' pad it, 'lidar' does not
+        keep = slice(1, 2)
+        q, k, v = q[keep], k[keep], v[keep]
+        mask = None if mask is None else mask[keep]
+        p = aqr.projection
+        aqr = AqrBias(aqr.mode, aqr.strength, aqr.lidar_weight[keep], aqr.camera_weight[keep], aqr.layout,
+                      QueryProjection(*(t[keep] for t in (p.bev_index, p.cam_view, p.cam_row, p.cam_col,
+                                                          p.cam_visible))),
+                      aqr.bev_window, aqr.camera_window)
     grads = {}
     for impl in ("dense", "fused"):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v, aqr.lidar_weight, aqr.camera_weight)]

@@ -173,8 +173,21 @@ class _SegmentLseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out = ctx.saved_tensors
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dq = torch.zeros_like(q)
         b, h, nq, _ = q.shape
+        grads_kv: list[Tensor] = []                      # [dk, dv] once allocated
+
+        def add_kv(i: int, start: int, end: int, gk: Tensor, gv: Tensor) -> None:
+            # A run over every key of a batch of one: the kernel's gradients are dk, dv
+            # themselves (zeros + add would hold a second K x d copy of each at the peak).
+            if not grads_kv and b == 1 and start == 0 and end == k.shape[2]:
+                grads_kv.extend((gk, gv))
+                return
+            if not grads_kv:
+                grads_kv.extend((torch.zeros_like(k), torch.zeros_like(v)))
+            grads_kv[0][i, :, start:end] += gk[0]
+            grads_kv[1][i, :, start:end] += gv[0]
+
         d_bev = q.new_zeros(b, nq) if ctx.has_bias else None
         d_cam = q.new_zeros(b, nq) if ctx.has_bias else None
         d_extra = None
@@ -192,22 +205,27 @@ class _SegmentLseAttention(torch.autograd.Function):
                         v[i:i + 1, :, start:end], o_i[None].contiguous(), raw_lses[r][None], 0.0, False,
                         attn_mask=None, scale=ctx.scale)
                     dq[i] += gq[0]
-                    dk[i, :, start:end] += gk[0]
-                    dv[i, :, start:end] += gv[0]
+                    add_kv(i, start, end, gk, gv)
+                    del gk, gv
                     if ctx.has_bias:
                         g = (w[r] * ((go * outs[r]).sum(-1) - dot_out)).sum(0)   # (Q,) over heads
                         (d_bev if kind == 0 else d_cam)[i] += g
                 if ctx.local:
                     ww = w[-1]                                               # (h, Q) window part weight
+                    if not grads_kv:
+                        grads_kv.extend((torch.zeros_like(k), torch.zeros_like(v)))
+                    dk, dv = grads_kv
                     if d_extra is None:
                         d_extra = q.new_zeros(b, nq, win.n)
                     for j in range(h):
                         pw = probs[j] * ww[j][:, None]                       # (Q, N)
                         ds = pw * (win.sample(go[j], v[i, j]) - dot_out[j][:, None])
                         d_extra[i] += ds
-                        dq[i, j] += ctx.scale * (win.csr(ds) @ k[i, j])
-                        dk[i, j] += ctx.scale * (win.csr_t(ds) @ q[i, j])
-                        dv[i, j] += win.csr_t(pw) @ go[j]
+                        # in place: a temporary product + add costs a K x d copy per head
+                        dq[i, j].addmm_(win.csr(ds), k[i, j], alpha=ctx.scale)
+                        dk[i, j].addmm_(win.csr_t(ds), q[i, j], alpha=ctx.scale)
+                        dv[i, j].addmm_(win.csr_t(pw), go[j])
+        dk, dv = grads_kv if grads_kv else (torch.zeros_like(k), torch.zeros_like(v))
         return dq, dk, dv, d_bev, d_cam, d_extra, None, None, None, None, None, None
 
 
