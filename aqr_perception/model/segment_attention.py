@@ -177,16 +177,20 @@ class _SegmentLseAttention(torch.autograd.Function):
         b, h, nq, _ = q.shape
         grads_kv: list[Tensor] = []                      # [dk, dv] once allocated
 
+        def kv_grads() -> list[Tensor]:
+            if not grads_kv:
+                grads_kv.extend((torch.zeros_like(k), torch.zeros_like(v)))
+            return grads_kv
+
         def add_kv(i: int, start: int, end: int, gk: Tensor, gv: Tensor) -> None:
             # A run over every key of a batch of one: the kernel's gradients are dk, dv
             # themselves (zeros + add would hold a second K x d copy of each at the peak).
             if not grads_kv and b == 1 and start == 0 and end == k.shape[2]:
                 grads_kv.extend((gk, gv))
                 return
-            if not grads_kv:
-                grads_kv.extend((torch.zeros_like(k), torch.zeros_like(v)))
-            grads_kv[0][i, :, start:end] += gk[0]
-            grads_kv[1][i, :, start:end] += gv[0]
+            dk, dv = kv_grads()
+            dk[i, :, start:end] += gk[0]
+            dv[i, :, start:end] += gv[0]
 
         d_bev = q.new_zeros(b, nq) if ctx.has_bias else None
         d_cam = q.new_zeros(b, nq) if ctx.has_bias else None
@@ -212,9 +216,7 @@ class _SegmentLseAttention(torch.autograd.Function):
                         (d_bev if kind == 0 else d_cam)[i] += g
                 if ctx.local:
                     ww = w[-1]                                               # (h, Q) window part weight
-                    if not grads_kv:
-                        grads_kv.extend((torch.zeros_like(k), torch.zeros_like(v)))
-                    dk, dv = grads_kv
+                    dk, dv = kv_grads()
                     if d_extra is None:
                         d_extra = q.new_zeros(b, nq, win.n)
                     for j in range(h):
@@ -225,7 +227,7 @@ class _SegmentLseAttention(torch.autograd.Function):
                         dq[i, j].addmm_(win.csr(ds), k[i, j], alpha=ctx.scale)
                         dk[i, j].addmm_(win.csr_t(ds), q[i, j], alpha=ctx.scale)
                         dv[i, j].addmm_(win.csr_t(pw), go[j])
-        dk, dv = grads_kv if grads_kv else (torch.zeros_like(k), torch.zeros_like(v))
+        dk, dv = kv_grads()
         return dq, dk, dv, d_bev, d_cam, d_extra, None, None, None, None, None, None
 
 
