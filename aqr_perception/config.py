@@ -152,6 +152,9 @@ class AqrRouterConfig(_Section):
     camera_window: PositiveInt = Field(15, description="local mode: camera window side, feature pixels (odd)")
     init_logit: float = Field(1.5, description="router output bias init: weights start at sigmoid(init_logit)")
     per_layer: bool = Field(True, description="one router per decoder layer (else one shared)")
+    router: Literal["learned", "fixed"] = Field(
+        "learned", description="fixed: no router, every query gets weights sigmoid(init_logit) "
+                               "(ablation: the same bias without per-query routing)")
 
     @model_validator(mode="after")
     def _odd(self) -> AqrRouterConfig:

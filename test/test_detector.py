@@ -132,6 +132,28 @@ def test_aqr_disabled_is_plain_cmt():
     assert torch.all(out.lidar_weight == 0.5)
 
 
+def test_fixed_router_is_the_learned_one_held_at_its_initial_weights():
+    """router=fixed: no router parameters; the window bias of constant weights sigmoid(init_logit),
+    i.e. exactly a learned router whose output layer is zero (weights = its init bias)."""
+    torch.manual_seed(0)
+    learned_cfg = load_config("tiny").model
+    learned = build_detector(learned_cfg).eval()
+    for r in learned.decoder.routers:
+        torch.nn.init.zeros_(r.mlp[-1].weight)
+    fixed = build_detector(load_config("tiny", overrides=["model.aqr.router=fixed"]).model).eval()
+    assert len(fixed.decoder.routers) == 0
+    missing = fixed.load_state_dict(learned.state_dict(), strict=False)
+    assert not missing.missing_keys and all(k.startswith("decoder.routers.") for k in missing.unexpected_keys)
+    plain = build_detector(load_config("tiny", overrides=["model.aqr.enabled=false"]).model).eval()
+    plain.load_state_dict(fixed.state_dict())
+    inputs = random_inputs(learned_cfg)
+    with torch.no_grad():
+        a, b, c = learned(inputs), fixed(inputs), plain(inputs)
+    assert torch.allclose(b.lidar_weight, torch.sigmoid(torch.tensor(learned_cfg.aqr.init_logit)))
+    assert torch.allclose(a.cls_logits, b.cls_logits, atol=1e-5)
+    assert not torch.allclose(b.cls_logits, c.cls_logits, atol=1e-3)   # the bias is still there
+
+
 def test_runtime_checkpoint_choice():
     """Empty checkpoint: the bundled trained model; "none": untrained weights built from the
     given config (what benchmarks ask for), whatever is bundled."""

@@ -63,7 +63,9 @@ class AqrDecoder(nn.Module):
         self.post_norm = nn.LayerNorm(t.embed_dims)
         self.aqr_cfg = cfg.aqr
         self.impl = cfg.attention
-        if cfg.aqr.enabled:
+        # "fixed" keeps the bias (and its windows) but replaces the router by constant weights
+        self.fixed_weight = torch.sigmoid(torch.tensor(cfg.aqr.init_logit)).item()
+        if cfg.aqr.enabled and cfg.aqr.router == "learned":
             n = t.num_layers if cfg.aqr.per_layer else 1
             self.routers = nn.ModuleList([AqrRouter(t.embed_dims, cfg.aqr) for _ in range(n)])
         else:
@@ -83,10 +85,13 @@ class AqrDecoder(nn.Module):
         outs, lws, cws = [], [], []
         for i, layer in enumerate(self.layers):
             aqr = None
-            if self.routers:
-                router = self.routers[i if len(self.routers) > 1 else 0]
-                lw, cw = router(query, query_pos, memory, projection, layout, lidar_available, camera_available)
-                a = self.aqr_cfg
+            a = self.aqr_cfg
+            if a.enabled:
+                if self.routers:
+                    router = self.routers[i if len(self.routers) > 1 else 0]
+                    lw, cw = router(query, query_pos, memory, projection, layout, lidar_available, camera_available)
+                else:
+                    lw = cw = query_pos.new_full(query_pos.shape[:2], self.fixed_weight)
                 aqr = AqrBias(mode=a.mode, strength=a.strength, lidar_weight=lw, camera_weight=cw, layout=layout,
                               projection=projection, bev_window=a.bev_window, camera_window=a.camera_window)
             else:
