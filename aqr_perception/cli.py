@@ -99,14 +99,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def baseline_models(specs: list[str]) -> dict[str, str]:
+    """``["b.pt", "fixed=f.pt"]`` -> ``{"baseline": "b.pt", "fixed": "f.pt"}`` (column label -> checkpoint)."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = (name, path) if sep else ("baseline", spec)
+        if not name or not path or name == "aqr" or name in models:
+            raise ValueError(f"--baseline {spec!r}: need [NAME=]CHECKPOINT with a new NAME other than 'aqr'")
+        models[name] = path
+    return models
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     """The robustness table: held-out drives under corruptions, AQR vs baseline."""
     from aqr_perception.evaluation.robustness import CONDITIONS, run_robustness
 
     cfg = cfgmod.load_config(args.config, args.overrides + [f"synth.frames_per_drive={args.frames}"])
     models = {"aqr": args.checkpoint or ""}
-    if args.baseline:
-        models["baseline"] = args.baseline
+    try:
+        models.update(baseline_models(args.baseline or []))
+    except ValueError as e:
+        print(f"aqr-perception robustness: {e}", file=sys.stderr)
+        return 2
     seeds = [args.seed + i for i in range(args.drives)]
     conditions = tuple(args.conditions or CONDITIONS)
     report = run_robustness(cfg, models, seeds, Path(args.out), conditions, args.device)
@@ -191,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("robustness", help="AQR vs baseline on held-out drives under sensor corruptions")
     _add_config_args(p)
     p.add_argument("--checkpoint", help="AQR model (default: the bundled one)")
-    p.add_argument("--baseline", help="no-AQR baseline checkpoint")
+    p.add_argument("--baseline", action="append", metavar="[NAME=]CHECKPOINT",
+                   help="a baseline checkpoint, e.g. the no-AQR one (repeatable; NAME labels its columns, "
+                        "default 'baseline')")
     p.add_argument("--drives", type=int, default=2)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--seed", type=int, default=1100, help="first held-out seed")

@@ -35,3 +35,15 @@ def test_routing_means_skip_frames_without_the_modality():
     assert (s["routed_detections"], s["with_lidar"], s["with_cameras"]) == (3, 2, 2)
     none = routing_summary({"2": frame([0.5], [0.99], [0.4], lidar=False)})
     assert none["mean_lidar_weight"] != none["mean_lidar_weight"]      # NaN: no frame had LiDAR
+
+
+def test_baseline_arguments_name_their_columns():
+    import pytest
+
+    from aqr_perception.cli import baseline_models
+
+    assert baseline_models([]) == {}
+    assert baseline_models(["runs/b.pt", "fixed=runs/f.pt"]) == {"baseline": "runs/b.pt", "fixed": "runs/f.pt"}
+    for bad in (["aqr=x.pt"], ["a.pt", "b.pt"], ["name="], ["=x.pt"]):
+        with pytest.raises(ValueError):
+            baseline_models(bad)
