@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from bag_helpers import tf_after_clouds
 from scipy.spatial.transform import Rotation
 
 from aqr_perception.config import load_config
@@ -156,3 +157,21 @@ def test_clouds_skipped_under_load_still_serve_as_past_sweeps(drive):
     assert len(skipping) == 3
     for stamp, pts in list(skipping.items())[1:]:
         np.testing.assert_array_equal(pts, full[stamp])
+
+
+def test_a_pose_recorded_just_after_its_cloud_still_gives_multi_sweep_frames(drive, tmp_path):
+    """Offline reading waits for the pose in bag time as the node waits in wall time: the
+    same frames (points and images) as from the bag whose /tf precedes each cloud."""
+    cfg = load_config("tiny", overrides=SMALL + SWEEPS)
+    late = tf_after_clouds(drive.bag, tmp_path / "tf_late")
+    frames = {}
+    for name, bag in (("first", drive.bag), ("late", late)):
+        pipeline = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar)
+        frames[name] = []
+        feed_bag(bag, pipeline, lambda c: frames[name].append(pipeline.assemble(c).arrays))  # noqa: B023
+        assert pipeline.sweeps.counters.frames_without_pose == 0, name
+    assert len(frames["late"]) == len(frames["first"]) == 6
+    for a, b in zip(frames["first"], frames["late"]):
+        np.testing.assert_array_equal(a.points, b.points)
+        np.testing.assert_array_equal(a.images, b.images)
+    assert len(np.unique(frames["late"][-1].points[:, 4])) == 3     # current + 2 past sweeps

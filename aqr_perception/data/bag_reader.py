@@ -11,19 +11,27 @@ import numpy as np
 from rosbags.rosbag2 import Reader
 
 from aqr_perception.config import AqrConfig
+from aqr_perception.data.bag_order import header_stamps, pose_first
 from aqr_perception.data.typestore import project_typestore
 from aqr_perception.ros.pipeline import FrameInputs, FramePipeline
+from aqr_perception.stamps import NS
 
 
 def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
     """Feed a bag's messages to ``pipeline`` in bag order, as the node's callbacks would;
-    ``on_cloud(cloud)`` is called for every PointCloud2 (after everything before it)."""
+    ``on_cloud(cloud)`` is called for every PointCloud2 (after everything before it, and
+    after a /tf pose of its instant recorded up to ``sync.camera_wait_s`` later: see
+    :func:`~aqr_perception.data.bag_order.pose_first`)."""
     node = pipeline.cfg
     store = project_typestore()
     image_topics = {node.image_topic_format.format(camera=c): c for c in pipeline.cameras}
     info_topics = {node.camera_info_topic_format.format(camera=c): c for c in pipeline.cameras}
     with Reader(bag) as reader:
-        for conn, _t, raw in reader.messages():
+        messages = reader.messages()
+        if pipeline.multi_sweep:    # a /tf recorded just after its cloud still reaches it, as in the live node
+            messages = pose_first(messages, node.lidar_topic, int(node.sync.camera_wait_s * NS),
+                                  header_stamps(store))
+        for conn, _t, raw in messages:
             topic = conn.topic
             if topic in image_topics:
                 pipeline.on_image(image_topics[topic], store.deserialize_cdr(raw, conn.msgtype))

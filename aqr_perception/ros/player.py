@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from aqr_perception.data.bag_order import Message
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.stamps import ns_to_sec_nanosec
 
@@ -71,28 +72,34 @@ class BagPlayer:
         self.clock_pub.publish(msg)
 
     def play(self, rate: float = 1.0, spin: Callable[[float], None] | None = None,
-             gate: Callable[[str, int], None] | None = None, time_shift_ns: int = 0) -> int:
+             gate: Callable[[str, int], None] | None = None, time_shift_ns: int = 0,
+             order: Callable[[Iterable[Message]], Iterable[Message]] | None = None) -> int:
         """Publish every message; returns how many.
 
         rate: pace factor (<= 0: as fast as possible). spin(seconds): called while
         waiting (to serve the node's own subscriptions). gate(topic, stamp): called
         before each message, may block (e.g. stepwise replay waits for the detector).
-        time_shift_ns: added to the bag time for /clock (looping).
+        time_shift_ns: added to the bag time for /clock (looping). order: rewrites the
+        bag-order message stream (e.g. :func:`~aqr_perception.data.bag_order.pose_first`);
+        /clock never goes back when it moves a message ahead.
         """
         spin = spin or (lambda s: time.sleep(s))
         count = 0
         wall0 = time.monotonic()
+        clock = None
         with self._reader_cls(self.bag) as reader:
             conns = [c for c in reader.connections if c.topic in self.publishers]
-            for conn, stamp, raw in reader.messages(connections=conns):
+            messages = reader.messages(connections=conns)
+            for conn, stamp, raw in (order(messages) if order is not None else messages):
+                clock = stamp if clock is None else max(clock, stamp)
                 if rate > 0:
-                    due = wall0 + (stamp - self.start_ns) / 1e9 / rate
+                    due = wall0 + (clock - self.start_ns) / 1e9 / rate
                     while (left := due - time.monotonic()) > 0:
                         spin(min(left, 0.01))
                 if gate is not None:
                     gate(conn.topic, stamp)
                 if self.clock_pub is not None:
-                    self._publish_clock(stamp + time_shift_ns)
+                    self._publish_clock(clock + time_shift_ns)
                 self.publishers[conn.topic].publish(bytes(raw))
                 self.published[conn.topic] += 1
                 count += 1

@@ -1,0 +1,25 @@
+"""Bags rewritten for tests (rosbags reader/writer)."""
+
+
+def tf_after_clouds(src, dst):
+    """Copy a drive bag with every /tf message recorded 1 us after the cloud of its instant
+    (as LiDAR odometry would publish it); everything else keeps its receive time."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    from aqr_perception.data.typestore import project_typestore
+
+    with Reader(src) as reader:
+        msgs = [(c.topic, c.msgtype, t + (1000 if c.topic == "/tf" else 0), i, bytes(raw))
+                for i, (c, t, raw) in enumerate(reader.messages())]
+    msgs.sort(key=lambda m: (m[2], m[3]))
+    cloud_at = {t: k for k, (topic, _m, t, _i, _r) in enumerate(msgs) if topic == "/LIDAR_TOP"}
+    tf_at = [(t - 1000, k) for k, (topic, _m, t, _i, _r) in enumerate(msgs) if topic == "/tf"]
+    assert tf_at and all(k > cloud_at[t] for t, k in tf_at)
+    store, conns = project_typestore(), {}
+    with Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        for topic, msgtype, t, _i, raw in msgs:
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+            writer.write(conns[topic], t, raw)
+    return dst
+
