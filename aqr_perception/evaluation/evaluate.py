@@ -28,9 +28,9 @@ from aqr_perception.config import AqrConfig
 from aqr_perception.data.bag_order import header_stamps, pose_first
 from aqr_perception.data.bag_reader import feed_bag
 from aqr_perception.data.boxes import transform_boxes
+from aqr_perception.data.typestore import project_typestore
 from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, evaluate
 from aqr_perception.ros.pipeline import FramePipeline
-from aqr_perception.data.typestore import project_typestore
 from aqr_perception.stamps import NS, header_ns
 
 ROUTING_SCORE = 0.3          # routing weights are averaged over detections at least this confident
