@@ -156,6 +156,11 @@ class AqrRouterConfig(_Section):
         "learned", description="fixed: no router, every query gets weights sigmoid(init_logit) "
                                "(ablation: the same bias without per-query routing)")
 
+    @property
+    def learned_routing(self) -> bool:
+        """A router predicts the weights (false: plain CMT, or the fixed-weight ablation)."""
+        return self.enabled and self.router == "learned"
+
     @model_validator(mode="after")
     def _odd(self) -> AqrRouterConfig:
         for name in ("bev_window", "camera_window"):

@@ -22,4 +22,3 @@ def tf_after_clouds(src, dst):
                 conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
             writer.write(conns[topic], t, raw)
     return dst
-

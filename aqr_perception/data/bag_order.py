@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from aqr_perception.stamps import NS, header_ns
+
 #: one bag message as ``rosbags.rosbag2.Reader.messages()`` yields it: (connection, receive ns, raw CDR)
 Message = tuple[Any, int, bytes]
 
@@ -27,8 +29,8 @@ def header_stamps(store) -> Callable[[str, bytes], int]:
 
     def stamp(msgtype: str, raw: bytes) -> int:
         msg = store.deserialize_cdr(raw, msgtype)
-        headers = [t.header for t in msg.transforms] if hasattr(msg, "transforms") else [msg.header]
-        return max((h.stamp.sec * 1_000_000_000 + h.stamp.nanosec for h in headers), default=-1)
+        stamped = msg.transforms if hasattr(msg, "transforms") else [msg]
+        return max((header_ns(m) for m in stamped), default=-1)
 
     return stamp
 
@@ -72,3 +74,10 @@ def pose_first(messages: Iterable[Message], lidar_topic: str, wait_ns: int,
                 held.append(nxt)
         yield item
         redo.extendleft(reversed(held))
+
+
+def node_pose_wait(lidar_topic: str, camera_wait_s: float, store) -> Callable[[Iterable[Message]], Iterator[Message]]:
+    """:func:`pose_first` with the node's own bound (``sync.camera_wait_s``): the order that
+    offline reading (``feed_bag``) and the stepwise replay both use for multi-sweep models."""
+    stamp, wait_ns = header_stamps(store), int(camera_wait_s * NS)
+    return lambda messages: pose_first(messages, lidar_topic, wait_ns, stamp)

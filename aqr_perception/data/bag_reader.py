@@ -11,10 +11,9 @@ import numpy as np
 from rosbags.rosbag2 import Reader
 
 from aqr_perception.config import AqrConfig
-from aqr_perception.data.bag_order import header_stamps, pose_first
+from aqr_perception.data.bag_order import node_pose_wait
 from aqr_perception.data.typestore import project_typestore
 from aqr_perception.ros.pipeline import FrameInputs, FramePipeline
-from aqr_perception.stamps import NS
 
 
 def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
@@ -29,8 +28,7 @@ def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
     with Reader(bag) as reader:
         messages = reader.messages()
         if pipeline.multi_sweep:    # a /tf recorded just after its cloud still reaches it, as in the live node
-            messages = pose_first(messages, node.lidar_topic, int(node.sync.camera_wait_s * NS),
-                                  header_stamps(store))
+            messages = node_pose_wait(node.lidar_topic, node.sync.camera_wait_s, store)(messages)
         for conn, _t, raw in messages:
             topic = conn.topic
             if topic in image_topics:

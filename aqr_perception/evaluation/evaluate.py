@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from aqr_perception.config import AqrConfig
-from aqr_perception.data.bag_order import header_stamps, pose_first
+from aqr_perception.data.bag_order import node_pose_wait
 from aqr_perception.data.bag_reader import feed_bag
 from aqr_perception.data.boxes import transform_boxes
 from aqr_perception.data.typestore import project_typestore
 from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, evaluate
 from aqr_perception.ros.pipeline import FramePipeline
-from aqr_perception.stamps import NS, header_ns
+from aqr_perception.stamps import header_ns
 
 ROUTING_SCORE = 0.3          # routing weights are averaged over detections at least this confident
 STEP_TIMEOUT_S = 60.0
@@ -216,8 +216,8 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
                 outstanding.append(str(stamp))
 
         # the same message order as offline (feed_bag): a /tf recorded just after its cloud goes first
-        order = (lambda msgs: pose_first(msgs, cfg.node.lidar_topic, int(cfg.node.sync.camera_wait_s * NS),  # noqa: E731
-                                         header_stamps(project_typestore()))) if multi_sweep else None
+        order = (node_pose_wait(cfg.node.lidar_topic, cfg.node.sync.camera_wait_s, project_typestore())
+                 if multi_sweep else None)
         player.play(rate=0.0, spin=spin, gate=gate, order=order)
         gate("", 0)
         for _ in range(10):

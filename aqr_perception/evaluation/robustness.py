@@ -59,7 +59,7 @@ def run_robustness(cfg: AqrConfig, models: dict[str, str], seeds: list[int], out
         pairs = ensure_drives(cfg, condition, seeds, out / "data" / condition)
         for name, rt in runtimes.items():
             result, preds = evaluate_condition(cfg, pairs, rt)
-            routing = routing_summary(preds) if rt.cfg.aqr.router == "learned" and rt.cfg.aqr.enabled else {}  # no router: no weights
+            routing = routing_summary(preds) if rt.cfg.aqr.learned_routing else {}    # no router: no weights to show
             results.setdefault(condition, {})[name] = {"NDS": result.NDS, "mAP": result.mAP, **result.tp_errors,
                                                        **routing}
         log(f"{condition:<20} " + "  ".join(f"{n}: NDS {r['NDS']:.3f} mAP {r['mAP']:.3f}"

@@ -65,7 +65,7 @@ class AqrDecoder(nn.Module):
         self.impl = cfg.attention
         # "fixed" keeps the bias (and its windows) but replaces the router by constant weights
         self.fixed_weight = torch.sigmoid(torch.tensor(cfg.aqr.init_logit)).item()
-        if cfg.aqr.enabled and cfg.aqr.router == "learned":
+        if cfg.aqr.learned_routing:
             n = t.num_layers if cfg.aqr.per_layer else 1
             self.routers = nn.ModuleList([AqrRouter(t.embed_dims, cfg.aqr) for _ in range(n)])
         else:
@@ -83,9 +83,9 @@ class AqrDecoder(nn.Module):
         query = torch.zeros_like(query_pos)
         memory_key = memory + memory_pos
         outs, lws, cws = [], [], []
+        a = self.aqr_cfg
         for i, layer in enumerate(self.layers):
             aqr = None
-            a = self.aqr_cfg
             if a.enabled:
                 if self.routers:
                     router = self.routers[i if len(self.routers) > 1 else 0]
