@@ -97,6 +97,11 @@ class LidarBranchConfig(_Section):
     pillar_size: list[PositiveFloat] = Field([0.3, 0.3], min_length=2, max_length=2,
                                              description="pillar x/y size, m")
     max_points_per_pillar: PositiveInt = 20
+    pillar_sampling: Literal["first", "strided"] = Field(
+        "first", description="which points a pillar with more than max_points_per_pillar keeps: the first ones in "
+                             "input order (mmdet3d hard voxelization; with sweeps stacked current-first this drops "
+                             "the past sweeps of dense pillars) or max_points_per_pillar evenly spaced through them "
+                             "(every sweep keeps its share)")
     max_pillars: PositiveInt = 30000
     point_features: Literal[4, 5] = Field(4, description="x, y, z, intensity (, time lag of the point's sweep, s)")
     sweeps: Annotated[int, Field(ge=1, le=20)] = Field(

@@ -100,6 +100,41 @@ def test_voxelizer_matches_a_dictionary_grouping():
         assert torch.all(out.features[k, n:] == 0)
 
 
+def test_strided_voxelizer_keeps_evenly_spaced_points_of_each_pillar():
+    g = torch.Generator().manual_seed(1)
+    pts = torch.cat([torch.rand(4000, 3, generator=g) * torch.tensor([8.0, 8.0, 2.0]) - torch.tensor([4, 4, 1]),
+                     torch.rand(4000, 2, generator=g)], 1)
+    m = 7
+    vox = PillarVoxelizer([-4.0, -4.0, -1.0, 4.0, 4.0, 1.0], [2.0, 2.0], max_points=m, max_pillars=1000,
+                          sampling="strided")
+    out = vox([pts])
+    groups = {}
+    for p in pts.tolist():
+        groups.setdefault((int((p[1] + 4) // 2), int((p[0] + 4) // 2)), []).append(p)
+    assert out.features.shape[0] == len(groups) == 16
+    for k in range(out.features.shape[0]):
+        _, r, c = out.coords[k].tolist()
+        ref = groups[(r, c)]
+        n = len(ref)
+        expected = [ref[(j * n) // m] for j in range(m)] if n > m else ref
+        assert int(out.num_points[k]) == len(expected)
+        np.testing.assert_allclose(out.features[k, :len(expected)].numpy(), np.array(expected), rtol=1e-6)
+
+
+def test_strided_voxelizer_keeps_every_sweep_of_a_dense_pillar():
+    # one pillar, 5 sweeps x 20 points stacked current sweep first (as SweepAccumulator
+    # returns them): "first" keeps only the current sweep, "strided" two of each
+    lags = torch.arange(5).repeat_interleave(20).float() * 0.05
+    pts = torch.cat([torch.rand(100, 3) * 0.5, torch.ones(100, 1), lags[:, None]], 1)
+    kept = {}
+    for sampling in ("first", "strided"):
+        vox = PillarVoxelizer([0.0, 0.0, -1.0, 1.0, 1.0, 1.0], [1.0, 1.0], max_points=10, max_pillars=10,
+                              sampling=sampling)
+        out = vox([pts])
+        kept[sampling] = torch.bincount((out.features[0, :, 4] / 0.05).round().long(), minlength=5).tolist()
+    assert kept == {"first": [10, 0, 0, 0, 0], "strided": [2, 2, 2, 2, 2]}
+
+
 def test_voxelizer_keeps_most_populated_pillars_when_capped():
     pts = torch.tensor([[0.5, 0.5, 0, 1]] * 3 + [[2.5, 0.5, 0, 1]] + [[4.5, 0.5, 0, 1]] * 2, dtype=torch.float32)
     vox = PillarVoxelizer([0.0, 0.0, -1.0, 6.0, 2.0, 1.0], [2.0, 2.0], max_points=4, max_pillars=2)

@@ -32,13 +32,20 @@ class Pillars:
 class PillarVoxelizer(nn.Module):
     """Group points into vertical pillars (deterministic; no parameters).
 
-    Points outside ``point_cloud_range`` or non-finite are dropped. Within a pillar the
-    first ``max_points`` points in input order are kept; when more than ``max_pillars``
-    pillars are occupied in a sample, the most populated ones are kept (ties: lower
-    cell index), so sparse clutter goes first.
+    Points outside ``point_cloud_range`` or non-finite are dropped. A pillar with more
+    than ``max_points`` points keeps, with ``sampling="first"``, the first ones in input
+    order (mmdet3d's hard voxelization), or with ``"strided"`` the points at ranks
+    ``floor(k * n / max_points)``, k = 0..max_points-1, of its n points in input order.
+    Multi-sweep clouds come current sweep first, so "first" fills a dense pillar with
+    the current sweep and drops the trail the velocity is read from; "strided" keeps
+    each sweep's share (a deterministic stand-in for the random ``PointShuffle`` of
+    mmdet3d training pipelines, applied the same way at inference). When more than
+    ``max_pillars`` pillars are occupied in a sample, the most populated ones are kept
+    (ties: lower cell index), so sparse clutter goes first.
     """
 
-    def __init__(self, pc_range: list[float], pillar_size: list[float], max_points: int, max_pillars: int) -> None:
+    def __init__(self, pc_range: list[float], pillar_size: list[float], max_points: int, max_pillars: int,
+                 sampling: str = "first") -> None:
         super().__init__()
         self.register_buffer("pc_min", torch.tensor(pc_range[:3]), persistent=False)
         self.register_buffer("pc_max", torch.tensor(pc_range[3:]), persistent=False)
@@ -47,6 +54,9 @@ class PillarVoxelizer(nn.Module):
         self.ny = round((pc_range[4] - pc_range[1]) / pillar_size[1])
         self.max_points = max_points
         self.max_pillars = max_pillars
+        if sampling not in ("first", "strided"):
+            raise ValueError(f"unknown pillar sampling {sampling!r}")
+        self.sampling = sampling
 
     def _single(self, pts: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor]:
         finite = torch.isfinite(pts[:, :3]).all(dim=1)
@@ -73,9 +83,17 @@ class PillarVoxelizer(nn.Module):
             remap[keep_order] = torch.arange(keep_order.shape[0], device=uniq.device)
             inverse = remap[inverse]
             uniq, counts = uniq[keep_order], counts[keep_order]
-        keep = (inverse >= 0) & (rank < self.max_points)
-        feats = pts.new_zeros(uniq.shape[0], self.max_points, f)
-        feats[inverse[keep], rank[keep]] = pts[keep]
+        m = self.max_points
+        slot = rank
+        if self.sampling == "strided":
+            # rank r is kept iff r = floor(k n / m) for some slot k < m, i.e. k = ceil(r m / n)
+            n = counts[inverse.clamp(min=0)]
+            k = torch.div(rank * m + n - 1, n, rounding_mode="floor")
+            hit = torch.div(k * n, m, rounding_mode="floor") == rank
+            slot = torch.where(n > m, torch.where(hit, k, torch.full_like(k, m)), rank)
+        keep = (inverse >= 0) & (slot < m)
+        feats = pts.new_zeros(uniq.shape[0], m, f)
+        feats[inverse[keep], slot[keep]] = pts[keep]
         coords = torch.stack([torch.full_like(uniq, b), uniq // self.nx, uniq % self.nx], dim=1)
         return feats, counts.clamp(max=self.max_points), coords
 
@@ -179,7 +197,7 @@ class LidarBranch(nn.Module):
         super().__init__()
         lc = cfg.lidar
         self.voxelizer = PillarVoxelizer(cfg.point_cloud_range, lc.pillar_size, lc.max_points_per_pillar,
-                                         lc.max_pillars)
+                                         lc.max_pillars, lc.pillar_sampling)
         self.pfn = PillarFeatureNet(lc.point_features, lc.pfn_channels, cfg.point_cloud_range, lc.pillar_size)
         self.backbone = SECOND(lc.pfn_channels, lc.backbone_layer_nums, lc.backbone_strides, lc.backbone_channels)
         self.neck = SECONDFPN(lc.backbone_channels, lc.fpn_upsample_strides, lc.fpn_channels)
