@@ -211,3 +211,15 @@ def test_training_reduces_the_loss_on_a_tiny_overfit_set():
         opt.step()
         losses.append(float(loss.detach()))
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_strided_voxelizer_with_capped_pillars_strides_the_kept_ones():
+    # pillars at x cells 0 / 1 / 2 hold 10 / 1 / 6 points; intensity = the point's rank in its pillar
+    pts = torch.tensor([[0.5, 0.5, 0, i] for i in range(10)] + [[2.5, 0.5, 0, 0]] +
+                       [[4.5, 0.5, 0, i] for i in range(6)], dtype=torch.float32)
+    vox = PillarVoxelizer([0.0, 0.0, -1.0, 6.0, 2.0, 1.0], [2.0, 2.0], max_points=4, max_pillars=2,
+                          sampling="strided")
+    out = vox([pts])
+    assert out.coords[:, 2].tolist() == [0, 2] and out.num_points.tolist() == [4, 4]
+    # ranks floor(k * n / 4): n = 10 -> 0, 2, 5, 7; n = 6 -> 0, 1, 3, 4
+    assert out.features[:, :, 3].tolist() == [[0, 2, 5, 7], [0, 1, 3, 4]]

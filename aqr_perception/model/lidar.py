@@ -7,6 +7,7 @@ Frames: points in the LiDAR frame, metres. BEV maps are (B, C, ny, nx) with row 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +46,7 @@ class PillarVoxelizer(nn.Module):
     """
 
     def __init__(self, pc_range: list[float], pillar_size: list[float], max_points: int, max_pillars: int,
-                 sampling: str = "first") -> None:
+                 sampling: Literal["first", "strided"] = "first") -> None:
         super().__init__()
         self.register_buffer("pc_min", torch.tensor(pc_range[:3]), persistent=False)
         self.register_buffer("pc_max", torch.tensor(pc_range[3:]), persistent=False)
