@@ -8,10 +8,11 @@ import sys
 import pytest
 import torch
 
+import aqr_perception.training.train as train_mod
 from aqr_perception.config import load_config
 from aqr_perception.data.synth.drive import generate_drive
 from aqr_perception.model.checkpoint import load_checkpoint
-from aqr_perception.training.train import lr_factor
+from aqr_perception.training.train import lr_factor, steps_within_budget
 
 SMALL = ["synth.frames_per_drive=3", "synth.lidar_azimuth_steps=360", "train.log_every=1",
          "train.checkpoint_every=0"]
@@ -76,3 +77,52 @@ def test_ddp_with_gloo_on_two_cpu_processes(data, tmp_path):
     assert summary["world_size"] == 2 and summary["step"] == 2
     model, _ = load_checkpoint(out / "final.pt")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_steps_within_budget_counts_what_the_time_left_holds():
+    # 10 done, 0.5 s per step, 30 s left -> 60 more
+    assert steps_within_budget(1000, 10, 0.5, 30.0) == 70
+    assert steps_within_budget(50, 10, 0.5, 30.0) == 50       # never past the step cap
+    assert steps_within_budget(1000, 10, 0.5, -5.0) == 10     # budget already spent: stop now
+
+
+class _FakeClock:
+    """Stands in for ``time`` in the training module: every monotonic() read advances
+    ``tick`` seconds, and ``tick`` becomes ``slow_tick`` after ``slow_after`` reads."""
+
+    def __init__(self, tick: float = 1.0, slow_after: int | None = None, slow_tick: float = 0.0) -> None:
+        self.t, self.reads, self.tick, self.slow_after, self.slow_tick = 0.0, 0, tick, slow_after, slow_tick
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        if self.slow_after is not None and self.reads > self.slow_after:
+            self.tick = self.slow_tick
+        self.t += self.tick
+        return self.t
+
+
+def _budget_run(data, tmp_path, monkeypatch, clock, budget_s):
+    monkeypatch.setattr(train_mod, "time", clock)
+    cfg = load_config("tiny", overrides=SMALL + ["train.log_every=1000"])
+    meta = train_mod.train(cfg, data, tmp_path / "run", device_name="cpu", max_steps=1000, progress=False,
+                           time_budget_s=budget_s, budget_timing_steps=2)
+    return meta, load_checkpoint(tmp_path / "run" / "final.pt")[1]["meta"]
+
+
+def test_time_budget_sets_the_step_count_from_the_timed_steps(data, tmp_path, monkeypatch):
+    # one clock read per step at 1 s a read: a 12 s budget holds fewer than 12 steps,
+    # far fewer than the 1000 allowed; the run ends where it was planned to, or one step
+    # sooner (the epoch-end checkpoint reads the clock once more than the timed steps did)
+    meta, stored = _budget_run(data, tmp_path, monkeypatch, _FakeClock(), 12.0)
+    assert 3 <= meta["planned_steps"] < 12
+    assert meta["planned_steps"] - 1 <= meta["step"] <= meta["planned_steps"]
+    assert stored["step"] == meta["step"]
+    assert stored["time_budget_s"] == 12.0
+
+
+def test_time_budget_stops_a_run_that_slows_down_after_planning(data, tmp_path, monkeypatch):
+    # planned at 1 s per read for a 40 s budget, then each read takes 100 s: the run
+    # stops at the budget, well short of its plan, and still writes final.pt
+    meta, stored = _budget_run(data, tmp_path, monkeypatch, _FakeClock(slow_after=8, slow_tick=100.0), 40.0)
+    assert meta["planned_steps"] > 20
+    assert meta["step"] < 10 and stored["step"] == meta["step"]

@@ -3,7 +3,9 @@
 Per step: masked-modal augmentation, forward with DN queries, Hungarian matching, focal
 + L1 on every decoder layer (matching + DN), AdamW, gradient clipping, warmup + cosine
 (or cyclic / constant) learning rate. Checkpoints (weights + model config + metrics +
-optimizer for resume) after every epoch; a CSV log of every logged step.
+optimizer for resume) after every epoch; a CSV log of every logged step. ``--time-budget``
+sets the step count from the speed of the first steps, so one recipe fits an hour (or
+any budget) on whatever machine runs it.
 
 Scale-out: ``torchrun --nproc_per_node N -m aqr_perception.training.train ...`` runs
 DistributedDataParallel (gloo on CPU, nccl on CUDA) with a DistributedSampler.
@@ -48,6 +50,53 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return (1 - abs(2 * cycle - 1)) * (1 - 0.75 * progress) + 0.05
 
 
+# A time budget fixes the step count once this many steps have been timed (after the first
+# step, which pays for allocator and CUDA warm-up); with the usual warmup it is decided
+# before the cosine part of the schedule starts.
+BUDGET_TIMING_STEPS = 20
+
+
+def steps_within_budget(total: int, done: int, seconds_per_step: float, seconds_left: float) -> int:
+    """Step count that fits a time budget: the ``done`` steps plus as many as ``seconds_left``
+    holds at ``seconds_per_step``, never more than ``total`` nor fewer than ``done``."""
+    more = int(seconds_left / seconds_per_step) if seconds_per_step > 0 else total
+    return max(done, min(total, done + more))
+
+
+class TimeBudget:
+    """Fits a run into ``seconds`` counted from ``start`` (a ``time.monotonic()`` reading).
+
+    Steps ``first_step + 1 .. first_step + 1 + timing_steps`` are timed; at the end of that
+    window the run's step count is set to what fits (:attr:`plan_step`), and once the
+    budget is spent the run stops at the current step whatever the plan said.
+    """
+
+    def __init__(self, seconds: float, start: float, first_step: int, timing_steps: int) -> None:
+        self.seconds, self.start, self.timing_steps = seconds, start, timing_steps
+        self.timing_from = first_step + 1
+        self.plan_step = self.timing_from + timing_steps
+        self._t_timing: float | None = None
+
+    def total_after(self, step: int, total: int) -> int:
+        """The run's step count after ``step`` steps were done (``total``: the count so far)."""
+        now = time.monotonic()
+        if step == self.timing_from:
+            self._t_timing = now
+        elif step == self.plan_step and self._t_timing is not None:
+            total = steps_within_budget(total, step, (now - self._t_timing) / self.timing_steps,
+                                        self.seconds - (now - self.start))
+        return step if now - self.start >= self.seconds else total
+
+
+def _agree(value: int, world: int, device: torch.device) -> int:
+    """The smallest of the ranks' values: under DDP every rank must stop at the same step."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def _ddp() -> tuple[int, int]:
     """(rank, world size), initialising the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -58,8 +107,15 @@ def _ddp() -> tuple[int, int]:
 
 
 def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = None, device_name: str = "auto",
-          max_steps: int | None = None, progress: bool = True) -> dict:
-    """Train; returns the final metrics dict (also stored in the checkpoints)."""
+          max_steps: int | None = None, progress: bool = True, time_budget_s: float | None = None,
+          budget_timing_steps: int = BUDGET_TIMING_STEPS) -> dict:
+    """Train; returns the final metrics dict (also stored in the checkpoints).
+
+    ``time_budget_s`` (seconds from this call, data loading included): after
+    ``budget_timing_steps`` timed steps the run's length is set to what fits the budget
+    (the schedule is laid out over that length), and it stops at the budget in any case.
+    """
+    t_start = time.monotonic()
     rank, world = _ddp()
     tc = cfg.train
     torch.manual_seed(tc.seed + rank)
@@ -94,7 +150,8 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
         writer.writerow(["step", "epoch", "lr", "loss", "cls", "bbox", "dn_cls", "dn_bbox", "seconds"])
     aug_gen = torch.Generator().manual_seed(tc.seed + 1000 + rank)
     meta = {"config": config_to_dict(cfg), "data": str(data_dir), "drives": len(drives), "frames": len(dataset),
-            "world_size": world}
+            "world_size": world, "time_budget_s": time_budget_s, "planned_steps": total}
+    budget = None if time_budget_s is None else TimeBudget(time_budget_s, t_start, step, budget_timing_steps)
     t0 = time.monotonic()
     bar = None
     if progress and rank == 0:
@@ -115,7 +172,8 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
                 inputs, gt_boxes, gt_labels = random_augment(inputs, gt_boxes, gt_labels, tc.aug_rotation,
                                                              tc.aug_scale, tc.aug_flip_p,
                                                              cfg.model.point_cloud_range, aug_gen)
-                inputs = masked_modal(inputs, tc.drop_images_p, tc.drop_lidar_p, aug_gen).to(device)
+                inputs = masked_modal(inputs, tc.drop_images_p, tc.drop_lidar_p, aug_gen,
+                                      tc.drop_view_p).to(device)
                 gt_boxes = [b.to(device) for b in gt_boxes]
                 gt_labels = [lab.to(device) for lab in gt_labels]
                 losses = detection_loss(net(inputs, gt_boxes, gt_labels), gt_boxes, gt_labels, cfg.model)
@@ -125,6 +183,13 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
                 optimizer.step()
                 step += 1
                 running.append(float(losses.total.detach()))
+                if budget is not None:
+                    total = _agree(budget.total_after(step, total), world, device)   # ranks stop together
+                    if step == budget.plan_step:
+                        meta["planned_steps"] = total
+                        if bar is not None:
+                            bar.total = total
+                            bar.refresh()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.3f}")
@@ -172,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                        help="fit the run into this many minutes (data loading included): the step count "
+                             "(at most --max-steps / the epochs) is set from the speed of the first steps")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -179,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     try:
         meta = train(cfg, args.data, args.out or Path(cfg.train.output_dir), args.resume, args.device,
-                     args.max_steps, progress=not args.quiet)
+                     args.max_steps, progress=not args.quiet,
+                     time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
     except FileNotFoundError as exc:
         print(f"aqr-perception train: {exc}", file=sys.stderr)
         return 2
