@@ -366,6 +366,8 @@ class TrainConfig(_Section):
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     drop_images_p: Probability = Field(0.25, description="masked-modal training: zero all images")
     drop_lidar_p: Probability = Field(0.25, description="masked-modal training: remove the LiDAR")
+    drop_view_p: Probability = Field(
+        0.0, description="masked-modal training: zero one random camera view of a sample that kept its images")
     aug_rotation: Annotated[float, Field(ge=0.0, le=3.1416)] = Field(
         0.785, description="global BEV augmentation: max |yaw rotation| of the scene (rad)")
     aug_scale: tuple[PositiveFloat, PositiveFloat] = Field((0.9, 1.1), description="global BEV augmentation: scale range")

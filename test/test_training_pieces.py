@@ -170,10 +170,14 @@ def test_focal_loss_matches_the_formula():
         assert abs(float(got[i, j]) - expect) < 1e-6
 
 
+def _all_ones_inputs(n: int, views: int) -> DetectorInputs:
+    """n samples of ``views`` all-ones 4x4 images, every view and the LiDAR present."""
+    return DetectorInputs([torch.ones(3, 4)] * n, torch.ones(n, views, 3, 4, 4), torch.eye(4).expand(n, views, 4, 4),
+                          torch.ones(n, views, dtype=torch.bool), torch.ones(n, dtype=torch.bool))
+
+
 def test_masked_modal_drops_exclusively_with_the_configured_rates():
-    n = 4000
-    inputs = DetectorInputs([torch.ones(3, 4)] * n, torch.ones(n, 2, 3, 4, 4), torch.eye(4).expand(n, 2, 4, 4),
-                            torch.ones(n, 2, dtype=torch.bool), torch.ones(n, dtype=torch.bool))
+    inputs = _all_ones_inputs(4000, 2)
     out = masked_modal(inputs, 0.25, 0.25, torch.Generator().manual_seed(0))
     no_img = ~out.camera_valid.any(1)
     no_lidar = ~out.lidar_valid
@@ -208,3 +212,34 @@ def test_training_reduces_the_loss_on_a_tiny_overfit_set():
         losses.append(float(loss.detach()))
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
 
+
+def test_masked_modal_view_drop_zeroes_one_view_of_samples_that_kept_their_images():
+    v = 6
+    inputs = _all_ones_inputs(6000, v)
+    out = masked_modal(inputs, 0.2, 0.2, torch.Generator().manual_seed(0), drop_view_p=0.5)
+    missing = (~out.camera_valid).sum(1)
+    all_dropped = missing == v
+    one_dropped = missing == 1
+    assert torch.all(all_dropped | one_dropped | (missing == 0))
+    assert abs(all_dropped.float().mean() - 0.2) < 0.03                 # the all-images drop is unchanged
+    assert abs(one_dropped.float().mean() - 0.5 * 0.8) < 0.03          # half of the samples that kept images
+    assert torch.any(one_dropped & ~out.lidar_valid)                   # independent of the LiDAR drop
+    # the dropped view is zeroed and only it; every view gets dropped about equally often
+    zeroed = (out.images == 0).flatten(2).all(-1)
+    assert torch.equal(zeroed, ~out.camera_valid)
+    assert torch.all(out.images.flatten(2)[out.camera_valid] == 1)
+    per_view = (~out.camera_valid[one_dropped]).float().mean(0)
+    assert torch.all((per_view - 1 / v).abs() < 0.03)
+
+
+def test_masked_modal_without_view_drop_keeps_the_random_stream():
+    # drop_view_p=0 draws nothing extra: same masks as the two-modality drop alone
+    n = 500
+    inputs = _all_ones_inputs(n, 2)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = masked_modal(inputs, 0.3, 0.3, g1)
+    b = masked_modal(inputs, 0.3, 0.3, g2, drop_view_p=0.0)
+    u = torch.rand(n, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.camera_valid, b.camera_valid) and torch.equal(a.lidar_valid, b.lidar_valid)
+    assert torch.equal(~a.camera_valid.any(1), u < 0.3)
+    assert torch.rand(1, generator=g1).item() == torch.rand(1, generator=g2).item()
