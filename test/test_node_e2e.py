@@ -58,7 +58,8 @@ def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_co
     player = None
     try:
         player = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.player", str(BAG), "--rate", "0.2",
-                                   "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed",
+                                   # /tf too: a sweep played before the node's /tf reader is matched has no ego pose
+                                   "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf",
                                    "--exclude", f"/{WITHHELD}/image_rect_compressed", f"/{WITHHELD}/camera_info",
                                    "--linger", "3"])
         deadline = time.monotonic() + 150
