@@ -189,14 +189,16 @@ def test_masked_modal_drops_exclusively_with_the_configured_rates():
 
 
 @pytest.mark.slow
-def test_training_reduces_the_loss_on_a_tiny_overfit_set():
+@pytest.mark.parametrize("aqr", [True, False], ids=["aqr", "no_aqr_baseline"])
+def test_training_reduces_the_loss_on_a_tiny_overfit_set(aqr):
     from model_helpers import random_inputs
 
     from aqr_perception.model import build_detector
     from aqr_perception.model.losses import detection_loss
 
     torch.manual_seed(0)
-    cfg = load_config("tiny", overrides=["model.transformer.dropout=0.0", "model.denoise.enabled=false"]).model
+    cfg = load_config("tiny", overrides=["model.transformer.dropout=0.0", "model.denoise.enabled=false",
+                                         f"model.aqr.enabled={str(aqr).lower()}"]).model
     model = build_detector(cfg).train()
     inputs = random_inputs(cfg, points=1500)
     gt_boxes = [torch.tensor([[5.0, 3.0, 0.0, 4.0, 2.0, 1.5, 0.3, 1.0, 0.0],
