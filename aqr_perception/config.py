@@ -299,18 +299,19 @@ class NodeConfig(_Section):
                                          "past sweeps (multi-sweep models only)")
     qos_reliability: Literal["best_effort", "reliable"] = Field(
         "best_effort", description="input QoS; reliable for lossless bag replay")
-    qos_depth: Annotated[int, Field(ge=1, le=100)] = 2
+    qos_depth: Annotated[int, Field(ge=1, le=100)] = Field(2, description="input subscription queue depth")
     score_threshold: Probability = Field(0.3, description="detections below this score are not published")
-    max_detections: Annotated[int, Field(ge=1, le=1000)] = 200
+    max_detections: Annotated[int, Field(ge=1, le=1000)] = Field(
+        200, description="at most this many detections per frame (highest scores)")
     max_points: Annotated[int, Field(ge=1)] = Field(
         2_000_000, description="a PointCloud2 declaring more points is refused (frame skipped); a 128-beam "
                                "sensor gives ~0.3 M per sweep")
     max_processing_time_ms: PositiveFloat = Field(200.0, description="diagnostics WARN beyond this")
     max_consecutive_delay_ms: PositiveFloat = Field(1000.0, description="diagnostics ERROR when slow this long")
-    publish_markers: bool = True
+    publish_markers: bool = Field(True, description="publish ~/markers (RViz boxes) while subscribed")
     publish_debug_images: bool = Field(False, description="per camera ~/debug/<camera>/image: the model's input "
                                                           "view with the boxes projected (only while subscribed)")
-    diagnostics_period_s: PositiveFloat = 1.0
+    diagnostics_period_s: PositiveFloat = Field(1.0, description="period of /diagnostics, s")
     sync: SyncConfig = SyncConfig()
 
     def input_topics(self) -> list[str]:

@@ -58,7 +58,70 @@ def test_runtime_change_refused_with_reason_unless_supported(ros_context):
         bad = node.set_parameters([Parameter("score_threshold", value=1.5)])[0]
         assert not bad.successful and node.cfg.score_threshold == 0.5
         refused = node.set_parameters([Parameter("lidar_topic", value="/other")])[0]
-        assert not refused.successful and "restart" in refused.reason
+        assert not refused.successful and "read-only" in refused.reason
+        assert "restart" in node.describe_parameter("lidar_topic").description
         assert node.get_parameter("lidar_topic").value == "/LIDAR_TOP"
     finally:
         node.destroy_node()
+
+
+@pytest.mark.slow
+def test_parameter_services_answer_for_every_parameter_from_another_process(ros_context):
+    """What `ros2 param list/get/describe/set` see: the node runs as its own process and this
+    one asks its standard rcl_interfaces services. Every declared parameter is listed, has a
+    value (`ros2 param dump` is not empty), and its descriptor's read_only says truthfully
+    whether a set is refused."""
+    import subprocess
+    import sys
+
+    import rclpy
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import parameter_value_to_python
+    from rclpy.parameter_client import AsyncParameterClient
+
+    expected = {name: default for name, _, default in iter_parameters()}
+    proc = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.node", "--ros-args", "--log-level", "warn"])
+    probe = rclpy.create_node("param_probe", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(probe)
+    client = AsyncParameterClient(probe, "/aqr_perception")
+
+    def call(future):
+        executor.spin_until_future_complete(future, timeout_sec=20)
+        assert future.done(), "no answer from the node's parameter service"
+        return future.result()
+
+    try:
+        assert client.wait_for_services(timeout_sec=90), "the node's parameter services never appeared"
+        listed = set(call(client.list_parameters()).result.names)
+        assert listed - {"use_sim_time", "start_type_description_service"} == set(expected)
+        names = sorted(expected)
+        values = call(client.get_parameters(names)).values
+        assert len(values) == len(names)                      # one answer per name, none left out
+        for name, value in zip(names, values):
+            assert value.type != ParameterType.PARAMETER_NOT_SET, name
+            got = parameter_value_to_python(value)
+            assert (list(got) if isinstance(expected[name], list) else got) == expected[name], name
+        descriptors = {d.name: d for d in call(client.describe_parameters(names)).descriptors}
+        assert set(descriptors) == set(names)
+        assert descriptors["sync.camera_time_offsets_s"].type == ParameterType.PARAMETER_DOUBLE_ARRAY
+        assert descriptors["camera_names"].type == ParameterType.PARAMETER_STRING_ARRAY
+        assert descriptors["score_threshold"].type == ParameterType.PARAMETER_DOUBLE
+        rng = descriptors["sync.image_buffer_size"].integer_range[0]
+        assert (rng.from_value, rng.to_value) == (1, 64)
+        assert all(d.description for d in descriptors.values())
+        # the README's six runtime parameters, and only they, are writable
+        writable = {n for n, d in descriptors.items() if not d.read_only}
+        assert writable == {"score_threshold", "max_detections", "max_processing_time_ms",
+                            "max_consecutive_delay_ms", "publish_markers", "publish_debug_images"}
+        # ...and read_only is the truth: setting each parameter to its own value succeeds
+        # exactly when it is not read-only
+        results = call(client.set_parameters([ParameterMsg(name=n, value=v) for n, v in zip(names, values)])).results
+        for name, res in zip(names, results):
+            assert res.successful == (name in writable), (name, res.reason)
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -21,12 +21,9 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from aqr_perception.config import NODE_NAME
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 
-NODE_NAME = "aqr_perception"
-#: Parameters that can change at runtime; everything else needs a restart.
-RUNTIME_MUTABLE = frozenset({"score_threshold", "max_detections", "max_processing_time_ms",
-                             "max_consecutive_delay_ms", "publish_markers", "publish_debug_images"})
 LOG_THROTTLE_S = 5.0
 
 
@@ -228,11 +225,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 self._warn("tf", f"/tf: {exc}")
 
         def _on_set_parameters(self, params) -> SetParametersResult:
-            refused = [p.name for p in params if p.name not in RUNTIME_MUTABLE]
-            if refused:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f"{', '.join(refused)} cannot change at runtime: restart the node with new parameters")
+            # read-only parameters (all but RUNTIME_MUTABLE) are refused by rclpy before this
             try:
                 update = {p.name: p.value for p in params}
                 self.cfg = NodeConfig.model_validate({**self.cfg.model_dump(), **update})

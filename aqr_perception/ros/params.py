@@ -5,6 +5,9 @@ Every field of :class:`aqr_perception.config.NodeConfig` is declared as a ROS pa
 and, where the config states both bounds, an integer/floating-point range. The values
 the node receives (parameter file, launch arguments) are read back and validated by
 the same pydantic model, so the node and the CLI accept exactly the same settings.
+
+Every parameter has a value from the start (``ros2 param dump`` / ``get`` list them all)
+and its descriptor says whether it can change at runtime (``read_only``).
 """
 from __future__ import annotations
 
@@ -15,11 +18,14 @@ from typing import Any
 import annotated_types
 from pydantic import BaseModel
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from aqr_perception.config import ConfigError, NodeConfig, format_validation_error
+
+#: Parameters that can change at runtime; every other one is read-only (restart to change it).
+RUNTIME_MUTABLE = frozenset({"score_threshold", "max_detections", "max_processing_time_ms",
+                             "max_consecutive_delay_ms", "publish_markers", "publish_debug_images"})
 
 _SCALAR_TYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER,
                  float: Parameter.Type.DOUBLE, str: Parameter.Type.STRING}
@@ -55,9 +61,12 @@ def iter_parameters(model: type[BaseModel] = NodeConfig, prefix: str = "") -> It
 
 
 def descriptor_for(name: str, info: Any) -> ParameterDescriptor:
-    """ParameterDescriptor with type, description and (when both bounds are known) range."""
-    desc = ParameterDescriptor(name=name, type=int(_ros_type(info.annotation)),
-                               description=info.description or "", read_only=False)
+    """ParameterDescriptor with type, description, read-only flag and (when both bounds are
+    known) range."""
+    read_only = name not in RUNTIME_MUTABLE
+    text = (info.description or "") + (" (read-only: restart the node to change it)" if read_only else "")
+    desc = ParameterDescriptor(name=name, type=int(_ros_type(info.annotation)), description=text,
+                               read_only=read_only)
     lo = hi = None
     for meta in info.metadata:
         if isinstance(meta, annotated_types.Ge):
@@ -78,24 +87,24 @@ def declare_node_parameters(node: Node) -> None:
     """Declare every NodeConfig field on ``node`` (defaults from NodeConfig)."""
     for name, info, default in iter_parameters():
         desc = descriptor_for(name, info)
-        # An empty list cannot carry its element type: declare by type instead.
-        value = Parameter.Type(desc.type) if isinstance(default, list) and not default else default
-        node.declare_parameter(name, value, desc)
-
-
-def _is_set(node: Node, name: str) -> bool:
-    try:
-        return node.get_parameter(name).type_ != Parameter.Type.NOT_SET
-    except ParameterUninitializedException:
-        return False
+        if isinstance(default, list) and not default:
+            # rclpy types an empty list as a byte array, and a parameter declared by type alone
+            # stays unset: get_parameters answers nothing for it and `ros2 param dump` prints
+            # nothing. Declared by type, it takes a parameter file's value; without one it gets
+            # the typed empty default (rclpy has no public call for that on a read-only one).
+            ptype = Parameter.Type(desc.type)
+            node.declare_parameter(name, ptype, desc)
+            if node._parameters[name].type_ == Parameter.Type.NOT_SET:
+                node._parameters[name] = Parameter(name, ptype, [])
+        else:
+            node.declare_parameter(name, default, desc)
 
 
 def node_config_from_parameters(node: Node) -> NodeConfig:
     """Read the declared parameters back into a validated NodeConfig (ConfigError if bad)."""
     data: dict[str, Any] = {}
-    for name, _info, default in iter_parameters():
-        # Declared by type (empty-list default) and not set by the user: keep the default.
-        value = node.get_parameter(name).value if _is_set(node, name) else default
+    for name, _info, _default in iter_parameters():
+        value = node.get_parameter(name).value
         if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
             value = list(value)
         cursor = data
