@@ -25,6 +25,10 @@ from aqr_perception.config import NODE_NAME
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 
 LOG_THROTTLE_S = 5.0
+#: on shutdown, the frame in inference may take this long to finish and publish
+WORKER_STOP_TIMEOUT_S = 30.0
+#: how often the main loop looks for a stop signal while spinning
+SPIN_PERIOD_S = 0.1
 
 
 @dataclass
@@ -387,47 +391,56 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             arr.header.stamp = self.get_clock().now().to_msg()
             self.pub_diag.publish(arr)
 
-        def destroy_node(self):
+        def stop_worker(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
+            """Let the frame in progress finish (and publish), then end the worker thread."""
             if hasattr(self, "_worker_thread"):   # absent when __init__ failed part-way
                 self._stop.set()
                 with self._cond:
                     self._cond.notify_all()
-                self._worker_thread.join(timeout=2.0)
+                self._worker_thread.join(timeout=timeout_s)
+
+        def destroy_node(self):
+            self.stop_worker()
             return super().destroy_node()
 
     return AqrPerceptionNode
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C / SIGTERM (ROS arguments such as --ros-args are honoured)."""
+    """Run the node until Ctrl-C / SIGTERM (ROS arguments such as --ros-args are honoured).
+
+    Start-up errors (bad parameters, a missing or broken checkpoint) are one line on
+    stderr and exit code 2. A stop signal lets the frame in inference finish and publish
+    before the context goes away (:mod:`aqr_perception.ros.shutdown`)."""
     dds = apply_loopback_dds_defaults()
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from aqr_perception.config import ConfigError
+    from aqr_perception.ros.shutdown import StopSignals
 
-    rclpy.init(args=sys.argv if argv is None else argv)
-    node = None
-    executor = SingleThreadedExecutor()   # before the node: a signal during start-up finds it ready
-    try:
-        node = _make_node_class()()
-        node.get_logger().info(dds)
-        executor.add_node(node)
-        executor.spin()
-    except ConfigError as exc:
-        print(f"aqr_perception_node: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():          # a real failure; otherwise SIGINT/SIGTERM shut the context mid-call
-            raise
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    with StopSignals() as stop:
+        rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
+        node = None
+        executor = SingleThreadedExecutor()
+        try:
+            node = _make_node_class()()
+            node.get_logger().info(dds)
+            executor.add_node(node)
+            while not stop.is_set():
+                executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+        except ConfigError as exc:
+            print(f"aqr_perception_node: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            if node is not None:
+                node.stop_worker()
+            executor.shutdown(timeout_sec=1.0)
+            if node is not None:
+                node.destroy_node()
+            if rclpy.ok():
+                rclpy.shutdown()
     return 0
 
 

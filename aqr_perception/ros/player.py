@@ -54,11 +54,12 @@ class BagPlayer:
             self.clock_pub = node.create_publisher(Clock, "/clock", 10)
         self.published: dict[str, int] = {t: 0 for t in self.publishers}
 
-    def wait_for_subscribers(self, topics: Iterable[str], timeout_s: float, spin: Callable[[float], None]) -> bool:
+    def wait_for_subscribers(self, topics: Iterable[str], timeout_s: float, spin: Callable[[float], None],
+                             should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Spin until every listed (played) topic has a subscriber, or the timeout."""
         deadline = time.monotonic() + timeout_s
         wanted = [t for t in topics if t in self.publishers]
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not should_stop():
             if all(self.publishers[t].get_subscription_count() > 0 for t in wanted):
                 return True
             spin(0.05)
@@ -73,7 +74,8 @@ class BagPlayer:
 
     def play(self, rate: float = 1.0, spin: Callable[[float], None] | None = None,
              gate: Callable[[str, int], None] | None = None, time_shift_ns: int = 0,
-             order: Callable[[Iterable[Message]], Iterable[Message]] | None = None) -> int:
+             order: Callable[[Iterable[Message]], Iterable[Message]] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> int:
         """Publish every message; returns how many.
 
         rate: pace factor (<= 0: as fast as possible). spin(seconds): called while
@@ -81,7 +83,8 @@ class BagPlayer:
         before each message, may block (e.g. stepwise replay waits for the detector).
         time_shift_ns: added to the bag time for /clock (looping). order: rewrites the
         bag-order message stream (e.g. :func:`~aqr_perception.data.bag_order.pose_first`);
-        /clock never goes back when it moves a message ahead.
+        /clock never goes back when it moves a message ahead. should_stop: checked before
+        each message (and while pacing); playback ends early when it returns True.
         """
         spin = spin or (lambda s: time.sleep(s))
         count = 0
@@ -91,10 +94,12 @@ class BagPlayer:
             conns = [c for c in reader.connections if c.topic in self.publishers]
             messages = reader.messages(connections=conns)
             for conn, stamp, raw in (order(messages) if order is not None else messages):
+                if should_stop is not None and should_stop():
+                    break
                 clock = stamp if clock is None else max(clock, stamp)
                 if rate > 0:
                     due = wall0 + (clock - self.start_ns) / 1e9 / rate
-                    while (left := due - time.monotonic()) > 0:
+                    while (left := due - time.monotonic()) > 0 and not (should_stop and should_stop()):
                         spin(min(left, 0.01))
                 if gate is not None:
                     gate(conn.topic, stamp)
@@ -121,29 +126,39 @@ def main(argv: list[str] | None = None) -> int:
     apply_loopback_dds_defaults()
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init()
-    node = rclpy.create_node("aqr_bag_player")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spin = lambda s: executor.spin_once(timeout_sec=s)  # noqa: E731
-    try:
-        player = BagPlayer(node, args.bag, exclude=args.exclude, publish_clock=args.clock)
-        if args.wait_for and not player.wait_for_subscribers(args.wait_for, args.wait_timeout, spin):
-            print(f"play: no subscriber on {args.wait_for} after {args.wait_timeout} s", file=sys.stderr)
-            return 1
-        total = 0
-        for _ in range(args.loop):
-            total += player.play(args.rate, spin)
-        end = time.monotonic() + args.linger
-        while time.monotonic() < end:
-            spin(0.05)
-        print(f"play: published {total} messages from {args.bag}")
-        return 0
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
+    from aqr_perception.ros.shutdown import StopSignals
+
+    with StopSignals() as stop:   # Ctrl-C ends playback cleanly, as with ros2 bag play
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("aqr_bag_player")
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin = lambda s: executor.spin_once(timeout_sec=s)  # noqa: E731
+        try:
+            player = BagPlayer(node, args.bag, exclude=args.exclude, publish_clock=args.clock)
+            if args.wait_for:
+                if not player.wait_for_subscribers(args.wait_for, args.wait_timeout, spin, should_stop=stop.is_set):
+                    if stop.is_set():
+                        return 0
+                    print(f"play: no subscriber on {args.wait_for} after {args.wait_timeout} s", file=sys.stderr)
+                    return 1
+            total = 0
+            for _ in range(args.loop):
+                if stop.is_set():
+                    break
+                total += player.play(args.rate, spin, should_stop=stop.is_set)
+            end = time.monotonic() + args.linger
+            while time.monotonic() < end and not stop.is_set():
+                spin(0.05)
+            state = "interrupted after" if stop.is_set() else "published"
+            print(f"play: {state} {total} messages from {args.bag}")
+            return 0
+        finally:
+            executor.shutdown()
+            node.destroy_node()
+            rclpy.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""What a user sees when the node or the player starts with a bad checkpoint, or is
+stopped with Ctrl-C: one clear line and exit code 2 for start-up errors; a clean stop
+(exit 0, no error, no skipped frame) on SIGINT to the process group, even mid-inference."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, PACKAGE_RESOURCES
+
+BAG = PACKAGE_RESOURCES / "default_drive"
+NODE = [sys.executable, "-m", "aqr_perception.ros.node"]
+PLAYER = [sys.executable, "-m", "aqr_perception.ros.player"]
+#: what an unclean shutdown prints (rclpy publishing on a dead context, a frame cut off)
+SHUTDOWN_ERRORS = ("Traceback", "RCLError", "context is invalid", "Failed to publish", "frame skipped")
+
+
+def _bad_checkpoints(tmp: Path) -> dict[str, Path]:
+    data = BUNDLED_CHECKPOINT.read_bytes()
+    files = {"missing": tmp / "does_not_exist.pt", "random_bytes": tmp / "random.pt", "truncated": tmp / "truncated.pt",
+             "foreign": tmp / "mmdet3d_style.pth", "other_model": tmp / "other_model.pt"}
+    files["random_bytes"].write_bytes(os.urandom(4096))
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    # what a checkpoint of another project holds: weights and meta, no model config
+    torch.save({"state_dict": {"pts_backbone.blocks.0.0.weight": torch.zeros(3)}, "meta": {"epoch": 20}},
+               files["foreign"])
+    blob = torch.load(BUNDLED_CHECKPOINT, map_location="cpu", weights_only=False)
+    blob["model_config"]["transformer"]["ffn_dims"] //= 2      # the weights no longer fit the config
+    torch.save(blob, files["other_model"])
+    return files
+
+
+@pytest.mark.parametrize("case", ["missing", "random_bytes", "truncated", "foreign", "other_model"])
+def test_bad_checkpoint_is_one_line_and_exit_code_2(case, tmp_path):
+    path = _bad_checkpoints(tmp_path)[case]
+    out = subprocess.run([*NODE, "--ros-args", "-p", f"checkpoint:={path}"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("aqr_perception_node: checkpoint ") and str(path) in lines[0]
+    expected = {"missing": "no such file", "random_bytes": "not a readable PyTorch checkpoint",
+                "truncated": "not a readable PyTorch checkpoint", "foreign": "not an aqr_perception checkpoint",
+                "other_model": "different model than its config"}[case]
+    assert expected in lines[0]
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    # a session of its own: the signal goes to the process group, as a terminal's Ctrl-C does
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from vision_msgs.msg import Detection3DArray
+
+    probe = rclpy.create_node("shutdown_probe", context=ros_context)
+    got: list = []
+    probe.create_subscription(Detection3DArray, "/aqr_perception/detections", got.append, 50)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(probe)
+    node_log, play_log = tmp_path / "node.log", tmp_path / "play.log"
+    node = _start([*NODE, "--ros-args", "-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
+                   "-p", "sync.calibration_wait_s:=0.5"], node_log)
+    # at rate 1 a sweep comes every 50 ms and a frame takes longer: the worker is always busy
+    player = _start([*PLAYER, str(BAG), "--rate", "1", "--loop", "20", "--linger", "0",
+                     "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf"], play_log)
+    try:
+        deadline = time.monotonic() + 120
+        while len(got) < 2 and time.monotonic() < deadline and node.poll() is None:
+            executor.spin_once(timeout_sec=0.05)
+        assert len(got) >= 2, node_log.read_text()[-3000:]
+        os.killpg(node.pid, signal.SIGINT)
+        assert node.wait(timeout=40) == 0, node_log.read_text()[-3000:]
+    finally:
+        for proc in (player, node):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        executor.shutdown()
+        probe.destroy_node()
+    log = node_log.read_text()
+    for text in SHUTDOWN_ERRORS:
+        assert text not in log, log[-3000:]
+
+
+def test_ctrl_c_stops_the_player_cleanly(ros_context, tmp_path):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import PointCloud2
+
+    probe = rclpy.create_node("player_probe", context=ros_context)
+    clouds: list = []
+    probe.create_subscription(PointCloud2, "/LIDAR_TOP", clouds.append, 10)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(probe)
+    log = tmp_path / "play.log"
+    player = _start([*PLAYER, str(BAG), "--rate", "0.02", "--wait-for", "/LIDAR_TOP"], log)
+    try:
+        deadline = time.monotonic() + 60
+        while not clouds and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        assert clouds, log.read_text()
+        os.killpg(player.pid, signal.SIGINT)
+        rc = player.wait(timeout=20)
+    finally:
+        if player.poll() is None:
+            os.killpg(player.pid, signal.SIGKILL)
+            player.wait()
+        executor.shutdown()
+        probe.destroy_node()
+    text = log.read_text()
+    assert rc == 0 and "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "play: interrupted after" in text
