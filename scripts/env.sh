@@ -20,4 +20,15 @@ if [ -x "$_AQR_ROOT/.venv/bin/python" ] && [ "${VIRTUAL_ENV:-}" != "$_AQR_ROOT/.
   export VIRTUAL_ENV="$_AQR_ROOT/.venv"
   export PATH="$VIRTUAL_ENV/bin:$PATH"
 fi
+# The venv is this machine's ROS underlay (what /opt/ros/<distro>/setup.bash is on a distro
+# install): colcon and CMake find ament, rosidl and the message packages there.
+if [ -x "$_AQR_ROOT/.venv/bin/python" ]; then
+  for _aqr_var in AMENT_PREFIX_PATH CMAKE_PREFIX_PATH; do
+    case ":${!_aqr_var:-}:" in
+      *":$_AQR_ROOT/.venv:"*) ;;
+      *) export "$_aqr_var=$_AQR_ROOT/.venv${!_aqr_var:+:${!_aqr_var}}" ;;
+    esac
+  done
+  unset _aqr_var
+fi
 unset _AQR_ROOT _AQR_PROFILE
