@@ -89,6 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from aqr_perception.evaluation.evaluate import run_eval
 
     cfg = cfgmod.load_config(args.config, args.overrides)
+    if args.node_params:   # the node's own ROS parameter file: its topics, frames, cameras
+        cfg = cfg.model_copy(update={"node": cfgmod.node_config_from_param_file(args.node_params)})
     bag = Path(args.bag)
     gt = Path(args.gt) if args.gt else bag.with_name(bag.name + ".gt.json")
     out = Path(args.out or Path(cfg.eval.output_dir) / bag.name)
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bag", required=True, help="rosbag2 folder (ground truth: <bag>.gt.json beside it)")
     p.add_argument("--gt", help="ground truth JSON (default: <bag>.gt.json)")
     p.add_argument("--checkpoint", help="model checkpoint (default: the bundled one)")
+    p.add_argument("--node-params", help="the node's ROS parameter file (topic names, frames, cameras; "
+                                         "replaces the config's node section)")
     p.add_argument("--mode", choices=["replay", "offline"], default="replay")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="output folder (default eval.output_dir/<bag name>)")

@@ -22,3 +22,24 @@ def tf_after_clouds(src, dst):
                 conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
             writer.write(conns[topic], t, raw)
     return dst
+
+
+def rename_topic(src, dst, old: str, new: str, clouds: int | None = None):
+    """Copy a drive bag with topic ``old`` renamed ``new`` (as a user's driver names it);
+    with ``clouds``, only the messages before the (clouds+1)-th message on ``old``."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    from aqr_perception.data.typestore import project_typestore
+
+    store, conns, seen = project_typestore(), {}, 0
+    with Reader(src) as reader, Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        for conn, t, raw in reader.messages():
+            if conn.topic == old:
+                seen += 1
+                if clouds is not None and seen > clouds:
+                    break
+            topic = new if conn.topic == old else conn.topic
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, conn.msgtype, typestore=store)
+            writer.write(conns[topic], t, bytes(raw))
+    return dst

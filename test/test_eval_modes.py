@@ -46,3 +46,56 @@ def test_replay_and_offline_give_the_same_detections_and_metrics(tmp_path):
     r_off, _ = evaluate_drive(drive.bag, drive.gt_json, cfg, offline)
     r_rep, _ = evaluate_drive(drive.bag, drive.gt_json, cfg, replay)
     assert r_off.NDS == pytest.approx(r_rep.NDS, abs=1e-4) and r_off.mAP == pytest.approx(r_rep.mAP, abs=1e-4)
+
+
+def _velodyne_bag(tmp_path, clouds=3):
+    import shutil
+
+    from bag_helpers import rename_topic
+
+    from aqr_perception.model.runtime import PACKAGE_RESOURCES
+
+    src = PACKAGE_RESOURCES / "default_drive"
+    bag = rename_topic(src, tmp_path / "velodyne_drive", "/LIDAR_TOP", "/velodyne_points", clouds=clouds)
+    shutil.copy(src.with_name(src.name + ".gt.json"), bag.with_name(bag.name + ".gt.json"))
+    return bag
+
+
+def _cli(*args, timeout=300):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "aqr-perception"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_replay_eval_of_a_bag_with_other_topic_names_fails_at_once_naming_the_topic(tmp_path):
+    import time
+
+    bag = _velodyne_bag(tmp_path)
+    t0 = time.monotonic()
+    out = _cli("eval", "--bag", str(bag), "--out", str(tmp_path / "out"), "--quiet", timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "/LIDAR_TOP" in out.stderr and "/velodyne_points" in out.stderr and "Traceback" not in out.stderr
+    assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.slow
+def test_replay_eval_passes_the_node_settings_to_the_node(tmp_path):
+    import json
+
+    import yaml
+
+    bag = _velodyne_bag(tmp_path, clouds=3)
+    params = tmp_path / "vehicle.param.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"lidar_topic": "/velodyne_points"}}}))
+    out = _cli("eval", "--bag", str(bag), "--node-params", str(params), "--out", str(tmp_path / "out"), "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["frames_with_output"] == 3, report
+    # the same through --set, with a mismatch the node cannot subscribe to: named within seconds
+    out = _cli("eval", "--bag", str(bag), "--set", "node.lidar_topic=/velodyne_points",
+               "--set", "node.image_transport=raw", "--out", str(tmp_path / "out2"), "--quiet", timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "did not subscribe to" in out.stderr and "/CAM_FRONT/image_rect_compressed" in out.stderr

@@ -18,13 +18,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from aqr_perception.config import AqrConfig
+from aqr_perception.config import NODE_NAME, AqrConfig, ConfigError
 from aqr_perception.data.bag_order import node_pose_wait
 from aqr_perception.data.bag_reader import feed_bag
 from aqr_perception.data.boxes import transform_boxes
@@ -33,6 +35,8 @@ from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, evalu
 from aqr_perception.ros.pipeline import FramePipeline
 from aqr_perception.stamps import header_ns
 
+NODE_START_TIMEOUT_S = 120.0  # the node process loads torch and the model
+NODE_SUBSCRIBE_GRACE_S = 5.0  # once the node is up, its subscriptions are discovered within this
 ROUTING_SCORE = 0.3          # routing weights are averaged over detections at least this confident
 STEP_TIMEOUT_S = 60.0
 REPLAY_STARTUP_WAIT_S = 10.0  # the first cloud waits for every camera (a camera absent from the bag costs this once)
@@ -138,6 +142,58 @@ def eval_node_config(cfg: AqrConfig):
 
 
 # ------------------------------------------------------------------------ replay
+def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str):
+    """The node settings of a replay: the user's (``cfg.node``: topics, frames, cameras...)
+    with every detection the metric may use, lossless QoS and waits sized for stepwise play."""
+    sync = eval_node_config(cfg).sync.model_copy(update={
+        "calibration_wait_s": REPLAY_STARTUP_WAIT_S, "camera_wait_s": REPLAY_CAMERA_WAIT_S})
+    return eval_node_config(cfg).model_copy(update={
+        "qos_depth": 20, "device": device, "publish_markers": False, "sync": sync,
+        **({"checkpoint": checkpoint} if checkpoint else {})})
+
+
+def write_node_params(node_cfg, path: Path) -> Path:
+    """A ROS parameter file (``/**: ros__parameters``) holding every node setting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": node_cfg.model_dump(mode="json")}}, sort_keys=False))
+    return path
+
+
+def check_bag_topics(bag: Path, node_cfg) -> None:
+    """Fail at once when the bag has no cloud on the node's LiDAR topic (the usual cause:
+    a bag recorded with other topic names than the node settings)."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+    if node_cfg.lidar_topic not in topics:
+        clouds = sorted(t for t, ty in topics.items() if ty == "sensor_msgs/msg/PointCloud2")
+        raise ConfigError(f"{bag}: no messages on the node's lidar_topic {node_cfg.lidar_topic}; the bag's "
+                           f"PointCloud2 topics: {', '.join(clouds) or 'none'} (set node.lidar_topic with --set or "
+                           "the node's parameter file with --node-params)")
+
+
+def wait_for_node_inputs(player, probe, node_cfg, node_proc, spin) -> None:
+    """Spin until the node subscribes to every played input topic. Once the node is up
+    (its detections publisher is seen), topics still without a subscriber after
+    ``NODE_SUBSCRIBE_GRACE_S`` are named in the error."""
+    wanted = [t for t in node_cfg.input_topics() if t in player.publishers]
+    detections = f"/{NODE_NAME}/detections"
+    up_since = None
+    deadline = time.monotonic() + NODE_START_TIMEOUT_S
+    while not player.wait_for_subscribers(wanted, 0.2, spin):
+        if node_proc.poll() is not None:
+            raise RuntimeError(f"the node exited with code {node_proc.returncode} before subscribing")
+        now = time.monotonic()
+        if up_since is None and probe.count_publishers(detections) > 0:
+            up_since = now
+        if (up_since is not None and now - up_since > NODE_SUBSCRIBE_GRACE_S) or now > deadline:
+            missing = [t for t in wanted if player.publishers[t].get_subscription_count() == 0]
+            raise ConfigError(f"the node did not subscribe to {', '.join(missing)} (played from the bag): "
+                               "the node settings name other topics (check node.image_topic_format, "
+                               "node.camera_names, node.image_transport, node.extrinsics_source)")
+
+
 def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cpu",
                    log: bool = True) -> dict[str, FramePrediction]:
     """Play the bag to the node process over DDS, stepwise, and record its outputs.
@@ -157,17 +213,12 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
     from aqr_perception.ros.player import BagPlayer
 
-    node_cfg = eval_node_config(cfg)
-    params = [f"score_threshold:={node_cfg.score_threshold}", f"max_detections:={node_cfg.max_detections}",
-              "qos_reliability:=reliable", "qos_depth:=20", "use_sim_time:=true",
-              # a cloud's inputs precede it in the bag: the node lets them all land before using it
-              f"sync.calibration_wait_s:={REPLAY_STARTUP_WAIT_S}", f"sync.camera_wait_s:={REPLAY_CAMERA_WAIT_S}",
-              f"device:={device}", "publish_markers:=false"]
-    if checkpoint:
-        params.append(f"checkpoint:={checkpoint}")
-    cmd = [sys.executable, "-m", "aqr_perception.ros.node", "--ros-args"]
-    for p in params:
-        cmd += ["-p", p]
+    node_cfg = replay_node_config(cfg, checkpoint, device)
+    check_bag_topics(bag, node_cfg)
+    params_dir = tempfile.TemporaryDirectory(prefix="aqr_eval_")
+    params_file = write_node_params(node_cfg, Path(params_dir.name) / "node.param.yaml")
+    cmd = [sys.executable, "-m", "aqr_perception.ros.node", "--ros-args", "--params-file", str(params_file),
+           "-p", "use_sim_time:=true"]
     if not log:
         cmd += ["--log-level", "warn"]
     node_proc = subprocess.Popen(cmd, env=os.environ.copy())
@@ -179,11 +230,11 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
     got: dict[str, dict[str, object]] = {"det": {}, "vel": {}, "routing": {}}
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     key = lambda m: str(header_ns(m))  # noqa: E731
-    probe.create_subscription(Detection3DArray, "/aqr_perception/detections",
+    probe.create_subscription(Detection3DArray, f"/{NODE_NAME}/detections",
                               lambda m: got["det"].__setitem__(key(m), m), qos)
-    probe.create_subscription(DetectionVelocityArray, "/aqr_perception/velocities",
+    probe.create_subscription(DetectionVelocityArray, f"/{NODE_NAME}/velocities",
                               lambda m: got["vel"].__setitem__(key(m), m), qos)
-    probe.create_subscription(QueryRouting, "/aqr_perception/routing",
+    probe.create_subscription(QueryRouting, f"/{NODE_NAME}/routing",
                               lambda m: got["routing"].__setitem__(key(m), m), qos)
     spin = lambda s: executor.spin_once(timeout_sec=s)  # noqa: E731
     try:
@@ -191,12 +242,7 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
         player = BagPlayer(probe, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic]
                            + ([] if multi_sweep else ["/tf"]), publish_clock=True)
         # every played input must be matched: a message published before discovery is lost
-        deadline = time.monotonic() + 120
-        while not player.wait_for_subscribers(node_cfg.input_topics(), 0.5, spin):
-            if node_proc.poll() is not None:
-                raise RuntimeError(f"the node exited with code {node_proc.returncode} before subscribing")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the node did not subscribe to every input topic within 120 s")
+        wait_for_node_inputs(player, probe, node_cfg, node_proc, spin)
         outstanding: list[str] = []
 
         def gate(topic: str, stamp: int) -> None:
@@ -231,6 +277,7 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
             node_proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             node_proc.kill()
+        params_dir.cleanup()
     preds = {}
     for token, det in got["det"].items():
         vel = got["vel"].get(token)
