@@ -191,6 +191,12 @@ def test_masked_modal_drops_exclusively_with_the_configured_rates():
 @pytest.mark.slow
 @pytest.mark.parametrize("aqr", [True, False], ids=["aqr", "no_aqr_baseline"])
 def test_training_reduces_the_loss_on_a_tiny_overfit_set(aqr):
+    """Both attention paths learn: 60 steps on one sample (two boxes) more than halve the
+    loss. The loss is noisy step to step and its path differs between CPU models and thread
+    counts (measured 0.35-0.47 of the start on one machine at 1 and 2 threads; 20 steps of
+    the full tiny model gave 0.67-0.84, too close to any limit), so the limit leaves room:
+    the mean of the last 10 steps below 0.7 x the mean of the first 5. A smaller variant of
+    the tiny model (50 queries, 96x160 views) makes the 60 steps affordable."""
     from model_helpers import random_inputs
 
     from aqr_perception.model import build_detector
@@ -198,21 +204,22 @@ def test_training_reduces_the_loss_on_a_tiny_overfit_set(aqr):
 
     torch.manual_seed(0)
     cfg = load_config("tiny", overrides=["model.transformer.dropout=0.0", "model.denoise.enabled=false",
-                                         f"model.aqr.enabled={str(aqr).lower()}"]).model
+                                         f"model.aqr.enabled={str(aqr).lower()}", "model.transformer.num_queries=50",
+                                         "model.image.input_height=96", "model.image.input_width=160"]).model
     model = build_detector(cfg).train()
     inputs = random_inputs(cfg, points=1500)
     gt_boxes = [torch.tensor([[5.0, 3.0, 0.0, 4.0, 2.0, 1.5, 0.3, 1.0, 0.0],
                               [-12.0, 8.0, -0.5, 0.7, 0.7, 1.8, 1.0, 0.0, 0.5]])]
     gt_labels = [torch.tensor([0, 8])]
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(60):
         loss = detection_loss(model(inputs, gt_boxes, gt_labels), gt_boxes, gt_labels, cfg).total
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5]), losses
 
 
 def test_masked_modal_view_drop_zeroes_one_view_of_samples_that_kept_their_images():
