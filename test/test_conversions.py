@@ -175,20 +175,64 @@ def test_camera_info_validation():
         C.camera_info_K(info)
 
 
-@pytest.mark.skipif(C._ros_read_points_numpy is None and C._CvBridge is None,
-                    reason="sensor_msgs_py / cv_bridge come with a ROS distro (not on PyPI); cross-check there")
-def test_fallbacks_match_the_ros_libraries_where_present():  # pragma: no cover - distro machines only
-    dt = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 12],
-                   "itemsize": 16})
+# --- cross-checks against the reference libraries
+# Images: cv_bridge (PyPI cv-bridge, or a distro's). PyPI's cv-bridge 1.13.0.post0 reads a
+# padded image as if it were packed (it ignores step), so a padded message is checked
+# against cv_bridge's result for the same pixels sent packed.
+ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+DESIRED = ("rgb8", "bgr8", "mono8", "passthrough")
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    """The image reference (PyPI ``cv-bridge`` in the venv, a distro's cv_bridge on a vehicle)."""
+    return pytest.importorskip("cv_bridge", reason="cv_bridge (pip install cv-bridge) is the reference").CvBridge()
+
+
+@pytest.mark.parametrize("pad", [0, 1, 3])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_raw_image_conversion_matches_cv_bridge(bridge, encoding, pad):
+    ch = ENCODINGS[encoding]
+    arr = np.random.default_rng(3).integers(0, 256, (6, 9, ch) if ch > 1 else (6, 9), dtype=np.uint8)
+    msg, packed = _image(arr, encoding, pad), _image(arr, encoding)
+    assert msg.step == 9 * ch + pad
+    for desired in DESIRED:
+        ours = C.imgmsg_to_cv2(msg, desired)
+        ref = bridge.imgmsg_to_cv2(packed, desired)
+        assert ours.shape == ref.shape and ours.dtype == ref.dtype, (desired, ours.shape, ref.shape)
+        np.testing.assert_array_equal(ours, ref, err_msg=f"{encoding} pad={pad} -> {desired}")
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_compressed_image_conversion_matches_cv_bridge(bridge, fmt):
+    rng = np.random.default_rng(4)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (5, 5), 0)
+    msg = _compressed(cv2.imencode(".jpg" if fmt == "jpeg" else ".png", bgr)[1].tobytes(), fmt)
+    for desired in DESIRED:
+        ours, ref = C.compressed_imgmsg_to_cv2(msg, desired), bridge.compressed_imgmsg_to_cv2(msg, desired)
+        assert ours.shape == ref.shape and ours.dtype == ref.dtype, (desired, ours.shape, ref.shape)
+        np.testing.assert_array_equal(ours, ref, err_msg=f"{fmt} -> {desired}")
+    # the node's decode at full size (reduction 1) too
+    np.testing.assert_array_equal(C.compressed_to_rgb_reduced(msg, 1), bridge.compressed_imgmsg_to_cv2(msg, "rgb8"))
+
+
+# Clouds: sensor_msgs_py comes only with a ROS distro. ros2-numpy (PyPI) is no reference:
+# 0.0.5 reads x, y, z as float32 at bytes 0-11 whatever the fields say, takes the
+# intensity field's *index* in the field list as its byte offset and reads it as uint16,
+# ignores is_bigendian, and fails on padded rows; its numbers are wrong even for a packed
+# float32 x, y, z, intensity cloud. Here the reference is the structured array the cloud
+# is built from (the tests above), and sensor_msgs_py where it is installed (for a cloud
+# without row padding: sensor_msgs_py reads rows as packed, ignoring row_step).
+@pytest.mark.skipif(C._ros_read_points_numpy is None,
+                    reason="sensor_msgs_py comes with a ROS distro (not on PyPI); cross-check there")
+def test_cloud_reader_matches_sensor_msgs_py_where_present():  # pragma: no cover - distro machines only
+    dt = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 16],
+                   "itemsize": 24})
     rows = np.zeros(20, dt)
-    rows["x"] = np.arange(20)
-    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 12, 7)], rows, 16)
-    if C._ros_read_points_numpy is not None:
-        np.testing.assert_array_equal(C._ros_read_points_numpy(cloud, ["x", "y", "z", "intensity"]),
-                                      C.read_points_numpy_fallback(cloud, ["x", "y", "z", "intensity"]))
-    if C._CvBridge is not None:
-        img = _image(np.arange(60, dtype=np.uint8).reshape(4, 5, 3), "rgb8")
-        np.testing.assert_array_equal(C._CvBridge().imgmsg_to_cv2(img, "bgr8"), C.imgmsg_to_cv2_fallback(img, "bgr8"))
+    rows["x"], rows["y"], rows["z"], rows["intensity"] = np.arange(20), -np.arange(20), 0.5, np.arange(20) * 3
+    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 16, 7)], rows, 24)
+    names = ["x", "y", "z", "intensity"]
+    np.testing.assert_array_equal(C._ros_read_points_numpy(cloud, names), C.read_points_numpy_fallback(cloud, names))
 
 
 @pytest.mark.parametrize("r", [2, 4, 8])

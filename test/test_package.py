@@ -61,3 +61,15 @@ def test_console_scripts_run():
     assert train.returncode == 2 and "no drives" in train.stderr
     play = subprocess.run([bindir / "aqr-perception", "play", "--help"], capture_output=True, text=True, timeout=60)
     assert play.returncode == 0 and "--exclude" in play.stdout
+
+
+def test_readme_lists_the_rosdep_keys_of_package_xml():
+    pkg = parse_package(str(REPO / "package.xml"))
+    keys = {d.name for d in pkg.buildtool_depends + pkg.build_depends + pkg.exec_depends + pkg.test_depends}
+    readme = (REPO / "README.md").read_text()
+    para = readme[readme.index("The rosdep keys `package.xml` names:"):]
+    para = para[:para.index("\n\n")]
+    listed = set(re.findall(r"`([\w-]+)`", para)) - {"package"}
+    assert listed == keys
+    skipped = re.search(r'--skip-keys "([^"]+)"', readme).group(1).split()
+    assert set(skipped) <= keys
