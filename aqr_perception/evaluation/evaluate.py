@@ -144,12 +144,14 @@ def eval_node_config(cfg: AqrConfig):
 # ------------------------------------------------------------------------ replay
 def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str):
     """The node settings of a replay: the user's (``cfg.node``: topics, frames, cameras...)
-    with every detection the metric may use, lossless QoS and waits sized for stepwise play."""
-    sync = eval_node_config(cfg).sync.model_copy(update={
+    with every detection the metric may use, lossless QoS, the evaluated checkpoint (empty:
+    the bundled one) and waits that let a cloud's inputs, which precede it in the bag, land
+    before it is used."""
+    node_cfg = eval_node_config(cfg)
+    sync = node_cfg.sync.model_copy(update={
         "calibration_wait_s": REPLAY_STARTUP_WAIT_S, "camera_wait_s": REPLAY_CAMERA_WAIT_S})
-    return eval_node_config(cfg).model_copy(update={
-        "qos_depth": 20, "device": device, "publish_markers": False, "sync": sync,
-        **({"checkpoint": checkpoint} if checkpoint else {})})
+    return node_cfg.model_copy(update={"qos_depth": 20, "device": device, "publish_markers": False, "sync": sync,
+                                       "checkpoint": checkpoint})
 
 
 def write_node_params(node_cfg, path: Path) -> Path:

@@ -26,11 +26,9 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.received: int | None = None
         self._previous: dict[int, object] = {}
 
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.received = self.received or signum
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
         self.event.set()
 
     def __enter__(self) -> StopSignals:
