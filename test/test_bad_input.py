@@ -227,9 +227,9 @@ def test_model_faults_skip_the_frame():
 
 def test_future_and_out_of_order_stamps_are_counted_not_fatal():
     s = LidarTriggeredSync(["a"], SyncConfig(max_image_age_s=0.05))
-    s.add_image("a", 100 * NS, "future")                    # far ahead of the clouds
-    a = s.associate(1 * NS)                                 # 99 s back: treated as a reset
-    assert s.counters.time_jumps == 1 and a.images["a"] is None
+    s.add_image("a", 100 * NS, "future")                    # far ahead of the clouds: stale, not a reset
+    a = s.associate(1 * NS)
+    assert s.counters.time_jumps == 0 and a.images["a"] is None and "+99.000 s" in a.stale["a"]
     s.associate(2 * NS)
     s.associate(int(1.5 * NS))
     assert s.counters.clouds_out_of_order == 1

@@ -52,10 +52,11 @@ def test_time_jump_back_resets_and_counts():
     s.add_image("front", 10_000 * MS, "old")
     s.associate(10_000 * MS)
     s.add_image("front", 10_050 * MS, "old2")               # never used
-    s.add_image("front", 200 * MS, "new")                   # the bag looped
+    s.add_image("front", 200 * MS, "new")                   # the bag looped: the camera's clock first
+    assert s.counters.camera_time_jumps == {"front": 1, "back": 0} and s.counters.time_jumps == 0
+    a = s.associate(200 * MS)                               # ...then the LiDAR's
     assert s.counters.time_jumps == 1
-    a = s.associate(200 * MS)
-    assert a.images["front"] == "new"
+    assert a.images["front"] == "new"                       # an image of the new run, before its cloud, stays
     assert s.counters.images_evicted_unused["front"] == 1   # "old2" went unused
     s.associate(150 * MS)                                   # small step back: out of order, no reset
     assert s.counters.clouds_out_of_order == 1 and s.counters.time_jumps == 1
@@ -119,3 +120,25 @@ def test_in_flight_and_live_cameras():
     s2 = _sync(camera_time_offsets_s=[0.03, 0.0])              # offsets count: 80 + 30 > 100
     s2.add_image("front", 80 * MS, "f80")
     assert s2.cameras_in_flight(100 * MS) == []
+
+
+def test_a_camera_with_a_skewed_clock_is_masked_alone():
+    """A camera 2 s behind (or ahead of) the others resets nothing: it alone is stale, the
+    reason says by how much; the documented per-camera offset brings it back."""
+    cams = ["CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
+    for skew_s in (-2.0, 2.0):
+        for offsets in ([], [0.0, 0.0, 0.0, -skew_s, 0.0, 0.0]):
+            s = LidarTriggeredSync(cams, SyncConfig(max_image_age_s=0.05, time_jump_back_s=1.0,
+                                                    camera_time_offsets_s=offsets))
+            for k in range(6):
+                t = 1000 * MS + k * 100 * MS
+                for c in cams:
+                    s.add_image(c, t + (int(skew_s * 1000) * MS if c == "CAM_BACK" else 0), f"{c}{k}")
+                a = s.associate(t)
+                if offsets:
+                    assert a.fresh_cameras == cams and a.images["CAM_BACK"] == f"CAM_BACK{k}"
+                else:
+                    assert a.fresh_cameras == [c for c in cams if c != "CAM_BACK"], (skew_s, k, a.stale)
+                    gap = float(a.stale["CAM_BACK"].split("nearest image ")[1].split(" s")[0])
+                    assert 1.5 < gap * skew_s / abs(skew_s) <= 2.0, a.stale["CAM_BACK"]
+            assert s.counters.time_jumps == 0 and sum(s.counters.camera_time_jumps.values()) == 0

@@ -229,7 +229,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 self._warn("tf", f"/tf: {exc}")
 
         def _on_set_parameters(self, params) -> SetParametersResult:
-            # read-only parameters (all but RUNTIME_MUTABLE) are refused by rclpy before this
+            # read-only parameters (all but params.RUNTIME_MUTABLE) are refused by rclpy before this
             try:
                 update = {p.name: p.value for p in params}
                 self.cfg = NodeConfig.model_validate({**self.cfg.model_dump(), **update})
@@ -360,6 +360,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 *[kv(f"sync.images_received.{c}", n) for c, n in self.sync.counters.images_received.items()],
                 *[kv(f"sync.images_unused.{c}", n) for c, n in self.sync.counters.images_evicted_unused.items()],
                 kv("sync.time_jumps", self.sync.counters.time_jumps),
+                *[kv(f"sync.camera_time_jumps.{c}", n) for c, n in self.sync.counters.camera_time_jumps.items() if n],
                 kv("sync.clouds_out_of_order", self.sync.counters.clouds_out_of_order),
                 kv("sync.clouds_waited_for_inputs", self.pipeline.input_waits.clouds_waited),
                 kv("sync.input_wait_timeouts", self.pipeline.input_waits.wait_timeouts), *sweep_values])

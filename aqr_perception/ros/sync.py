@@ -7,8 +7,12 @@ nothing -- is *stale*: its keys are masked in the model instead of dropping the 
 A cloud may overtake the images of its own instant in transport: ``cameras_in_flight``
 names the live cameras whose newest image is older than the cloud, so that the caller
 can wait for a later candidate (as message_filters' ApproximateTime does).
-A stamp that jumps back by more than ``time_jump_back_s`` (a looping bag, a simulation
-reset) clears every cache. Counters account for every image received.
+Time jumps are detected per source, on offset-corrected stamps: a camera whose own
+stamps jump back by more than ``time_jump_back_s`` (its driver restarted, a looping bag)
+drops only its own buffer; a cloud that jumps back (a looping bag, a simulation reset)
+drops the buffered images that lie that far after it. A camera whose clock is merely off
+never resets anything: its images are too far from the clouds, so it alone is stale,
+with the gap as the reason. Counters account for every image received.
 
 No rclpy here: stamps are integer nanoseconds and payloads are opaque, so the dataset
 reader uses the same logic as the node.
@@ -47,9 +51,10 @@ class SyncCounters:
     images_evicted_unused: dict[str, int] = field(default_factory=dict)
     images_out_of_order: dict[str, int] = field(default_factory=dict)
     stale_per_camera: dict[str, int] = field(default_factory=dict)
+    camera_time_jumps: dict[str, int] = field(default_factory=dict)
     clouds: int = 0
     clouds_out_of_order: int = 0
-    time_jumps: int = 0
+    time_jumps: int = 0                   # of the LiDAR clock (the reference): association resets
 
 
 class LidarTriggeredSync:
@@ -67,33 +72,44 @@ class LidarTriggeredSync:
         self._jump_ns = int(round(cfg.time_jump_back_s * NS))
         self._buffers: dict[str, deque] = {c: deque() for c in cameras}
         self._used: dict[str, set[int]] = {c: set() for c in cameras}
-        self._latest_ns: int | None = None
+        self._latest_cloud_ns: int | None = None
         self._lock = threading.Lock()
         self.counters = SyncCounters(**{k: {c: 0 for c in cameras} for k in (
-            "images_received", "images_used", "images_evicted_unused", "images_out_of_order", "stale_per_camera")})
+            "images_received", "images_used", "images_evicted_unused", "images_out_of_order", "stale_per_camera",
+            "camera_time_jumps")})
 
     # --------------------------------------------------------------- input
-    def _check_jump(self, stamp_ns: int) -> bool:
-        """Reset on a large jump back; returns True when a reset happened."""
-        if self._latest_ns is not None and stamp_ns < self._latest_ns - self._jump_ns:
+    def _evict(self, camera: str, after_ns: int | None = None) -> None:
+        """Drop ``camera``'s buffered images (those with a corrected stamp after ``after_ns``)."""
+        buf, off = self._buffers[camera], self._offset_ns[camera]
+        keep = [(s, p) for s, p in buf if after_ns is not None and s + off <= after_ns]
+        for stamp, _ in buf:
+            if after_ns is None or stamp + off > after_ns:
+                if stamp not in self._used[camera]:
+                    self.counters.images_evicted_unused[camera] += 1
+                self._used[camera].discard(stamp)
+        buf.clear()
+        buf.extend(keep)
+
+    def _cloud_jumped(self, stamp_ns: int) -> bool:
+        """A cloud far behind the newest one: images that far after it are of another run."""
+        if self._latest_cloud_ns is not None and stamp_ns < self._latest_cloud_ns - self._jump_ns:
             for c in self.cameras:
-                for stamp, _ in self._buffers[c]:
-                    if stamp not in self._used[c]:
-                        self.counters.images_evicted_unused[c] += 1
-                self._buffers[c].clear()
-                self._used[c].clear()
-            self._latest_ns = stamp_ns
+                self._evict(c, after_ns=stamp_ns + self._jump_ns)
+            self._latest_cloud_ns = stamp_ns
             self.counters.time_jumps += 1
             return True
-        self._latest_ns = stamp_ns if self._latest_ns is None else max(self._latest_ns, stamp_ns)
+        self._latest_cloud_ns = stamp_ns if self._latest_cloud_ns is None else max(self._latest_cloud_ns, stamp_ns)
         return False
 
     def add_image(self, camera: str, stamp_ns: int, payload: Any) -> None:
         """Store an image (payload is whatever the caller needs later, e.g. the message)."""
         with self._lock:
             self.counters.images_received[camera] += 1
-            self._check_jump(stamp_ns)
             buf = self._buffers[camera]
+            if buf and stamp_ns < buf[-1][0] - self._jump_ns:     # this camera's own clock went back
+                self._evict(camera)
+                self.counters.camera_time_jumps[camera] += 1
             if buf and stamp_ns <= buf[-1][0]:
                 # out of order or duplicate: keep it only if it is new, in stamp order
                 self.counters.images_out_of_order[camera] += 1
@@ -137,8 +153,8 @@ class LidarTriggeredSync:
         """Pick per camera the image nearest to the cloud stamp within the window."""
         with self._lock:
             self.counters.clouds += 1
-            previous = self._latest_ns
-            if not self._check_jump(stamp_ns) and previous is not None and stamp_ns < previous:
+            previous = self._latest_cloud_ns
+            if not self._cloud_jumped(stamp_ns) and previous is not None and stamp_ns < previous:
                 self.counters.clouds_out_of_order += 1
             images: dict[str, Any] = {}
             stamps: dict[str, int | None] = {}
@@ -170,4 +186,4 @@ class LidarTriggeredSync:
             for c in self.cameras:
                 self._buffers[c].clear()
                 self._used[c].clear()
-            self._latest_ns = None
+            self._latest_cloud_ns = None
