@@ -68,14 +68,19 @@ def to_detection_array(header: Header, det: FrameDetections, class_names: Sequen
     return out
 
 
+def _per_layer(weights: np.ndarray, n: int) -> np.ndarray:
+    """(N, L) float32 router weights; an empty frame gives (0, 1), not a reshape error."""
+    w = np.asarray(weights, dtype=np.float32)
+    return w.reshape(n, -1) if w.size else np.zeros((n, 1), np.float32)
+
+
 def to_routing_msg(header: Header, det: FrameDetections, lidar_available: bool,
                    cameras_available: Sequence[str], cameras_masked: Sequence[str]) -> QueryRouting:
     """Build the QueryRouting message matching :func:`to_detection_array` entry by entry."""
     msg = QueryRouting(header=header, lidar_available=bool(lidar_available),
                        cameras_available=list(cameras_available), cameras_masked=list(cameras_masked))
     stamp_ns = time_to_ns(header.stamp)
-    lw = np.asarray(det.lidar_weight, dtype=np.float32).reshape(len(det), -1)
-    cw = np.asarray(det.camera_weight, dtype=np.float32).reshape(len(det), -1)
+    lw, cw = _per_layer(det.lidar_weight, len(det)), _per_layer(det.camera_weight, len(det))
     for i in range(len(det)):
         q = int(det.query_index[i])
         msg.detections.append(DetectionRouting(
