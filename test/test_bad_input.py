@@ -90,15 +90,15 @@ def _tf_static(cams):
     return msg
 
 
-def _pipeline(runtime=None, lidar=None, **sync):
+def _pipeline(runtime=None, lidar=None, tf_static=True, **sync):
     cams = [c for c in nuscenes_like_rig(W, H)]
     cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw", score_threshold=0.3,
                      sync=SyncConfig(**{"calibration_wait_s": 0.0, **sync}))
     p = FramePipeline(cfg, runtime or StubRuntime(), lidar=lidar)
     for c in cams:
         p.on_camera_info(c.name, _info(c.name, c.K))
-    tfm = _tf_static(cams)
-    p.on_tf_static(tfm)
+    if tf_static:
+        p.on_tf_static(_tf_static(cams))
     return p, cams
 
 
@@ -300,3 +300,65 @@ def test_fuzz_sync_never_raises_and_counts_every_image(events):
             a = s.associate(t)
             assert set(a.images) == {"c0", "c1", "c2", "c3"}
     assert sum(s.counters.images_received.values()) == n_images
+
+
+# ------------------------------------------------------------------ transforms, one by one
+def _transform(parent, child, q=(0.0, 0.0, 0.0, 1.0), t=(0.0, 0.0, 0.0), stamp_ns=0):
+    from geometry_msgs.msg import TransformStamped
+
+    tf = TransformStamped(child_frame_id=child)
+    tf.header.frame_id = parent
+    tf.header.stamp.sec, tf.header.stamp.nanosec = divmod(stamp_ns, NS)
+    tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = t
+    tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z, tf.transform.rotation.w = q
+    return tf
+
+
+@pytest.mark.parametrize("q", [(1e300, 0.0, 0.0, 1e300), (0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 2.0),
+                               (float("nan"), 0.0, 0.0, 1.0)])
+def test_one_degenerate_static_transform_is_rejected_alone(q):
+    """robot_state_publisher sends every static frame in one message: an unrelated bad edge
+    (base_link -> gps) is refused by name and the cameras' transforms after it are kept."""
+    from tf2_msgs.msg import TFMessage
+
+    p, cams = _pipeline(tf_static=False)
+    msg = TFMessage(transforms=[_transform("lidar", "base_link"), _transform("base_link", "gps", q=q),
+                                *_tf_static(cams).transforms])
+    rejected = p.on_tf_static(msg)
+    assert [(r.parent, r.child) for r in rejected] == [("base_link", "gps")]
+    assert "quaternion" in rejected[0].reason or "non-finite" in rejected[0].reason
+    for c in cams:
+        p.on_image(c.name, _image(c.name, NS))
+    out = p.process(_cloud())
+    assert out.status == "ok" and out.inputs.masked == {}
+
+
+def test_a_slightly_denormalised_quaternion_is_normalised():
+    from aqr_perception.ros.tf_static import StaticTransforms
+    from tf2_msgs.msg import TFMessage
+
+    s = 0.5 ** 0.5 * 1.004                                  # a driver's rounding: norm 1.004
+    tf = StaticTransforms()
+    assert tf.add_message(TFMessage(transforms=[_transform("a", "b", q=(0.0, 0.0, s, s), t=(1.0, 0.0, 0.0))])) == []
+    T = tf.lookup("a", "b")
+    np.testing.assert_allclose(T[:3, :3], [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)   # 90 deg about z
+    np.testing.assert_allclose(tf.lookup("b", "a") @ T, np.eye(4), atol=1e-12)
+
+
+def test_an_unrelated_bad_dynamic_edge_does_not_stop_the_ego_pose():
+    """A map -> wheel edge with an all-zero quaternion on /tf is refused; the LiDAR's pose
+    in map still interpolates."""
+    from tf2_msgs.msg import TFMessage
+
+    from aqr_perception.ros.ego_pose import EgoPoses
+    from aqr_perception.ros.tf_static import StaticTransforms
+
+    poses, static = EgoPoses(), StaticTransforms()
+    static.add_message(TFMessage(transforms=[_transform("base_link", "lidar", t=(0.0, 0.0, 1.8))]))
+    for k, x in ((0, 0.0), (1, 10.0)):
+        rejected = poses.add_message(TFMessage(transforms=[
+            _transform("map", "wheel", q=(0.0, 0.0, 0.0, 0.0), stamp_ns=k * NS),
+            _transform("map", "base_link", t=(x, 0.0, 0.0), stamp_ns=k * NS)]))
+        assert [str(r).split(":")[0] for r in rejected] == ["map -> wheel"]
+    T = static.lookup("map", "lidar", poses.edges_at(NS // 2))
+    np.testing.assert_allclose(T[:3, 3], [5.0, 0.0, 1.8])

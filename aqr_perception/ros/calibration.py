@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from aqr_perception.ros.conversions import ConversionError, camera_info_K
-from aqr_perception.ros.tf_static import StaticTransforms
+from aqr_perception.ros.tf_static import RejectedTransform, StaticTransforms
 
 
 class CalibrationStore:
@@ -39,10 +39,12 @@ class CalibrationStore:
                 self._frame[camera] = info.header.frame_id
                 self._cache = {k: v for k, v in self._cache.items() if k[0] != camera}
 
-    def add_tf_static(self, msg) -> None:
+    def add_tf_static(self, msg) -> list[RejectedTransform]:
+        """Store the valid transforms of a /tf_static message; returns the rejected ones."""
         with self._lock:
-            self.tf.add_message(msg)
+            rejected = self.tf.add_message(msg)
             self._cache.clear()
+        return rejected
 
     def intrinsics(self, camera: str) -> np.ndarray | None:
         return self._K.get(camera)

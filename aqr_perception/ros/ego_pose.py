@@ -13,7 +13,7 @@ import bisect
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from aqr_perception.ros.tf_static import message_transforms
+from aqr_perception.ros.tf_static import RejectedTransform, message_transforms
 from aqr_perception.stamps import NS
 
 
@@ -27,15 +27,14 @@ class EgoPoses:
         self._poses: dict[tuple[str, str], list[np.ndarray]] = {}
         self.newest_ns: int | None = None
 
-    def add_message(self, msg) -> int:
-        """Add every transform of a TFMessage; returns how many were stored."""
-        for parent, child, stamp, T in message_transforms(msg):
+    def add_message(self, msg) -> list[RejectedTransform]:
+        """Add every valid transform of a TFMessage; returns the rejected ones."""
+        good, rejected = message_transforms(msg)
+        for parent, child, stamp, T in good:
             self.add(parent, child, stamp, T)
-        return len(msg.transforms)
+        return rejected
 
     def add(self, parent: str, child: str, stamp_ns: int, child_to_parent: np.ndarray) -> None:
-        if not np.all(np.isfinite(child_to_parent)):
-            raise ValueError(f"non-finite transform {parent} <- {child}")
         edge = (parent, child)
         stamps = self._stamps.setdefault(edge, [])
         poses = self._poses.setdefault(edge, [])

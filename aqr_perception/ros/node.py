@@ -215,18 +215,18 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 self._warn(f"info:{camera}", f"{self.cfg.camera_info_topic_format.format(camera=camera)}: {exc}")
 
         def _on_tf_static(self, msg) -> None:
-            try:
-                self.pipeline.on_tf_static(msg)
-            except ValueError as exc:
-                self.counters["tf_static_invalid"] += 1
-                self._warn("tf_static", f"/tf_static: {exc}")
+            self._count_rejected("/tf_static", self.pipeline.on_tf_static(msg))
 
         def _on_tf(self, msg) -> None:
-            try:
-                self.pipeline.on_tf(msg)
-            except ValueError as exc:
-                self.counters["tf_invalid"] += 1
-                self._warn("tf", f"/tf: {exc}")
+            self._count_rejected("/tf", self.pipeline.on_tf(msg))
+
+        def _count_rejected(self, topic: str, rejected) -> None:
+            """Transforms refused one by one (the rest of the message was kept): a counter per
+            edge and a throttled log line naming the frames."""
+            for r in rejected:
+                self.counters[f"{topic.strip('/')}_rejected.{r.parent}->{r.child}"] += 1
+                self._warn(f"{topic}:{r.parent}->{r.child}", f"{topic}: transform {r} (ignored; the message's "
+                                                               "other transforms are used)")
 
         def _on_set_parameters(self, params) -> SetParametersResult:
             # read-only parameters (all but params.RUNTIME_MUTABLE) are refused by rclpy before this

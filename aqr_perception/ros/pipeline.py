@@ -27,6 +27,7 @@ from aqr_perception.ros.conversions import (ConversionError, compressed_to_rgb_r
                                             jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
 from aqr_perception.ros.ego_pose import EgoPoses
 from aqr_perception.ros.sync import LidarTriggeredSync
+from aqr_perception.ros.tf_static import RejectedTransform
 from aqr_perception.stamps import NS, header_ns
 
 #: an ego-pose stream whose newest sample is older than this is not waited for (it stopped)
@@ -104,14 +105,18 @@ class FramePipeline:
         self.calib.set_camera_info(camera, msg)
         self._arrived()
 
-    def on_tf_static(self, msg) -> None:
-        self.calib.add_tf_static(msg)
+    def on_tf_static(self, msg) -> list[RejectedTransform]:
+        """Store a /tf_static message's valid transforms; returns the rejected ones (the
+        caller counts and logs them)."""
+        rejected = self.calib.add_tf_static(msg)
         self._arrived()
+        return rejected
 
-    def on_tf(self, msg) -> None:
-        """A /tf message (ego pose); raises ValueError for a non-finite transform."""
-        self.poses.add_message(msg)
+    def on_tf(self, msg) -> list[RejectedTransform]:
+        """A /tf message (ego pose): stores its valid transforms, returns the rejected ones."""
+        rejected = self.poses.add_message(msg)
         self._arrived()
+        return rejected
 
     @property
     def multi_sweep(self) -> bool:

@@ -1,12 +1,14 @@
 """Static transforms from /tf_static (stands in for tf2_ros's buffer for static frames).
 
 Transforms are stored as parent <- child edges; :meth:`StaticTransforms.lookup` chains
-them through the tree. No rclpy needed (works on rclpy or rosbags TFMessages).
+them through the tree. Each transform of a message is validated on its own (tf2's rule):
+a bad one is rejected by name and the rest are kept, and a lookup only touches the edges
+on its path. No rclpy needed (works on rclpy or rosbags TFMessages).
 """
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -14,21 +16,63 @@ from scipy.spatial.transform import Rotation
 from aqr_perception.stamps import header_ns
 
 
+#: a quaternion whose norm is this close to 1 is normalised; a farther one is refused
+#: (tf2 refuses denormalised quaternions too; drivers publish norms a few 1e-4 off)
+QUATERNION_NORM_TOLERANCE = 1e-2
+
+
+@dataclass
+class RejectedTransform:
+    """One transform of a TFMessage that was not stored, and why (the rest were)."""
+
+    parent: str
+    child: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.parent} -> {self.child}: {self.reason}"
+
+
 def transform_to_matrix(tf) -> np.ndarray:
-    """geometry_msgs/Transform -> (4, 4) child -> parent."""
-    q = tf.rotation
+    """geometry_msgs/Transform -> (4, 4) child -> parent; ValueError for a transform that
+    is not a rigid motion (non-finite values, a quaternion far from unit norm)."""
+    q = np.array([tf.rotation.x, tf.rotation.y, tf.rotation.z, tf.rotation.w], dtype=np.float64)
+    t = np.array([tf.translation.x, tf.translation.y, tf.translation.z], dtype=np.float64)
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))):
+        raise ValueError("non-finite transform")
+    scale = np.abs(q).max()
+    norm = scale * np.sqrt(np.sum((q / scale) ** 2)) if scale > 0 else 0.0   # no overflow for huge entries
+    if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
+        raise ValueError(f"quaternion norm {norm:.6g} is not 1 (tolerance {QUATERNION_NORM_TOLERANCE})")
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    T[:3, 3] = (tf.translation.x, tf.translation.y, tf.translation.z)
+    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()
+    T[:3, 3] = t
     return T
 
 
-def message_transforms(msg) -> Iterator[tuple[str, str, int, np.ndarray]]:
-    """(parent, child, stamp_ns, child -> parent (4, 4)) of every transform of a TFMessage,
-    frame names without a leading '/' (tf2's convention)."""
+def rigid_inverse(T: np.ndarray) -> np.ndarray:
+    """Inverse of a (4, 4) rigid motion (no general matrix inversion)."""
+    inv = np.eye(4)
+    inv[:3, :3] = T[:3, :3].T
+    inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return inv
+
+
+def message_transforms(msg) -> tuple[list[tuple[str, str, int, np.ndarray]], list[RejectedTransform]]:
+    """Every transform of a TFMessage, each validated on its own as tf2 does: the good ones
+    as (parent, child, stamp_ns, child -> parent (4, 4)), frame names without a leading '/'
+    (tf2's convention), and the rejected ones with their reason."""
+    good, rejected = [], []
     for t in msg.transforms:
-        stamp = header_ns(t)
-        yield t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"), stamp, transform_to_matrix(t.transform)
+        parent, child = t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/")
+        if not parent or not child or parent == child:
+            rejected.append(RejectedTransform(parent, child, "empty or identical frame names"))
+            continue
+        try:
+            good.append((parent, child, header_ns(t), transform_to_matrix(t.transform)))
+        except ValueError as exc:
+            rejected.append(RejectedTransform(parent, child, str(exc)))
+    return good, rejected
 
 
 class StaticTransforms:
@@ -37,15 +81,14 @@ class StaticTransforms:
     def __init__(self) -> None:
         self._edges: dict[tuple[str, str], np.ndarray] = {}   # (parent, child) -> child->parent
 
-    def add_message(self, msg) -> int:
-        """Add every transform of a TFMessage; returns how many were added/updated."""
-        for parent, child, _stamp, T in message_transforms(msg):
+    def add_message(self, msg) -> list[RejectedTransform]:
+        """Add every valid transform of a TFMessage; returns the rejected ones."""
+        good, rejected = message_transforms(msg)
+        for parent, child, _stamp, T in good:
             self.add(parent, child, T)
-        return len(msg.transforms)
+        return rejected
 
     def add(self, parent: str, child: str, child_to_parent: np.ndarray) -> None:
-        if not np.all(np.isfinite(child_to_parent)):
-            raise ValueError(f"non-finite transform {parent} <- {child}")
         self._edges[(parent, child)] = child_to_parent
 
     @property
@@ -61,17 +104,18 @@ class StaticTransforms:
         target, source = target.lstrip("/"), source.lstrip("/")
         if target == source:
             return np.eye(4)
-        adj: dict[str, list[tuple[str, np.ndarray]]] = {}
+        # edges are inverted only when a search walks them parent -> child
+        adj: dict[str, list[tuple[str, np.ndarray, bool]]] = {}
         for (parent, child), T in {**self._edges, **(extra_edges or {})}.items():
-            adj.setdefault(child, []).append((parent, T))                # child -> parent
-            adj.setdefault(parent, []).append((child, np.linalg.inv(T)))  # parent -> child
+            adj.setdefault(child, []).append((parent, T, False))       # child -> parent
+            adj.setdefault(parent, []).append((child, T, True))        # parent -> child
         seen = {source: np.eye(4)}
         queue = deque([source])
         while queue:
             frame = queue.popleft()
-            for nxt, T in adj.get(frame, []):
+            for nxt, T, invert in adj.get(frame, []):
                 if nxt not in seen:
-                    seen[nxt] = T @ seen[frame]
+                    seen[nxt] = (rigid_inverse(T) if invert else T) @ seen[frame]
                     if nxt == target:
                         return seen[nxt]
                     queue.append(nxt)
