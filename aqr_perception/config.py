@@ -314,6 +314,23 @@ class NodeConfig(_Section):
     diagnostics_period_s: PositiveFloat = Field(1.0, description="period of /diagnostics, s")
     sync: SyncConfig = SyncConfig()
 
+    @model_validator(mode="after")
+    def _per_camera_settings(self) -> NodeConfig:
+        for name in ("image_topic_format", "camera_info_topic_format"):
+            fmt = getattr(self, name)
+            try:
+                topics = {fmt.format(camera=c) for c in self.camera_names}
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"{name} {fmt!r}: only the field {{camera}} can be filled in "
+                                 f"({type(exc).__name__}: {exc})") from None
+            if len(topics) < len(self.camera_names):
+                raise ValueError(f"{name} {fmt!r} gives the same topic to several cameras: it must contain {{camera}}")
+        offsets = self.sync.camera_time_offsets_s
+        if offsets and len(offsets) != len(self.camera_names):
+            raise ValueError(f"sync.camera_time_offsets_s has {len(offsets)} entries for {len(self.camera_names)} "
+                             "cameras (camera_names): give one per camera, or none")
+        return self
+
     def input_topics(self) -> list[str]:
         """Every topic the node may subscribe to (LiDAR, images, CameraInfo, /tf_static, and
         /tf, read by multi-sweep models for the ego pose)."""

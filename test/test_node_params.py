@@ -57,6 +57,9 @@ def test_runtime_change_refused_with_reason_unless_supported(ros_context):
         assert ok.successful and node.cfg.score_threshold == 0.5
         bad = node.set_parameters([Parameter("score_threshold", value=1.5)])[0]
         assert not bad.successful and node.cfg.score_threshold == 0.5
+        assert "score_threshold" in bad.reason and "1.5" in bad.reason and "\n" not in bad.reason   # names the field
+        zero = node.set_parameters([Parameter("max_processing_time_ms", value=0.0)])[0]
+        assert not zero.successful and "max_processing_time_ms" in zero.reason
         refused = node.set_parameters([Parameter("lidar_topic", value="/other")])[0]
         assert not refused.successful and "read-only" in refused.reason
         assert "restart" in node.describe_parameter("lidar_topic").description

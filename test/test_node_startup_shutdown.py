@@ -23,7 +23,7 @@ SHUTDOWN_ERRORS = ("Traceback", "RCLError", "context is invalid", "Failed to pub
 def _bad_checkpoints(tmp: Path) -> dict[str, Path]:
     data = BUNDLED_CHECKPOINT.read_bytes()
     files = {"missing": tmp / "does_not_exist.pt", "random_bytes": tmp / "random.pt", "truncated": tmp / "truncated.pt",
-             "foreign": tmp / "mmdet3d_style.pth", "other_model": tmp / "other_model.pt"}
+             "foreign": tmp / "mmdet3d_style.pth", "other_model": tmp / "other_model.pt", "nan_weights": tmp / "nan.pt"}
     files["random_bytes"].write_bytes(os.urandom(4096))
     files["truncated"].write_bytes(data[: len(data) // 2])
     # what a checkpoint of another project holds: weights and meta, no model config
@@ -32,10 +32,14 @@ def _bad_checkpoints(tmp: Path) -> dict[str, Path]:
     blob = torch.load(BUNDLED_CHECKPOINT, map_location="cpu", weights_only=False)
     blob["model_config"]["transformer"]["ffn_dims"] //= 2      # the weights no longer fit the config
     torch.save(blob, files["other_model"])
+    blob = torch.load(BUNDLED_CHECKPOINT, map_location="cpu", weights_only=False)
+    key = next(k for k, v in blob["state_dict"].items() if v.is_floating_point())
+    blob["state_dict"][key] = torch.full_like(blob["state_dict"][key], float("nan"))     # a diverged run
+    torch.save(blob, files["nan_weights"])
     return files
 
 
-@pytest.mark.parametrize("case", ["missing", "random_bytes", "truncated", "foreign", "other_model"])
+@pytest.mark.parametrize("case", ["missing", "random_bytes", "truncated", "foreign", "other_model", "nan_weights"])
 def test_bad_checkpoint_is_one_line_and_exit_code_2(case, tmp_path):
     path = _bad_checkpoints(tmp_path)[case]
     out = subprocess.run([*NODE, "--ros-args", "-p", f"checkpoint:={path}"], capture_output=True, text=True,
@@ -46,8 +50,50 @@ def test_bad_checkpoint_is_one_line_and_exit_code_2(case, tmp_path):
     assert lines[0].startswith("aqr_perception_node: checkpoint ") and str(path) in lines[0]
     expected = {"missing": "no such file", "random_bytes": "not a readable PyTorch checkpoint",
                 "truncated": "not a readable PyTorch checkpoint", "foreign": "not an aqr_perception checkpoint",
-                "other_model": "different model than its config"}[case]
+                "other_model": "different model than its config", "nan_weights": "NaN or infinite"}[case]
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize("params, words", [
+    (["device:=cuda:0"], "device 'cuda:0' requested but CUDA is not available"),
+    (["sync.camera_time_offsets_s:=[0.0, 0.1]"], "sync.camera_time_offsets_s has 2 entries for 6 cameras"),
+    (["image_topic_format:=/{cam}/image"], "image_topic_format '/{cam}/image': only the field {camera}"),
+    (["image_topic_format:=/image"], "gives the same topic to several cameras"),
+    (["max_detections:=abc"], "parameter max_detections: Trying to set parameter 'max_detections' to 'abc'"),
+    (["sync.image_buffer_size:=100"], "parameter sync.image_buffer_size: Invalid parameter value (100)"),
+    (["max_processing_time_ms:=0"], "write a double with a decimal point"),
+    (["score_threshold:=1.5"], "score_threshold"),
+])
+def test_bad_parameters_are_one_line_and_exit_code_2(params, words):
+    cmd = [*NODE, "--ros-args", "-p", "checkpoint:=none"]
+    for p in params:
+        cmd += ["-p", p]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith("aqr_perception_node: ") and words in lines[0], lines[0]
+
+
+def test_unknown_parameters_are_named_in_a_warning(tmp_path):
+    """A typo'd key in the parameter file and an unknown -p start the node, with a warning
+    naming both (rclpy alone ignores them silently)."""
+    params = tmp_path / "p.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.5\n")
+    log = tmp_path / "node.log"
+    node = _start([*NODE, "--ros-args", "--params-file", str(params), "-p", "no_such_param:=3",
+                   "-p", "checkpoint:=none"], log)
+    try:
+        deadline = time.monotonic() + 90
+        while "ready:" not in log.read_text() and time.monotonic() < deadline and node.poll() is None:
+            time.sleep(0.2)
+        os.killpg(node.pid, signal.SIGINT)
+        assert node.wait(timeout=30) == 0
+    finally:
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+    text = log.read_text()
+    assert "ignoring unknown parameter(s) no_such_param, score_treshold" in text, text
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:

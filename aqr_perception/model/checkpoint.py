@@ -89,6 +89,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise CheckpointError(f"checkpoint {path}: its weights are of a different model than its config "
                               f"({len(missing)} missing or of another shape, {len(unexpected)} unexpected; "
                               f"e.g. {example})")
+    bad = [k for k, v in blob["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"(e.g. {bad[0]}): a diverged training run?")
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), blob
 
@@ -103,5 +107,5 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available (device:=cpu or auto)")
     return torch.device(name)

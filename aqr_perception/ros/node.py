@@ -44,6 +44,12 @@ class FrameReport:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
+def one_line(text: str) -> str:
+    """A multi-line error (one line per bad key) as the one line a start-up error gets."""
+    head, *rest = [line.strip() for line in text.strip().splitlines() if line.strip()] or [""]
+    return " ".join([head, "; ".join(rest)]) if rest else head
+
+
 def _architecture(model_cfg) -> dict:
     """A ModelConfig without the choice of attention kernel (same weights, same outputs)."""
     return model_cfg.model_dump(mode="json", exclude={"attention"})
@@ -61,7 +67,9 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
     from vision_msgs.msg import Detection3DArray
     from visualization_msgs.msg import MarkerArray
 
-    from aqr_perception.config import ConfigError, NodeConfig, load_config
+    from pydantic import ValidationError
+
+    from aqr_perception.config import ConfigError, NodeConfig, format_validation_error, load_config
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
     from aqr_perception.ros.conversions import ConversionError
     from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
@@ -76,7 +84,10 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
 
         def __init__(self, runtime=None, **kwargs) -> None:
             super().__init__(NODE_NAME, **kwargs)
-            declare_node_parameters(self)
+            unknown = declare_node_parameters(self)
+            if unknown:
+                self.get_logger().warning(f"ignoring unknown parameter(s) {', '.join(unknown)}: this node has no "
+                                          "such parameter (a typo? `ros2 param list` shows the names)")
             self.cfg: NodeConfig = node_config_from_parameters(self)
             cfg = self.cfg
             self.cameras = list(cfg.camera_names)
@@ -234,8 +245,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 update = {p.name: p.value for p in params}
                 self.cfg = NodeConfig.model_validate({**self.cfg.model_dump(), **update})
                 self.pipeline.cfg = self.cfg
-            except Exception as exc:  # pydantic.ValidationError
-                return SetParametersResult(successful=False, reason=str(exc).splitlines()[0])
+            except ValidationError as exc:
+                return SetParametersResult(successful=False, reason=one_line(format_validation_error(exc)))
             return SetParametersResult(successful=True)
 
         # --------------------------------------------------------------- worker
@@ -432,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             while not stop.is_set():
                 executor.spin_once(timeout_sec=SPIN_PERIOD_S)
         except ConfigError as exc:
-            print(f"aqr_perception_node: {exc}", file=sys.stderr)
+            print(f"aqr_perception_node: {one_line(str(exc))}", file=sys.stderr)
             return 2
         finally:
             if node is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import annotated_types
 from pydantic import BaseModel
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -83,21 +84,35 @@ def descriptor_for(name: str, info: Any) -> ParameterDescriptor:
     return desc
 
 
-def declare_node_parameters(node: Node) -> None:
-    """Declare every NodeConfig field on ``node`` (defaults from NodeConfig)."""
+def declare_node_parameters(node: Node) -> list[str]:
+    """Declare every NodeConfig field on ``node`` (defaults from NodeConfig).
+
+    A given value of the wrong type or out of range is a ConfigError naming the parameter.
+    Returns the names given (parameter file, ``-p``) that the node does not have: typos
+    such as ``score_treshold``, which rclpy would ignore without a word."""
     for name, info, default in iter_parameters():
-        desc = descriptor_for(name, info)
-        if isinstance(default, list) and not default:
-            # rclpy types an empty list as a byte array, and a parameter declared by type alone
-            # stays unset: get_parameters answers nothing for it and `ros2 param dump` prints
-            # nothing. Declared by type, it takes a parameter file's value; without one it gets
-            # the typed empty default (rclpy has no public call for that on a read-only one).
-            ptype = Parameter.Type(desc.type)
-            node.declare_parameter(name, ptype, desc)
-            if node._parameters[name].type_ == Parameter.Type.NOT_SET:
-                node._parameters[name] = Parameter(name, ptype, [])
-        else:
-            node.declare_parameter(name, default, desc)
+        try:
+            _declare(node, name, descriptor_for(name, info), default)
+        except ParameterException as exc:
+            hint = ""
+            if isinstance(exc, InvalidParameterTypeException) and "'INTEGER', expecting type 'DOUBLE'" in str(exc):
+                hint = " (write a double with a decimal point, e.g. 1.0)"
+            raise ConfigError(f"parameter {name}: {str(exc).rsplit(': ' + name, 1)[0]}{hint}") from None
+    return sorted(n for n in node._parameter_overrides if not node.has_parameter(n))
+
+
+def _declare(node: Node, name: str, desc: ParameterDescriptor, default: Any) -> None:
+    if isinstance(default, list) and not default:
+        # rclpy types an empty list as a byte array, and a parameter declared by type alone
+        # stays unset: get_parameters answers nothing for it and `ros2 param dump` prints
+        # nothing. Declared by type, it takes a parameter file's value; without one it gets
+        # the typed empty default (rclpy has no public call for that on a read-only one).
+        ptype = Parameter.Type(desc.type)
+        node.declare_parameter(name, ptype, desc)
+        if node._parameters[name].type_ == Parameter.Type.NOT_SET:
+            node._parameters[name] = Parameter(name, ptype, [])
+    else:
+        node.declare_parameter(name, default, desc)
 
 
 def node_config_from_parameters(node: Node) -> NodeConfig:
