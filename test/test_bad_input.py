@@ -90,13 +90,14 @@ def _tf_static(cams):
     return msg
 
 
-def _pipeline(runtime=None, lidar=None, tf_static=True, **sync):
+def _pipeline(runtime=None, lidar=None, tf_static=True, cameras_info_except=None, **sync):
     cams = [c for c in nuscenes_like_rig(W, H)]
     cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw", score_threshold=0.3,
                      sync=SyncConfig(**{"calibration_wait_s": 0.0, **sync}))
     p = FramePipeline(cfg, runtime or StubRuntime(), lidar=lidar)
     for c in cams:
-        p.on_camera_info(c.name, _info(c.name, c.K))
+        if c.name != cameras_info_except:
+            p.on_camera_info(c.name, _info(c.name, c.K))
     if tf_static:
         p.on_tf_static(_tf_static(cams))
     return p, cams
@@ -362,3 +363,34 @@ def test_an_unrelated_bad_dynamic_edge_does_not_stop_the_ego_pose():
         assert [str(r).split(":")[0] for r in rejected] == ["map -> wheel"]
     T = static.lookup("map", "lidar", poses.edges_at(NS // 2))
     np.testing.assert_allclose(T[:3, 3], [5.0, 0.0, 1.8])
+
+
+# ------------------------------------------------------------------ calibrations that pass a finite check
+@pytest.mark.parametrize("edit, words", [
+    (lambda K: K.__setitem__((0, 0), 1e-300), "implausible focal lengths"),
+    (lambda K: K.__setitem__((0, 0), 1e300), "implausible focal lengths"),
+    (lambda K: K.__setitem__((0, 2), 1e30), "principal point"),
+    (lambda K: K.__setitem__((2, 2), -1.0), "not a pinhole matrix"),
+])
+def test_a_broken_calibration_masks_that_camera_alone_with_a_reason(edit, words):
+    runtime = StubRuntime()
+    p, cams = _pipeline(runtime)
+    bad = cams[3]
+    K = np.array(bad.K, dtype=np.float64)
+    edit(K)
+    for c in cams:
+        p.on_image(c.name, _image(c.name, NS))
+    with pytest.raises(ConversionError, match=words):
+        p.on_camera_info(bad.name, _info(bad.name, K))      # after a good one: the good one stays
+    assert p.process(_cloud()).inputs.masked == {}
+    # a camera whose only CameraInfo was refused is masked alone, the reason says why
+    p3, _ = _pipeline(runtime, cameras_info_except=bad.name)
+    with pytest.raises(ConversionError):
+        p3.on_camera_info(bad.name, _info(bad.name, K))
+    for c in cams:
+        p3.on_image(c.name, _image(c.name, NS))
+    out = p3.process(_cloud())
+    assert out.status == "ok" and list(out.inputs.masked) == [bad.name]
+    assert out.inputs.masked[bad.name].startswith("CameraInfo refused:") and words in out.inputs.masked[bad.name]
+    assert bool(out.inputs.arrays.camera_valid[3]) is False and out.inputs.arrays.camera_valid.sum() == 5
+    assert np.all(np.isfinite(out.inputs.arrays.lidar2img))

@@ -25,14 +25,22 @@ class CalibrationStore:
         self._frame: dict[str, str] = {}
         self._file_ext: dict[str, np.ndarray] = {}
         self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self._rejected: dict[str, str] = {}      # camera -> why its last CameraInfo was refused
         self._lock = threading.Lock()
         if extrinsics_source == "file":
             self._file_ext = load_calibration_file(calibration_file, cameras)
 
     def set_camera_info(self, camera: str, info) -> None:
-        """Store a CameraInfo (raises ConversionError for unusable intrinsics)."""
-        K = camera_info_K(info)
+        """Store a CameraInfo (raises ConversionError for unusable intrinsics, which are
+        remembered as the reason the camera is missing until a good one comes)."""
+        try:
+            K = camera_info_K(info)
+        except ConversionError as exc:
+            with self._lock:
+                self._rejected[camera] = str(exc)
+            raise
         with self._lock:
+            self._rejected.pop(camera, None)
             self._K[camera] = K
             self._size[camera] = (int(info.height), int(info.width))
             if info.header.frame_id and self._frame.get(camera) != info.header.frame_id:
@@ -76,7 +84,9 @@ class CalibrationStore:
         """camera -> what is missing ("no CameraInfo", "no /tf_static path LIDAR_TOP -> CAM_X")."""
         out = {}
         for c in self.cameras:
-            if c not in self._K:
+            if c in self._rejected and c not in self._K:
+                out[c] = f"CameraInfo refused: {self._rejected[c]}"
+            elif c not in self._K:
                 out[c] = "no CameraInfo received"
             elif lidar_frame is not None and self.lidar_to_camera(c, lidar_frame) is None:
                 out[c] = (f"no extrinsic for {c} in {self.source}" if self.source == "file" else
@@ -97,7 +107,13 @@ def load_calibration_file(path: str, cameras: list[str]) -> dict[str, np.ndarray
         T = np.asarray(entry.get("lidar_to_camera", []), dtype=np.float64)
         if T.size != 16 or not np.all(np.isfinite(T)):
             raise ValueError(f"{path}: {c}.lidar_to_camera must be 16 finite numbers")
-        out[c] = T.reshape(4, 4)
+        T = T.reshape(4, 4)
+        R = T[:3, :3]
+        if not (np.allclose(T[3], [0, 0, 0, 1]) and np.allclose(R @ R.T, np.eye(3), atol=1e-3)
+                and np.linalg.det(R) > 0):
+            raise ValueError(f"{path}: {c}.lidar_to_camera is not a rigid motion (rotation part not orthonormal "
+                             "or last row not 0 0 0 1)")
+        out[c] = T
     return out
 
 

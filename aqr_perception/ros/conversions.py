@@ -191,14 +191,35 @@ def compressed_imgmsg_to_cv2(msg, desired_encoding: str = "passthrough") -> np.n
     return _to_desired(img, src, desired_encoding)
 
 
+#: plausible focal lengths, in multiples of the image's larger side (about 179 deg to 0.6 deg
+#: of field of view): anything outside is a broken calibration, not a lens
+FOCAL_RANGE_PER_SIDE = (0.01, 100.0)
+
+
 def camera_info_K(info) -> np.ndarray:
-    """(3, 3) intrinsics of a CameraInfo (rectified: P's left 3x3 when set, else K)."""
+    """(3, 3) intrinsics of a CameraInfo (rectified: P's left 3x3 when set, else K).
+
+    Raises ConversionError unless it is a pinhole matrix a camera can have: finite,
+    ``[[fx, s, cx], [0, fy, cy], [0, 0, 1]]``, fx and fy within FOCAL_RANGE_PER_SIDE of the
+    image size, the principal point within one image size of the image.
+    """
+    w, h = int(info.width), int(info.height)
+    if w <= 0 or h <= 0:
+        raise ConversionError(f"CameraInfo has invalid size {info.width}x{info.height}")
     P = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
     K = P[:, :3] if P[0, 0] > 0 else np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
-        raise ConversionError(f"CameraInfo has invalid intrinsics (fx={K[0, 0]}, fy={K[1, 1]})")
-    if int(info.width) <= 0 or int(info.height) <= 0:
-        raise ConversionError(f"CameraInfo has invalid size {info.width}x{info.height}")
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if not np.all(np.isfinite(K)):
+        raise ConversionError("CameraInfo intrinsics are not finite")
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or abs(K[2, 2] - 1.0) > 1e-6:
+        raise ConversionError(f"CameraInfo intrinsics are not a pinhole matrix (bottom row {K[2].tolist()}, "
+                              f"K[1][0]={K[1, 0]})")
+    lo, hi = (f * max(w, h) for f in FOCAL_RANGE_PER_SIDE)
+    if not (lo <= fx <= hi and lo <= fy <= hi):
+        raise ConversionError(f"CameraInfo has implausible focal lengths fx={fx:.6g}, fy={fy:.6g} for a {w}x{h} "
+                              f"image (expected {lo:.4g}..{hi:.4g} px)")
+    if not (-w <= cx <= 2 * w and -h <= cy <= 2 * h):
+        raise ConversionError(f"CameraInfo principal point ({cx:.6g}, {cy:.6g}) lies far outside the {w}x{h} image")
     return K
 
 
