@@ -306,6 +306,9 @@ class NodeConfig(_Section):
     max_points: Annotated[int, Field(ge=1)] = Field(
         2_000_000, description="a PointCloud2 declaring more points is refused (frame skipped); a 128-beam "
                                "sensor gives ~0.3 M per sweep")
+    max_image_pixels: Annotated[int, Field(ge=1)] = Field(
+        40_000_000, description="an image declaring more pixels (JPEG/PNG header, Image width x height) is refused "
+                                "before decoding (camera masked for the frame, counted); 8K is 33 M")
     max_processing_time_ms: PositiveFloat = Field(200.0, description="diagnostics WARN beyond this")
     max_consecutive_delay_ms: PositiveFloat = Field(1000.0, description="diagnostics ERROR when slow this long")
     publish_markers: bool = Field(True, description="publish ~/markers (RViz boxes) while subscribed")

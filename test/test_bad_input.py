@@ -67,6 +67,17 @@ def _info(cam, K):
     return info
 
 
+def _info_sized(cam, h, w):
+    """A plausible CameraInfo for an h x w image (f = w / 2, principal point at the centre)."""
+    info = CameraInfo(header=_header(0, cam), width=w, height=h)
+    info.k = [w / 2, 0.0, w / 2, 0.0, w / 2, h / 2, 0.0, 0.0, 1.0]
+    return info
+
+
+def _compressed_msg(data: bytes, fmt: str = "jpeg", t_ns: int = NS, cam: str = "cam"):
+    return CompressedImage(header=_header(t_ns, cam), format=fmt, data=data)
+
+
 def _image(cam, t_ns, rgb=None):
     rgb = np.full((H, W, 3), 100, np.uint8) if rgb is None else rgb
     return Image(header=_header(t_ns, cam), height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8",
@@ -90,10 +101,11 @@ def _tf_static(cams):
     return msg
 
 
-def _pipeline(runtime=None, lidar=None, tf_static=True, cameras_info_except=None, **sync):
+def _pipeline(runtime=None, lidar=None, tf_static=True, cameras_info_except=None, transport="raw", node=None,
+              **sync):
     cams = [c for c in nuscenes_like_rig(W, H)]
-    cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport="raw", score_threshold=0.3,
-                     sync=SyncConfig(**{"calibration_wait_s": 0.0, **sync}))
+    cfg = NodeConfig(camera_names=[c.name for c in cams], image_transport=transport, score_threshold=0.3,
+                     sync=SyncConfig(**{"calibration_wait_s": 0.0, **sync}), **(node or {}))
     p = FramePipeline(cfg, runtime or StubRuntime(), lidar=lidar)
     for c in cams:
         if c.name != cameras_info_except:
@@ -394,3 +406,61 @@ def test_a_broken_calibration_masks_that_camera_alone_with_a_reason(edit, words)
     assert out.inputs.masked[bad.name].startswith("CameraInfo refused:") and words in out.inputs.masked[bad.name]
     assert bool(out.inputs.arrays.camera_valid[3]) is False and out.inputs.arrays.camera_valid.sum() == 5
     assert np.all(np.isfinite(out.inputs.arrays.lidar2img))
+
+
+# ------------------------------------------------------------------ decode bombs
+@pytest.mark.parametrize("hw", [(900, 1600), (7, 13), (1, 4000), (20000, 3)])
+@pytest.mark.parametrize("fmt", ["jpeg", "jpeg-progressive", "png", "png-grey"])
+def test_compressed_size_from_the_header_matches_the_decoder(hw, fmt):
+    import cv2
+
+    from aqr_perception.ros.conversions import compressed_image_size
+
+    img = np.random.default_rng(1).integers(0, 255, (*hw, 1 if fmt == "png-grey" else 3), dtype=np.uint8)
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if fmt == "jpeg-progressive" else []
+    data = cv2.imencode(".png" if fmt.startswith("png") else ".jpg", img, params)[1].tobytes()
+    assert compressed_image_size(data) == cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2]
+
+
+def _never_decode(monkeypatch):
+    import aqr_perception.ros.conversions as conv
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(conv.cv2, "imdecode", refuse)
+
+
+def test_a_png_bomb_is_refused_from_its_header(monkeypatch):
+    """A 5000x5000 PNG of 25 kB (25 MP: under max_image_pixels) on a camera whose CameraInfo
+    gives another size: refused from its header, that camera alone masked."""
+    import cv2
+
+    p, cams = _pipeline(transport="compressed")
+    bomb = _compressed_msg(cv2.imencode(".png", np.zeros((5000, 5000), np.uint8))[1].tobytes(), "png")
+    for c in cams:
+        p.on_image(c.name, bomb if c is cams[2] else _compressed_msg(cv2.imencode(".jpg", np.zeros((H, W, 3),
+                                                                                              np.uint8))[1].tobytes()))
+    out = p.process(_cloud())
+    assert list(out.inputs.masked) == [cams[2].name]
+    assert "declares 5000x5000, CameraInfo says" in out.inputs.image_errors[cams[2].name]
+    assert out.inputs.image_errors[cams[2].name].endswith("not decoded")
+
+
+def test_images_beyond_max_image_pixels_or_of_absurd_shape_are_refused_before_decoding(monkeypatch):
+    import cv2
+
+    # a CameraInfo declaring the same huge size does not make it acceptable
+    huge = (6000, 8000)
+    p, cams = _pipeline(transport="compressed", node={"max_image_pixels": 40_000_000})
+    p.on_camera_info(cams[0].name, _info_sized(cams[0].name, *huge))
+    p.on_image(cams[0].name, _compressed_msg(cv2.imencode(".png", np.zeros(huge, np.uint8))[1].tobytes(), "png"))
+    _never_decode(monkeypatch)
+    out = p.process(_cloud())
+    assert "48000000 pixels > max_image_pixels 40000000" in out.inputs.image_errors[cams[0].name]
+    # a 4000x1 raw image with a matching CameraInfo: the covering resize would be 768000 wide
+    p, cams = _pipeline()
+    p.on_camera_info(cams[1].name, _info_sized(cams[1].name, 1, 4000))
+    p.on_image(cams[1].name, _image(cams[1].name, NS, np.zeros((1, 4000, 3), np.uint8)))
+    out = p.process(_cloud())
+    assert "aspect ratio" in out.inputs.image_errors[cams[1].name]

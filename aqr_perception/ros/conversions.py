@@ -223,6 +223,44 @@ def camera_info_K(info) -> np.ndarray:
     return K
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def compressed_image_size(data) -> tuple[int, int] | None:
+    """(height, width) read from a JPEG's frame header or a PNG's IHDR, without decoding;
+    None when the header is not found (the decoder then has the last word)."""
+    buf = _buffer(data)
+    if buf.size >= 24 and bytes(buf[:8]) == _PNG_SIGNATURE and bytes(buf[12:16]) == b"IHDR":
+        w, h = int.from_bytes(bytes(buf[16:20]), "big"), int.from_bytes(bytes(buf[20:24]), "big")
+        return h, w
+    if buf.size < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return None
+    i = 2
+    while i + 4 <= buf.size:
+        if buf[i] != 0xFF:
+            return None
+        marker = int(buf[i + 1])
+        if marker == 0xFF:                           # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xDA)):      # markers without a length
+            i += 2
+            continue
+        length = (int(buf[i + 2]) << 8) | int(buf[i + 3])
+        if marker in _JPEG_SOF:
+            if i + 9 > buf.size:
+                return None
+            h = (int(buf[i + 5]) << 8) | int(buf[i + 6])
+            w = (int(buf[i + 7]) << 8) | int(buf[i + 8])
+            return h, w
+        if marker == 0xDA or length < 2:             # scan data before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 

@@ -23,8 +23,8 @@ from aqr_perception.data.preprocess import ModelArrays, build_model_arrays, came
 from aqr_perception.data.sweeps import SweepAccumulator
 from aqr_perception.detections import FrameDetections
 from aqr_perception.ros.calibration import CalibrationStore
-from aqr_perception.ros.conversions import (ConversionError, compressed_to_rgb_reduced, imgmsg_to_cv2,
-                                            jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
+from aqr_perception.ros.conversions import (ConversionError, compressed_image_size, compressed_to_rgb_reduced,
+                                            imgmsg_to_cv2, jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
 from aqr_perception.ros.ego_pose import EgoPoses
 from aqr_perception.ros.sync import LidarTriggeredSync
 from aqr_perception.ros.tf_static import RejectedTransform
@@ -32,6 +32,9 @@ from aqr_perception.stamps import NS, header_ns
 
 #: an ego-pose stream whose newest sample is older than this is not waited for (it stopped)
 POSE_STREAM_LIVE_S = 1.0
+#: an image whose aspect ratio is this many times off the model input's is refused: the
+#: covering resize would be enormous
+MAX_ASPECT_MISMATCH = 4.0
 
 
 @dataclass
@@ -245,6 +248,7 @@ class FramePipeline:
         size (DCT scaling), with the intrinsics reduced to match.
         """
         size, K = self.calib.image_size(cam), self.calib.intrinsics(cam)
+        self._check_declared_size(msg, size)
         if self.cfg.image_transport == "raw":
             img, r = imgmsg_to_cv2(msg, "rgb8"), 1
         else:
@@ -256,6 +260,25 @@ class FramePipeline:
                 raise ConversionError(f"image is {img.shape[1] * r}x{img.shape[0] * r}, CameraInfo says "
                                       f"{size[1]}x{size[0]}")
         return img, reduce_intrinsics(K, r)
+
+    def _check_declared_size(self, msg, size: tuple[int, int] | None) -> None:
+        """Refuse, before decoding, an image whose declared size (Image fields, JPEG/PNG
+        header) exceeds ``max_image_pixels``, differs from its CameraInfo, or has an aspect
+        ratio the resize to the model input would blow up (a 4000x1 image -> 192x768000)."""
+        hw = ((int(msg.height), int(msg.width)) if self.cfg.image_transport == "raw"
+              else compressed_image_size(msg.data))
+        if hw is None:
+            return
+        h, w = hw
+        if h * w > self.cfg.max_image_pixels:
+            raise ConversionError(f"image declares {w}x{h} = {h * w} pixels > max_image_pixels "
+                                  f"{self.cfg.max_image_pixels}; not decoded")
+        if size is not None and hw != size:
+            raise ConversionError(f"image declares {w}x{h}, CameraInfo says {size[1]}x{size[0]}; not decoded")
+        if h <= 0 or w <= 0 or not 1 / MAX_ASPECT_MISMATCH <= (w / h) / (self.input_hw[1] / self.input_hw[0]) \
+                <= MAX_ASPECT_MISMATCH:
+            raise ConversionError(f"image is {w}x{h}: its aspect ratio is too far from the model input's "
+                                  f"{self.input_hw[1]}x{self.input_hw[0]} to resize; not decoded")
 
     def process(self, cloud, score_threshold: float | None = None, max_detections: int | None = None,
                 live: bool = False) -> FrameOutcome:
