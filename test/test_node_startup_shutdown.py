@@ -89,9 +89,7 @@ def test_unknown_parameters_are_named_in_a_warning(tmp_path):
         os.killpg(node.pid, signal.SIGINT)
         assert node.wait(timeout=30) == 0
     finally:
-        if node.poll() is None:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
+        _stop(node)
     text = log.read_text()
     assert "ignoring unknown parameter(s) no_such_param, score_treshold" in text, text
 
@@ -99,6 +97,20 @@ def test_unknown_parameters_are_named_in_a_warning(tmp_path):
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     # a session of its own: the signal goes to the process group, as a terminal's Ctrl-C does
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    """SIGINT what still runs (a SIGKILLed participant leaves its 128 MiB segment in
+    /dev/shm), SIGKILL only what ignores it."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.mark.slow
@@ -126,10 +138,7 @@ def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
         os.killpg(node.pid, signal.SIGINT)
         assert node.wait(timeout=40) == 0, node_log.read_text()[-3000:]
     finally:
-        for proc in (player, node):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _stop(player, node)
         executor.shutdown()
         probe.destroy_node()
     log = node_log.read_text()
@@ -157,9 +166,7 @@ def test_ctrl_c_stops_the_player_cleanly(ros_context, tmp_path):
         os.killpg(player.pid, signal.SIGINT)
         rc = player.wait(timeout=20)
     finally:
-        if player.poll() is None:
-            os.killpg(player.pid, signal.SIGKILL)
-            player.wait()
+        _stop(player)
         executor.shutdown()
         probe.destroy_node()
     text = log.read_text()
