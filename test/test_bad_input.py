@@ -464,3 +464,26 @@ def test_images_beyond_max_image_pixels_or_of_absurd_shape_are_refused_before_de
     p.on_image(cams[1].name, _image(cams[1].name, NS, np.zeros((1, 4000, 3), np.uint8)))
     out = p.process(_cloud())
     assert "aspect ratio" in out.inputs.image_errors[cams[1].name]
+
+
+def test_a_tracker_publishing_hundreds_of_object_frames_does_not_grow_the_pose_buffer():
+    """10 new object frames a second for 30 s on /tf, next to the ego pose: frames gone for
+    longer than the history are forgotten, and the LiDAR pose still comes out right."""
+    from tf2_msgs.msg import TFMessage
+
+    from aqr_perception.ros.ego_pose import EgoPoses
+    from aqr_perception.ros.tf_static import StaticTransforms
+
+    poses, static = EgoPoses(history_s=10.0), StaticTransforms()
+    static.add_message(TFMessage(transforms=[_transform("base_link", "lidar", t=(0.0, 0.0, 1.8))]))
+    step = NS // 10
+    for k in range(300):
+        t = k * step
+        objects = [_transform("map", f"object_{k}_{j}", t=(float(j), 0.0, 0.0), stamp_ns=t) for j in range(10)]
+        poses.add_message(TFMessage(transforms=[_transform("map", "base_link", t=(0.1 * k, 0.0, 0.0), stamp_ns=t),
+                                                *objects]))
+    assert len(poses.edges) <= 1 + 10 * 11 * 10         # the ego edge + at most ~11 s of object frames
+    p, _ = _pipeline(tf_static=False)
+    p.calib.tf, p.poses = static, poses
+    T = p.lidar_pose("lidar", 295 * step + step // 2)
+    np.testing.assert_allclose(T[:3, 3], [29.55, 0.0, 1.8], atol=1e-9)

@@ -254,3 +254,36 @@ def test_reduced_jpeg_decode_keeps_projection_consistent(r):
     ys, xs = np.mgrid[0:small.shape[0], 0:small.shape[1]]
     cu, cv_ = (weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()   # dot centroid
     assert abs(cu - ur) < 0.25 and abs(cv_ - vr) < 0.25
+
+
+def test_a_point_with_a_non_finite_intensity_is_kept_with_zero_intensity_and_counted():
+    dt = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 12],
+                   "itemsize": 16})
+    rows = np.zeros(5, dt)
+    rows["x"], rows["intensity"] = np.arange(5), [1.0, np.nan, np.inf, 4.0, 5.0]
+    rows["y"][4] = np.nan                                   # a bad position still drops the point
+    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 12, 7)], rows, 16)
+    repairs = {}
+    pts = C.pointcloud2_to_xyzi(cloud, repairs=repairs)
+    np.testing.assert_array_equal(pts[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(pts[:, 3], [1, 0, 0, 4])
+    assert repairs == {"intensity_non_finite": 2}
+
+
+@pytest.mark.parametrize("layout, words", [
+    ([("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("x", 12, 7)], "more than once"),
+    ([("x", 0, 7), ("y", 2, 7), ("z", 8, 7)], "overlap"),
+    ([("x", 0, 7), ("y", 4, 7), ("z", 4, 7)], "overlap"),
+])
+def test_field_layouts_that_would_decode_wrong_numbers_are_refused(layout, words):
+    rows = np.zeros(3, np.dtype({"names": ["a"], "formats": ["<f4"], "offsets": [0], "itemsize": 16}))
+    with pytest.raises(C.ConversionError, match=words):
+        C.pointcloud2_to_xyzi(_cloud(layout, rows, 16))
+
+
+def test_a_field_with_count_other_than_one_is_refused():
+    rows = np.zeros(3, np.dtype({"names": ["a"], "formats": ["<f4"], "offsets": [0], "itemsize": 16}))
+    cloud = _cloud([("x", 0, 7), ("y", 4, 7), ("z", 8, 7)], rows, 16)
+    cloud.fields[1].count = 3
+    with pytest.raises(C.ConversionError, match="count 3"):
+        C.pointcloud2_to_xyzi(cloud)

@@ -101,11 +101,36 @@ def read_points_numpy_fallback(cloud, field_names: Sequence[str] | None = None, 
     return out
 
 
-def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity", max_points: int | None = None) -> np.ndarray:
-    """(N, 4) float32 ``[x, y, z, intensity]`` with non-finite points dropped.
+def _check_point_fields(cloud, used: Sequence[str]) -> None:
+    """Refuse field layouts that would decode to wrong numbers: duplicate names, a used
+    field with count != 1, used fields whose bytes overlap."""
+    names = [f.name for f in cloud.fields]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConversionError(f"PointCloud2 declares the field(s) {', '.join(dupes)} more than once")
+    by_name = {f.name: f for f in cloud.fields}
+    spans = []
+    for name in used:
+        f = by_name[name]
+        if int(f.count) != 1:
+            raise ConversionError(f"PointCloud2 field {name!r} has count {f.count} (1 expected)")
+        size = np.dtype(POINTFIELD_DTYPES.get(f.datatype, np.uint8)).itemsize
+        spans.append((int(f.offset), int(f.offset) + size, name))
+    spans.sort()
+    for (_a0, a1, a), (b0, _b1, b) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise ConversionError(f"PointCloud2 fields {a!r} and {b!r} overlap (offsets)")
 
-    x, y, z are required; a missing intensity field gives zeros. A cloud declaring more
-    than ``max_points`` points is refused before any of it is decoded.
+
+def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity", max_points: int | None = None,
+                        repairs: dict[str, int] | None = None) -> np.ndarray:
+    """(N, 4) float32 ``[x, y, z, intensity]``; points with a non-finite x, y or z dropped.
+
+    x, y, z are required; a missing intensity field gives zeros, and so does a non-finite
+    intensity of a point whose position is fine (counted in ``repairs["intensity_non_finite"]``
+    when a dict is given). A cloud declaring more than ``max_points`` points is refused
+    before any of it is decoded, and so is a field layout that would decode to wrong
+    numbers (duplicate or overlapping fields, count != 1).
     """
     declared = int(cloud.width) * int(cloud.height)
     if max_points is not None and declared > max_points:
@@ -116,13 +141,21 @@ def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity", max_points: i
         if required not in names:
             raise ConversionError(f"PointCloud2 has no {required!r} field (fields: {', '.join(names) or 'none'})")
     fields = ["x", "y", "z"] + ([intensity_field] if intensity_field in names else [])
+    _check_point_fields(cloud, fields)
     # the validating implementation even on a distro: sensor_msgs_py's read_points_numpy needs one
     # datatype for all fields (drivers mix float32 xyz with uint8/uint16 intensity) and fails on a
     # malformed cloud with a bare assertion instead of a ConversionError that names the problem
     pts = read_points_numpy_fallback(cloud, fields).astype(np.float32, copy=False)
     if pts.shape[1] == 3:
         pts = np.concatenate([pts, np.zeros((pts.shape[0], 1), np.float32)], axis=1)
-    return pts[np.isfinite(pts).all(axis=1)]
+    pts = pts[np.isfinite(pts[:, :3]).all(axis=1)]
+    bad_intensity = ~np.isfinite(pts[:, 3])
+    if bad_intensity.any():
+        pts = pts.copy() if not pts.flags.writeable else pts
+        pts[bad_intensity, 3] = 0.0
+        if repairs is not None:
+            repairs["intensity_non_finite"] = repairs.get("intensity_non_finite", 0) + int(bad_intensity.sum())
+    return pts
 
 
 # ----------------------------------------------------------------------------- images

@@ -9,6 +9,7 @@ available" (the live node waits for it, bounded). No rclpy needed.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
@@ -49,12 +50,30 @@ class EgoPoses:
             poses.insert(i, child_to_parent)
         drop = bisect.bisect_left(stamps, stamps[-1] - self.history_ns)
         del stamps[:drop], poses[:drop]
+        previous = self.newest_ns
         self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
+        if previous is not None and self.newest_ns // NS != previous // NS:   # once a second
+            self._forget_stale_edges()
 
-    def edges_at(self, stamp_ns: int) -> dict[tuple[str, str], np.ndarray]:
-        """(parent, child) -> child->parent at ``stamp_ns`` for every edge that brackets it."""
+    def _forget_stale_edges(self) -> None:
+        """Drop edges without a sample in the last ``history_s`` (a tracker's object frames
+        come and go: without this the buffer only grows)."""
+        horizon = self.newest_ns - self.history_ns
+        for edge in [e for e, stamps in self._stamps.items() if stamps[-1] < horizon]:
+            del self._stamps[edge], self._poses[edge]
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """The (parent, child) edges with samples."""
+        return list(self._stamps)
+
+    def edges_at(self, stamp_ns: int, only: Iterable[tuple[str, str]] | None = None
+                 ) -> dict[tuple[str, str], np.ndarray]:
+        """(parent, child) -> child->parent at ``stamp_ns`` for every edge (of ``only``, when
+        given) that brackets it."""
         out = {}
-        for edge, stamps in self._stamps.items():
+        for edge in (self._stamps if only is None else [e for e in only if e in self._stamps]):
+            stamps = self._stamps[edge]
             T = self._interpolate(stamps, self._poses[edge], stamp_ns)
             if T is not None:
                 out[edge] = T

@@ -386,7 +386,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             processing = DiagnosticStatus(level=level, name=f"{self.get_name()}: processing", message=text,
                                           hardware_id=self.get_name(),
                                           values=[kv(k, f"{v:.1f}") for k, v in rep.stage_ms.items()] +
-                                          [kv(k, v) for k, v in sorted(self.counters.items())])
+                                          [kv(k, v) for k, v in sorted(self.counters.items())] +
+                                          [kv(f"cloud_repairs.{k}", v) for k, v in sorted(self.pipeline.cloud_repairs.items())])
             # model
             rt = self.runtime
             if not rt.trained:

@@ -91,6 +91,8 @@ class FramePipeline:
         self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
         self.first_cloud_wall: float | None = None
         self.input_waits = InputWaitCounters()
+        #: cloud values repaired rather than dropped (``intensity_non_finite``: points kept, intensity 0)
+        self.cloud_repairs: dict[str, int] = {}
         self._arrival = threading.Condition()          # notified on every stored input
         self._calibration_given_up: set[str] = set()   # waited once for it in vain: never again
 
@@ -127,8 +129,16 @@ class FramePipeline:
 
     def lidar_pose(self, lidar_frame: str, stamp: int) -> np.ndarray | None:
         """(4, 4) LiDAR -> ``fixed_frame`` at ``stamp`` (/tf interpolated + /tf_static), or None."""
-        edges = self.poses.edges_at(stamp)
-        return self.calib.tf.lookup(self.cfg.fixed_frame, lidar_frame, edges) if edges else None
+        dynamic_edges = self.poses.edges
+        steps = self.calib.tf.path(self.cfg.fixed_frame, lidar_frame, dynamic_edges) if dynamic_edges else None
+        if steps is None:
+            return None
+        # only the /tf edges on the path are interpolated: a tracker may publish hundreds of frames
+        on_path = [edge for edge, _down in steps if edge in set(dynamic_edges)]
+        edges = self.poses.edges_at(stamp, only=on_path)
+        if len(edges) < len(on_path):      # an edge of the path has no samples around the stamp
+            return None
+        return self.calib.tf.lookup(self.cfg.fixed_frame, lidar_frame, edges)
 
     def _inputs_in_flight(self, stamp: int, lidar_frame: str, startup: bool) -> dict[str, str]:
         """camera -> what it still lacks for this cloud ("image", "first image", "calibration").
@@ -193,7 +203,7 @@ class FramePipeline:
         are the current sweep + the past ones (``data.sweeps``), (N, 5); a sweep without
         ego pose goes alone (counted in ``sweeps.counters``).
         """
-        points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points)
+        points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points, repairs=self.cloud_repairs)
         lidar_frame = cloud.header.frame_id
         stamp = header_ns(cloud)
         if self.sweeps is not None:
@@ -228,7 +238,7 @@ class FramePipeline:
         if self.sweeps is None:
             return
         try:
-            points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points)
+            points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points, repairs=self.cloud_repairs)
         except ConversionError:
             return
         stamp = header_ns(cloud)

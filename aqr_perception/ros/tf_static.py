@@ -8,6 +8,7 @@ on its path. No rclpy needed (works on rclpy or rosbags TFMessages).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,28 +96,45 @@ class StaticTransforms:
     def frames(self) -> set[str]:
         return {f for edge in self._edges for f in edge}
 
+    def path(self, target: str, source: str, extra: Iterable[tuple[str, str]] = ()
+             ) -> list[tuple[tuple[str, str], bool]] | None:
+        """The edges from ``source`` to ``target`` (a breadth-first search over frame names:
+        no transform is touched), each as ((parent, child), walked parent -> child); None if
+        not connected. ``extra``: more (parent, child) edges, e.g. the dynamic /tf ones."""
+        target, source = target.lstrip("/"), source.lstrip("/")
+        adj: dict[str, list[tuple[str, tuple[str, str], bool]]] = {}
+        for parent, child in (*self._edges, *extra):
+            adj.setdefault(child, []).append((parent, (parent, child), False))    # child -> parent
+            adj.setdefault(parent, []).append((child, (parent, child), True))     # parent -> child
+        came: dict[str, tuple[str, tuple[tuple[str, str], bool]] | None] = {source: None}
+        queue = deque([source])
+        while queue and target not in came:
+            frame = queue.popleft()
+            for nxt, edge, down in adj.get(frame, []):
+                if nxt not in came:
+                    came[nxt] = (frame, (edge, down))
+                    queue.append(nxt)
+        if target not in came:
+            return None
+        steps, frame = [], target
+        while came[frame] is not None:
+            frame, step = came[frame]
+            steps.append(step)
+        return steps[::-1]
+
     def lookup(self, target: str, source: str,
                extra_edges: dict[tuple[str, str], np.ndarray] | None = None) -> np.ndarray | None:
         """(4, 4) mapping points in ``source`` into ``target``, or None if not connected.
 
         ``extra_edges``: more (parent, child) -> child->parent transforms for this lookup
-        only (the dynamic /tf edges at one instant, see ``ros.ego_pose``)."""
-        target, source = target.lstrip("/"), source.lstrip("/")
-        if target == source:
-            return np.eye(4)
-        # edges are inverted only when a search walks them parent -> child
-        adj: dict[str, list[tuple[str, np.ndarray, bool]]] = {}
-        for (parent, child), T in {**self._edges, **(extra_edges or {})}.items():
-            adj.setdefault(child, []).append((parent, T, False))       # child -> parent
-            adj.setdefault(parent, []).append((child, T, True))        # parent -> child
-        seen = {source: np.eye(4)}
-        queue = deque([source])
-        while queue:
-            frame = queue.popleft()
-            for nxt, T, invert in adj.get(frame, []):
-                if nxt not in seen:
-                    seen[nxt] = (rigid_inverse(T) if invert else T) @ seen[frame]
-                    if nxt == target:
-                        return seen[nxt]
-                    queue.append(nxt)
-        return None
+        only (the dynamic /tf edges at one instant, see ``ros.ego_pose``). Only the edges
+        on the path are used (and inverted where walked parent -> child)."""
+        extra_edges = extra_edges or {}
+        steps = self.path(target, source, extra_edges)
+        if steps is None:
+            return None
+        T = np.eye(4)
+        for edge, down in steps:
+            E = extra_edges[edge] if edge in extra_edges else self._edges[edge]
+            T = (rigid_inverse(E) if down else E) @ T
+        return T
