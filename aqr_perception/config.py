@@ -104,6 +104,10 @@ class LidarBranchConfig(_Section):
                              "(every sweep keeps its share)")
     max_pillars: PositiveInt = 30000
     point_features: Literal[4, 5] = Field(4, description="x, y, z, intensity (, time lag of the point's sweep, s)")
+    intensity_max: PositiveFloat = Field(
+        255.0, description="the model reads intensity on a 0..intensity_max scale (nuScenes and the synthetic "
+                           "drives: 0-255); the node scales its input with node.lidar_intensity_scale and warns "
+                           "in diagnostics when what it sees does not fit")
     sweeps: Annotated[int, Field(ge=1, le=20)] = Field(
         1, description="LiDAR sweeps per sample: the current one + past ones moved into its frame with the /tf "
                        "ego pose (CMT reads 10 on nuScenes); > 1 needs point_features 5")
@@ -303,6 +307,9 @@ class NodeConfig(_Section):
     score_threshold: Probability = Field(0.3, description="detections below this score are not published")
     max_detections: Annotated[int, Field(ge=1, le=1000)] = Field(
         200, description="at most this many detections per frame (highest scores)")
+    lidar_intensity_scale: PositiveFloat = Field(
+        1.0, description="multiplies the cloud's intensity to reach the model's scale (0-255 for the bundled model): "
+                         "255.0 for a driver normalising to 0-1, 0.00389 (255/65535) for a 16-bit one")
     max_points: Annotated[int, Field(ge=1)] = Field(
         2_000_000, description="a PointCloud2 declaring more points is refused (frame skipped); a 128-beam "
                                "sensor gives ~0.3 M per sweep")
@@ -363,7 +370,7 @@ class SynthConfig(_Section):
     camera_rate_hz: PositiveFloat = 12.0
     object_density: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0
     gt_max_distance: PositiveFloat = Field(60.0, description="GT boxes farther than this from the LiDAR are omitted")
-    corruption: Literal["clean", "no_lidar", "reduced_lidar", "no_cameras", "one_camera_missing",
+    corruption: Literal["clean", "no_lidar", "reduced_lidar", "no_intensity", "no_cameras", "one_camera_missing",
                         "dark", "fog", "time_offset"] = "clean"
     missing_camera: str = Field("CAM_FRONT", description="the camera removed by one_camera_missing")
     time_offset_s: float = Field(0.15, description="camera stamp error of the time_offset corruption, s")
@@ -389,6 +396,9 @@ class TrainConfig(_Section):
     drop_lidar_p: Probability = Field(0.25, description="masked-modal training: remove the LiDAR")
     drop_view_p: Probability = Field(
         0.0, description="masked-modal training: zero one random camera view of a sample that kept its images")
+    drop_intensity_p: Probability = Field(
+        0.0, description="masked-modal training: zero the LiDAR intensity of a sample that kept its LiDAR (a "
+                         "driver without an intensity field gives zeros)")
     aug_rotation: Annotated[float, Field(ge=0.0, le=3.1416)] = Field(
         0.785, description="global BEV augmentation: max |yaw rotation| of the scene (rad)")
     aug_scale: tuple[PositiveFloat, PositiveFloat] = Field((0.9, 1.1), description="global BEV augmentation: scale range")

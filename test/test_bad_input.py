@@ -487,3 +487,44 @@ def test_a_tracker_publishing_hundreds_of_object_frames_does_not_grow_the_pose_b
     p.calib.tf, p.poses = static, poses
     T = p.lidar_pose("lidar", 295 * step + step // 2)
     np.testing.assert_allclose(T[:3, 3], [29.55, 0.0, 1.8], atol=1e-9)
+
+
+# ------------------------------------------------------------------ intensity conventions
+def _cloud_with_intensity(intensity: np.ndarray | None, t_ns: int = NS):
+    from rclpy.serialization import deserialize_message
+
+    from aqr_perception.data.typestore import project_typestore
+
+    n = 200 if intensity is None else len(intensity)
+    pts = np.random.default_rng(0).normal(0, 10, (n, 4)).astype(np.float32)
+    msg = M.pointcloud2(t_ns, "lidar", pts)
+    if intensity is None:                                   # a driver without an intensity field
+        msg.fields = msg.fields[:3]
+    else:
+        arr = np.frombuffer(bytes(msg.data), np.float32).reshape(n, 4).copy()
+        arr[:, 3] = intensity
+        msg.data = np.frombuffer(arr.tobytes(), np.uint8)
+    raw = project_typestore().serialize_cdr(msg, "sensor_msgs/msg/PointCloud2")
+    return deserialize_message(bytes(raw), PointCloud2)
+
+
+@pytest.mark.parametrize("scale, words", [(1.0, None), (255.0, "exceeds the model's 0-255"),
+                                          (1 / 255, "a driver normalising to 0-1"), (None, "without an intensity field")])
+def test_an_intensity_convention_that_does_not_fit_is_reported(scale, words):
+    """The bundled drive's intensities (0-59 of 0-255) fit; x255 (16-bit), /255 (0-1) or no
+    field do not, and the pipeline says which."""
+    p, cams = _pipeline()
+    recorded = np.random.default_rng(1).uniform(0, 59, 200).astype(np.float32)
+    for k in range(p.intensity.WINDOW):
+        p.process(_cloud_with_intensity(None if scale is None else recorded * scale, t_ns=NS + k * NS // 20))
+    problem = p.intensity.problem()
+    assert (problem is None) if words is None else (words in problem), problem
+
+
+def test_lidar_intensity_scale_brings_a_normalised_driver_to_the_model_scale():
+    recorded = np.random.default_rng(1).uniform(0, 59, 200).astype(np.float32)
+    a, _ = _pipeline()
+    b, _ = _pipeline(node={"lidar_intensity_scale": 255.0})
+    out_a = a.assemble(_cloud_with_intensity(recorded))
+    out_b = b.assemble(_cloud_with_intensity(recorded / 255.0))
+    np.testing.assert_allclose(out_b.arrays.points, out_a.arrays.points, rtol=1e-5)

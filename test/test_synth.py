@@ -119,7 +119,8 @@ def test_box_corners_project_where_the_object_is_rendered():
     assert checked > 10 and centre_hits > checked // 3
 
 
-@pytest.mark.parametrize("corruption", ["no_lidar", "one_camera_missing", "time_offset", "reduced_lidar", "dark"])
+@pytest.mark.parametrize("corruption", ["no_lidar", "one_camera_missing", "time_offset", "reduced_lidar", "dark",
+                                        "no_intensity"])
 def test_corruptions(tmp_path, drive, corruption):
     r = generate_drive(_cfg(f"synth.corruption={corruption}"), tmp_path, "c", seed=3)
     clean, bad = _messages(drive.bag), _messages(r.bag)
@@ -129,6 +130,13 @@ def test_corruptions(tmp_path, drive, corruption):
         assert n_points(bad) == [0] * 4
     if corruption == "reduced_lidar":
         assert all(b < 0.2 * c for b, c in zip(n_points(bad), n_points(clean)))
+    if corruption == "no_intensity":
+        from aqr_perception.ros.conversions import pointcloud2_to_xyzi
+        clouds = lambda ms: [pointcloud2_to_xyzi(deserialize_message(raw, get_message(t)))  # noqa: E731
+                             for top, t, _, raw in ms if top == "/LIDAR_TOP"]
+        for b, c in zip(clouds(bad), clouds(clean)):
+            np.testing.assert_array_equal(b[:, :3], c[:, :3])
+            assert np.all(b[:, 3] == 0) and c[:, 3].max() > 0
     if corruption == "one_camera_missing":
         assert not any(top.startswith("/CAM_FRONT/") for top, *_ in bad)
         assert any(top.startswith("/CAM_FRONT_LEFT/") for top, *_ in bad)

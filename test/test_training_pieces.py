@@ -252,3 +252,17 @@ def test_masked_modal_without_view_drop_keeps_the_random_stream():
     assert torch.equal(a.camera_valid, b.camera_valid) and torch.equal(a.lidar_valid, b.lidar_valid)
     assert torch.equal(~a.camera_valid.any(1), u < 0.3)
     assert torch.rand(1, generator=g1).item() == torch.rand(1, generator=g2).item()
+
+
+def test_intensity_drop_zeroes_the_intensity_of_kept_sweeps_only():
+    n = 4000
+    inputs = _all_ones_inputs(n, 2)
+    out = masked_modal(inputs, 0.0, 0.25, torch.Generator().manual_seed(0), drop_intensity_p=0.4)
+    kept = out.lidar_valid
+    zeroed = torch.tensor([bool(len(p)) and bool((p[:, 3] == 0).all()) for p in out.points])
+    assert not torch.any(zeroed & ~kept)                                  # a removed sweep has no points anyway
+    assert abs(zeroed[kept].float().mean() - 0.4) < 0.03                 # 40 % of the kept sweeps
+    for p, z in zip(out.points, zeroed):                                  # only the intensity column changes
+        if len(p):
+            assert torch.all(p[:, :3] == 1) and torch.all(p[:, 4:] == 1) and (z or torch.all(p[:, 3] == 1))
+    assert all(torch.all(p == 1) for p in inputs.points)                  # the input is not modified

@@ -18,7 +18,7 @@ from aqr_perception.evaluation.evaluate import (FramePrediction, drive_eval, glo
                                                 routing_summary)
 from aqr_perception.evaluation.metrics import DetectionResult, evaluate
 
-CONDITIONS = ("clean", "no_lidar", "no_cameras", "one_camera_missing", "dark", "fog", "reduced_lidar")
+CONDITIONS = ("clean", "no_lidar", "no_intensity", "no_cameras", "one_camera_missing", "dark", "fog", "reduced_lidar")
 
 
 def ensure_drives(cfg: AqrConfig, condition: str, seeds: list[int], out: Path) -> list[tuple[Path, Path]]:

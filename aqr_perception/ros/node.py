@@ -351,6 +351,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                     f"{c} ({r})" for c, r in rep.cameras_masked.items())))
             if rep.stamp_ns and rep.lidar_points == 0:
                 problems.append((WARN, "LiDAR sweep empty: camera-only detection"))
+            if intensity := self.pipeline.intensity.problem():
+                problems.append((WARN, intensity))
             sweep_values = []
             if self.pipeline.multi_sweep:
                 sc = self.pipeline.sweeps.counters

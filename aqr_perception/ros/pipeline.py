@@ -70,6 +70,50 @@ class FrameOutcome:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
+class IntensityMonitor:
+    """Does the LiDAR intensity the model gets fit the scale it was trained on?
+
+    Keeps the 99th percentile of the last ``WINDOW`` non-empty sweeps (after
+    ``lidar_intensity_scale``) and whether they had an intensity field at all. A driver's
+    convention (0-1, 0-255, 0-65535) decides whether the model sees anything, so a
+    mismatch is reported, not guessed at."""
+
+    WINDOW = 20
+    #: above this share of the model's scale: a wider convention (16-bit, or unscaled)
+    TOO_HIGH = 1.5
+    #: below it over a whole window: a narrower one (a driver normalising to 0-1)
+    TOO_LOW = 0.02
+
+    def __init__(self, intensity_max: float) -> None:
+        self.intensity_max = float(intensity_max)
+        self._p99: list[float] = []
+        self.without_field = 0
+
+    def observe(self, points: np.ndarray, has_field: bool) -> None:
+        if not len(points):
+            return
+        if not has_field:
+            self.without_field += 1
+            return
+        self._p99 = [*self._p99[-(self.WINDOW - 1):], float(np.percentile(points[:, 3], 99))]
+
+    def problem(self) -> str | None:
+        """A one-line warning, or None while the intensity fits."""
+        if self.without_field:
+            return (f"{self.without_field} sweep(s) without an intensity field: the model reads intensity 0 "
+                    f"(it expects 0-{self.intensity_max:g})")
+        if not self._p99:
+            return None
+        high = max(self._p99)
+        if high > self.TOO_HIGH * self.intensity_max:
+            return (f"LiDAR intensity up to {high:.4g} (99th percentile) exceeds the model's 0-{self.intensity_max:g}: "
+                    "set lidar_intensity_scale (e.g. 0.00389 for a 16-bit driver)")
+        if len(self._p99) >= self.WINDOW and high < self.TOO_LOW * self.intensity_max:
+            return (f"LiDAR intensity at most {high:.4g} (99th percentile) for {self.WINDOW} sweeps, the model reads "
+                    f"0-{self.intensity_max:g}: a driver normalising to 0-1? set lidar_intensity_scale:=255.0")
+        return None
+
+
 class FramePipeline:
     """Sync + calibration + conversion + model for one sensor rig.
 
@@ -86,6 +130,7 @@ class FramePipeline:
         self.input_hw = input_hw or runtime.input_hw
         lidar = lidar or getattr(getattr(runtime, "cfg", None), "lidar", None) or LidarBranchConfig()
         self.sweeps = SweepAccumulator(lidar.sweeps, lidar.sweep_max_age_s) if lidar.sweeps > 1 else None
+        self.intensity = IntensityMonitor(lidar.intensity_max)
         self.poses = EgoPoses()
         self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
         self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
@@ -203,7 +248,8 @@ class FramePipeline:
         are the current sweep + the past ones (``data.sweeps``), (N, 5); a sweep without
         ego pose goes alone (counted in ``sweeps.counters``).
         """
-        points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points, repairs=self.cloud_repairs)
+        points = self._read_cloud(cloud)
+        self.intensity.observe(points, any(f.name == "intensity" for f in cloud.fields))
         lidar_frame = cloud.header.frame_id
         stamp = header_ns(cloud)
         if self.sweeps is not None:
@@ -238,11 +284,18 @@ class FramePipeline:
         if self.sweeps is None:
             return
         try:
-            points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points, repairs=self.cloud_repairs)
+            points = self._read_cloud(cloud)
         except ConversionError:
             return
         stamp = header_ns(cloud)
         self.sweeps.remember(stamp, points, self.lidar_pose(cloud.header.frame_id, stamp))
+
+    def _read_cloud(self, cloud) -> np.ndarray:
+        """(N, 4) ``[x, y, z, intensity]`` with the intensity on the model's scale."""
+        points = pointcloud2_to_xyzi(cloud, max_points=self.cfg.max_points, repairs=self.cloud_repairs)
+        if self.cfg.lidar_intensity_scale != 1.0:
+            points[:, 3] *= np.float32(self.cfg.lidar_intensity_scale)
+        return points
 
     def _try_decode(self, cam: str, msg) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
         """(image, K, None), or (None, None, reason) when the image is unusable."""

@@ -173,7 +173,7 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
                                                              tc.aug_scale, tc.aug_flip_p,
                                                              cfg.model.point_cloud_range, aug_gen)
                 inputs = masked_modal(inputs, tc.drop_images_p, tc.drop_lidar_p, aug_gen,
-                                      tc.drop_view_p).to(device)
+                                      tc.drop_view_p, tc.drop_intensity_p).to(device)
                 gt_boxes = [b.to(device) for b in gt_boxes]
                 gt_labels = [lab.to(device) for lab in gt_labels]
                 losses = detection_loss(net(inputs, gt_boxes, gt_labels), gt_boxes, gt_labels, cfg.model)

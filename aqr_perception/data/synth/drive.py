@@ -71,6 +71,10 @@ def _corrupt_points(points: np.ndarray, ring: np.ndarray, cfg: AqrConfig, rng: n
     s = cfg.synth
     if s.corruption == "no_lidar":
         return points[:0], ring[:0]
+    if s.corruption == "no_intensity":      # what the node reads from a cloud without an intensity field
+        out = points.copy()
+        out[:, 3] = 0.0
+        return out, ring
     if s.corruption == "reduced_lidar":
         keep = (ring % s.reduced_lidar_keep_every == 0) & (rng.uniform(size=ring.shape) >= s.reduced_lidar_drop)
         return points[keep], ring[keep]
