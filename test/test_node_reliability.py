@@ -123,7 +123,10 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
     assert counters["clouds_invalid"] == "1" and counters[f"images_invalid.{cams[1].name}"] == "1"
     stale = {kv.key: kv.value for kv in inputs.values if kv.key.startswith("stale.")}
     assert set(stale) == {f"stale.{cams[0].name}", f"stale.{cams[1].name}"}
-    assert stale[f"stale.{cams[0].name}"] == "no CameraInfo received"
+    assert stale[f"stale.{cams[0].name}"].startswith("CameraInfo refused: ")   # the reason, not "none came"
+    # the reason of each counter stays in the diagnostics, whatever the log throttle let through
+    assert "no 'z' field" in counters["last_problem.cloud"]
+    assert "unsupported image encoding" in counters[f"last_problem.img:{cams[1].name}"]
 
 
 def test_a_publisher_with_incompatible_qos_is_counted_and_reported(node_env):

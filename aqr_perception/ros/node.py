@@ -117,6 +117,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             self.counters: dict[str, int] = defaultdict(int)
             self.report = FrameReport()
             self._throttle: dict[str, float] = {}
+            self._last_problem: dict[str, str] = {}
             self._last_cloud_wall: float | None = None
             self._slow_since: float | None = None
             self._last_done_wall: float | None = None
@@ -196,7 +197,10 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             self.create_subscription(msg_type, topic, receive, qos, event_callbacks=events)
 
         def _warn(self, key: str, text: str) -> None:
-            """A log line per problem key at most every LOG_THROTTLE_S seconds."""
+            """A log line per problem key at most every LOG_THROTTLE_S seconds; the latest text
+            of every key also goes to /diagnostics (``last_problem.<key>``), so a reason the
+            throttle kept out of the log is still there."""
+            self._last_problem[key] = text
             now = time.monotonic()
             if now - self._throttle.get(key, -1e9) >= LOG_THROTTLE_S:
                 self._throttle[key] = now
@@ -389,7 +393,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                                           hardware_id=self.get_name(),
                                           values=[kv(k, f"{v:.1f}") for k, v in rep.stage_ms.items()] +
                                           [kv(k, v) for k, v in sorted(self.counters.items())] +
-                                          [kv(f"cloud_repairs.{k}", v) for k, v in sorted(self.pipeline.cloud_repairs.items())])
+                                          [kv(f"cloud_repairs.{k}", v) for k, v in sorted(self.pipeline.cloud_repairs.items())] +
+                                          [kv(f"last_problem.{k}", v) for k, v in sorted(self._last_problem.items())])
             # model
             rt = self.runtime
             if not rt.trained:
