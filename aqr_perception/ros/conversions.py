@@ -148,10 +148,9 @@ def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity", max_points: i
     pts = read_points_numpy_fallback(cloud, fields).astype(np.float32, copy=False)
     if pts.shape[1] == 3:
         pts = np.concatenate([pts, np.zeros((pts.shape[0], 1), np.float32)], axis=1)
-    pts = pts[np.isfinite(pts[:, :3]).all(axis=1)]
+    pts = pts[np.isfinite(pts[:, :3]).all(axis=1)]          # boolean indexing: a new, writable array
     bad_intensity = ~np.isfinite(pts[:, 3])
     if bad_intensity.any():
-        pts = pts.copy() if not pts.flags.writeable else pts
         pts[bad_intensity, 3] = 0.0
         if repairs is not None:
             repairs["intensity_non_finite"] = repairs.get("intensity_non_finite", 0) + int(bad_intensity.sum())

@@ -174,16 +174,16 @@ class FramePipeline:
 
     def lidar_pose(self, lidar_frame: str, stamp: int) -> np.ndarray | None:
         """(4, 4) LiDAR -> ``fixed_frame`` at ``stamp`` (/tf interpolated + /tf_static), or None."""
-        dynamic_edges = self.poses.edges
+        dynamic_edges = set(self.poses.edges)
         steps = self.calib.tf.path(self.cfg.fixed_frame, lidar_frame, dynamic_edges) if dynamic_edges else None
         if steps is None:
             return None
         # only the /tf edges on the path are interpolated: a tracker may publish hundreds of frames
-        on_path = [edge for edge, _down in steps if edge in set(dynamic_edges)]
+        on_path = [edge for edge, _down in steps if edge in dynamic_edges]
         edges = self.poses.edges_at(stamp, only=on_path)
         if len(edges) < len(on_path):      # an edge of the path has no samples around the stamp
             return None
-        return self.calib.tf.lookup(self.cfg.fixed_frame, lidar_frame, edges)
+        return self.calib.tf.compose(steps, edges)
 
     def _inputs_in_flight(self, stamp: int, lidar_frame: str, startup: bool) -> dict[str, str]:
         """camera -> what it still lacks for this cloud ("image", "first image", "calibration").

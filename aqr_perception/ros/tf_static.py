@@ -131,8 +131,12 @@ class StaticTransforms:
         on the path are used (and inverted where walked parent -> child)."""
         extra_edges = extra_edges or {}
         steps = self.path(target, source, extra_edges)
-        if steps is None:
-            return None
+        return None if steps is None else self.compose(steps, extra_edges)
+
+    def compose(self, steps: list[tuple[tuple[str, str], bool]],
+                extra_edges: dict[tuple[str, str], np.ndarray] | None = None) -> np.ndarray:
+        """(4, 4) of a :meth:`path`: its edges chained, inverted where walked parent -> child."""
+        extra_edges = extra_edges or {}
         T = np.eye(4)
         for edge, down in steps:
             E = extra_edges[edge] if edge in extra_edges else self._edges[edge]
