@@ -99,6 +99,19 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _probe(ctx, msg_type, topic: str):
+    """A node in this process collecting ``topic`` into a list: (node, executor, list)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    probe = rclpy.create_node("shutdown_probe", context=ctx)
+    got: list = []
+    probe.create_subscription(msg_type, topic, got.append, 50)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(probe)
+    return probe, executor, got
+
+
 def _stop(*procs: subprocess.Popen) -> None:
     """SIGINT what still runs (a SIGKILLed participant leaves its 128 MiB segment in
     /dev/shm), SIGKILL only what ignores it."""
@@ -115,15 +128,9 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from vision_msgs.msg import Detection3DArray
 
-    probe = rclpy.create_node("shutdown_probe", context=ros_context)
-    got: list = []
-    probe.create_subscription(Detection3DArray, "/aqr_perception/detections", got.append, 50)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(probe)
+    probe, executor, got = _probe(ros_context, Detection3DArray, "/aqr_perception/detections")
     node_log, play_log = tmp_path / "node.log", tmp_path / "play.log"
     node = _start([*NODE, "--ros-args", "-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
                    "-p", "sync.calibration_wait_s:=0.5"], node_log)
@@ -147,15 +154,9 @@ def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
 
 
 def test_ctrl_c_stops_the_player_cleanly(ros_context, tmp_path):
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import PointCloud2
 
-    probe = rclpy.create_node("player_probe", context=ros_context)
-    clouds: list = []
-    probe.create_subscription(PointCloud2, "/LIDAR_TOP", clouds.append, 10)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(probe)
+    probe, executor, clouds = _probe(ros_context, PointCloud2, "/LIDAR_TOP")
     log = tmp_path / "play.log"
     player = _start([*PLAYER, str(BAG), "--rate", "0.02", "--wait-for", "/LIDAR_TOP"], log)
     try:
