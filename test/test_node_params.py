@@ -60,6 +60,13 @@ def test_runtime_change_refused_with_reason_unless_supported(ros_context):
         assert "score_threshold" in bad.reason and "1.5" in bad.reason and "\n" not in bad.reason   # names the field
         zero = node.set_parameters([Parameter("max_processing_time_ms", value=0.0)])[0]
         assert not zero.successful and "max_processing_time_ms" in zero.reason
+        # rclpy alone would answer "expected '3' got '2'" and "undeclared parameter(s): []"
+        wrong_type = node.set_parameters([Parameter("score_threshold", value=1)])[0]
+        assert not wrong_type.successful and node.cfg.score_threshold == 0.5
+        assert wrong_type.reason.startswith("score_threshold takes a double, not an integer")
+        assert "1.0" in wrong_type.reason
+        unknown = node.set_parameters_atomically([Parameter("score_treshold", value=0.4)])
+        assert not unknown.successful and "score_treshold" in unknown.reason and "no such parameter" in unknown.reason
         refused = node.set_parameters([Parameter("lidar_topic", value="/other")])[0]
         assert not refused.successful and "read-only" in refused.reason
         assert "restart" in node.describe_parameter("lidar_topic").description
@@ -123,6 +130,12 @@ def test_parameter_services_answer_for_every_parameter_from_another_process(ros_
         results = call(client.set_parameters([ParameterMsg(name=n, value=v) for n, v in zip(names, values)])).results
         for name, res in zip(names, results):
             assert res.successful == (name in writable), (name, res.reason)
+        # what `ros2 param set` answers for a typo'd name and for an integer given to a double
+        typo, integer = call(client.set_parameters([
+            ParameterMsg(name="score_treshold", value=values[names.index("score_threshold")]),
+            ParameterMsg(name="score_threshold", value=values[names.index("max_detections")])])).results
+        assert not typo.successful and "score_treshold: this node has no such parameter" in typo.reason
+        assert not integer.successful and "score_threshold takes a double, not an integer" in integer.reason
     finally:
         executor.shutdown()
         probe.destroy_node()

@@ -76,7 +76,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
     from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
     from aqr_perception.ros.markers import detection_markers
     from aqr_perception.ros.sequence_gaps import SequenceGaps
-    from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters
+    from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters, set_refusal
     from aqr_perception.ros.pipeline import FramePipeline
 
     class AqrPerceptionNode(Node):
@@ -242,6 +242,16 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 self.counters[f"{topic.strip('/')}_rejected.{r.parent}->{r.child}"] += 1
                 self._warn(f"{topic}:{r.parent}->{r.child}", f"{topic}: transform {r} (ignored; the message's "
                                                                "other transforms are used)")
+
+        # Both entry points (the Python API and the parameter services, `ros2 param set`)
+        # answer an unknown name or a wrong type in words before rclpy does.
+        def set_parameters(self, parameter_list):
+            return [self.set_parameters_atomically([p]) for p in parameter_list]
+
+        def set_parameters_atomically(self, parameter_list) -> SetParametersResult:
+            if (reason := set_refusal(self, list(parameter_list))) is not None:
+                return SetParametersResult(successful=False, reason=reason)
+            return super().set_parameters_atomically(parameter_list)
 
         def _on_set_parameters(self, params) -> SetParametersResult:
             # read-only parameters (all but params.RUNTIME_MUTABLE) are refused by rclpy before this

@@ -115,6 +115,31 @@ def _declare(node: Node, name: str, desc: ParameterDescriptor, default: Any) -> 
         node.declare_parameter(name, default, desc)
 
 
+def _type_name(ptype: Parameter.Type) -> str:
+    """``Parameter.Type.INTEGER`` -> "an integer", ``DOUBLE_ARRAY`` -> "a double array"."""
+    name = ptype.name.lower().replace("_", " ")
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def set_refusal(node: Node, params: list[Parameter]) -> str | None:
+    """Why a runtime set of ``params`` is refused, in words, or None to let rclpy decide.
+
+    rclpy's own reasons for the two commonest mistakes are unreadable: an undeclared name
+    gives "Invalid access to undeclared parameter(s): []" (the list is an exhausted
+    generator) and a wrong type "expected '3' got '4'" (Python 3.11 formats an IntEnum as
+    its number). These are answered first, naming the parameter and the types."""
+    for p in params:
+        if not node.has_parameter(p.name):
+            return (f"{p.name}: this node has no such parameter "
+                    "(`ros2 param list /aqr_perception` shows the names)")
+        want = Parameter.Type(node.describe_parameter(p.name).type)
+        if p.type_ not in (want, Parameter.Type.NOT_SET):
+            hint = " (write a double with a decimal point, e.g. 1.0)" \
+                if (want, p.type_) == (Parameter.Type.DOUBLE, Parameter.Type.INTEGER) else ""
+            return f"{p.name} takes {_type_name(want)}, not {_type_name(p.type_)}{hint}"
+    return None
+
+
 def node_config_from_parameters(node: Node) -> NodeConfig:
     """Read the declared parameters back into a validated NodeConfig (ConfigError if bad)."""
     data: dict[str, Any] = {}
