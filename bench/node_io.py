@@ -98,7 +98,7 @@ def main() -> None:
 
     decoded_raw = [imgmsg_to_cv2(m, "rgb8") for m in raw_msgs]
     r = jpeg_reduction((900, 1600), hw)
-    decoded_small = [compressed_to_rgb_reduced(m, r) for m in jpg_msgs]
+    decoded_small = [compressed_to_rgb_reduced(m, r)[0] for m in jpg_msgs]
     Ks_small = [reduce_intrinsics(K, r) for K in Ks]
     stages = {
         "deserialize 6 raw images (rclpy)": lambda: [deserialize_message(b, Image) for b in raw_bytes],

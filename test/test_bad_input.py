@@ -2,6 +2,7 @@
 masked camera with a reason; model faults skip the frame; nothing is built from corrupt data."""
 import math
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -204,6 +205,27 @@ def test_invalid_compressed_image_masks_camera():
         p.on_image(c.name, CompressedImage(header=_header(NS, c.name), format="jpeg", data=b"\x00garbage"))
     out = p.process(_cloud())
     assert all("not a decodable" in r for r in out.inputs.masked.values()) and len(out.inputs.masked) == 6
+
+
+def damaged_jpeg(h: int = H, w: int = W) -> bytes:
+    """An h x w JPEG whose entropy-coded middle is overwritten: libjpeg decodes it with a
+    "Corrupt JPEG data" warning (OpenCV prints it to stderr and returns the image)."""
+    rgb = np.random.default_rng(3).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    data = bytearray(cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    data[len(data) // 2: len(data) // 2 + 32] = b"\xaa" * 32
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR) is not None
+    return bytes(data)
+
+
+def test_a_damaged_jpeg_is_used_and_its_decoder_warning_reported():
+    p, cams = _pipeline(transport="compressed")
+    good = cv2.imencode(".jpg", np.full((H, W, 3), 90, np.uint8))[1].tobytes()
+    for c in cams:
+        p.on_image(c.name, _compressed_msg(damaged_jpeg() if c is cams[2] else good, t_ns=NS, cam=c.name))
+    out = p.process(_cloud())
+    assert out.status == "ok" and out.inputs.masked == {}
+    assert list(out.inputs.image_warnings) == [cams[2].name]
+    assert out.inputs.image_warnings[cams[2].name].startswith("JPEG decoder warning: Corrupt JPEG data")
 
 
 @pytest.mark.parametrize("k", [[0.0] * 9, [math.nan] * 9, [-5.0, 0, 1, 0, 5.0, 1, 0, 0, 1]])

@@ -213,7 +213,36 @@ def test_compressed_image_conversion_matches_cv_bridge(bridge, fmt):
         assert ours.shape == ref.shape and ours.dtype == ref.dtype, (desired, ours.shape, ref.shape)
         np.testing.assert_array_equal(ours, ref, err_msg=f"{fmt} -> {desired}")
     # the node's decode at full size (reduction 1) too
-    np.testing.assert_array_equal(C.compressed_to_rgb_reduced(msg, 1), bridge.compressed_imgmsg_to_cv2(msg, "rgb8"))
+    img, warning = C.compressed_to_rgb_reduced(msg, 1)
+    np.testing.assert_array_equal(img, bridge.compressed_imgmsg_to_cv2(msg, "rgb8"))
+    assert warning is None
+    if fmt == "jpeg":   # ...and at every reduction, against OpenCV's own reduced DCT decode
+        for r, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
+            ref = cv2.cvtColor(cv2.imdecode(np.frombuffer(msg.data, np.uint8), flag), cv2.COLOR_BGR2RGB)
+            np.testing.assert_array_equal(C.compressed_to_rgb_reduced(msg, r)[0], ref, err_msg=f"1/{r}")
+
+
+def _damaged_jpeg() -> tuple[bytes, bytes]:
+    """A 1600x900 JPEG and a copy whose middle 64 entropy-coded bytes are overwritten."""
+    rng = np.random.default_rng(7)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (900, 1600, 3), dtype=np.uint8), (0, 0), 3)
+    good = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2: len(bad) // 2 + 64] = b"\xaa" * 64
+    return good, bytes(bad)
+
+
+def test_a_damaged_jpeg_decodes_as_opencv_does_and_says_so():
+    # OpenCV decodes it too, printing libjpeg's warning to stderr only: the same pixels
+    # here, and the warning comes back to be counted
+    good, bad = _damaged_jpeg()
+    img, warning = C.compressed_to_rgb_reduced(_compressed(bad, "jpeg"), 1)
+    ref = cv2.cvtColor(cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(img, ref)
+    assert warning is not None and warning.startswith("JPEG decoder warning: Corrupt JPEG data")
+    truncated = C.compressed_to_rgb_reduced(_compressed(good[: len(good) // 2], "jpeg"), 2)[1]
+    assert truncated is not None and "Premature end of JPEG file" in truncated
+    assert C.compressed_to_rgb_reduced(_compressed(good, "jpeg"), 2)[1] is None
 
 
 # Clouds: sensor_msgs_py comes only with a ROS distro. ros2-numpy (PyPI) is no reference:
@@ -246,7 +275,7 @@ def test_reduced_jpeg_decode_keeps_projection_consistent(r):
     cv2.circle(img, (int(round(u * 16)), int(round(v * 16))), 6 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
     jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     assert C.jpeg_reduction((h, w), (h // r, w // r)) == r and C.jpeg_reduction((h, w), (h, w)) == 1
-    small = C.compressed_to_rgb_reduced(_compressed(jpg, "jpeg"), r)
+    small, _ = C.compressed_to_rgb_reduced(_compressed(jpg, "jpeg"), r)
     assert small.shape[:2] == (-(-h // r), -(-w // r))
     Kr = C.reduce_intrinsics(K, r)
     ur, vr = (Kr @ (p_cam / p_cam[2]))[:2]

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from test_bad_input import NS, H, W, StubRuntime, _cloud, _image, _info, _tf_static
+from test_bad_input import NS, H, W, StubRuntime, _cloud, _compressed_msg, _image, _info, _tf_static, damaged_jpeg
 
 from aqr_perception.config import load_config
 from aqr_perception.data.rig import nuscenes_like_rig
@@ -121,12 +121,59 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
     assert inputs.level != b"\x00" and cams[1].name in inputs.message and "unsupported image encoding" in inputs.message
     counters = {kv.key: kv.value for kv in statuses["processing"].values}
     assert counters["clouds_invalid"] == "1" and counters[f"images_invalid.{cams[1].name}"] == "1"
+    # every cloud received ends in one outcome counter (README): here one invalid, one published
+    assert counters["clouds_received"] == "2" and counters["frames_published"] == "1"
+    assert counters["clouds_in_progress"] == "0"
     stale = {kv.key: kv.value for kv in inputs.values if kv.key.startswith("stale.")}
     assert set(stale) == {f"stale.{cams[0].name}", f"stale.{cams[1].name}"}
     assert stale[f"stale.{cams[0].name}"].startswith("CameraInfo refused: ")   # the reason, not "none came"
     # the reason of each counter stays in the diagnostics, whatever the log throttle let through
     assert "no 'z' field" in counters["last_problem.cloud"]
     assert "unsupported image encoding" in counters[f"last_problem.img:{cams[1].name}"]
+
+
+def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):
+    """libjpeg's recoverable errors, which OpenCV only prints to stderr, reach a counter
+    and /diagnostics; the image is still used (the frame goes out with all six cameras)."""
+    import cv2
+    import numpy as np
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2
+    from tf2_msgs.msg import TFMessage
+
+    from aqr_perception.msg import QueryRouting
+
+    cams = nuscenes_like_rig(W, H)
+    args = ["--ros-args", "-p", "image_transport:=compressed", "-p", "qos_reliability:=reliable",
+            "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2"]
+    with running_node(ros_context, NodeRuntime(), args, "jpeg_probe") as (node, probe, ex):
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
+        pub_img = {c.name: probe.create_publisher(CompressedImage, f"/{c.name}/image_rect_compressed", qos)
+                   for c in cams}
+        pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
+        static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        pub_tf = probe.create_publisher(TFMessage, "/tf_static", static)
+        routing, diags = [], []
+        probe.create_subscription(QueryRouting, "/aqr_perception/routing", routing.append, 10)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        _spin(ex, 1.0)
+        pub_tf.publish(_tf_static(cams))
+        good = cv2.imencode(".jpg", np.full((H, W, 3), 90, np.uint8))[1].tobytes()
+        for c in cams:
+            pub_info[c.name].publish(_info(c.name, c.K))
+            pub_img[c.name].publish(_compressed_msg(damaged_jpeg() if c is cams[4] else good, cam=c.name))
+        _spin(ex, 0.5)
+        pub_cloud.publish(_cloud(t_ns=NS))
+        _spin_until(ex, lambda: routing, 10.0)
+        _spin(ex, 0.5)
+        assert routing and list(routing[0].cameras_masked) == []
+        key = f"images_decoded_with_warnings.{cams[4].name}"
+        assert node.counters[key] == 1 and sum(k.startswith("images_decoded_with") for k in node.counters) == 1
+        values = {kv.key: kv.value for d in diags[-2:] for s in d.status for kv in s.values}
+        assert values[key] == "1"
+        assert "Corrupt JPEG data" in values[f"last_problem.img_warn:{cams[4].name}"]
 
 
 def test_a_publisher_with_incompatible_qos_is_counted_and_reported(node_env):

@@ -122,6 +122,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
             self._slow_since: float | None = None
             self._last_done_wall: float | None = None
             self._mailbox = None
+            self._processing = False        # the worker holds a cloud (taken from the mailbox, not yet counted)
             # clouds the model had no time for, kept as past sweeps (multi-sweep models only)
             self._skipped_sweeps: deque = deque(maxlen=max(0, runtime.cfg.lidar.sweeps - 1))
             self._cond = threading.Condition()
@@ -270,6 +271,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                     if self._mailbox is None:
                         self._cond.wait(timeout=0.1)
                     msg, self._mailbox = self._mailbox, None
+                    self._processing = msg is not None
                     skipped = list(self._skipped_sweeps)
                     self._skipped_sweeps.clear()
                 if msg is None:
@@ -281,6 +283,8 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                 except Exception as exc:  # never let one frame kill the node
                     self.counters["frames_failed"] += 1
                     self._warn("frame_failed", f"frame skipped: {type(exc).__name__}: {exc}")
+                finally:
+                    self._processing = False
 
         def _process(self, cloud) -> None:
             cfg = self.cfg
@@ -295,6 +299,10 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                     self.counters[f"images_invalid.{cam}"] += 1
                     self._warn(f"img:{cam}", f"{cfg.image_topic_format.format(camera=cam)}: {err}; "
                                              "camera masked for this frame")
+                for cam, warning in out.inputs.image_warnings.items():
+                    self.counters[f"images_decoded_with_warnings.{cam}"] += 1
+                    self._warn(f"img_warn:{cam}", f"{cfg.image_topic_format.format(camera=cam)}: {warning}; "
+                                                  "image used as decoded (damaged parts grey)")
                 for cam in out.inputs.masked:
                     self.counters[f"camera_masked.{cam}"] += 1
             if out.status == "model_error":
@@ -403,6 +411,7 @@ def _make_node_class():  # rclpy is imported lazily so that `--help` works witho
                                           hardware_id=self.get_name(),
                                           values=[kv(k, f"{v:.1f}") for k, v in rep.stage_ms.items()] +
                                           [kv(k, v) for k, v in sorted(self.counters.items())] +
+                                          [kv("clouds_in_progress", int(self._mailbox is not None) + int(self._processing))] +
                                           [kv(f"cloud_repairs.{k}", v) for k, v in sorted(self.pipeline.cloud_repairs.items())] +
                                           [kv(f"last_problem.{k}", v) for k, v in sorted(self._last_problem.items())])
             # model

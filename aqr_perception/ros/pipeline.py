@@ -47,6 +47,7 @@ class FrameInputs:
     images: list[np.ndarray | None]
     masked: dict[str, str]                      # camera -> reason
     image_errors: dict[str, str] = field(default_factory=dict)
+    image_warnings: dict[str, str] = field(default_factory=dict)   # camera -> decoder warning (image used)
 
 
 @dataclass
@@ -266,17 +267,19 @@ class FramePipeline:
         todo = [cam for cam in self.cameras if cam not in masked]
         run = camera_pool().map if len(todo) > 1 else map        # decoding releases the GIL
         decoded = dict(zip(todo, run(lambda cam: self._try_decode(cam, assoc.images[cam]), todo)))
-        images, Ks, exts = [], [], []
+        images, Ks, exts, warnings = [], [], [], {}
         for cam in self.cameras:
-            img, K, err = decoded.get(cam, (None, None, None))
+            img, K, err, warning = decoded.get(cam, (None, None, None, None))
             if err is not None:
                 masked[cam] = errors[cam] = f"invalid image: {err}"
+            if warning is not None:
+                warnings[cam] = warning
             images.append(img)
             Ks.append(K)
             exts.append(self.calib.lidar_to_camera(cam, lidar_frame) if img is not None else None)
         masked = {cam: masked[cam] for cam in self.cameras if cam in masked}       # camera order
         arrays = build_model_arrays(points, images, Ks, exts, self.input_hw)
-        return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors)
+        return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors, warnings)
 
     def remember_sweep(self, cloud) -> None:
         """Multi-sweep: keep a cloud that will not be run (skipped under load) as history
@@ -297,15 +300,18 @@ class FramePipeline:
             points[:, 3] *= np.float32(self.cfg.lidar_intensity_scale)
         return points
 
-    def _try_decode(self, cam: str, msg) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-        """(image, K, None), or (None, None, reason) when the image is unusable."""
+    def _try_decode(self, cam: str, msg) -> tuple[np.ndarray | None, np.ndarray | None, str | None, str | None]:
+        """(image, K, None, decoder warning or None), or (None, None, reason, None) when the
+        image is unusable."""
         try:
-            return (*self._decode(cam, msg), None)
+            img, K, warning = self._decode(cam, msg)
+            return img, K, None, warning
         except ConversionError as exc:
-            return None, None, str(exc)
+            return None, None, str(exc), None
 
-    def _decode(self, cam: str, msg) -> tuple[np.ndarray, np.ndarray]:
-        """RGB image + the intrinsics that go with it; checks the size against CameraInfo.
+    def _decode(self, cam: str, msg) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """RGB image + the intrinsics that go with it + the JPEG decoder's warning, if any;
+        checks the size against CameraInfo.
 
         JPEGs much larger than the model input are decoded directly at 1/2, 1/4 or 1/8
         size (DCT scaling), with the intrinsics reduced to match.
@@ -313,16 +319,16 @@ class FramePipeline:
         size, K = self.calib.image_size(cam), self.calib.intrinsics(cam)
         self._check_declared_size(msg, size)
         if self.cfg.image_transport == "raw":
-            img, r = imgmsg_to_cv2(msg, "rgb8"), 1
+            img, r, warning = imgmsg_to_cv2(msg, "rgb8"), 1, None
         else:
             r = jpeg_reduction(size, self.input_hw) if size is not None else 1
-            img = compressed_to_rgb_reduced(msg, r)
+            img, warning = compressed_to_rgb_reduced(msg, r)
         if size is not None:
             expect = (-(-size[0] // r), -(-size[1] // r))
             if img.shape[:2] != expect:
                 raise ConversionError(f"image is {img.shape[1] * r}x{img.shape[0] * r}, CameraInfo says "
                                       f"{size[1]}x{size[0]}")
-        return img, reduce_intrinsics(K, r)
+        return img, reduce_intrinsics(K, r), warning
 
     def _check_declared_size(self, msg, size: tuple[int, int] | None) -> None:
         """Refuse, before decoding, an image whose declared size (Image fields, JPEG/PNG
