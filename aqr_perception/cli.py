@@ -74,7 +74,7 @@ DEFAULT_BAG = Path(__file__).resolve().parent / "resources" / "default_drive"
 
 
 def _print_result(name: str, result, report: dict) -> None:
-    from aqr_perception.evaluation.evaluate import metrics_table, per_class_table
+    from aqr_perception.evaluation.report import metrics_table, per_class_table
 
     print(metrics_table({name: result}))
     print()

@@ -182,7 +182,9 @@ class DecodeConfig(_Section):
     """NMS-free top-k decoding of the last decoder layer."""
 
     topk: PositiveInt = 300
-    score_threshold: Probability = 0.0
+    score_threshold: Probability = Field(
+        0.0, description="the model's own floor: decoded detections below it are dropped before the node's "
+                         "(node.score_threshold) or evaluation's (eval.score_threshold) threshold; 0 keeps the top-k")
     post_center_range: list[float] = Field([-61.2, -61.2, -10.0, 61.2, 61.2, 10.0], min_length=6, max_length=6)
 
 
@@ -322,6 +324,7 @@ class NodeConfig(_Section):
     publish_debug_images: bool = Field(False, description="per camera ~/debug/<camera>/image: the model's input "
                                                           "view with the boxes projected (only while subscribed)")
     diagnostics_period_s: PositiveFloat = Field(1.0, description="period of /diagnostics, s")
+    lidar_timeout_s: PositiveFloat = Field(2.0, description="diagnostics ERROR when no PointCloud2 came for this long, s")
     sync: SyncConfig = SyncConfig()
 
     @model_validator(mode="after")
@@ -432,6 +435,16 @@ class EvalConfig(_Section):
     score_threshold: Probability = Field(0.05, description="detections below this score are not evaluated")
     pictures: Annotated[int, Field(ge=0)] = Field(3, description="frames drawn with predictions over GT")
     picture_score_threshold: Probability = Field(0.2, description="predictions drawn in the pictures")
+    replay_calibration_wait_s: PositiveFloat = Field(
+        10.0, description="replay: the first cloud waits this long for every camera (a camera absent from the bag "
+                          "costs it once)")
+    replay_camera_wait_s: PositiveFloat = Field(
+        1.0, description="replay: a cloud waits this long for an image still in transport (one really missing "
+                         "from the bag costs it per frame)")
+    replay_step_timeout_s: PositiveFloat = Field(
+        60.0, description="replay: the longest wait for the node's answer to a sweep before the next is played")
+    routing_score_threshold: Probability = Field(
+        0.3, description="the report's mean router weights are taken over detections at least this confident")
     output_dir: str = "runs/eval"
 
 

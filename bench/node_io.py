@@ -42,16 +42,22 @@ def main() -> None:
 
     from aqr_perception.config import NUSCENES_CLASSES, load_config
     from aqr_perception.data import rosbag_msgs as M
-    from aqr_perception.data.preprocess import build_model_arrays
     from aqr_perception.data.rig import nuscenes_like_rig
     from aqr_perception.data.typestore import project_typestore
-    from aqr_perception.model.runtime import DetectorRuntime
-    from aqr_perception.ros.conversions import (compressed_imgmsg_to_cv2, compressed_to_rgb_reduced, imgmsg_to_cv2,
-                                                jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
     from aqr_perception.detections import FrameDetections
+    from aqr_perception.frames.conversions import (
+        compressed_imgmsg_to_cv2,
+        compressed_to_rgb_reduced,
+        imgmsg_to_cv2,
+        jpeg_reduction,
+        pointcloud2_to_xyzi,
+        reduce_intrinsics,
+    )
+    from aqr_perception.frames.preprocess import build_model_arrays
+    from aqr_perception.frames.sync import LidarTriggeredSync
+    from aqr_perception.model.runtime import DetectorRuntime
     from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
     from aqr_perception.ros.markers import detection_markers
-    from aqr_perception.ros.sync import LidarTriggeredSync
 
     cfg = load_config(args.config)
     store = project_typestore()
@@ -120,7 +126,7 @@ def main() -> None:
     from tf2_msgs.msg import TFMessage
 
     from aqr_perception.config import NodeConfig
-    from aqr_perception.ros.pipeline import FramePipeline
+    from aqr_perception.frames.pipeline import FramePipeline
 
     infos = [deserialize_message(ser(M.camera_info(0, c.name, c.K, 1600, 900), "sensor_msgs/msg/CameraInfo"),
                                  CameraInfo) for c in cams]

@@ -20,8 +20,6 @@ overload the same, with latency bounded (the newest cloud wins, the rest are cou
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,12 +54,7 @@ def main() -> int:
                              "~2.5 of 20 Hz, so this is the minutes-long overload run (newest frame wins)")
     args = parser.parse_args()
 
-    from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
-
-    apply_loopback_dds_defaults()
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -72,6 +65,7 @@ def main() -> int:
     from aqr_perception.data import rosbag_msgs as M
     from aqr_perception.data.rig import nuscenes_like_rig
     from aqr_perception.data.typestore import project_typestore
+    from aqr_perception.ros.node_process import NodeProcess, Probe, node_topic
 
     base = config_to_dict(load_config("tiny"))
     base["model"] = {**base["model"], **{k: ({**base["model"][k], **v} if isinstance(v, dict) else v)
@@ -94,17 +88,14 @@ def main() -> int:
     tf_static = ros(M.tf_message([M.transform_stamped(0, "LIDAR_TOP", c.name, np.linalg.inv(c.lidar_to_camera))
                                   for c in cams]), "tf2_msgs/msg/TFMessage", TFMessage)
 
-    node_cmd = [sys.executable, "-m", "aqr_perception.ros.node", "--ros-args", "--log-level", "warn",
-                *([] if args.bundled else ["-p", f"config_file:={cfg_file}", "-p", "checkpoint:=none"]),
-                "-p", "device:=cpu", "-p", "cpu_threads:=1", "-p", "image_transport:=raw",
-                "-p", "image_topic_format:=/{camera}/image_raw", "-p", "qos_reliability:=reliable",
-                "-p", "qos_depth:=5", "-p", "score_threshold:=0.0", "-p", "publish_markers:=false",
-                "-p", "diagnostics_period_s:=0.5"]
-    node = subprocess.Popen(node_cmd, env=os.environ.copy())
-    rclpy.init()
-    feeder = rclpy.create_node("aqr_soak_feeder")
-    ex = SingleThreadedExecutor()
-    ex.add_node(feeder)
+    node = NodeProcess(["--log-level", "warn",
+                        *([] if args.bundled else ["-p", f"config_file:={cfg_file}", "-p", "checkpoint:=none"]),
+                        "-p", "device:=cpu", "-p", "cpu_threads:=1", "-p", "image_transport:=raw",
+                        "-p", "image_topic_format:=/{camera}/image_raw", "-p", "qos_reliability:=reliable",
+                        "-p", "qos_depth:=5", "-p", "score_threshold:=0.0", "-p", "publish_markers:=false",
+                        "-p", "diagnostics_period_s:=0.5"], log="inherit")
+    probe = Probe("aqr_soak_feeder")
+    feeder, ex = probe.node, probe.executor
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     pub_cloud = feeder.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
     pub_img = {c.name: feeder.create_publisher(Image, f"/{c.name}/image_raw", qos) for c in cams}
@@ -125,13 +116,13 @@ def main() -> int:
             if status.name.endswith(": processing"):
                 counters.update({kv.key: kv.value for kv in status.values})
 
-    feeder.create_subscription(Detection3DArray, "/aqr_perception/detections", on_det, QoSProfile(depth=50))
+    feeder.create_subscription(Detection3DArray, node_topic("detections"), on_det, QoSProfile(depth=50))
     feeder.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     rss: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 120
         while pub_cloud.get_subscription_count() == 0 or any(p.get_subscription_count() == 0 for p in pub_img.values()):
-            if node.poll() is not None or time.monotonic() > deadline:
+            if not node.running() or time.monotonic() > deadline:
                 raise RuntimeError("the node did not start")
             ex.spin_once(timeout_sec=0.1)
         pub_tf.publish(tf_static)
@@ -160,11 +151,8 @@ def main() -> int:
             ex.spin_once(timeout_sec=0.05)
         rss["end"] = rss_mib(node.pid)
     finally:
-        node.terminate()
-        node.wait(timeout=10)
-        ex.shutdown()
-        feeder.destroy_node()
-        rclpy.shutdown()
+        node.stop()
+        probe.close()
 
     lat_ms = np.array(latency) * 1e3
     received = int(counters.get("clouds_received", -1))

@@ -14,10 +14,10 @@ from aqr_perception.config import NodeConfig, SyncConfig
 from aqr_perception.data import rosbag_msgs as M
 from aqr_perception.data.rig import nuscenes_like_rig
 from aqr_perception.detections import FrameDetections
+from aqr_perception.frames.conversions import ConversionError, camera_info_K, imgmsg_to_cv2, pointcloud2_to_xyzi
+from aqr_perception.frames.pipeline import FramePipeline
+from aqr_perception.frames.sync import LidarTriggeredSync
 from aqr_perception.model.runtime import ModelOutputError, Prediction
-from aqr_perception.ros.conversions import ConversionError, camera_info_K, imgmsg_to_cv2, pointcloud2_to_xyzi
-from aqr_perception.ros.pipeline import FramePipeline
-from aqr_perception.ros.sync import LidarTriggeredSync
 
 W, H = 64, 32
 NS = 1_000_000_000
@@ -369,8 +369,9 @@ def test_one_degenerate_static_transform_is_rejected_alone(q):
 
 
 def test_a_slightly_denormalised_quaternion_is_normalised():
-    from aqr_perception.ros.tf_static import StaticTransforms
     from tf2_msgs.msg import TFMessage
+
+    from aqr_perception.frames.transforms import StaticTransforms
 
     s = 0.5 ** 0.5 * 1.004                                  # a driver's rounding: norm 1.004
     tf = StaticTransforms()
@@ -385,8 +386,8 @@ def test_an_unrelated_bad_dynamic_edge_does_not_stop_the_ego_pose():
     in map still interpolates."""
     from tf2_msgs.msg import TFMessage
 
-    from aqr_perception.ros.ego_pose import EgoPoses
-    from aqr_perception.ros.tf_static import StaticTransforms
+    from aqr_perception.frames.ego_pose import EgoPoses
+    from aqr_perception.frames.transforms import StaticTransforms
 
     poses, static = EgoPoses(), StaticTransforms()
     static.add_message(TFMessage(transforms=[_transform("base_link", "lidar", t=(0.0, 0.0, 1.8))]))
@@ -436,7 +437,7 @@ def test_a_broken_calibration_masks_that_camera_alone_with_a_reason(edit, words)
 def test_compressed_size_from_the_header_matches_the_decoder(hw, fmt):
     import cv2
 
-    from aqr_perception.ros.conversions import compressed_image_size
+    from aqr_perception.frames.conversions import compressed_image_size
 
     img = np.random.default_rng(1).integers(0, 255, (*hw, 1 if fmt == "png-grey" else 3), dtype=np.uint8)
     params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if fmt == "jpeg-progressive" else []
@@ -445,7 +446,7 @@ def test_compressed_size_from_the_header_matches_the_decoder(hw, fmt):
 
 
 def _never_decode(monkeypatch):
-    import aqr_perception.ros.conversions as conv
+    import aqr_perception.frames.conversions as conv
 
     def refuse(*_a, **_k):
         raise AssertionError("the image was decoded")
@@ -493,8 +494,8 @@ def test_a_tracker_publishing_hundreds_of_object_frames_does_not_grow_the_pose_b
     longer than the history are forgotten, and the LiDAR pose still comes out right."""
     from tf2_msgs.msg import TFMessage
 
-    from aqr_perception.ros.ego_pose import EgoPoses
-    from aqr_perception.ros.tf_static import StaticTransforms
+    from aqr_perception.frames.ego_pose import EgoPoses
+    from aqr_perception.frames.transforms import StaticTransforms
 
     poses, static = EgoPoses(history_s=10.0), StaticTransforms()
     static.add_message(TFMessage(transforms=[_transform("base_link", "lidar", t=(0.0, 0.0, 1.8))]))

@@ -9,10 +9,8 @@ overlay workspace builds the package again with ``--symlink-install``.
 """
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -108,44 +106,28 @@ def test_install_tree_holds_the_package_its_messages_and_resources(workspace):
 
 
 def test_installed_node_answers_a_played_drive(workspace, ros_context, tmp_path):
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from vision_msgs.msg import Detection3DArray
+
+    from aqr_perception.ros.node_process import NodeProcess, Probe, RosProcess, node_topic
 
     install = workspace / "install"
     exe = install / "aqr_perception" / "lib" / "aqr_perception"
     bag = install / "aqr_perception" / PY_SITE / "aqr_perception" / "resources" / "default_drive"
-    probe = rclpy.create_node("colcon_probe", context=ros_context)
-    got: list = []
-    probe.create_subscription(Detection3DArray, "/aqr_perception/detections", got.append, 50)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(probe)
-
-    def start(*cmd: str, log: Path) -> subprocess.Popen:
-        return subprocess.Popen(["bash", "-c", f"source {ENV_SH} && source {install / 'setup.bash'} && exec \"$@\"",
-                                 "bash", *cmd], cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-    node_log, play_log = tmp_path / "node.log", tmp_path / "play.log"
-    node = start(str(exe / "aqr_perception_node"), "--ros-args", "-p", "score_threshold:=0.0",
-                 "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.5", log=node_log)
-    player = start(str(exe / "aqr-perception"), "play", str(bag), "--rate", "0.2", "--linger", "3",
-                   "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf", log=play_log)
-    try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and player.poll() is None:
-            executor.spin_once(timeout_sec=0.1)
-        for _ in range(30):
-            executor.spin_once(timeout_sec=0.1)
-        assert player.wait(timeout=10) == 0, play_log.read_text()[-3000:]
-    finally:
-        for proc in (player, node):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)     # what a terminal's Ctrl-C sends
-        node.wait(timeout=20)
-        executor.shutdown()
-        probe.destroy_node()
-    log = node_log.read_text()
+    # the installed programs, run as a user does: the workspace's setup.bash sourced
+    sourced = ["bash", "-c", f"source {ENV_SH} && source {install / 'setup.bash'} && exec \"$@\"", "bash"]
+    with Probe("colcon_probe", ros_context) as probe:
+        got = probe.collect(Detection3DArray, node_topic("detections"))
+        with NodeProcess(["-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
+                          "-p", "sync.calibration_wait_s:=0.5"], log=tmp_path / "node.log", cwd=tmp_path,
+                         executable=[*sourced, str(exe / "aqr_perception_node")]) as node:
+            with RosProcess([*sourced, str(exe / "aqr-perception"), "play", str(bag), "--rate", "0.2",
+                             "--linger", "3", "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf"],
+                            log=tmp_path / "play.log", cwd=tmp_path) as player:
+                probe.spin_until(lambda: not player.running(), 150, step_s=0.1)
+                probe.spin(3.0)
+                assert player.wait(timeout_s=10) == 0, player.output()[-3000:]
+            node.stop(timeout_s=20)
+    log = node.output()
     assert node.returncode == 0, log[-3000:]
     assert f"checkpoint={install / 'aqr_perception' / PY_SITE / 'aqr_perception' / 'resources'}" in log, log[-3000:]
     assert len(got) >= 3 and any(len(d.detections) > 0 for d in got), f"{len(got)} arrays\n{log[-3000:]}"

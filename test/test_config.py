@@ -2,8 +2,15 @@
 import pytest
 import yaml
 
-from aqr_perception.config import (CONFIG_DIR, AqrConfig, ConfigError, ModelConfig, config_from_dict,
-                                   config_to_dict, load_config)
+from aqr_perception.config import (
+    CONFIG_DIR,
+    AqrConfig,
+    ConfigError,
+    ModelConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
 
 
 @pytest.mark.parametrize("name", ["tiny", "cmt_aqr_r50_800x320"])

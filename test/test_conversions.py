@@ -6,7 +6,7 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from aqr_perception.data.typestore import project_typestore
-from aqr_perception.ros import conversions as C
+from aqr_perception.frames import conversions as C
 
 STORE = project_typestore()
 T = STORE.types

@@ -3,17 +3,18 @@ messages over loopback DDS, and nothing binds outside the loopback interface."""
 import math
 import os
 import socket
+import signal
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dds_peer import exchange, frame_stamp, publisher_command, sample_frame
+
 from aqr_perception.config import NUSCENES_CLASSES
-from aqr_perception.ros.loopback_check import exchange, frame_stamp, sample_frame
+from aqr_perception.ros.node_process import RosProcess
 
 COUNT = 6
 
@@ -82,12 +83,10 @@ def test_rclpy_process_binds_only_loopback(source_env_script):
         for var in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "ROS_LOCALHOST_ONLY"):
             env.pop(var, None)
     shm_before = _fastdds_segments()
-    child = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.loopback_check", "publish",
-                              "--count", "1", "--wait", "6"], env=env, stderr=subprocess.DEVNULL)
-    try:
+    with RosProcess(publisher_command(1, 6), env=env) as child:
         addrs = []
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and child.poll() is None:
+        while time.monotonic() < deadline and child.running():
             addrs = _udp_local_addresses(child.pid)
             if len(addrs) >= 2:
                 break
@@ -95,13 +94,8 @@ def test_rclpy_process_binds_only_loopback(source_env_script):
         time.sleep(1.0)  # let the participant finish creating its locators
         addrs = _udp_local_addresses(child.pid) or addrs
         segments = _fastdds_segments() - shm_before
-    finally:
-        child.terminate()            # SIGTERM, as ros2 launch / systemd stop a node
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        child.interrupt(signal.SIGTERM)            # as ros2 launch / systemd stop a node
+        child.wait(timeout_s=10)
     assert addrs, "the DDS participant opened no UDP socket (did rclpy start?)"
     outside = [a for a in addrs if not (a.startswith("127.") or a == "::1")]
     assert not outside, f"DDS sockets bound beyond loopback: {outside} (all: {addrs})"

@@ -3,10 +3,10 @@ import cv2
 import numpy as np
 
 from aqr_perception.config import NUSCENES_CLASSES
-from aqr_perception.data.preprocess import build_model_arrays
 from aqr_perception.data.rig import nuscenes_like_rig
 from aqr_perception.detections import FrameDetections
-from aqr_perception.ros.conversions import imgmsg_to_cv2
+from aqr_perception.frames.conversions import imgmsg_to_cv2
+from aqr_perception.frames.preprocess import build_model_arrays
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
 
 DST = (192, 352)

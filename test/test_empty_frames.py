@@ -1,10 +1,6 @@
 """An empty road is a normal frame: with the bundled model on a drive without objects, the
 node publishes every output (empty arrays, routing, markers) for every sweep and counts
 the frames as published, not failed."""
-import subprocess
-import sys
-import time
-
 import pytest
 
 from aqr_perception.config import load_config
@@ -13,48 +9,34 @@ from aqr_perception.data.synth.drive import generate_drive
 
 @pytest.mark.slow
 def test_frames_without_detections_publish_every_output(ros_context, tmp_path):
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from vision_msgs.msg import Detection3DArray
     from visualization_msgs.msg import MarkerArray
 
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
+    from aqr_perception.ros.node_process import NodeProcess, Probe, RosProcess, node_topic, player_command
 
     cfg = load_config("tiny", overrides=["synth.object_density=0.0", "synth.frames_per_drive=6",
                                          "synth.lidar_azimuth_steps=360"])
     drive = generate_drive(cfg, tmp_path, "empty_road", seed=3)
-    probe = rclpy.create_node("empty_probe", context=ros_context)
-    got = {k: [] for k in ("det", "vel", "routing", "markers", "diag")}
-    for key, typ, topic in (("det", Detection3DArray, "detections"), ("vel", DetectionVelocityArray, "velocities"),
-                            ("routing", QueryRouting, "routing"), ("markers", MarkerArray, "markers")):
-        probe.create_subscription(typ, f"/aqr_perception/{topic}", got[key].append, 50)
-    probe.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 50)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(probe)
-    node = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.node", "--ros-args",
-                             "-p", "qos_reliability:=reliable", "-p", "diagnostics_period_s:=0.3",
-                             "-p", "sync.calibration_wait_s:=0.5"])
-    player = None
-    try:
-        # slow enough that the node answers every sweep: then each one is published or failed
-        player = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.player", str(drive.bag), "--rate", "0.05",
-                                   "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf",
-                                   "/aqr_perception/markers", "--linger", "3"])
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and player.poll() is None:
-            executor.spin_once(timeout_sec=0.1)
-        for _ in range(20):
-            executor.spin_once(timeout_sec=0.1)
-        assert player.wait(timeout=10) == 0
-    finally:
-        for proc in (player, node):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        node.wait(timeout=20)
-        executor.shutdown()
-        probe.destroy_node()
-    assert node.returncode == 0
+    with Probe("empty_probe", ros_context) as probe:
+        got = {key: probe.collect(typ, node_topic(topic)) for key, typ, topic in (
+            ("det", Detection3DArray, "detections"), ("vel", DetectionVelocityArray, "velocities"),
+            ("routing", QueryRouting, "routing"), ("markers", MarkerArray, "markers"))}
+        got["diag"] = probe.collect(DiagnosticArray, "/diagnostics")
+        with NodeProcess(["-p", "qos_reliability:=reliable", "-p", "diagnostics_period_s:=0.3",
+                          "-p", "sync.calibration_wait_s:=0.5"], log=tmp_path / "node.log") as node:
+            node.wait_ready()
+            assert probe.wait_for_publishers([node_topic(t) for t in ("detections", "velocities", "routing",
+                                                                      "markers")], 30)
+            # slow enough that the node answers every sweep: then each one is published or failed
+            with RosProcess(player_command(drive.bag, "--rate", "0.05", "--wait-for", "/LIDAR_TOP",
+                                           "/CAM_FRONT/image_rect_compressed", "/tf", node_topic("markers"),
+                                           "--linger", "3")) as player:
+                probe.spin_until(lambda: not player.running(), 150, step_s=0.1)
+                probe.spin(2.0)
+                assert player.wait(timeout_s=10) == 0, player.output()[-3000:]
+            assert node.stop() == 0, node.output()[-3000:]
     assert len(got["det"]) >= 4, f"{len(got['det'])} frames answered"
     empty = [d for d in got["det"] if not d.detections]
     assert empty, "the bundled model found objects on an empty road: the test exercises nothing"

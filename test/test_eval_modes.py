@@ -9,7 +9,9 @@ from bag_helpers import tf_after_clouds
 
 from aqr_perception.config import load_config
 from aqr_perception.data.synth.drive import generate_drive
-from aqr_perception.evaluation.evaluate import evaluate_drive, predict_offline, predict_replay
+from aqr_perception.evaluation.answers import predict_offline
+from aqr_perception.evaluation.evaluate import evaluate_drive
+from aqr_perception.evaluation.replay import predict_replay
 from aqr_perception.model import build_detector
 from aqr_perception.model.checkpoint import save_checkpoint
 from aqr_perception.model.runtime import DetectorRuntime
@@ -43,8 +45,8 @@ def test_replay_and_offline_give_the_same_detections_and_metrics(tmp_path):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
         np.testing.assert_allclose(a.lidar_weight, b.lidar_weight, atol=1e-5)
         assert (a.lidar_available, a.cameras_available) == (b.lidar_available, b.cameras_available) == (True, True)
-    r_off, _ = evaluate_drive(drive.bag, drive.gt_json, cfg, offline)
-    r_rep, _ = evaluate_drive(drive.bag, drive.gt_json, cfg, replay)
+    r_off, _ = evaluate_drive(drive.gt_json, cfg, offline)
+    r_rep, _ = evaluate_drive(drive.gt_json, cfg, replay)
     assert r_off.NDS == pytest.approx(r_rep.NDS, abs=1e-4) and r_off.mAP == pytest.approx(r_rep.mAP, abs=1e-4)
 
 

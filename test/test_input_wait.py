@@ -10,7 +10,7 @@ from test_bad_input import NS, StubRuntime, _cloud, _image, _info, _pipeline, _t
 
 from aqr_perception.config import LidarBranchConfig, NodeConfig, SyncConfig
 from aqr_perception.data.rig import nuscenes_like_rig
-from aqr_perception.ros.pipeline import FramePipeline
+from aqr_perception.frames.pipeline import FramePipeline
 
 T0, T1, T2 = NS, NS + 50_000_000, NS + 100_000_000     # instants 50 ms apart
 

@@ -1,9 +1,6 @@
 """Acceptance of the node: a player process plays six cameras + LiDAR from the bundled
 drive, the node runs as its own process, and this process receives its outputs over
 loopback DDS. One camera is withheld: the node keeps publishing and reports it stale."""
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,53 +27,35 @@ def _bag_lidar_stamps():
 
 @pytest.mark.slow
 def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_context):
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection3DArray
     from visualization_msgs.msg import Marker, MarkerArray
 
     from aqr_perception.msg import DetectionVelocityArray, QueryRouting
+    from aqr_perception.ros.node_process import NodeProcess, Probe, RosProcess, node_topic, player_command
 
-    probe = rclpy.create_node("e2e_probe", context=ros_context)
-    got = {k: [] for k in ("det", "markers", "routing", "vel", "diag", "debug_front", "debug_withheld")}
-    probe.create_subscription(Detection3DArray, "/aqr_perception/detections", got["det"].append, 50)
-    probe.create_subscription(MarkerArray, "/aqr_perception/markers", got["markers"].append, 50)
-    probe.create_subscription(QueryRouting, "/aqr_perception/routing", got["routing"].append, 50)
-    probe.create_subscription(DetectionVelocityArray, "/aqr_perception/velocities", got["vel"].append, 50)
-    probe.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 50)
-    probe.create_subscription(Image, "/aqr_perception/debug/CAM_FRONT/image", got["debug_front"].append, 50)
-    probe.create_subscription(Image, f"/aqr_perception/debug/{WITHHELD}/image", got["debug_withheld"].append, 50)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(probe)
+    with Probe("e2e_probe", ros_context) as probe:
+        got = {"det": probe.collect(Detection3DArray, node_topic("detections")),
+               "markers": probe.collect(MarkerArray, node_topic("markers")),
+               "routing": probe.collect(QueryRouting, node_topic("routing")),
+               "vel": probe.collect(DetectionVelocityArray, node_topic("velocities")),
+               "diag": probe.collect(DiagnosticArray, "/diagnostics"),
+               "debug_front": probe.collect(Image, node_topic("debug/CAM_FRONT/image")),
+               "debug_withheld": probe.collect(Image, node_topic(f"debug/{WITHHELD}/image"))}
+        with NodeProcess(["-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
+                          "-p", "diagnostics_period_s:=0.5", "-p", "sync.calibration_wait_s:=0.5",
+                          "-p", "publish_debug_images:=true"]) as node:
+            # /tf too: a sweep played before the node's /tf reader is matched has no ego pose
+            with RosProcess(player_command(BAG, "--rate", "0.2",
+                                           "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf",
+                                           "--exclude", f"/{WITHHELD}/image_rect_compressed",
+                                           f"/{WITHHELD}/camera_info", "--linger", "3")) as player:
+                probe.spin_until(lambda: not player.running(), 150, step_s=0.1)
+                probe.spin(3.0)          # the node may still be finishing its last frame
+                assert player.wait(timeout_s=10) == 0, player.output()[-3000:]
+            assert node.stop() == 0, f"the node must exit cleanly on Ctrl-C\n{node.output()[-3000:]}"
 
-    node = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.node", "--ros-args",
-                             "-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
-                             "-p", "diagnostics_period_s:=0.5", "-p", "sync.calibration_wait_s:=0.5",
-                             "-p", "publish_debug_images:=true"])
-    player = None
-    try:
-        player = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.player", str(BAG), "--rate", "0.2",
-                                   # /tf too: a sweep played before the node's /tf reader is matched has no ego pose
-                                   "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf",
-                                   "--exclude", f"/{WITHHELD}/image_rect_compressed", f"/{WITHHELD}/camera_info",
-                                   "--linger", "3"])
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and player.poll() is None:
-            executor.spin_once(timeout_sec=0.1)
-        for _ in range(30):          # the node may still be finishing its last frame
-            executor.spin_once(timeout_sec=0.1)
-        assert player.wait(timeout=10) == 0
-    finally:
-        for proc in (player, node):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        node.wait(timeout=10)
-        executor.shutdown()
-        probe.destroy_node()
-
-    assert node.returncode == 0, "the node must exit cleanly on SIGTERM"
     assert len(got["det"]) >= 3, f"only {len(got['det'])} detection arrays received"
     stamps = _bag_lidar_stamps()
     for det in got["det"]:

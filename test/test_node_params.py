@@ -5,19 +5,29 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
 from aqr_perception.config import ConfigError, NodeConfig
-from aqr_perception.ros.node import _make_node_class
+from aqr_perception.ros.node import AqrPerceptionNode, start_node
 from aqr_perception.ros.params import iter_parameters
+
+#: parameters of the node process itself, not of NodeConfig
+PROCESS_PARAMETERS = {"use_sim_time", "start_type_description_service", "autostart"}
 
 
 def _node(ctx, *cli):
-    return _make_node_class()(context=ctx, cli_args=["--ros-args", *cli] if cli else None)
+    """The node driven to active, as its process does with autostart."""
+    node = AqrPerceptionNode(context=ctx, cli_args=["--ros-args", *cli] if cli else None)
+    try:
+        start_node(node)
+    except BaseException:
+        node.destroy_node()
+        raise
+    return node
 
 
 def test_every_nodeconfig_field_is_a_declared_parameter(ros_context):
     node = _node(ros_context)
     try:
         names = {name for name, _, _ in iter_parameters()}
-        declared = set(node._parameters) - {"use_sim_time", "start_type_description_service"}
+        declared = set(node._parameters) - PROCESS_PARAMETERS
         assert declared == names
         desc = node.describe_parameter("sync.image_buffer_size")
         assert desc.type == ParameterType.PARAMETER_INTEGER
@@ -105,7 +115,7 @@ def test_parameter_services_answer_for_every_parameter_from_another_process(ros_
     try:
         assert client.wait_for_services(timeout_sec=90), "the node's parameter services never appeared"
         listed = set(call(client.list_parameters()).result.names)
-        assert listed - {"use_sim_time", "start_type_description_service"} == set(expected)
+        assert listed - PROCESS_PARAMETERS == set(expected)
         names = sorted(expected)
         values = call(client.get_parameters(names)).values
         assert len(values) == len(names)                      # one answer per name, none left out

@@ -2,12 +2,10 @@
 problem on /diagnostics, publishes nothing from corrupt data, and exits cleanly."""
 import contextlib
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from test_bad_input import NS, H, W, StubRuntime, _cloud, _compressed_msg, _image, _info, _tf_static, damaged_jpeg
+from test_bad_input import NS, H, StubRuntime, W, _cloud, _compressed_msg, _image, _info, _tf_static, damaged_jpeg
 
 from aqr_perception.config import load_config
 from aqr_perception.data.rig import nuscenes_like_rig
@@ -22,31 +20,29 @@ class NodeRuntime(StubRuntime):
 
 @contextlib.contextmanager
 def running_node(ros_context, runtime, args, probe_name):
-    """The node spinning on its own executor thread (as in its process) + a probe node
-    with its own executor; both torn down afterwards."""
+    """The node, driven to active, spinning on its own executor thread (as in its process),
+    and a probe (:class:`~aqr_perception.ros.node_process.Probe`): (node, probe node,
+    probe executor); both torn down afterwards."""
     import threading
 
-    import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from aqr_perception.ros.node import _make_node_class
+    from aqr_perception.ros.node import AqrPerceptionNode, start_node
+    from aqr_perception.ros.node_process import Probe
 
-    node = _make_node_class()(runtime=runtime, context=ros_context, cli_args=args)
-    probe = rclpy.create_node(probe_name, context=ros_context)
+    node = AqrPerceptionNode(runtime=runtime, context=ros_context, cli_args=args)
+    start_node(node)
     node_ex = SingleThreadedExecutor(context=ros_context)
     node_ex.add_node(node)
     spinner = threading.Thread(target=node_ex.spin, daemon=True)
     spinner.start()
-    ex = SingleThreadedExecutor(context=ros_context)
-    ex.add_node(probe)
     try:
-        yield node, probe, ex
+        with Probe(probe_name, ros_context) as probe:
+            yield node, probe.node, probe.executor
     finally:
         node_ex.shutdown()
         spinner.join(timeout=5)
-        ex.shutdown()
         node.destroy_node()
-        probe.destroy_node()
 
 
 @pytest.fixture
@@ -191,21 +187,17 @@ def test_a_publisher_with_incompatible_qos_is_counted_and_reported(node_env):
 
 
 @pytest.mark.slow
-def test_sigterm_exits_cleanly_within_two_seconds_and_restart_works():
+def test_sigterm_exits_cleanly_within_two_seconds_and_restart_works(tmp_path):
+    from aqr_perception.ros.node_process import NodeProcess
+
     for attempt in range(2):                                    # start, stop, start again
-        proc = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.node"], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        line = ""
-        while time.monotonic() < deadline and "ready:" not in line:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "node died during start-up"
-        assert "ready:" in line
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=10)
-        elapsed = time.monotonic() - t0
-        assert rc == 0 and elapsed < 2.0, f"attempt {attempt}: rc {rc} after {elapsed:.2f} s\n{proc.stdout.read()}"
+        with NodeProcess(log=tmp_path / f"node{attempt}.log") as node:
+            node.wait_ready(60)
+            t0 = time.monotonic()
+            node.interrupt(signal.SIGTERM)
+            rc = node.wait(timeout_s=10)
+            elapsed = time.monotonic() - t0
+        assert rc == 0 and elapsed < 2.0, f"attempt {attempt}: rc {rc} after {elapsed:.2f} s\n{node.output()}"
 
 
 class SlowRuntime(NodeRuntime):

@@ -2,10 +2,8 @@
 stopped with Ctrl-C: one clear line and exit code 2 for start-up errors; a clean stop
 (exit 0, no error, no skipped frame) on SIGINT to the process group, even mid-inference."""
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, PACKAGE_RESOURCES
 
 BAG = PACKAGE_RESOURCES / "default_drive"
 NODE = [sys.executable, "-m", "aqr_perception.ros.node"]
-PLAYER = [sys.executable, "-m", "aqr_perception.ros.player"]
 #: what an unclean shutdown prints (rclpy publishing on a dead context, a frame cut off)
 SHUTDOWN_ERRORS = ("Traceback", "RCLError", "context is invalid", "Failed to publish", "frame skipped")
 
@@ -77,78 +74,36 @@ def test_bad_parameters_are_one_line_and_exit_code_2(params, words):
 def test_unknown_parameters_are_named_in_a_warning(tmp_path):
     """A typo'd key in the parameter file and an unknown -p start the node, with a warning
     naming both (rclpy alone ignores them silently)."""
+    from aqr_perception.ros.node_process import NodeProcess
+
     params = tmp_path / "p.yaml"
     params.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.5\n")
-    log = tmp_path / "node.log"
-    node = _start([*NODE, "--ros-args", "--params-file", str(params), "-p", "no_such_param:=3",
-                   "-p", "checkpoint:=none"], log)
-    try:
-        deadline = time.monotonic() + 90
-        while "ready:" not in log.read_text() and time.monotonic() < deadline and node.poll() is None:
-            time.sleep(0.2)
-        os.killpg(node.pid, signal.SIGINT)
-        assert node.wait(timeout=30) == 0
-    finally:
-        _stop(node)
-    text = log.read_text()
-    assert "ignoring unknown parameter(s) no_such_param, score_treshold" in text, text
-
-
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    # a session of its own: the signal goes to the process group, as a terminal's Ctrl-C does
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _probe(ctx, msg_type, topic: str):
-    """A node in this process collecting ``topic`` into a list: (node, executor, list)."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    probe = rclpy.create_node("shutdown_probe", context=ctx)
-    got: list = []
-    probe.create_subscription(msg_type, topic, got.append, 50)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(probe)
-    return probe, executor, got
-
-
-def _stop(*procs: subprocess.Popen) -> None:
-    """SIGINT what still runs (a SIGKILLed participant leaves its 128 MiB segment in
-    /dev/shm), SIGKILL only what ignores it."""
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with NodeProcess(["--params-file", str(params), "-p", "no_such_param:=3", "-p", "checkpoint:=none"],
+                     log=tmp_path / "node.log") as node:
+        node.wait_ready(90)
+        assert node.stop() == 0
+    assert "ignoring unknown parameter(s) no_such_param, score_treshold" in node.output(), node.output()
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
     from vision_msgs.msg import Detection3DArray
 
-    probe, executor, got = _probe(ros_context, Detection3DArray, "/aqr_perception/detections")
-    node_log, play_log = tmp_path / "node.log", tmp_path / "play.log"
-    node = _start([*NODE, "--ros-args", "-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
-                   "-p", "sync.calibration_wait_s:=0.5"], node_log)
-    # at rate 1 a sweep comes every 50 ms and a frame takes longer: the worker is always busy
-    player = _start([*PLAYER, str(BAG), "--rate", "1", "--loop", "20", "--linger", "0",
-                     "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf"], play_log)
-    try:
-        deadline = time.monotonic() + 120
-        while len(got) < 2 and time.monotonic() < deadline and node.poll() is None:
-            executor.spin_once(timeout_sec=0.05)
-        assert len(got) >= 2, node_log.read_text()[-3000:]
-        os.killpg(node.pid, signal.SIGINT)
-        assert node.wait(timeout=40) == 0, node_log.read_text()[-3000:]
-    finally:
-        _stop(player, node)
-        executor.shutdown()
-        probe.destroy_node()
-    log = node_log.read_text()
+    from aqr_perception.ros.node_process import NodeProcess, Probe, RosProcess, node_topic, player_command
+
+    with Probe("shutdown_probe", ros_context) as probe:
+        got = probe.collect(Detection3DArray, node_topic("detections"))
+        with NodeProcess(["-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
+                          "-p", "sync.calibration_wait_s:=0.5"], log=tmp_path / "node.log") as node:
+            # at rate 1 a sweep comes every 50 ms and a frame takes longer: the worker is always busy
+            with RosProcess(player_command(BAG, "--rate", "1", "--loop", "20", "--linger", "0", "--wait-for",
+                                           "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf"),
+                            log=tmp_path / "play.log"):
+                assert probe.spin_until(lambda: len(got) >= 2 or not node.running(), 120), node.output()[-3000:]
+                assert len(got) >= 2, node.output()[-3000:]
+                node.interrupt()
+                assert node.wait(timeout_s=40) == 0, node.output()[-3000:]
+    log = node.output()
     for text in SHUTDOWN_ERRORS:
         assert text not in log, log[-3000:]
 
@@ -156,20 +111,14 @@ def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
 def test_ctrl_c_stops_the_player_cleanly(ros_context, tmp_path):
     from sensor_msgs.msg import PointCloud2
 
-    probe, executor, clouds = _probe(ros_context, PointCloud2, "/LIDAR_TOP")
-    log = tmp_path / "play.log"
-    player = _start([*PLAYER, str(BAG), "--rate", "0.02", "--wait-for", "/LIDAR_TOP"], log)
-    try:
-        deadline = time.monotonic() + 60
-        while not clouds and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        assert clouds, log.read_text()
-        os.killpg(player.pid, signal.SIGINT)
-        rc = player.wait(timeout=20)
-    finally:
-        _stop(player)
-        executor.shutdown()
-        probe.destroy_node()
-    text = log.read_text()
+    from aqr_perception.ros.node_process import Probe, RosProcess, player_command
+
+    with Probe("shutdown_probe", ros_context) as probe:
+        clouds = probe.collect(PointCloud2, "/LIDAR_TOP")
+        with RosProcess(player_command(BAG, "--rate", "0.02", "--wait-for", "/LIDAR_TOP"),
+                        log=tmp_path / "play.log") as player:
+            assert probe.spin_until(lambda: bool(clouds), 60), player.output()
+            rc = player.stop(timeout_s=20)
+    text = player.output()
     assert rc == 0 and "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert "play: interrupted after" in text

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 import yaml
 
-from aqr_perception.config import NodeConfig, node_config_from_param_file, node_param_schema, ConfigError
+from aqr_perception.config import ConfigError, NodeConfig, node_config_from_param_file, node_param_schema
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "schema" / "aqr_perception.schema.json"

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from aqr_perception.data.preprocess import prepare_camera
 from aqr_perception.data.rig import nuscenes_like_rig
+from aqr_perception.frames.preprocess import prepare_camera
 
 
 @pytest.mark.parametrize("src, dst", [((900, 1600), (192, 352)), ((900, 1600), (320, 800)), ((192, 352), (192, 352)),

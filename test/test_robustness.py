@@ -19,21 +19,22 @@ def test_table_shares_of_clean_nds_and_routing_columns():
 def test_routing_means_skip_frames_without_the_modality():
     import numpy as np
 
-    from aqr_perception.evaluation.evaluate import FramePrediction, routing_summary
+    from aqr_perception.evaluation.answers import FrameAnswer
+    from aqr_perception.evaluation.report import routing_summary
 
     def frame(scores, lw, cw, lidar=True, cameras=True):
         n = len(scores)
-        return FramePrediction(np.zeros((n, 9)), np.array(scores), ["car"] * n, np.array(lw), np.array(cw),
+        return FrameAnswer(np.zeros((n, 9)), np.array(scores), ["car"] * n, np.array(lw), np.array(cw),
                                lidar, cameras)
 
-    preds = {"1": frame([0.9, 0.1], [0.6, 0.0], [0.8, 0.0]),          # the 0.1 detection is below ROUTING_SCORE
+    preds = {"1": frame([0.9, 0.1], [0.6, 0.0], [0.8, 0.0]),          # the 0.1 detection is below the 0.3 threshold
              "2": frame([0.5], [0.99], [0.4], lidar=False),            # LiDAR weight of a frame without LiDAR
              "3": frame([0.7], [0.2], [0.99], cameras=False)}
-    s = routing_summary(preds)
+    s = routing_summary(preds, 0.3)
     assert abs(s["mean_lidar_weight"] - 0.4) < 1e-12                     # (0.6 + 0.2) / 2
     assert abs(s["mean_camera_weight"] - 0.6) < 1e-12                    # (0.8 + 0.4) / 2
     assert (s["routed_detections"], s["with_lidar"], s["with_cameras"]) == (3, 2, 2)
-    none = routing_summary({"2": frame([0.5], [0.99], [0.4], lidar=False)})
+    none = routing_summary({"2": frame([0.5], [0.99], [0.4], lidar=False)}, 0.3)
     assert none["mean_lidar_weight"] != none["mean_lidar_weight"]      # NaN: no frame had LiDAR
 
 

@@ -11,11 +11,11 @@ from scipy.spatial.transform import Rotation
 from aqr_perception.config import load_config
 from aqr_perception.data.bag_reader import feed_bag
 from aqr_perception.data.boxes import points_in_boxes
-from aqr_perception.data.sweeps import NS, SweepAccumulator
 from aqr_perception.data.synth.drive import generate_drive
+from aqr_perception.frames.ego_pose import EgoPoses
+from aqr_perception.frames.pipeline import FramePipeline
+from aqr_perception.frames.sweeps import NS, SweepAccumulator
 from aqr_perception.model.lidar import LidarBranch
-from aqr_perception.ros.ego_pose import EgoPoses
-from aqr_perception.ros.pipeline import FramePipeline
 from aqr_perception.stamps import header_ns
 
 SMALL = ["synth.image_width=352", "synth.image_height=192", "synth.lidar_azimuth_steps=360",

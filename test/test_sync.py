@@ -3,9 +3,9 @@ time jumps, and counters that account for every image."""
 import pytest
 
 from aqr_perception.config import SyncConfig
-from aqr_perception.ros.calibration import CalibrationStore
-from aqr_perception.ros.sync import LidarTriggeredSync
-from aqr_perception.ros.tf_static import StaticTransforms
+from aqr_perception.frames.calibration import CalibrationStore
+from aqr_perception.frames.sync import LidarTriggeredSync
+from aqr_perception.frames.transforms import StaticTransforms
 
 MS = 1_000_000
 CAMS = ["front", "back"]

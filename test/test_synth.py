@@ -1,14 +1,14 @@
 """Synthetic drives: real rosbag2 files, geometry consistent across sensors, determinism."""
 import json
 
-
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 
 from aqr_perception.config import load_config
-from aqr_perception.data.bag_reader import load_ground_truth, read_frames
+from aqr_perception.data.bag_reader import read_frames
+from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.data.boxes import box_corners, transform_boxes, yaw_matrix
 from aqr_perception.data.synth.camera_sim import render
 from aqr_perception.data.synth.drive import drive_cameras, generate_drive
@@ -131,7 +131,7 @@ def test_corruptions(tmp_path, drive, corruption):
     if corruption == "reduced_lidar":
         assert all(b < 0.2 * c for b, c in zip(n_points(bad), n_points(clean)))
     if corruption == "no_intensity":
-        from aqr_perception.ros.conversions import pointcloud2_to_xyzi
+        from aqr_perception.frames.conversions import pointcloud2_to_xyzi
         clouds = lambda ms: [pointcloud2_to_xyzi(deserialize_message(raw, get_message(t)))  # noqa: E731
                              for top, t, _, raw in ms if top == "/LIDAR_TOP"]
         for b, c in zip(clouds(bad), clouds(clean)):
@@ -144,7 +144,7 @@ def test_corruptions(tmp_path, drive, corruption):
         stamps = lambda ms: [s for top, _, s, _ in ms if top == "/CAM_BACK/camera_info"]  # noqa: E731
         assert [b - c for b, c in zip(stamps(bad), stamps(clean))] == [150_000_000] * len(stamps(clean))
     if corruption == "dark":
-        from aqr_perception.ros.conversions import compressed_imgmsg_to_cv2
+        from aqr_perception.frames.conversions import compressed_imgmsg_to_cv2
         mean = lambda ms: np.mean([compressed_imgmsg_to_cv2(deserialize_message(raw, get_message(t))).mean()  # noqa
                                    for top, t, _, raw in ms if top == "/CAM_FRONT/image_rect_compressed"])
         assert mean(bad) < 0.35 * mean(clean)
@@ -156,13 +156,13 @@ def test_corruptions(tmp_path, drive, corruption):
 def test_reader_gives_model_arrays_and_gt_for_every_sweep(drive):
     cfg = _cfg()
     frames = list(read_frames(drive.bag, cfg))
-    gt = load_ground_truth(drive.gt_json, cfg.model.classes)
+    gt = read_ground_truth(drive.gt_json, list(cfg.model.classes))
     assert len(frames) == 4 and all(f.stamp_ns in gt for f in frames)
     arrays = frames[1].arrays
     assert arrays.images.shape == (6, 3, 192, 352) and arrays.camera_valid.all() and arrays.lidar_valid
     # the GT box centres project through lidar2img to where the camera shows them
     g = gt[frames[1].stamp_ns]
-    assert g.boxes.shape[1] == 9 and (g.num_lidar_pts > 0).sum() > 5
+    assert g.lidar_boxes.shape[1] == 9 and (g.num_lidar_pts > 0).sum() > 5
 
 
 def test_dataset_batches_feed_the_detector(drive):

@@ -10,9 +10,9 @@ from aqr_perception.config import DenoiseConfig, LossConfig, load_config
 from aqr_perception.model.assigner import hungarian_match
 from aqr_perception.model.box_coder import decode_boxes, encode_boxes, topk_decode
 from aqr_perception.model.denoising import make_denoising_queries, self_attention_mask
+from aqr_perception.model.detector import DetectorInputs
 from aqr_perception.model.lidar import PillarVoxelizer
 from aqr_perception.model.losses import sigmoid_focal_loss
-from aqr_perception.model.detector import DetectorInputs
 from aqr_perception.training.masked_modal import masked_modal
 
 

@@ -1,19 +1,16 @@
-"""Read a drive bag into frames the way the node sees them (its own FramePipeline),
-and the drive's ground truth. One frame per PointCloud2 message."""
+"""Read a drive bag into frames the way the node sees them (its own FramePipeline).
+One frame per PointCloud2 message; the ground truth is data/ground_truth.py's."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rosbags.rosbag2 import Reader
 
 from aqr_perception.config import AqrConfig
 from aqr_perception.data.bag_order import node_pose_wait
 from aqr_perception.data.typestore import project_typestore
-from aqr_perception.ros.pipeline import FrameInputs, FramePipeline
+from aqr_perception.frames.pipeline import FrameInputs, FramePipeline
 
 
 def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
@@ -50,33 +47,3 @@ def read_frames(bag: Path, cfg: AqrConfig) -> Iterator[FrameInputs]:
     frames: list[FrameInputs] = []
     feed_bag(bag, pipeline, lambda cloud: frames.append(pipeline.assemble(cloud)))
     yield from frames
-
-
-@dataclass
-class GroundTruth:
-    """GT boxes of one frame in the LiDAR frame: boxes (N, 9), labels (N,), names, lidar points per box."""
-
-    boxes: np.ndarray
-    labels: np.ndarray
-    names: list[str]
-    num_lidar_pts: np.ndarray
-    attributes: list[str]
-
-
-def load_ground_truth(gt_json: Path, classes: list[str]) -> dict[int, GroundTruth]:
-    """stamp_ns -> GroundTruth from a drive's ``.gt.json`` (sizes w,l,h -> dx=l, dy=w, dz=h)."""
-    data = json.loads(Path(gt_json).read_text())
-    out = {}
-    for f in data["frames"]:
-        rows, labels, names, npts, attrs = [], [], [], [], []
-        for b in f["boxes"]:
-            w, l, h = b["size"]
-            rows.append([*b["lidar"]["center"], l, w, h, b["lidar"]["yaw"], *b["lidar"]["velocity"]])
-            labels.append(classes.index(b["detection_name"]))
-            names.append(b["detection_name"])
-            npts.append(b["num_lidar_pts"])
-            attrs.append(b["attribute_name"])
-        out[int(f["stamp_ns"])] = GroundTruth(np.array(rows, dtype=np.float64).reshape(-1, 9),
-                                              np.array(labels, dtype=np.int64), names,
-                                              np.array(npts, dtype=np.int64), attrs)
-    return out

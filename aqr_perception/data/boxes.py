@@ -67,3 +67,19 @@ def pose_matrix(x: float, y: float, z: float, yaw: float) -> np.ndarray:
     T[:3, :3] = yaw_matrix(np.array([yaw]))[0]
     T[:3, 3] = (x, y, z)
     return T
+
+
+def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:
+    """(N,) yaw about +z -> (N, 4) quaternions ``[x, y, z, w]``."""
+    half = 0.5 * np.asarray(yaw, dtype=np.float64)
+    q = np.zeros((half.shape[0], 4))
+    q[:, 2] = np.sin(half)
+    q[:, 3] = np.cos(half)
+    return q
+
+
+def quaternion_to_yaw(q: np.ndarray) -> np.ndarray:
+    """(N, 4) quaternions ``[x, y, z, w]`` -> (N,) yaw about +z (roll/pitch ignored)."""
+    q = np.asarray(q, dtype=np.float64)
+    x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))

@@ -31,8 +31,12 @@ from nuscenes.eval.common.data_classes import EvalBoxes  # noqa: E402
 from nuscenes.eval.common.utils import center_distance  # noqa: E402
 from nuscenes.eval.detection.algo import accumulate, calc_ap, calc_tp  # noqa: E402
 from nuscenes.eval.detection.constants import TP_METRICS  # noqa: E402
-from nuscenes.eval.detection.data_classes import (DetectionBox, DetectionConfig,  # noqa: E402
-                                                  DetectionMetricDataList, DetectionMetrics)
+from nuscenes.eval.detection.data_classes import (  # noqa: E402
+    DetectionBox,
+    DetectionConfig,
+    DetectionMetricDataList,
+    DetectionMetrics,
+)
 
 __all__ = ["EvalBoxes", "DetectionBox", "DetectionConfig", "DetectionMetrics", "DetectionMetricDataList",
            "accumulate", "calc_ap", "calc_tp", "center_distance", "TP_METRICS"]

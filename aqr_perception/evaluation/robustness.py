@@ -14,9 +14,10 @@ from pathlib import Path
 
 from aqr_perception.config import AqrConfig
 from aqr_perception.data.synth.drive import generate_drive
-from aqr_perception.evaluation.evaluate import (FramePrediction, drive_eval, global_predictions, predict_offline,
-                                                routing_summary)
+from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
+from aqr_perception.evaluation.evaluate import drive_eval, global_answers
 from aqr_perception.evaluation.metrics import DetectionResult, evaluate
+from aqr_perception.evaluation.report import routing_summary
 
 CONDITIONS = ("clean", "no_lidar", "no_intensity", "no_cameras", "one_camera_missing", "dark", "fog", "reduced_lidar")
 
@@ -35,14 +36,14 @@ def ensure_drives(cfg: AqrConfig, condition: str, seeds: list[int], out: Path) -
 
 
 def evaluate_condition(cfg: AqrConfig, pairs: list[tuple[Path, Path]], runtime
-                       ) -> tuple[DetectionResult, dict[str, FramePrediction]]:
-    """All drives of a condition pooled into one nuScenes evaluation; also the raw predictions."""
+                       ) -> tuple[DetectionResult, dict[str, FrameAnswer]]:
+    """All drives of a condition pooled into one nuScenes evaluation; also the answers."""
     gt_all, pred_global, pred_local = {}, {}, {}
     for bag, gt_json in pairs:
-        ev = drive_eval(gt_json, predict_offline(bag, cfg, runtime))
+        ev = drive_eval(gt_json, predict_offline(bag, cfg, runtime), list(cfg.model.classes))
         gt_all.update(ev.gt)
-        pred_global.update(global_predictions(ev))
-        pred_local.update(ev.pred)
+        pred_global.update(global_answers(ev))
+        pred_local.update(ev.answers)
     return evaluate(gt_all, pred_global, list(cfg.model.classes), cfg.eval), pred_local
 
 
@@ -59,7 +60,8 @@ def run_robustness(cfg: AqrConfig, models: dict[str, str], seeds: list[int], out
         pairs = ensure_drives(cfg, condition, seeds, out / "data" / condition)
         for name, rt in runtimes.items():
             result, preds = evaluate_condition(cfg, pairs, rt)
-            routing = routing_summary(preds) if rt.cfg.aqr.learned_routing else {}    # no router: no weights to show
+            routing = (routing_summary(preds, cfg.eval.routing_score_threshold)
+                       if rt.cfg.aqr.learned_routing else {})    # no router: no weights to show
             results.setdefault(condition, {})[name] = {"NDS": result.NDS, "mAP": result.mAP, **result.tp_errors,
                                                        **routing}
         log(f"{condition:<20} " + "  ".join(f"{n}: NDS {r['NDS']:.3f} mAP {r['mAP']:.3f}"

@@ -8,7 +8,7 @@ from aqr_perception.model.detector import DetectorInputs
 
 
 def make_inputs(samples: list, device: torch.device | str = "cpu") -> DetectorInputs:
-    """Stack ``aqr_perception.data.preprocess.ModelArrays``-like samples into one batch."""
+    """Stack ``aqr_perception.frames.preprocess.ModelArrays``-like samples into one batch."""
     return DetectorInputs(
         points=[torch.from_numpy(np.ascontiguousarray(s.points)).to(device) for s in samples],
         images=torch.from_numpy(np.stack([s.images for s in samples])).to(device).float(),

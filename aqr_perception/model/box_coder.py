@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 
-
 def encode_boxes(boxes: Tensor) -> Tensor:
     """(..., 9) boxes -> (..., 10) regression targets."""
     return torch.cat([boxes[..., :3], boxes[..., 3:6].clamp(min=1e-3).log(), boxes[..., 6:7].sin(),

@@ -36,8 +36,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from aqr_perception.model import segment_attention
-from aqr_perception.model.aqr import (PAD, AqrBias, MemoryLayout, global_biases, local_window_entries,
-                                     segment_index)
+from aqr_perception.model.aqr import PAD, AqrBias, MemoryLayout, global_biases, local_window_entries, segment_index
 
 WINDOW_CHUNK = 32       # queries per gather chunk in local mode (measured: 32 beats 8..128 on CPU)
 

@@ -98,7 +98,7 @@ class DetectorRuntime:
         return self.infer(sample).inference_ms
 
     def infer(self, arrays) -> Prediction:
-        """Run one sample (``data.preprocess.ModelArrays``); raises ModelOutputError on NaN/inf."""
+        """Run one sample (``frames.preprocess.ModelArrays``); raises ModelOutputError on NaN/inf."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             inputs = make_inputs([arrays], self.device)

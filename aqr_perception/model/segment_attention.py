@@ -28,8 +28,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from aqr_perception.model.aqr import (PAD, AqrBias, MemoryLayout, global_biases, local_window_entries,
-                                     segment_index)
+from aqr_perception.model.aqr import PAD, AqrBias, MemoryLayout, global_biases, local_window_entries, segment_index
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 

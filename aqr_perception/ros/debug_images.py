@@ -14,8 +14,8 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from aqr_perception.data.pictures import draw_boxes
-from aqr_perception.data.preprocess import ModelArrays
 from aqr_perception.detections import FrameDetections
+from aqr_perception.frames.preprocess import ModelArrays
 
 
 def debug_views(arrays: ModelArrays, det: FrameDetections, class_names: list[str], cameras: list[str]

@@ -19,24 +19,10 @@ import numpy as np
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
+from aqr_perception.data.boxes import yaw_to_quaternion
 from aqr_perception.detections import FrameDetections
+from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
 from aqr_perception.stamps import time_to_ns
-
-def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:
-    """(N,) yaw about +z -> (N, 4) quaternions ``[x, y, z, w]``."""
-    half = 0.5 * np.asarray(yaw, dtype=np.float64)
-    q = np.zeros((half.shape[0], 4))
-    q[:, 2] = np.sin(half)
-    q[:, 3] = np.cos(half)
-    return q
-
-
-def quaternion_to_yaw(q: np.ndarray) -> np.ndarray:
-    """(N, 4) quaternions ``[x, y, z, w]`` -> (N,) yaw about +z (roll/pitch ignored)."""
-    q = np.asarray(q, dtype=np.float64)
-    x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
 def detection_id(stamp_ns: int, query_index: int) -> str:

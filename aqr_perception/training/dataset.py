@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import Dataset
 
 from aqr_perception.config import AqrConfig
-from aqr_perception.data.bag_reader import GroundTruth, load_ground_truth, read_frames
-from aqr_perception.data.preprocess import ModelArrays
+from aqr_perception.data.bag_reader import read_frames
+from aqr_perception.data.ground_truth import GtFrame, read_ground_truth
+from aqr_perception.frames.preprocess import ModelArrays
 from aqr_perception.model.batching import make_inputs
 from aqr_perception.model.detector import DetectorInputs
 
@@ -40,12 +41,13 @@ def drive_paths(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def select_gt(gt: GroundTruth, pc_range: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """GT boxes seen by the LiDAR and inside the range."""
+def select_gt(gt: GtFrame, pc_range: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """GT boxes (LiDAR frame) seen by the LiDAR and inside the range."""
     r = np.asarray(pc_range)
-    inside = np.all((gt.boxes[:, :3] >= r[:3]) & (gt.boxes[:, :3] <= r[3:]), axis=1)
+    boxes = gt.lidar_boxes
+    inside = np.all((boxes[:, :3] >= r[:3]) & (boxes[:, :3] <= r[3:]), axis=1)
     keep = inside & (gt.num_lidar_pts > 0)
-    return gt.boxes[keep], gt.labels[keep]
+    return boxes[keep], gt.labels[keep]
 
 
 class DriveDataset(Dataset):
@@ -55,7 +57,7 @@ class DriveDataset(Dataset):
         self.cfg = cfg
         self.samples: list[Sample] = []
         for bag, gt_json in drives:
-            gts = load_ground_truth(gt_json, list(cfg.model.classes))
+            gts = read_ground_truth(gt_json, list(cfg.model.classes))
             for frame in read_frames(bag, cfg):
                 boxes, labels = select_gt(gts[frame.stamp_ns], cfg.model.point_cloud_range)
                 self.samples.append(Sample(frame.arrays, boxes, labels, frame.stamp_ns))

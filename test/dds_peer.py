@@ -1,25 +1,23 @@
-"""Two-process DDS exchange of the node's output messages over loopback.
+"""A DDS peer process for test_dds_exchange.py: the node's output messages, exchanged
+between two processes over loopback.
 
-``exchange(count)`` starts a publisher in a child process
-(``python -m aqr_perception.ros.loopback_check publish``) that sends ``count`` frames of
-Detection3DArray + QueryRouting built from :func:`sample_frame`, and receives them in
-this process. Used by the demo to show the ROS side works on this machine, and by the
-tests as a real publisher process.
+``exchange(count)`` starts a publisher in a child process (``python test/dds_peer.py
+publish``) that sends ``count`` frames of Detection3DArray + QueryRouting built from
+:func:`sample_frame`, and receives them in this process.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from aqr_perception.config import NUSCENES_CLASSES
-from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.detections import FrameDetections
+from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 
 DETECTIONS_TOPIC = "/aqr_loopback_check/detections"
 ROUTING_TOPIC = "/aqr_loopback_check/routing"
@@ -99,47 +97,31 @@ class ExchangeResult:
     elapsed_s: float = 0.0
 
 
+def publisher_command(count: int, wait_s: float) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "publish", "--count", str(count), "--wait", str(wait_s)]
+
+
 def exchange(count: int = 5, timeout_s: float = 30.0) -> ExchangeResult:
     """Receive ``count`` frames from a publisher child process over DDS."""
-    apply_loopback_dds_defaults()
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from vision_msgs.msg import Detection3DArray
 
     from aqr_perception.msg import QueryRouting
+    from aqr_perception.ros.node_process import Probe, RosProcess
 
     res = ExchangeResult()
     t0 = time.monotonic()
-    ctx = Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("aqr_loopback_subscriber", context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
+    arrivals: list[float] = []
 
-    node.create_subscription(Detection3DArray, DETECTIONS_TOPIC, res.detections.append, _qos())
-    node.create_subscription(QueryRouting, ROUTING_TOPIC, res.routing.append, _qos())
-    child = subprocess.Popen([sys.executable, "-m", "aqr_perception.ros.loopback_check", "publish",
-                              "--count", str(count), "--wait", str(timeout_s)], env=os.environ.copy())
-    arrivals = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (len(res.detections) < count or len(res.routing) < count):
-            before = len(res.detections)
-            executor.spin_once(timeout_sec=0.05)
-            if len(res.detections) > before:
-                arrivals.append(time.monotonic())
-        res.publisher_rc = child.wait(timeout=max(1.0, deadline - time.monotonic() + 5.0))
-    finally:
-        if child.poll() is None:
-            child.terminate()        # SIGTERM lets rclpy remove its shared-memory segment; SIGKILL would not
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
+    def on_detections(msg) -> None:
+        res.detections.append(msg)
+        arrivals.append(time.monotonic())
+
+    with Probe("aqr_loopback_subscriber") as probe:
+        probe.collect(Detection3DArray, DETECTIONS_TOPIC, _qos(), into=on_detections)
+        probe.collect(QueryRouting, ROUTING_TOPIC, _qos(), into=res.routing.append)
+        with RosProcess(publisher_command(count, timeout_s)) as child:
+            probe.spin_until(lambda: len(res.detections) >= count and len(res.routing) >= count, timeout_s)
+            res.publisher_rc = child.wait(timeout_s=max(1.0, t0 + timeout_s - time.monotonic() + 5.0))
     # frame-to-frame arrival spacing vs the publisher's period says whether delivery kept up
     res.arrival_gaps_ms = [1e3 * (b - a) for a, b in zip(arrivals, arrivals[1:])]
     res.elapsed_s = time.monotonic() - t0

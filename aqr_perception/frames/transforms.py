@@ -16,7 +16,6 @@ from scipy.spatial.transform import Rotation
 
 from aqr_perception.stamps import header_ns
 
-
 #: a quaternion whose norm is this close to 1 is normalised; a farther one is refused
 #: (tf2 refuses denormalised quaternions too; drivers publish norms a few 1e-4 off)
 QUATERNION_NORM_TOLERANCE = 1e-2
@@ -127,7 +126,7 @@ class StaticTransforms:
         """(4, 4) mapping points in ``source`` into ``target``, or None if not connected.
 
         ``extra_edges``: more (parent, child) -> child->parent transforms for this lookup
-        only (the dynamic /tf edges at one instant, see ``ros.ego_pose``). Only the edges
+        only (the dynamic /tf edges at one instant, see ``frames.ego_pose``). Only the edges
         on the path are used (and inverted where walked parent -> child)."""
         extra_edges = extra_edges or {}
         steps = self.path(target, source, extra_edges)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from aqr_perception.ros.tf_static import RejectedTransform, message_transforms
+from aqr_perception.frames.transforms import RejectedTransform, message_transforms
 from aqr_perception.stamps import NS
 
 

@@ -3,7 +3,7 @@ that falls behind a burst hands over only the newest samples, and the gaps in th
 publication_sequence_number say exactly how many it never delivered."""
 import time
 
-from aqr_perception.ros.sequence_gaps import SequenceGaps
+from aqr_perception.ros.counted_subscription import SequenceGaps
 
 
 def _info(seq, gid=b"A"):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from aqr_perception.ros.conversions import ConversionError, camera_info_K
-from aqr_perception.ros.tf_static import RejectedTransform, StaticTransforms
+from aqr_perception.frames.conversions import ConversionError, camera_info_K
+from aqr_perception.frames.transforms import RejectedTransform, StaticTransforms
 
 
 class CalibrationStore:

@@ -19,15 +19,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aqr_perception.config import LidarBranchConfig, NodeConfig
-from aqr_perception.data.preprocess import ModelArrays, build_model_arrays, camera_pool
-from aqr_perception.data.sweeps import SweepAccumulator
 from aqr_perception.detections import FrameDetections
-from aqr_perception.ros.calibration import CalibrationStore
-from aqr_perception.ros.conversions import (ConversionError, compressed_image_size, compressed_to_rgb_reduced,
-                                            imgmsg_to_cv2, jpeg_reduction, pointcloud2_to_xyzi, reduce_intrinsics)
-from aqr_perception.ros.ego_pose import EgoPoses
-from aqr_perception.ros.sync import LidarTriggeredSync
-from aqr_perception.ros.tf_static import RejectedTransform
+from aqr_perception.frames.calibration import CalibrationStore
+from aqr_perception.frames.conversions import (
+    ConversionError,
+    compressed_image_size,
+    compressed_to_rgb_reduced,
+    imgmsg_to_cv2,
+    jpeg_reduction,
+    pointcloud2_to_xyzi,
+    reduce_intrinsics,
+)
+from aqr_perception.frames.ego_pose import EgoPoses
+from aqr_perception.frames.preprocess import ModelArrays, build_model_arrays, camera_pool
+from aqr_perception.frames.sweeps import SweepAccumulator
+from aqr_perception.frames.sync import LidarTriggeredSync
+from aqr_perception.frames.transforms import RejectedTransform
 from aqr_perception.stamps import NS, header_ns
 
 #: an ego-pose stream whose newest sample is older than this is not waited for (it stopped)
@@ -246,7 +253,7 @@ class FramePipeline:
         Raises ConversionError when the cloud itself is unusable. A camera that is
         stale, uncalibrated or whose image does not decode (or does not match its
         CameraInfo size) is masked, with the reason in ``masked``. Multi-sweep: the points
-        are the current sweep + the past ones (``data.sweeps``), (N, 5); a sweep without
+        are the current sweep + the past ones (``frames.sweeps``), (N, 5); a sweep without
         ego pose goes alone (counted in ``sweeps.counters``).
         """
         points = self._read_cloud(cloud)
@@ -349,9 +356,9 @@ class FramePipeline:
             raise ConversionError(f"image is {w}x{h}: its aspect ratio is too far from the model input's "
                                   f"{self.input_hw[1]}x{self.input_hw[0]} to resize; not decoded")
 
-    def process(self, cloud, score_threshold: float | None = None, max_detections: int | None = None,
-                live: bool = False) -> FrameOutcome:
-        """Assemble, run the model, keep detections above the threshold (best first).
+    def process(self, cloud, live: bool = False) -> FrameOutcome:
+        """Assemble, run the model, keep the ``max_detections`` best detections at or above
+        ``score_threshold`` (the node's settings, ``self.cfg``).
 
         ``live`` (the node): first ``wait_for_inputs``. Offline readers leave it False:
         bag order already puts a cloud's inputs before it.
@@ -372,8 +379,7 @@ class FramePipeline:
                 self.runtime.release_memory()
             return FrameOutcome("model_error", stamp, inputs=inputs, message=f"{type(exc).__name__}: {exc}")
         t2 = time.perf_counter()
-        thr = self.cfg.score_threshold if score_threshold is None else score_threshold
-        top = self.cfg.max_detections if max_detections is None else max_detections
-        det = pred.detections.select(np.nonzero(pred.detections.scores >= thr)[0][:top])
+        keep = np.nonzero(pred.detections.scores >= self.cfg.score_threshold)[0][:self.cfg.max_detections]
+        det = pred.detections.select(keep)
         return FrameOutcome("ok", stamp, det, inputs, pred.has_input,
                             stage_ms={"preprocess_ms": 1e3 * (t1 - t0), "inference_ms": 1e3 * (t2 - t1)})

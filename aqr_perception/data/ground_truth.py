@@ -1,0 +1,74 @@
+"""A drive's ground truth: the one reader of ``<drive>.gt.json`` (training, evaluation, pictures).
+
+Written by :mod:`aqr_perception.data.synth.drive`. Per frame (``stamp_ns``): the ego pose
+(``ego_pose``: translation, rotation w, x, y, z; ego -> global) and per box the nuScenes
+sample-annotation fields in the global frame (``translation``, ``rotation`` w, x, y, z,
+``velocity``, ``size`` in nuScenes order width, length, height, ``detection_name``,
+``attribute_name``, ``num_lidar_pts``), plus the same box in the LiDAR frame (``lidar``:
+``center``, ``yaw``, ``velocity``). ``meta.lidar_to_ego`` places the LiDAR on the vehicle.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aqr_perception.data.boxes import quaternion_to_yaw
+
+
+@dataclass
+class GtFrame:
+    """Ground truth of one frame; boxes ``(N, 9)`` ``[x, y, z, dx, dy, dz, yaw, vx, vy]``
+    (dx the length along the heading, dy the width: data/boxes.py)."""
+
+    stamp_ns: int
+    lidar_boxes: np.ndarray        # (N, 9) in the LiDAR frame
+    global_boxes: np.ndarray       # (N, 9) in the global frame
+    labels: np.ndarray             # (N,) index into the class list given to the reader
+    names: list[str]
+    attributes: list[str]
+    num_lidar_pts: np.ndarray      # (N,) LiDAR points inside each box (0: fully occluded)
+    lidar_to_global: np.ndarray    # (4, 4)
+    ego_xyz: np.ndarray            # (3,) ego position, global frame
+
+
+def _pose(translation, rotation_wxyz) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    w, x, y, z = rotation_wxyz
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
+    T[:3, 3] = translation
+    return T
+
+
+def _lwh(size_wlh) -> list[float]:
+    """nuScenes ``size`` (width, length, height) -> the box extents (dx=length, dy=width, dz=height)."""
+    w, length, h = size_wlh
+    return [length, w, h]
+
+
+def read_ground_truth(gt_json: Path, classes: list[str]) -> dict[int, GtFrame]:
+    """stamp_ns -> GtFrame of every frame of a drive's ``.gt.json``."""
+    data = json.loads(Path(gt_json).read_text())
+    lidar_to_ego = np.asarray(data["meta"]["lidar_to_ego"], dtype=np.float64)
+    out: dict[int, GtFrame] = {}
+    for f in data["frames"]:
+        ego = _pose(f["ego_pose"]["translation"], f["ego_pose"]["rotation"])
+        boxes = f["boxes"]
+        lidar = [[*b["lidar"]["center"], *_lwh(b["size"]), b["lidar"]["yaw"], *b["lidar"]["velocity"]] for b in boxes]
+        rotation = np.array([[b["rotation"][1], b["rotation"][2], b["rotation"][3], b["rotation"][0]]
+                             for b in boxes]).reshape(-1, 4)             # w, x, y, z -> x, y, z, w
+        yaw = quaternion_to_yaw(rotation)
+        glob = [[*b["translation"], *_lwh(b["size"]), yaw[i], *b["velocity"]] for i, b in enumerate(boxes)]
+        names = [b["detection_name"] for b in boxes]
+        out[int(f["stamp_ns"])] = GtFrame(
+            stamp_ns=int(f["stamp_ns"]), lidar_boxes=np.array(lidar, dtype=np.float64).reshape(-1, 9),
+            global_boxes=np.array(glob, dtype=np.float64).reshape(-1, 9),
+            labels=np.array([classes.index(n) for n in names], dtype=np.int64), names=names,
+            attributes=[b["attribute_name"] for b in boxes],
+            num_lidar_pts=np.array([b["num_lidar_pts"] for b in boxes], dtype=np.int64),
+            lidar_to_global=ego @ lidar_to_ego, ego_xyz=ego[:3, 3].copy())
+    return out

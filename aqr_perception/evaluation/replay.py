@@ -1,0 +1,135 @@
+"""Evaluation by replay: the real node as its own process, the bag played to it over DDS.
+
+The bag's sensor topics go to the node over loopback DDS with ``/clock``, stepwise: each
+LiDAR sweep waits until the node has answered the previous one, so nothing is skipped and
+the node associates exactly the images that preceded the sweep in the bag (as offline
+evaluation does). Detection3DArray / DetectionVelocityArray / QueryRouting are recorded
+by stamp. The node and this process's probe are ros/node_process.py's.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from vision_msgs.msg import Detection3DArray
+
+from aqr_perception.config import AqrConfig, ConfigError, NodeConfig
+from aqr_perception.data.bag_order import node_pose_wait
+from aqr_perception.data.typestore import project_typestore
+from aqr_perception.evaluation.answers import FrameAnswer, answer_from_messages, eval_node_config
+from aqr_perception.msg import DetectionVelocityArray, QueryRouting
+from aqr_perception.ros.node_process import NodeProcess, Probe, node_topic
+from aqr_perception.ros.player import BagPlayer
+from aqr_perception.stamps import header_ns
+
+#: the node process loads torch and the model
+NODE_START_TIMEOUT_S = 120.0
+#: once the node is up, its subscriptions are discovered within this
+NODE_SUBSCRIBE_GRACE_S = 5.0
+#: before a sweep, the messages of its instant get this long to arrive first
+SWEEP_SETTLE_S = 0.05
+#: after the last sweep, what is in flight gets this long
+DRAIN_S = 0.2
+#: the node's outputs, recorded (queue depth: a frame's three messages never wait long)
+RECORDED = {"det": (Detection3DArray, "detections"), "vel": (DetectionVelocityArray, "velocities"),
+            "routing": (QueryRouting, "routing")}
+
+
+def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str) -> NodeConfig:
+    """The node settings of a replay: the user's (``cfg.node``: topics, frames, cameras...)
+    with every detection the metric may use, lossless QoS, the evaluated checkpoint (empty:
+    the bundled one) and waits that let a cloud's inputs, which precede it in the bag, land
+    before it is used."""
+    node_cfg = eval_node_config(cfg)
+    sync = node_cfg.sync.model_copy(update={
+        "calibration_wait_s": cfg.eval.replay_calibration_wait_s, "camera_wait_s": cfg.eval.replay_camera_wait_s})
+    return node_cfg.model_copy(update={"qos_depth": 20, "device": device, "publish_markers": False, "sync": sync,
+                                       "checkpoint": checkpoint})
+
+
+def write_node_params(node_cfg: NodeConfig, path: Path) -> Path:
+    """A ROS parameter file (``/**: ros__parameters``) holding every node setting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": node_cfg.model_dump(mode="json")}}, sort_keys=False))
+    return path
+
+
+def check_bag_topics(bag: Path, node_cfg: NodeConfig) -> None:
+    """Fail at once when the bag has no cloud on the node's LiDAR topic (the usual cause:
+    a bag recorded with other topic names than the node settings)."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+    if node_cfg.lidar_topic not in topics:
+        clouds = sorted(t for t, ty in topics.items() if ty == "sensor_msgs/msg/PointCloud2")
+        raise ConfigError(f"{bag}: no messages on the node's lidar_topic {node_cfg.lidar_topic}; the bag's "
+                           f"PointCloud2 topics: {', '.join(clouds) or 'none'} (set node.lidar_topic with --set or "
+                           "the node's parameter file with --node-params)")
+
+
+def wait_for_node_inputs(player: BagPlayer, probe: Probe, node_cfg: NodeConfig, node: NodeProcess) -> None:
+    """Spin until the node subscribes to every played input topic. Once the node is up
+    (its detections publisher is seen), topics still without a subscriber after
+    ``NODE_SUBSCRIBE_GRACE_S`` are named in the error."""
+    wanted = [t for t in node_cfg.input_topics() if t in player.publishers]
+    up_since = None
+    deadline = time.monotonic() + NODE_START_TIMEOUT_S
+    while not player.wait_for_subscribers(wanted, 0.2, probe.spin):
+        if not node.running():
+            raise RuntimeError(f"the node exited with code {node.returncode} before subscribing")
+        now = time.monotonic()
+        if up_since is None and probe.node.count_publishers(node_topic("detections")) > 0:
+            up_since = now
+        if (up_since is not None and now - up_since > NODE_SUBSCRIBE_GRACE_S) or now > deadline:
+            missing = [t for t in wanted if player.publishers[t].get_subscription_count() == 0]
+            raise ConfigError(f"the node did not subscribe to {', '.join(missing)} (played from the bag): "
+                               "the node settings name other topics (check node.image_topic_format, "
+                               "node.camera_names, node.image_transport, node.extrinsics_source)")
+
+
+def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cpu",
+                   log: bool = True) -> dict[str, FrameAnswer]:
+    """Play the bag to the node process over DDS, stepwise: token (str(stamp_ns)) -> answer.
+
+    ``cfg.model`` must be the model the node will run (the checkpoint's: ``run_eval``
+    puts it there): whether the node needs ``/tf`` (multi-sweep) is read from it.
+    """
+    node_cfg = replay_node_config(cfg, checkpoint, device)
+    check_bag_topics(bag, node_cfg)
+    multi_sweep = cfg.model.lidar.sweeps > 1
+    got: dict[str, dict[str, object]] = {key: {} for key in RECORDED}
+    with tempfile.TemporaryDirectory(prefix="aqr_eval_") as tmp, Probe("aqr_eval_player") as probe:
+        for key, (msg_type, name) in RECORDED.items():
+            probe.collect(msg_type, node_topic(name), 100, into=lambda m, k=key: got[k].__setitem__(str(header_ns(m)), m))
+        params = write_node_params(node_cfg, Path(tmp) / "node.param.yaml")
+        ros_args = ["--params-file", str(params), "-p", "use_sim_time:=true", *([] if log else ["--log-level", "warn"])]
+        with NodeProcess(ros_args, log="inherit") as node:
+            player = BagPlayer(probe.node, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic]
+                               + ([] if multi_sweep else ["/tf"]), publish_clock=True)
+            # every played input must be matched: a message published before discovery is lost
+            wait_for_node_inputs(player, probe, node_cfg, node)
+            outstanding: list[str] = []
+
+            def gate(topic: str, stamp: int) -> None:
+                # nothing is published while a sweep is being processed
+                if outstanding:      # a sweep the node never answers is missing from the report
+                    probe.spin_until(lambda: outstanding[0] in got["routing"] or not node.running(),
+                                     cfg.eval.replay_step_timeout_s, step_s=0.01)
+                    if not node.running():
+                        raise RuntimeError(f"the node exited with code {node.returncode}")
+                    outstanding.clear()
+                if topic == cfg.node.lidar_topic:
+                    probe.spin(SWEEP_SETTLE_S)
+                    outstanding.append(str(stamp))
+
+            # the same message order as offline (feed_bag): a /tf recorded just after its cloud goes first
+            order = (node_pose_wait(cfg.node.lidar_topic, cfg.node.sync.camera_wait_s, project_typestore())
+                     if multi_sweep else None)
+            player.play(rate=0.0, spin=lambda s: probe.executor.spin_once(timeout_sec=s), gate=gate, order=order)
+            gate("", 0)
+            probe.spin(DRAIN_S)
+    return {token: answer_from_messages(det, got["vel"].get(token), got["routing"].get(token))
+            for token, det in got["det"].items()}

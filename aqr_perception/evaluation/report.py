@@ -1,0 +1,66 @@
+"""The evaluation report: Markdown tables, the router summary, PR curves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aqr_perception.evaluation.answers import FrameAnswer
+from aqr_perception.evaluation.metrics import DetectionResult
+
+
+def routing_summary(answers: dict[str, FrameAnswer], min_score: float) -> dict[str, float]:
+    """Mean router weights over detections with a score of at least ``min_score``, each over
+    the frames that had its modality (NaN when there are none: without LiDAR the LiDAR
+    weight biases only masked keys)."""
+    def mean(weights: str, available: str) -> tuple[float, int]:
+        w = np.concatenate([getattr(a, weights)[a.scores >= min_score] for a in answers.values()
+                            if getattr(a, available)] or [np.zeros(0)])
+        return (float(w.mean()) if w.size else float("nan")), int(w.size)
+
+    lw, n_lidar = mean("lidar_weight", "lidar_available")
+    cw, n_camera = mean("camera_weight", "cameras_available")
+    routed = sum(int((a.scores >= min_score).sum()) for a in answers.values())
+    return {"mean_lidar_weight": lw, "mean_camera_weight": cw, "routed_detections": routed,
+            "with_lidar": n_lidar, "with_cameras": n_camera}
+
+
+def metrics_table(rows: dict[str, DetectionResult]) -> str:
+    """Markdown table, one row per named result."""
+    head = ("| run | mAP | NDS | mATE | mASE | mAOE | mAVE | mAAE | GT | pred |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, r in rows.items():
+        t = r.tp_errors
+        lines.append(f"| {name} | {r.mAP:.3f} | {r.NDS:.3f} | {t['mATE']:.3f} | {t['mASE']:.3f} | {t['mAOE']:.3f} | "
+                     f"{t['mAVE']:.3f} | {t['mAAE']:.3f} | {r.num_gt} | {r.num_pred} |")
+    return "\n".join(lines)
+
+
+def per_class_table(r: DetectionResult) -> str:
+    lines = ["| class | AP | ATE | ASE | AOE | AVE | AAE |", "|---|---|---|---|---|---|---|"]
+    for c, ap in r.per_class_ap.items():
+        tp = r.per_class_tp[c]
+        fmt = lambda v: "n/a" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {c} | {ap:.3f} | {fmt(tp['trans_err'])} | {fmt(tp['scale_err'])} | {fmt(tp['orient_err'])} "
+                     f"| {fmt(tp['vel_err'])} | {fmt(tp['attr_err'])} |")
+    return "\n".join(lines)
+
+
+def write_pr_curves(path: Path, result: DetectionResult) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for name, (rec, prec) in result.pr_curves.items():
+        ax.plot(rec, prec, label=f"{name} (AP {result.per_class_ap[name]:.2f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"PR curves at 2 m centre distance (mAP {result.mAP:.3f}, NDS {result.NDS:.3f})")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

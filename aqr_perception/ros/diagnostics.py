@@ -1,0 +1,112 @@
+"""The node's ``/diagnostics``: three statuses (inputs, processing, model) from its state.
+
+``inputs`` lists every input problem (LiDAR silent for ``lidar_timeout_s``, masked
+cameras with their reasons, an empty sweep, an intensity convention off the model's,
+sweeps without ego pose) at the level of the worst one; ``processing`` compares the last
+frame's time to ``max_processing_time_ms`` and carries every counter, the cloud repairs
+and the latest problem text per counter key; ``model`` names the device and checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+if TYPE_CHECKING:
+    from aqr_perception.ros.node import AqrPerceptionNode
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+def _kv(key: str, value: object) -> KeyValue:
+    return KeyValue(key=key, value=str(value))
+
+
+def _level(value: bytes | int) -> int:
+    return ord(value) if isinstance(value, bytes) else value
+
+
+class NodeDiagnostics:
+    """Builds the node's DiagnosticArray; remembers what it already reported (sweeps without pose)."""
+
+    def __init__(self) -> None:
+        self._sweeps_without_pose_seen = 0
+
+    def build(self, node: AqrPerceptionNode) -> DiagnosticArray:
+        now = time.monotonic()
+        arr = DiagnosticArray(status=[self._inputs(node, now), self._processing(node, now), self._model(node)])
+        arr.header.stamp = node.get_clock().now().to_msg()
+        return arr
+
+    def _inputs(self, node: AqrPerceptionNode, now: float) -> DiagnosticStatus:
+        cfg, rep, pipeline, sync = node.cfg, node.report, node.pipeline, node.pipeline.sync
+        problems: list[tuple[bytes, str]] = []
+        if node.last_cloud_wall is None:
+            problems.append((ERROR, f"no PointCloud2 received on {cfg.lidar_topic}"))
+        elif now - node.last_cloud_wall > cfg.lidar_timeout_s:
+            problems.append((ERROR, f"no PointCloud2 for {now - node.last_cloud_wall:.1f} s"))
+        if rep.cameras_masked:
+            problems.append((WARN, "cameras masked: " + ", ".join(f"{c} ({r})" for c, r in rep.cameras_masked.items())))
+        if rep.stamp_ns and rep.lidar_points == 0:
+            problems.append((WARN, "LiDAR sweep empty: camera-only detection"))
+        if intensity := pipeline.intensity.problem():
+            problems.append((WARN, intensity))
+        sweep_values = []
+        if pipeline.multi_sweep:
+            sc = pipeline.sweeps.counters
+            if sc.frames_without_pose > self._sweeps_without_pose_seen:
+                problems.append((WARN, f"no /tf ego pose in {cfg.fixed_frame} for "
+                                       f"{sc.frames_without_pose - self._sweeps_without_pose_seen} recent sweep(s): "
+                                       "used alone (velocities unreliable)"))
+            self._sweeps_without_pose_seen = sc.frames_without_pose
+            sweep_values = [_kv("sweeps.per_sample", pipeline.sweeps.sweeps),
+                            _kv("sweeps.frames_without_pose", sc.frames_without_pose),
+                            _kv("sweeps.history_resets", sc.history_resets)]
+        level = max((lv for lv, _ in problems), default=OK, key=_level)
+        counters = sync.counters
+        return DiagnosticStatus(
+            level=level, name=f"{node.get_name()}: inputs", hardware_id=node.get_name(),
+            message="; ".join(t for _, t in problems) or "all inputs fresh", values=[
+                _kv("lidar_points", rep.lidar_points), _kv("cameras_used", ",".join(rep.cameras_used)),
+                *[_kv(f"stale.{c}", r) for c, r in rep.cameras_masked.items()],
+                *[_kv(f"sync.images_received.{c}", n) for c, n in counters.images_received.items()],
+                *[_kv(f"sync.images_unused.{c}", n) for c, n in counters.images_evicted_unused.items()],
+                _kv("sync.time_jumps", counters.time_jumps),
+                *[_kv(f"sync.camera_time_jumps.{c}", n) for c, n in counters.camera_time_jumps.items() if n],
+                _kv("sync.clouds_out_of_order", counters.clouds_out_of_order),
+                _kv("sync.clouds_waited_for_inputs", pipeline.input_waits.clouds_waited),
+                _kv("sync.input_wait_timeouts", pipeline.input_waits.wait_timeouts), *sweep_values])
+
+    @staticmethod
+    def _processing(node: AqrPerceptionNode, now: float) -> DiagnosticStatus:
+        cfg, rep = node.cfg, node.report
+        ms = rep.stage_ms.get("processing_time_ms", 0.0)
+        if node.slow_since is not None and (now - node.slow_since) * 1e3 > cfg.max_consecutive_delay_ms:
+            level, text = ERROR, f"slower than {cfg.max_processing_time_ms:.0f} ms for {now - node.slow_since:.1f} s"
+        elif ms > cfg.max_processing_time_ms:
+            level, text = WARN, f"processing {ms:.0f} ms > {cfg.max_processing_time_ms:.0f} ms"
+        else:
+            level, text = OK, f"processing {ms:.0f} ms"
+        return DiagnosticStatus(
+            level=level, name=f"{node.get_name()}: processing", message=text, hardware_id=node.get_name(),
+            values=[_kv(k, f"{v:.1f}") for k, v in rep.stage_ms.items()]
+            + [_kv(k, v) for k, v in sorted(node.counters.items())]
+            + [_kv("clouds_in_progress", node.clouds_in_progress())]
+            + [_kv(f"cloud_repairs.{k}", v) for k, v in sorted(node.pipeline.cloud_repairs.items())]
+            + [_kv(f"last_problem.{k}", v) for k, v in sorted(node.last_problem.items())])
+
+    @staticmethod
+    def _model(node: AqrPerceptionNode) -> DiagnosticStatus:
+        rt, rep = node.runtime, node.report
+        if not rt.trained:
+            level, text = WARN, "no checkpoint: untrained weights, detections are meaningless"
+        elif rep.stamp_ns and not rep.has_input:
+            level, text = ERROR, "no modality available in the last frame: nothing detected"
+        else:
+            level, text = OK, f"{rt.cfg.name} on {rt.device}"
+        return DiagnosticStatus(level=level, name=f"{node.get_name()}: model", message=text,
+                                hardware_id=str(rt.device), values=[
+            _kv("device", rt.device), _kv("cpu_threads", getattr(rt, "cpu_threads", "")),
+            _kv("checkpoint", rt.checkpoint or "none"), _kv("model", rt.cfg.name),
+            _kv("last_detections", rep.detections)])
