@@ -246,12 +246,6 @@ class ModelConfig(_Section):
         return self
 
     @property
-    def pillar_grid(self) -> tuple[int, int]:
-        """Pillar grid (nx, ny) over point_cloud_range."""
-        r, p = self.point_cloud_range, self.lidar.pillar_size
-        return round((r[3] - r[0]) / p[0]), round((r[4] - r[1]) / p[1])
-
-    @property
     def feature_hw(self) -> tuple[int, int]:
         """Camera feature map (H, W) per view at ``image.feature_stride``."""
         s = self.image.feature_stride
@@ -324,7 +318,8 @@ class NodeConfig(_Section):
     publish_debug_images: bool = Field(False, description="per camera ~/debug/<camera>/image: the model's input "
                                                           "view with the boxes projected (only while subscribed)")
     diagnostics_period_s: PositiveFloat = Field(1.0, description="period of /diagnostics, s")
-    lidar_timeout_s: PositiveFloat = Field(2.0, description="diagnostics ERROR when no PointCloud2 came for this long, s")
+    lidar_timeout_s: PositiveFloat = Field(
+        2.0, description="diagnostics ERROR when no PointCloud2 came for this long, s")
     sync: SyncConfig = SyncConfig()
 
     @model_validator(mode="after")
@@ -404,8 +399,10 @@ class TrainConfig(_Section):
                          "driver without an intensity field gives zeros)")
     aug_rotation: Annotated[float, Field(ge=0.0, le=3.1416)] = Field(
         0.785, description="global BEV augmentation: max |yaw rotation| of the scene (rad)")
-    aug_scale: tuple[PositiveFloat, PositiveFloat] = Field((0.9, 1.1), description="global BEV augmentation: scale range")
-    aug_flip_p: Probability = Field(0.5, description="global BEV augmentation: chance of mirroring y, and of mirroring x")
+    aug_scale: tuple[PositiveFloat, PositiveFloat] = Field(
+        (0.9, 1.1), description="global BEV augmentation: scale range")
+    aug_flip_p: Probability = Field(
+        0.5, description="global BEV augmentation: chance of mirroring y, and of mirroring x")
     num_workers: Annotated[int, Field(ge=0)] = 0
     log_every: PositiveInt = 10
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(200, description="steps between last.pt saves (0: per epoch)")

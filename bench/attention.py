@@ -173,7 +173,8 @@ def main() -> None:
                                      + (["--train"] if args.train else []),
                                      capture_output=True, text=True, check=True)
                 res[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            load = lambda m: torch.load(f"/tmp/aqr_bench_{size}_{mode}_{m}_{int(args.train)}.pt")  # noqa: E731
+            load = lambda m, size=size, mode=mode: torch.load(  # noqa: E731
+                f"/tmp/aqr_bench_{size}_{mode}_{m}_{int(args.train)}.pt")
             ref = load("dense")
             err = {m: (load(m) - ref).abs().max().item() for m in methods if m not in ("sdpa", "dense")}
             t = {m: r["time_s"] for m, r in res.items()}

@@ -113,7 +113,8 @@ def main() -> None:
         "cloud -> xyzi": lambda: pointcloud2_to_xyzi(cloud),
         "6 raw images -> rgb8 arrays": lambda: [imgmsg_to_cv2(m, "rgb8") for m in raw_msgs],
         "6 JPEG images -> rgb8 arrays (full size)": lambda: [compressed_imgmsg_to_cv2(m, "rgb8") for m in jpg_msgs],
-        f"6 JPEG images -> rgb8 at 1/{r} (reduced decode, one by one)": lambda: [compressed_to_rgb_reduced(m, r) for m in jpg_msgs],
+        f"6 JPEG images -> rgb8 at 1/{r} (reduced decode, one by one)":
+            lambda: [compressed_to_rgb_reduced(m, r) for m in jpg_msgs],
         "sync (6 images + associate)": sync_step,
         "preprocess to model input (raw)": lambda: build_model_arrays(pts, decoded_raw, Ks, exts, hw),
         "preprocess to model input (reduced JPEG)": lambda: build_model_arrays(pts, decoded_small, Ks_small, exts, hw),
@@ -153,10 +154,14 @@ def main() -> None:
         print(f"{k:<{width}}  {v:8.2f} ms")
     raw_path = res["node path: sync + decode + model input (raw)"] + res["output messages (100 detections)"]
     jpg_path = res["node path: sync + decode + model input (JPEG)"] + res["output messages (100 detections)"]
-    print(f"\nnode I/O per frame, raw images : {raw_path:7.2f} ms (+ {res['deserialize 6 raw images (rclpy)'] + res['deserialize cloud (rclpy)']:.2f} ms rclpy deserialisation)   target <= 10 ms")
-    print(f"node I/O per frame, JPEG images: {jpg_path:7.2f} ms (+ {res['deserialize 6 JPEG images (rclpy)'] + res['deserialize cloud (rclpy)']:.2f} ms rclpy deserialisation)")
+    deser_raw = res["deserialize 6 raw images (rclpy)"] + res["deserialize cloud (rclpy)"]
+    deser_jpg = res["deserialize 6 JPEG images (rclpy)"] + res["deserialize cloud (rclpy)"]
+    print(f"\nnode I/O per frame, raw images : {raw_path:7.2f} ms (+ {deser_raw:.2f} ms rclpy deserialisation)"
+          "   target <= 10 ms")
+    print(f"node I/O per frame, JPEG images: {jpg_path:7.2f} ms (+ {deser_jpg:.2f} ms rclpy deserialisation)")
     print("(markers are extra, and only built while RViz or another subscriber listens)")
-    print(f"model: {res['model (tiny, CPU)']:.1f} ms -> I/O is {100 * raw_path / res['model (tiny, CPU)']:.0f} % of the model time (raw)")
+    model_ms = res["model (tiny, CPU)"]
+    print(f"model: {model_ms:.1f} ms -> I/O is {100 * raw_path / model_ms:.0f} % of the model time (raw)")
 
 
 if __name__ == "__main__":

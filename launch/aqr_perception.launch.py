@@ -9,6 +9,8 @@ Arguments:
     namespace     node namespace (default: none)
     use_sim_time  follow /clock, e.g. for bag replay (default: false)
     checkpoint    model checkpoint overriding the parameter file (default: keep the file's)
+    autostart     drive the managed node to active by itself (default: true); false leaves
+                  it unconfigured for `ros2 lifecycle set` or a lifecycle manager
 """
 import os
 
@@ -30,6 +32,7 @@ def generate_launch_description() -> LaunchDescription:
     params_file = LaunchConfiguration("params_file")
     checkpoint = LaunchConfiguration("checkpoint")
     use_sim_time = LaunchConfiguration("use_sim_time")
+    autostart = LaunchConfiguration("autostart")
     no_checkpoint = PythonExpression(["'", checkpoint, "' == ''"])
 
     def node(extra_params, condition):
@@ -40,7 +43,7 @@ def generate_launch_description() -> LaunchDescription:
             namespace=LaunchConfiguration("namespace"),
             output="screen",
             emulate_tty=True,
-            parameters=[params_file, {"use_sim_time": use_sim_time}, *extra_params],
+            parameters=[params_file, {"use_sim_time": use_sim_time, "autostart": autostart}, *extra_params],
             condition=condition,
         )
 
@@ -51,6 +54,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
         DeclareLaunchArgument("checkpoint", default_value="",
                               description="model checkpoint; empty keeps the parameter file's"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate the managed node at start-up"),
         node([], IfCondition(no_checkpoint)),
         node([{"checkpoint": checkpoint}], UnlessCondition(no_checkpoint)),
     ])

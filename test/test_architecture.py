@@ -2,7 +2,8 @@
 
 ``lint-imports`` (import-linter) holds the contracts of ``.importlinter``: a room imports
 only the rooms below it, only the ROS adapters import rclpy, the model is pure torch.
-The graph it builds (grimp) also shows that ``ros/`` holds only ROS code.
+The graph it builds (grimp) also shows that ``ros/`` holds only ROS code. ``ruff``
+(``ruff.toml``) lints the package, tests, benchmarks and scripts.
 """
 import shutil
 import subprocess
@@ -29,6 +30,12 @@ def test_import_contracts_hold():
     out = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "3 kept, 0 broken" in out.stdout
+
+
+def test_ruff_finds_nothing():
+    out = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
 def test_the_ros_room_holds_only_ros_code():

@@ -532,7 +532,8 @@ def _cloud_with_intensity(intensity: np.ndarray | None, t_ns: int = NS):
 
 
 @pytest.mark.parametrize("scale, words", [(1.0, None), (255.0, "exceeds the model's 0-255"),
-                                          (1 / 255, "a driver normalising to 0-1"), (None, "without an intensity field")])
+                                          (1 / 255, "a driver normalising to 0-1"),
+                                          (None, "without an intensity field")])
 def test_an_intensity_convention_that_does_not_fit_is_reported(scale, words):
     """The bundled drive's intensities (0-59 of 0-255) fit; x255 (16-bit), /255 (0-1) or no
     field do not, and the pipeline says which."""

@@ -90,7 +90,7 @@ def test_augmented_points_project_to_the_same_pixels_and_gt_leaving_the_range_is
     A[:2, :2] = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
     A2 = sample_transform(0.5, (0.9, 1.1), 0.5, g)
     out, out_boxes, out_labels = augment_scene(inputs, [boxes, boxes], [labels, labels], [A, A2], RANGE)
-    for b, T in enumerate((A, A2)):
+    for b in range(2):
         n = len(inputs.points[b])
         torch.testing.assert_close(out.points[b][:, 3:], inputs.points[b][:, 3:])
         homog = lambda p: torch.cat([p[:, :3].double(), torch.ones(len(p), 1, dtype=torch.float64)], 1)  # noqa: E731

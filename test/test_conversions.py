@@ -151,7 +151,8 @@ def test_compressed_png_is_lossless_and_jpeg_matches_imdecode():
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
     png = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
-    np.testing.assert_array_equal(C.compressed_imgmsg_to_cv2(_compressed(png, "bgr8; png compressed bgr8"), "rgb8"), rgb)
+    png_msg = _compressed(png, "bgr8; png compressed bgr8")
+    np.testing.assert_array_equal(C.compressed_imgmsg_to_cv2(png_msg, "rgb8"), rgb)
     jpg = cv2.imencode(".jpg", rgb[..., ::-1])[1].tobytes()
     expected = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
     np.testing.assert_array_equal(C.compressed_imgmsg_to_cv2(_compressed(jpg, "jpeg"), "rgb8"), expected)
@@ -217,7 +218,8 @@ def test_compressed_image_conversion_matches_cv_bridge(bridge, fmt):
     np.testing.assert_array_equal(img, bridge.compressed_imgmsg_to_cv2(msg, "rgb8"))
     assert warning is None
     if fmt == "jpeg":   # ...and at every reduction, against OpenCV's own reduced DCT decode
-        for r, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
+        flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+        for r, flag in flags.items():
             ref = cv2.cvtColor(cv2.imdecode(np.frombuffer(msg.data, np.uint8), flag), cv2.COLOR_BGR2RGB)
             np.testing.assert_array_equal(C.compressed_to_rgb_reduced(msg, r)[0], ref, err_msg=f"1/{r}")
 

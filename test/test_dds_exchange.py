@@ -2,15 +2,14 @@
 messages over loopback DDS, and nothing binds outside the loopback interface."""
 import math
 import os
-import socket
 import signal
+import socket
 import struct
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dds_peer import exchange, frame_stamp, publisher_command, sample_frame
 
 from aqr_perception.config import NUSCENES_CLASSES
@@ -103,3 +102,25 @@ def test_rclpy_process_binds_only_loopback(source_env_script):
     # (128 MiB with the project's profile; a SIGKILLed one cannot: /dev/shm fills up run after run)
     assert segments, "no Fast DDS shared-memory segment appeared: is the SHM transport of the profile in use?"
     assert not (segments & _fastdds_segments()), "segments left in /dev/shm after SIGTERM"
+
+
+def test_two_processes_find_each_other_after_many_participants():
+    """Loopback discovery has no multicast: participants announce themselves to the unicast
+    ports of the first N participant ids only (Fast DDS's default N is 4). With six
+    participants already up on the domain, the publisher and the receiver get ids beyond
+    that, and must still discover each other (a vehicle runs dozens of ROS processes)."""
+    import rclpy
+    from rclpy.context import Context
+
+    crowd = []
+    try:
+        for i in range(6):
+            ctx = Context()
+            rclpy.init(context=ctx)
+            crowd.append((ctx, rclpy.create_node(f"crowd_{i}", context=ctx)))
+        res = exchange(count=2, timeout_s=40.0)
+        assert res.publisher_rc == 0 and len(res.detections) == 2 and len(res.routing) == 2
+    finally:
+        for ctx, node in crowd:
+            node.destroy_node()
+            rclpy.shutdown(context=ctx)

@@ -1,4 +1,6 @@
 """The detector as a whole: R50 structure, tiny forward/backward, missing modalities."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from model_helpers import random_inputs
@@ -214,3 +216,26 @@ def test_runtime_warm_up_runs_the_model_once_without_state_change():
     inputs = calls[0]
     assert bool(inputs.lidar_valid.all()) and bool(inputs.camera_valid.all()) and len(inputs.points[0]) > 0
     assert all(torch.equal(before[k], v) for k, v in rt.model.state_dict().items())
+
+
+def test_a_nan_inside_the_decoder_reaches_the_runtime_check():
+    """Nothing in the forward pass launders NaNs: a diverged decoder weight makes the frame a
+    ModelOutputError (counted by the node), not finite garbage."""
+    import numpy as np
+
+    from aqr_perception.model.runtime import DetectorRuntime, ModelOutputError
+
+    rt = DetectorRuntime(None, None, "cpu")
+    cfg = rt.cfg
+    (h, w), v = rt.input_hw, cfg.num_views
+    rng = np.random.default_rng(0)
+    arrays = SimpleNamespace(points=rng.uniform(-20, 20, (500, 4)).astype(np.float32),
+                             images=np.zeros((v, 3, h, w), np.uint8),
+                             lidar2img=np.tile(np.eye(4, dtype=np.float32), (v, 1, 1)),
+                             camera_valid=np.ones(v, dtype=bool), lidar_valid=True)
+    rt.infer(arrays)                                         # finite with the trained weights
+    ffn = next(p for n, p in rt.model.decoder.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    with torch.no_grad():
+        ffn[0, 0] = float("nan")
+    with pytest.raises(ModelOutputError):
+        rt.infer(arrays)

@@ -46,6 +46,8 @@ def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_co
         with NodeProcess(["-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
                           "-p", "diagnostics_period_s:=0.5", "-p", "sync.calibration_wait_s:=0.5",
                           "-p", "publish_debug_images:=true"]) as node:
+            node.wait_ready()
+            assert probe.wait_for_publishers([node_topic("detections"), node_topic("routing")], 30)
             # /tf too: a sweep played before the node's /tf reader is matched has no ego pose
             with RosProcess(player_command(BAG, "--rate", "0.2",
                                            "--wait-for", "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf",

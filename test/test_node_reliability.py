@@ -149,7 +149,8 @@ def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):
         pub_img = {c.name: probe.create_publisher(CompressedImage, f"/{c.name}/image_rect_compressed", qos)
                    for c in cams}
         pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
-        static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
         pub_tf = probe.create_publisher(TFMessage, "/tf_static", static)
         routing, diags = [], []
         probe.create_subscription(QueryRouting, "/aqr_perception/routing", routing.append, 10)
@@ -179,7 +180,8 @@ def test_a_publisher_with_incompatible_qos_is_counted_and_reported(node_env):
     from sensor_msgs.msg import PointCloud2
 
     node, probe, ex, _ = node_env
-    pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+    best_effort = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", best_effort)
     _spin_until(ex, lambda: node.counters["qos_incompatible./LIDAR_TOP"] > 0, 10.0)
     pub.publish(_cloud())
     _spin(ex, 0.3)

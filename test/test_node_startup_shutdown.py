@@ -98,9 +98,9 @@ def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
             # at rate 1 a sweep comes every 50 ms and a frame takes longer: the worker is always busy
             with RosProcess(player_command(BAG, "--rate", "1", "--loop", "20", "--linger", "0", "--wait-for",
                                            "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf"),
-                            log=tmp_path / "play.log"):
-                assert probe.spin_until(lambda: len(got) >= 2 or not node.running(), 120), node.output()[-3000:]
-                assert len(got) >= 2, node.output()[-3000:]
+                            log=tmp_path / "play.log") as player:
+                answered = probe.spin_until(lambda: len(got) >= 2 or not node.running(), 120)
+                assert answered and len(got) >= 2, f"{node.output()[-3000:]}\nplayer:\n{player.output()[-2000:]}"
                 node.interrupt()
                 assert node.wait(timeout_s=40) == 0, node.output()[-3000:]
     log = node.output()

@@ -37,7 +37,11 @@ def test_launch_file_names_real_executable_and_params():
     assert (REPO / "config" / consts["DEFAULT_PARAMS"]).is_file()
     args = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
             and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
-    assert args == {"params_file", "namespace", "use_sim_time", "checkpoint"}
+    assert args == {"params_file", "namespace", "use_sim_time", "checkpoint", "autostart"}
+    # autostart reaches the node as its parameter of that name (ros/node.py declares it)
+    params = [k.value for c in ast.walk(tree) if isinstance(c, ast.Dict) for k in c.keys
+              if isinstance(k, ast.Constant)]
+    assert "autostart" in params and "use_sim_time" in params
     # the executable the launch file runs is a console script of setup.py and an
     # installed program of CMakeLists.txt (ros2 run / launch in a colcon workspace)
     setup = (REPO / "setup.py").read_text()

@@ -117,8 +117,8 @@ def test_accumulated_points_of_a_drive_lie_on_the_ground_truth_moved_back_by_its
             for inst, b in gt_frames[stamp].items():
                 if inst not in then or then[inst]["num_lidar_pts"] == 0:
                     continue
-                w, l, h = b["size"]
-                box = np.array([[*b["lidar"]["center"], l, w, h, b["lidar"]["yaw"]]])
+                width, length, height = b["size"]
+                box = np.array([[*b["lidar"]["center"], length, width, height, b["lidar"]["yaw"]]])
                 box[0, :2] -= np.asarray(b["lidar"]["velocity"][:2]) * lag_ns / NS
                 n = int(points_in_boxes(past[:, :3], box, margin=0.1).sum())
                 expect = then[inst]["num_lidar_pts"]

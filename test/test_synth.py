@@ -8,8 +8,8 @@ from rosbags.rosbag2 import Reader
 
 from aqr_perception.config import load_config
 from aqr_perception.data.bag_reader import read_frames
-from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.data.boxes import box_corners, transform_boxes, yaw_matrix
+from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.data.synth.camera_sim import render
 from aqr_perception.data.synth.drive import drive_cameras, generate_drive
 from aqr_perception.data.synth.lidar_sim import LidarModel, simulate_sweep
@@ -41,7 +41,7 @@ def test_bag_opens_with_rosbags_and_decodes_in_rclpy(drive):
     assert {"/LIDAR_TOP", "/tf_static", "/tf", "/gt/detections", "/gt/velocities",
             "/CAM_FRONT/image_rect_compressed", "/CAM_BACK_RIGHT/camera_info"} <= topics
     seen = set()
-    for topic, msgtype, stamp, raw in msgs:
+    for _topic, msgtype, stamp, raw in msgs:
         if msgtype in seen:
             continue
         seen.add(msgtype)

@@ -8,11 +8,13 @@ import sys
 import pytest
 import torch
 
+import aqr_perception.training.engine as engine_mod
+import aqr_perception.training.schedule as schedule_mod
 import aqr_perception.training.train as train_mod
 from aqr_perception.config import load_config
 from aqr_perception.data.synth.drive import generate_drive
 from aqr_perception.model.checkpoint import load_checkpoint
-from aqr_perception.training.train import lr_factor, steps_within_budget
+from aqr_perception.training.schedule import lr_factor, steps_within_budget
 
 SMALL = ["synth.frames_per_drive=3", "synth.lidar_azimuth_steps=360", "train.log_every=1",
          "train.checkpoint_every=0"]
@@ -87,7 +89,7 @@ def test_steps_within_budget_counts_what_the_time_left_holds():
 
 
 class _FakeClock:
-    """Stands in for ``time`` in the training module: every monotonic() read advances
+    """Stands in for ``time`` in the training modules: every monotonic() read advances
     ``tick`` seconds, and ``tick`` becomes ``slow_tick`` after ``slow_after`` reads."""
 
     def __init__(self, tick: float = 1.0, slow_after: int | None = None, slow_tick: float = 0.0) -> None:
@@ -102,7 +104,8 @@ class _FakeClock:
 
 
 def _budget_run(data, tmp_path, monkeypatch, clock, budget_s):
-    monkeypatch.setattr(train_mod, "time", clock)
+    for module in (train_mod, engine_mod, schedule_mod):       # every clock read of a run
+        monkeypatch.setattr(module, "time", clock)
     cfg = load_config("tiny", overrides=SMALL + ["train.log_every=1000"])
     meta = train_mod.train(cfg, data, tmp_path / "run", device_name="cpu", max_steps=1000, progress=False,
                            time_budget_s=budget_s, budget_timing_steps=2)

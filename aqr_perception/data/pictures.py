@@ -97,7 +97,8 @@ def draw_boxes(img: np.ndarray, lidar2img: np.ndarray, boxes: list[tuple[np.ndar
         for segs, name in zip(project_box_edges(lidar2img, group), names):
             color = class_color(name) if is_pred else GT_COLOR
             for pa, pb in segs:
-                ok, p1, p2 = cv2.clipLine((0, 0, out.shape[1], out.shape[0]), tuple(int(v) for v in np.clip(pa, -1e5, 1e5)),
+                ok, p1, p2 = cv2.clipLine((0, 0, out.shape[1], out.shape[0]),
+                                          tuple(int(v) for v in np.clip(pa, -1e5, 1e5)),
                                           tuple(int(v) for v in np.clip(pb, -1e5, 1e5)))
                 if ok:
                     cv2.line(out, p1, p2, color, 2 if is_pred else 1, cv2.LINE_AA)

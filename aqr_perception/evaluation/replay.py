@@ -103,7 +103,8 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
     got: dict[str, dict[str, object]] = {key: {} for key in RECORDED}
     with tempfile.TemporaryDirectory(prefix="aqr_eval_") as tmp, Probe("aqr_eval_player") as probe:
         for key, (msg_type, name) in RECORDED.items():
-            probe.collect(msg_type, node_topic(name), 100, into=lambda m, k=key: got[k].__setitem__(str(header_ns(m)), m))
+            probe.collect(msg_type, node_topic(name), 100,
+                          into=lambda m, k=key: got[k].__setitem__(str(header_ns(m)), m))
         params = write_node_params(node_cfg, Path(tmp) / "node.param.yaml")
         ros_args = ["--params-file", str(params), "-p", "use_sim_time:=true", *([] if log else ["--log-level", "warn"])]
         with NodeProcess(ros_args, log="inherit") as node:

@@ -166,8 +166,7 @@ class CmtAqrDetector(nn.Module):
         proj = query_projection(ref, uv, visible, self.layout, cfg.image.feature_stride, pad_h, pad_w)
         dec = self.decoder(query_pos, memory, memory_pos, self.layout, proj, pad, self_mask,
                            inputs.lidar_valid, proj.cam_visible)
-        feats = torch.nan_to_num(dec.features)
-        cls_logits, bbox_code = self.heads(feats, ref)
+        cls_logits, bbox_code = self.heads(dec.features, ref)
         p = dn.pad_size if dn is not None else 0
         has_input = inputs.lidar_valid | inputs.camera_valid.any(dim=1)
         return DetectorOutput(

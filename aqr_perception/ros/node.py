@@ -252,8 +252,8 @@ class AqrPerceptionNode(LifecycleNode):
             subscribe(CameraInfo, cfg.camera_info_topic_format.format(camera=cam),
                       lambda m, c=cam: self._on_info(c, m), qos)
         if cfg.extrinsics_source == "tf_static":
-            subscribe(TFMessage, "/tf_static", lambda m: self._count_rejected("/tf_static",
-                                                                              self.pipeline.on_tf_static(m)), static_qos)
+            subscribe(TFMessage, "/tf_static",
+                      lambda m: self._count_rejected("/tf_static", self.pipeline.on_tf_static(m)), static_qos)
         if self.pipeline.multi_sweep:   # the ego pose that aligns past sweeps
             subscribe(TFMessage, "/tf", lambda m: self._count_rejected("/tf", self.pipeline.on_tf(m)), tf_qos)
         self.pub_det = publisher(Detection3DArray, "~/detections")
