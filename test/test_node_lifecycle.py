@@ -38,6 +38,20 @@ class Lifecycle:
         return self._call(self.change, ChangeState.Request(transition=Transition(id=transition))).success
 
 
+@pytest.fixture
+def feeder(ros_context):
+    """A probe that publishes clouds and collects the node's detections: (probe, publisher, list)."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+    from vision_msgs.msg import Detection3DArray
+
+    with Probe("lifecycle_probe", ros_context) as probe:
+        got = probe.collect(Detection3DArray, node_topic("detections"))
+        pub = probe.node.create_publisher(PointCloud2, LIDAR, QoSProfile(depth=10,
+                                                                         reliability=ReliabilityPolicy.RELIABLE))
+        yield probe, pub, got
+
+
 def _publish_cloud_and_collect(probe: Probe, pub, got: list, stamp_ns: int, expect: bool) -> None:
     """Publish one cloud once the node subscribes (if ``expect``); wait for its detections
     or, when none are expected, long enough that they would have come."""
@@ -54,68 +68,54 @@ def _publish_cloud_and_collect(probe: Probe, pub, got: list, stamp_ns: int, expe
 
 
 @pytest.mark.slow
-def test_deactivate_silences_the_node_and_reactivation_keeps_the_model(ros_context, tmp_path):
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import PointCloud2
-    from vision_msgs.msg import Detection3DArray
+def test_deactivate_silences_the_node_and_reactivation_keeps_the_model(feeder, tmp_path):
+    probe, pub, got = feeder
+    with NodeProcess(ARGS, log=tmp_path / "node.log") as node:
+        node.wait_ready()
+        life = Lifecycle(probe)
+        assert life.state() == State.PRIMARY_STATE_ACTIVE                     # autostart
+        _publish_cloud_and_collect(probe, pub, got, 1 * NS, expect=True)
 
-    with Probe("lifecycle_probe", ros_context) as probe:
-        got = probe.collect(Detection3DArray, node_topic("detections"))
-        pub = probe.node.create_publisher(PointCloud2, LIDAR, QoSProfile(depth=10,
-                                                                         reliability=ReliabilityPolicy.RELIABLE))
-        with NodeProcess(ARGS, log=tmp_path / "node.log") as node:
-            node.wait_ready()
-            life = Lifecycle(probe)
-            assert life.state() == State.PRIMARY_STATE_ACTIVE                     # autostart
-            _publish_cloud_and_collect(probe, pub, got, 1 * NS, expect=True)
+        assert life.set(Transition.TRANSITION_DEACTIVATE)
+        assert life.state() == State.PRIMARY_STATE_INACTIVE
+        assert probe.spin_until(lambda: probe.node.count_publishers(node_topic("detections")) == 0
+                                and probe.node.count_subscribers(LIDAR) == 0, 20), "inputs/outputs remain"
+        _publish_cloud_and_collect(probe, pub, got, 2 * NS, expect=False)
 
-            assert life.set(Transition.TRANSITION_DEACTIVATE)
-            assert life.state() == State.PRIMARY_STATE_INACTIVE
-            assert probe.spin_until(lambda: probe.node.count_publishers(node_topic("detections")) == 0
-                                    and probe.node.count_subscribers(LIDAR) == 0, 20), "inputs/outputs remain"
-            _publish_cloud_and_collect(probe, pub, got, 2 * NS, expect=False)
+        assert life.set(Transition.TRANSITION_ACTIVATE)
+        assert life.state() == State.PRIMARY_STATE_ACTIVE
+        assert probe.wait_for_publishers([node_topic("detections")], 20)
+        _publish_cloud_and_collect(probe, pub, got, 3 * NS, expect=True)
+        log = node.output()
+        assert log.count("configured: model") == 1 and log.count("ready:") == 2, log[-3000:]
 
-            assert life.set(Transition.TRANSITION_ACTIVATE)
-            assert life.state() == State.PRIMARY_STATE_ACTIVE
-            assert probe.wait_for_publishers([node_topic("detections")], 20)
-            _publish_cloud_and_collect(probe, pub, got, 3 * NS, expect=True)
-            log = node.output()
-            assert log.count("configured: model") == 1 and log.count("ready:") == 2, log[-3000:]
-
-            # cleanup releases the model, configure loads it again
-            for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP):
-                assert life.set(transition)
-            assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
-            for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-                assert life.set(transition)
-            assert probe.wait_for_publishers([node_topic("detections")], 20)
-            _publish_cloud_and_collect(probe, pub, got, 4 * NS, expect=True)
-            assert node.output().count("configured: model") == 2
-            assert node.stop() == 0, node.output()[-3000:]
+        # cleanup releases the model, configure loads it again
+        for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP):
+            assert life.set(transition)
+        assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
+        for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            assert life.set(transition)
+        assert probe.wait_for_publishers([node_topic("detections")], 20)
+        _publish_cloud_and_collect(probe, pub, got, 4 * NS, expect=True)
+        assert node.output().count("configured: model") == 2
+        assert node.stop() == 0, node.output()[-3000:]
     assert "Traceback" not in node.output()
 
 
 @pytest.mark.slow
-def test_without_autostart_the_node_waits_unconfigured_until_told(ros_context, tmp_path):
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import PointCloud2
-    from vision_msgs.msg import Detection3DArray
-
-    with Probe("lifecycle_probe", ros_context) as probe:
-        got = probe.collect(Detection3DArray, node_topic("detections"))
-        pub = probe.node.create_publisher(PointCloud2, LIDAR, QoSProfile(depth=10,
-                                                                         reliability=ReliabilityPolicy.RELIABLE))
-        with NodeProcess([*ARGS, "-p", "autostart:=false"], log=tmp_path / "node.log") as node:
-            life = Lifecycle(probe)
-            assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
-            probe.spin(1.0)
-            assert probe.node.count_publishers(node_topic("detections")) == 0 and "ready:" not in node.output()
-            for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-                assert life.set(transition)
-            assert life.state() == State.PRIMARY_STATE_ACTIVE
-            assert probe.wait_for_publishers([node_topic("detections")], 20)
-            _publish_cloud_and_collect(probe, pub, got, 1 * NS, expect=True)
-            assert node.stop() == 0, node.output()[-3000:]
+def test_without_autostart_the_node_waits_unconfigured_until_told(feeder, tmp_path):
+    probe, pub, got = feeder
+    with NodeProcess([*ARGS, "-p", "autostart:=false"], log=tmp_path / "node.log") as node:
+        life = Lifecycle(probe)
+        assert life.state() == State.PRIMARY_STATE_UNCONFIGURED
+        probe.spin(1.0)
+        assert probe.node.count_publishers(node_topic("detections")) == 0 and "ready:" not in node.output()
+        for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            assert life.set(transition)
+        assert life.state() == State.PRIMARY_STATE_ACTIVE
+        assert probe.wait_for_publishers([node_topic("detections")], 20)
+        _publish_cloud_and_collect(probe, pub, got, 1 * NS, expect=True)
+        assert node.stop() == 0, node.output()[-3000:]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from test_bad_input import NS, H, StubRuntime, W, _cloud, _compressed_msg, _imag
 
 from aqr_perception.config import load_config
 from aqr_perception.data.rig import nuscenes_like_rig
+from aqr_perception.ros.node_process import node_topic
 
 
 class NodeRuntime(StubRuntime):
@@ -80,7 +81,7 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
     pub_img = {c.name: probe.create_publisher(Image, f"/{c.name}/image_raw", qos) for c in cams}
     pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
     dets, diags = [], []
-    probe.create_subscription(Detection3DArray, "/aqr_perception/detections", dets.append, 10)
+    probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
     probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     from rclpy.qos import DurabilityPolicy
     from tf2_msgs.msg import TFMessage
@@ -153,7 +154,7 @@ def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         pub_tf = probe.create_publisher(TFMessage, "/tf_static", static)
         routing, diags = [], []
-        probe.create_subscription(QueryRouting, "/aqr_perception/routing", routing.append, 10)
+        probe.create_subscription(QueryRouting, node_topic("routing"), routing.append, 10)
         probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
         _spin(ex, 1.0)
         pub_tf.publish(_tf_static(cams))
@@ -225,7 +226,7 @@ def test_overload_newest_frame_wins_latency_bounded_and_counted(ros_context):
         pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
         received = []
         probe.create_subscription(
-            Detection3DArray, "/aqr_perception/detections",
+            Detection3DArray, node_topic("detections"),
             lambda m: received.append((time.monotonic(), m.header.stamp.sec * NS + m.header.stamp.nanosec)), qos)
         _spin(ex, 1.0)
         sent = {}
