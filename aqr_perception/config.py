@@ -108,6 +108,11 @@ class LidarBranchConfig(_Section):
         255.0, description="the model reads intensity on a 0..intensity_max scale (nuScenes and the synthetic "
                            "drives: 0-255); the node scales its input with node.lidar_intensity_scale and warns "
                            "in diagnostics when what it sees does not fit")
+    intensity_required: bool = Field(
+        True, description="the model cannot use a sweep without intensity (no intensity field, or all zero): "
+                          "it reads geometry through intensity, so such sweeps are masked and the frame runs "
+                          "camera-only (counted, diagnostics WARN). Training with train.drop_intensity_p > 0 "
+                          "writes false into the checkpoint: that model uses the geometry alone")
     sweeps: Annotated[int, Field(ge=1, le=20)] = Field(
         1, description="LiDAR sweeps per sample: the current one + past ones moved into its frame with the /tf "
                        "ego pose (CMT reads 10 on nuScenes); > 1 needs point_features 5")

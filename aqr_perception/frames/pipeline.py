@@ -55,6 +55,7 @@ class FrameInputs:
     masked: dict[str, str]                      # camera -> reason
     image_errors: dict[str, str] = field(default_factory=dict)
     image_warnings: dict[str, str] = field(default_factory=dict)   # camera -> decoder warning (image used)
+    lidar_masked: str | None = None             # why this sweep's points were not given to the model
 
 
 @dataclass
@@ -92,24 +93,34 @@ class IntensityMonitor:
     #: below it over a whole window: a narrower one (a driver normalising to 0-1)
     TOO_LOW = 0.02
 
-    def __init__(self, intensity_max: float) -> None:
+    def __init__(self, intensity_max: float, required: bool = True) -> None:
         self.intensity_max = float(intensity_max)
+        self.required = required
         self._p99: list[float] = []
         self.without_field = 0
+        self.all_zero = 0
 
-    def observe(self, points: np.ndarray, has_field: bool) -> None:
+    def observe(self, points: np.ndarray, has_field: bool) -> bool:
+        """Record one sweep; True when it carries intensity (a field, not all zero)."""
         if not len(points):
-            return
+            return True
         if not has_field:
             self.without_field += 1
-            return
+            return False
+        if not points[:, 3].any():
+            self.all_zero += 1
+            return False
         self._p99 = [*self._p99[-(self.WINDOW - 1):], float(np.percentile(points[:, 3], 99))]
+        return True
 
     def problem(self) -> str | None:
         """A one-line warning, or None while the intensity fits."""
-        if self.without_field:
-            return (f"{self.without_field} sweep(s) without an intensity field: the model reads intensity 0 "
-                    f"(it expects 0-{self.intensity_max:g})")
+        if self.without_field or self.all_zero:
+            what = (f"{self.without_field} sweep(s) without an intensity field" if self.without_field else
+                    f"{self.all_zero} sweep(s) with intensity all zero")
+            if self.required:
+                return f"{what}: the model needs intensity, LiDAR masked (camera-only detection)"
+            return f"{what}: the model reads geometry alone (it expects intensity 0-{self.intensity_max:g})"
         if not self._p99:
             return None
         high = max(self._p99)
@@ -138,7 +149,7 @@ class FramePipeline:
         self.input_hw = input_hw or runtime.input_hw
         lidar = lidar or getattr(getattr(runtime, "cfg", None), "lidar", None) or LidarBranchConfig()
         self.sweeps = SweepAccumulator(lidar.sweeps, lidar.sweep_max_age_s) if lidar.sweeps > 1 else None
-        self.intensity = IntensityMonitor(lidar.intensity_max)
+        self.intensity = IntensityMonitor(lidar.intensity_max, lidar.intensity_required)
         self.poses = EgoPoses()
         self.sync = LidarTriggeredSync(self.cameras, cfg.sync)
         self.calib = CalibrationStore(self.cameras, cfg.extrinsics_source, cfg.calibration_file)
@@ -254,10 +265,16 @@ class FramePipeline:
         stale, uncalibrated or whose image does not decode (or does not match its
         CameraInfo size) is masked, with the reason in ``masked``. Multi-sweep: the points
         are the current sweep + the past ones (``frames.sweeps``), (N, 5); a sweep without
-        ego pose goes alone (counted in ``sweeps.counters``).
+        ego pose goes alone (counted in ``sweeps.counters``). A sweep without intensity is
+        masked (no points) for a model that needs intensity (``lidar.intensity_required``),
+        with the reason in ``lidar_masked``.
         """
         points = self._read_cloud(cloud)
-        self.intensity.observe(points, any(f.name == "intensity" for f in cloud.fields))
+        lidar_masked = None
+        if not self.intensity.observe(points, any(f.name == "intensity" for f in cloud.fields)) \
+                and self.intensity.required:
+            lidar_masked = "no intensity (no field, or all zero); the model needs it"
+            points = points[:0]
         lidar_frame = cloud.header.frame_id
         stamp = header_ns(cloud)
         if self.sweeps is not None:
@@ -286,7 +303,7 @@ class FramePipeline:
             exts.append(self.calib.lidar_to_camera(cam, lidar_frame) if img is not None else None)
         masked = {cam: masked[cam] for cam in self.cameras if cam in masked}       # camera order
         arrays = build_model_arrays(points, images, Ks, exts, self.input_hw)
-        return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors, warnings)
+        return FrameInputs(stamp, lidar_frame, arrays, images, masked, errors, warnings, lidar_masked)
 
     def remember_sweep(self, cloud) -> None:
         """Multi-sweep: keep a cloud that will not be run (skipped under load) as history

@@ -406,6 +406,10 @@ class AqrPerceptionNode(LifecycleNode):
                                           "(damaged parts grey)")
         for cam in inputs.masked:
             self.counters[f"camera_masked.{cam}"] += 1
+        if inputs.lidar_masked:
+            self.counters["lidar_masked.no_intensity"] += 1
+            self._warn("lidar_masked", f"{self.cfg.lidar_topic}: {inputs.lidar_masked}; camera-only frame "
+                                       "(a model trained with train.drop_intensity_p uses such sweeps)")
 
     def _publish(self, header: Header, det: FrameDetections, lidar_valid: bool, used: list[str],
                  masked: list[str]) -> None:

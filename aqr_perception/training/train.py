@@ -50,6 +50,11 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
     run's log: (run, loader, sampler under DDP, first epoch)."""
     rank, world = _ddp()
     tc = cfg.train
+    if tc.drop_intensity_p > 0 and cfg.model.lidar.intensity_required:
+        # a model that learns to do without intensity says so in its checkpoint (the node then
+        # gives it sweeps without intensity instead of masking them)
+        lidar = cfg.model.lidar.model_copy(update={"intensity_required": False})
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"lidar": lidar})})
     torch.manual_seed(tc.seed + rank)
     device = resolve_device(device_name)
     if world > 1 and device.type == "cuda":
