@@ -158,7 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """Generate synthetic drives (rosbag2 MCAP + nuScenes-style GT JSON + a picture each)."""
+    """Generate synthetic drives (rosbag2 MCAP + nuScenes-style GT JSON + a picture each), or
+    write them as one nuScenes-format dataset (``--format nuscenes``)."""
     from tqdm import tqdm
 
     from aqr_perception.data.synth.drive import generate_drive
@@ -172,6 +173,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     s = cfg.synth
     out = Path(args.out or s.output_dir)
     t0 = time.monotonic()
+    if args.format == "nuscenes":
+        from aqr_perception.data.nuscenes_export import export_nuscenes
+
+        scenes = {f"scene-{s.seed + i:04d}": s.seed + i for i in range(s.num_drives)}
+        exported = export_nuscenes(cfg, out, scenes, args.nuscenes_version)
+        if not args.quiet:
+            print(f"wrote {len(exported)} scene(s), {sum(len(e.samples) for e in exported)} samples, as nuScenes "
+                  f"{args.nuscenes_version} to {out} in {time.monotonic() - t0:.1f} s")
+        return 0
     for i in tqdm(range(s.num_drives), desc="drives", unit="drive", disable=args.quiet):
         seed = s.seed + i
         r = generate_drive(cfg, out, f"drive_{seed:04d}_{s.corruption}", seed, picture=not args.no_pictures)
@@ -230,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "dark, fog, time_offset")
     p.add_argument("--out", help="output folder (default synth.output_dir)")
     p.add_argument("--no-pictures", action="store_true", help="skip the PNG per drive")
+    p.add_argument("--format", choices=["bag", "nuscenes"], default="bag",
+                   help="bag: a rosbag2 + .gt.json per drive; nuscenes: one nuScenes-format dataset in --out "
+                        "(tables, .pcd.bin sweeps, JPEGs), a scene per drive named scene-<seed>")
+    p.add_argument("--nuscenes-version", default="v1.0-mini", help="table folder of --format nuscenes")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 

@@ -16,6 +16,7 @@ global frames, sizes as w, l, h) and, on request, ``<name>.png``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,9 +102,50 @@ def _cameras_present(cfg: AqrConfig, cams: list[Camera]) -> list[Camera]:
     return cams
 
 
-def generate_drive(cfg: AqrConfig, out_dir: Path, name: str, seed: int, picture: bool = False) -> DriveResult:
-    """Write ``out_dir/name`` (rosbag2 folder) and ``out_dir/name.gt.json``; deterministic in ``seed``."""
-    s, node = cfg.synth, cfg.node
+@dataclass
+class SweepEvent:
+    """One LiDAR sweep of a simulated drive (the LiDAR frame is ``LIDAR_FRAME``).
+
+    points (P, 4) ``[x, y, z, intensity]`` and ring (P,) after the configured corruption;
+    ``boxes_lidar`` / ``boxes_global`` (N, 9) and ``objects`` the ground truth within
+    ``synth.gt_max_distance``; ``num_lidar_pts`` (N,) points inside each box (clean sweep)."""
+
+    t: float
+    stamp_ns: int
+    ego: np.ndarray                 # (4, 4) base_link -> map
+    points: np.ndarray
+    ring: np.ndarray
+    boxes_lidar: np.ndarray
+    boxes_global: np.ndarray
+    objects: list
+    num_lidar_pts: np.ndarray
+
+
+@dataclass
+class CameraEvent:
+    """One camera instant: RGB (H, W, 3) per present camera, all stamped ``stamp_ns``."""
+
+    t: float
+    stamp_ns: int
+    ego: np.ndarray
+    images: dict[str, np.ndarray]
+
+
+@dataclass
+class DriveSimulation:
+    """A simulated drive: the rig, the LiDAR mount and the events in time order."""
+
+    cameras: list[Camera]
+    present: list[Camera]           # the cameras that deliver images (corruptions drop some)
+    lidar_to_base: np.ndarray       # (4, 4)
+    t0_ns: int
+    duration_s: float
+    events: Iterator[SweepEvent | CameraEvent]
+
+
+def simulate_drive(cfg: AqrConfig, seed: int) -> DriveSimulation:
+    """The drive of ``seed``, deterministic in it; the events are simulated as they are read."""
+    s = cfg.synth
     rng = np.random.default_rng(seed)
     corrupt_rng = np.random.default_rng([seed, 1])   # corruptions never shift the clean stream
     duration = s.frames_per_drive / s.lidar_rate_hz
@@ -117,6 +159,48 @@ def generate_drive(cfg: AqrConfig, out_dir: Path, name: str, seed: int, picture:
     t0_ns = (EPOCH_S + 1000 * seed) * 1_000_000_000
     ns = lambda t: t0_ns + int(round(t * 1e9))  # noqa: E731
 
+    def events() -> Iterator[SweepEvent | CameraEvent]:
+        lidar_times = [k / s.lidar_rate_hz for k in range(s.frames_per_drive)]
+        cam_times = [j / s.camera_rate_hz for j in range(int(np.ceil(duration * s.camera_rate_hz)))]
+        # at equal times the cameras go first, as a driver's images of the sweep's instant
+        for t, kind in sorted([(t, 1) for t in lidar_times] + [(t, 0) for t in cam_times]):
+            ego = world.ego_pose(t)
+            lidar_to_global = ego @ lidar_to_base
+            boxes_g, objs = world.boxes(t)
+            boxes_l = transform_boxes(boxes_g, np.linalg.inv(lidar_to_global))
+            if kind == 1:
+                refl = np.array([CLASS_SPECS[o.cls].reflectivity for o in objs])
+                pts, ring = simulate_sweep(boxes_l, refl, s.lidar_height, model, rng)
+                inside = points_in_boxes(pts[:, :3], boxes_l, margin=0.1) if len(objs) else np.zeros((len(pts), 0))
+                n_pts = inside.sum(axis=0)
+                pts_c, ring_c = _corrupt_points(pts, ring, cfg, corrupt_rng)
+                near = np.hypot(boxes_l[:, 0], boxes_l[:, 1]) <= s.gt_max_distance
+                sel = [i for i in range(len(objs)) if near[i]]
+                yield SweepEvent(t, ns(t), ego, pts_c, ring_c, boxes_l[sel], boxes_g[sel], [objs[i] for i in sel],
+                                 n_pts[sel])
+            else:
+                colors, classes = [o.color for o in objs], [o.cls for o in objs]
+                stamp = ns(t + (s.time_offset_s if s.corruption == "time_offset" else 0.0))
+                images = {}
+                for cam in present:
+                    r = render(cam, boxes_l, colors, lidar_to_global, s.lidar_height, classes)
+                    images[cam.name] = _corrupt_image(r.rgb, r.depth, cfg, corrupt_rng)
+                yield CameraEvent(t, stamp, ego, images)
+
+    return DriveSimulation(cams, present, lidar_to_base, t0_ns, duration, events())
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    """The drive's JPEG of an (H, W, 3) RGB image (the bag's CompressedImage data, the
+    nuScenes export's file)."""
+    return bytes(M.compressed_image(0, "", rgb, quality).data)
+
+
+def generate_drive(cfg: AqrConfig, out_dir: Path, name: str, seed: int, picture: bool = False) -> DriveResult:
+    """Write ``out_dir/name`` (rosbag2 folder) and ``out_dir/name.gt.json``; deterministic in ``seed``."""
+    s, node = cfg.synth, cfg.node
+    sim = simulate_drive(cfg, seed)
+    cams, lidar_to_base, t0_ns = sim.cameras, sim.lidar_to_base, sim.t0_ns
     store = project_typestore()
     out_dir.mkdir(parents=True, exist_ok=True)
     bag_path = out_dir / name
@@ -142,58 +226,38 @@ def generate_drive(cfg: AqrConfig, out_dir: Path, name: str, seed: int, picture:
         static += [M.transform_stamped(t0_ns, LIDAR_FRAME, c.name, np.linalg.inv(c.lidar_to_camera)) for c in cams]
         write("/tf_static", "tf2_msgs/msg/TFMessage", t0_ns, M.tf_message(static))
 
-        lidar_times = [k / s.lidar_rate_hz for k in range(s.frames_per_drive)]
-        cam_times = [j / s.camera_rate_hz for j in range(int(np.ceil(duration * s.camera_rate_hz)))]
-        # at equal times the cameras go first, as a driver's images of the sweep's instant
-        events = sorted([(t, 1) for t in lidar_times] + [(t, 0) for t in cam_times])
-        for t, kind in events:
-            ego = world.ego_pose(t)
-            lidar_to_global = ego @ lidar_to_base
-            boxes_g, objs = world.boxes(t)
-            boxes_l = transform_boxes(boxes_g, np.linalg.inv(lidar_to_global))
-            if kind == 1:
-                refl = np.array([CLASS_SPECS[o.cls].reflectivity for o in objs])
-                pts, ring = simulate_sweep(boxes_l, refl, s.lidar_height, model, rng)
-                inside = points_in_boxes(pts[:, :3], boxes_l, margin=0.1) if len(objs) else np.zeros((len(pts), 0))
-                n_pts = inside.sum(axis=0)
-                pts_c, ring_c = _corrupt_points(pts, ring, cfg, corrupt_rng)
+        for ev in sim.events:
+            if isinstance(ev, SweepEvent):
+                stamp, boxes_l = ev.stamp_ns, ev.boxes_lidar
+                classes = [o.cls for o in ev.objects]
+                ids = [str(o.track_id) for o in ev.objects]
                 # the ego pose of the sweep's instant is out before the sweep (odometry runs
                 # faster than a LiDAR turns), so a multi-sweep reader can align it on arrival
-                write("/tf", "tf2_msgs/msg/TFMessage", ns(t),
-                      M.tf_message([M.transform_stamped(ns(t), MAP_FRAME, BASE_FRAME, ego)]))
-                write(node.lidar_topic, "sensor_msgs/msg/PointCloud2", ns(t),
-                      M.pointcloud2(ns(t), LIDAR_FRAME, pts_c, ring_c))
-                near = np.hypot(boxes_l[:, 0], boxes_l[:, 1]) <= s.gt_max_distance
-                sel = [i for i in range(len(objs)) if near[i]]
-                ids = [str(objs[i].track_id) for i in sel]
-                write(s.gt_topic, "vision_msgs/msg/Detection3DArray", ns(t),
-                      M.detection_array(ns(t), LIDAR_FRAME, boxes_l[sel], [objs[i].cls for i in sel], ids))
-                write(s.gt_velocity_topic, "aqr_perception/msg/DetectionVelocityArray", ns(t),
-                      M.velocity_array(ns(t), LIDAR_FRAME, boxes_l[sel], ids))
-                gt_frames.append(_gt_frame(ns(t), ego, lidar_to_base, boxes_l[sel], boxes_g[sel],
-                                           [objs[i] for i in sel], n_pts[sel]))
+                write("/tf", "tf2_msgs/msg/TFMessage", stamp,
+                      M.tf_message([M.transform_stamped(stamp, MAP_FRAME, BASE_FRAME, ev.ego)]))
+                write(node.lidar_topic, "sensor_msgs/msg/PointCloud2", stamp,
+                      M.pointcloud2(stamp, LIDAR_FRAME, ev.points, ev.ring))
+                write(s.gt_topic, "vision_msgs/msg/Detection3DArray", stamp,
+                      M.detection_array(stamp, LIDAR_FRAME, boxes_l, classes, ids))
+                write(s.gt_velocity_topic, "aqr_perception/msg/DetectionVelocityArray", stamp,
+                      M.velocity_array(stamp, LIDAR_FRAME, boxes_l, ids))
+                gt_frames.append(_gt_frame(stamp, ev.ego, lidar_to_base, boxes_l, ev.boxes_global, ev.objects,
+                                           ev.num_lidar_pts))
                 result.lidar_frames += 1
-                result.gt_boxes += len(sel)
-                if picture and picture_data is None and t >= duration / 2:
-                    picture_data = {"points": pts_c, "boxes": boxes_l[sel], "classes": [objs[i].cls for i in sel],
-                                    "t": t}
+                result.gt_boxes += len(ev.objects)
+                if picture and picture_data is None and ev.t >= sim.duration_s / 2:
+                    picture_data = {"points": ev.points, "boxes": boxes_l, "classes": classes, "t": ev.t}
             else:
-                colors, classes = [o.color for o in objs], [o.cls for o in objs]
-                stamp = ns(t + (s.time_offset_s if s.corruption == "time_offset" else 0.0))
-                rendered = {}
-                for cam in present:
-                    r = render(cam, boxes_l, colors, lidar_to_global, s.lidar_height, classes)
-                    rgb = _corrupt_image(r.rgb, r.depth, cfg, corrupt_rng)
-                    rendered[cam.name] = rgb
-                    topic = image_topic.format(camera=cam.name)
-                    msg = M.raw_image(stamp, cam.name, rgb) if raw else \
-                        M.compressed_image(stamp, cam.name, rgb, s.jpeg_quality)
-                    write(topic, img_topic_type, stamp, msg)
+                for cam in sim.present:
+                    rgb = ev.images[cam.name]
+                    msg = M.raw_image(ev.stamp_ns, cam.name, rgb) if raw else \
+                        M.compressed_image(ev.stamp_ns, cam.name, rgb, s.jpeg_quality)
+                    write(image_topic.format(camera=cam.name), img_topic_type, ev.stamp_ns, msg)
                     write(node.camera_info_topic_format.format(camera=cam.name), "sensor_msgs/msg/CameraInfo",
-                          stamp, M.camera_info(stamp, cam.name, cam.K, cam.width, cam.height))
+                          ev.stamp_ns, M.camera_info(ev.stamp_ns, cam.name, cam.K, cam.width, cam.height))
                 result.camera_frames += 1
                 if picture and picture_data is not None and "images" not in picture_data:
-                    picture_data["images"] = rendered
+                    picture_data["images"] = ev.images
     meta = {"seed": seed, "corruption": s.corruption, "frames": result.lidar_frames, "lidar_frame": LIDAR_FRAME,
             "classes": list(cfg.model.classes), "cameras": [c.name for c in cams],
             "lidar_rate_hz": s.lidar_rate_hz, "camera_rate_hz": s.camera_rate_hz,
