@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("play_args", nargs=argparse.REMAINDER)    # listed for --help; main() dispatches
 
+    p = sub.add_parser("nuscenes2bag", help="nuScenes scenes -> rosbag2 drives (see `aqr-perception nuscenes2bag "
+                                            "--help`)", add_help=False)
+    p.add_argument("convert_args", nargs=argparse.REMAINDER)  # listed for --help; main() dispatches
+
     p = sub.add_parser("config", help="show or validate configuration")
     csub = p.add_subparsers(dest="action", required=True)
     c = csub.add_parser("show", help="print the merged, validated config as YAML")
@@ -272,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Subcommands that hand their arguments to another entry point unchanged.
 PASSTHROUGH = {"train": "aqr_perception.training.train", "play": "aqr_perception.ros.player",
-               "node": "aqr_perception.ros.node"}
+               "node": "aqr_perception.ros.node", "nuscenes2bag": "aqr_perception.data.nuscenes2bag"}
 
 
 def main(argv: list[str] | None = None) -> int:

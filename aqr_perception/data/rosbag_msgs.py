@@ -25,14 +25,16 @@ def header(stamp_ns: int, frame_id: str):
     return _T("std_msgs/msg/Header")(stamp=Time(*ns_to_sec_nanosec(stamp_ns)), frame_id=frame_id)
 
 
-def pointcloud2(stamp_ns: int, frame_id: str, points: np.ndarray, ring: np.ndarray | None = None):
-    """(N, 4) float ``[x, y, z, intensity]`` (+ ring) -> PointCloud2 (point_step 16, or 18 with ring)."""
+def pointcloud2(stamp_ns: int, frame_id: str, points: np.ndarray, ring: np.ndarray | None = None,
+                ring_datatype: int = UINT16):
+    """(N, 4) float ``[x, y, z, intensity]`` (+ ring) -> PointCloud2 (point_step 16, or 18 with a
+    uint16 ring, 20 with a float32 one: the nuScenes converters' layout)."""
     PF = _T("sensor_msgs/msg/PointField")
     fields = [PF(name=n, offset=4 * i, datatype=FLOAT32, count=1) for i, n in enumerate("x y z intensity".split())]
     dtype = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")]
     if ring is not None:
-        fields.append(PF(name="ring", offset=16, datatype=UINT16, count=1))
-        dtype.append(("ring", "<u2"))
+        fields.append(PF(name="ring", offset=16, datatype=ring_datatype, count=1))
+        dtype.append(("ring", "<f4" if ring_datatype == FLOAT32 else "<u2"))
     arr = np.zeros(points.shape[0], dtype=dtype)
     for i, n in enumerate("x y z intensity".split()):
         arr[n] = points[:, i]
@@ -52,6 +54,12 @@ def compressed_image(stamp_ns: int, frame_id: str, rgb: np.ndarray, quality: int
         raise RuntimeError("JPEG encoding failed")
     return _T("sensor_msgs/msg/CompressedImage")(header=header(stamp_ns, frame_id),
                                                  format="bgr8; jpeg compressed bgr8", data=buf.reshape(-1))
+
+
+def jpeg_image(stamp_ns: int, frame_id: str, data: bytes):
+    """JPEG bytes as they are (not re-encoded) -> CompressedImage."""
+    return _T("sensor_msgs/msg/CompressedImage")(header=header(stamp_ns, frame_id), format="jpeg",
+                                                 data=np.frombuffer(data, dtype=np.uint8))
 
 
 def raw_image(stamp_ns: int, frame_id: str, rgb: np.ndarray):
