@@ -94,10 +94,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bag = Path(args.bag)
     gt = Path(args.gt) if args.gt else bag.with_name(bag.name + ".gt.json")
     out = Path(args.out or Path(cfg.eval.output_dir) / bag.name)
-    result, report = run_eval(bag, gt, cfg, args.checkpoint or "", args.mode, out, args.device, args.quiet)
+    submission = Path(args.submission) if args.submission else (out / "results_nusc.json" if args.devkit_eval
+                                                                   else None)
+    try:
+        result, report = run_eval(bag, gt, cfg, args.checkpoint or "", args.mode, out, args.device, args.quiet,
+                                  submission)
+    except ValueError as exc:     # e.g. a submission of a drive without nuScenes sample tokens
+        print(f"aqr-perception eval: {exc}", file=sys.stderr)
+        return 2
     _print_result(bag.name, result, report)
     print(f"\n{report['frames_with_output']}/{report['frames']} frames answered in {report['seconds']} s "
           f"({args.mode}); report: {out / 'report.md'}")
+    if submission is not None:
+        print(f"nuScenes submission: {submission}")
+    if args.devkit_eval:
+        from aqr_perception.evaluation.submission import devkit_detection_eval
+
+        official = devkit_detection_eval(Path(args.devkit_eval), args.nuscenes_version, args.eval_set, submission,
+                                         out / "devkit")
+        print(f"nuScenes DetectionEval ({args.nuscenes_version}, {args.eval_set}): mAP {official['mean_ap']:.4f} "
+              f"NDS {official['nd_score']:.4f} (this evaluation: mAP {result.mAP:.4f} NDS {result.NDS:.4f}); "
+              f"its files: {out / 'devkit'}")
     return 0
 
 
@@ -214,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["replay", "offline"], default="replay")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="output folder (default eval.output_dir/<bag name>)")
+    p.add_argument("--submission", help="also write the answers in the nuScenes submission format (a scene "
+                                        "converted with nuscenes2bag)")
+    p.add_argument("--devkit-eval", metavar="DATAROOT", help="also score the submission with the devkit's "
+                                                            "DetectionEval against this nuScenes dataset")
+    p.add_argument("--nuscenes-version", default="v1.0-mini", help="the dataset's version (with --devkit-eval)")
+    p.add_argument("--eval-set", default="mini_val", help="the devkit split DetectionEval scores (with --devkit-eval)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 

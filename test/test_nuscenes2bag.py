@@ -99,7 +99,7 @@ def test_the_converted_ground_truth_is_the_drives_at_the_key_frames(drives):
         np.testing.assert_allclose(b.lidar_to_global, a.lidar_to_global, atol=1e-9)
         # nuScenes stores no velocity: the devkit's finite difference over 0.25 s stands in for it
         moving = np.hypot(*a.global_boxes[:, 7:9].T) > 1.0
-        assert np.median(np.hypot(*(b.global_boxes[moving, 7:9] - a.global_boxes[moving, 7:9]).T)) < 0.5
+        assert np.nanmedian(np.hypot(*(b.global_boxes[moving, 7:9] - a.global_boxes[moving, 7:9]).T)) < 0.5
 
 
 def test_the_pipeline_detects_the_same_from_both_bags(drives):
@@ -135,18 +135,53 @@ def test_asking_for_what_is_not_there_is_one_line_and_exit_code_2(drives, tmp_pa
 @pytest.mark.slow
 def test_the_readme_eval_of_a_converted_scene_replays_it_through_the_node(drives, tmp_path):
     """``aqr-perception eval --bag <scene> --node-params config/nuscenes.param.yaml``: the node
-    reads the converted topics, answers every key frame, and scores as the offline path does."""
+    reads the converted topics, answers every key frame, and scores as the offline path does;
+    with ``--devkit-eval`` the official DetectionEval scores its submission the same."""
     import json
+    import re
 
     cli = Path(sys.executable).with_name("aqr-perception")
     _, _, converted = drives
     scores = {}
     for mode in ("replay", "offline"):
+        official = ["--devkit-eval", str(converted.parent.parent / "nuscenes")] if mode == "offline" else []
         out = subprocess.run([str(cli), "eval", "--bag", str(converted), "--node-params",
-                              str(REPO / "config" / "nuscenes.param.yaml"), "--mode", mode,
+                              str(REPO / "config" / "nuscenes.param.yaml"), "--mode", mode, *official,
                               "--out", str(tmp_path / mode), "--quiet"], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         report = json.loads((tmp_path / mode / "report.json").read_text())
         assert report["frames"] == report["frames_with_output"] == 3
         scores[mode] = (report["mAP"], report["NDS"])
     assert scores["replay"] == pytest.approx(scores["offline"], abs=1e-6)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("nuScenes DetectionEval"))
+    devkit_map, devkit_nds, map_, nds = map(float, re.findall(r"(?:mAP|NDS) ([0-9.]+)", line))
+    assert (devkit_map, devkit_nds) == (map_, nds) == (round(scores["offline"][0], 4), round(scores["offline"][1], 4))
+    assert (tmp_path / "offline" / "results_nusc.json").is_file()
+
+
+def test_the_devkits_detection_eval_agrees_with_the_projects(drives, tmp_path):
+    """The answers of a converted scene in the official submission format, scored by the
+    devkit's DetectionEval against the dataset, and by the project's own metrics against the
+    converted ground truth: the same numbers."""
+    from aqr_perception.evaluation.answers import predict_offline
+    from aqr_perception.evaluation.evaluate import evaluate_drive
+    from aqr_perception.evaluation.submission import devkit_detection_eval, submission, write_submission
+    from aqr_perception.model.runtime import DetectorRuntime
+
+    cfg, _, converted = drives
+    runtime = DetectorRuntime(None, None, "cpu")
+    cfg = cfg.model_copy(update={"model": runtime.cfg, "node": node_config_from_param_file(
+        REPO / "config" / "nuscenes.param.yaml")})
+    gt_json = converted.with_name(f"{SCENE}.gt.json")
+    answers = predict_offline(converted, cfg, runtime)
+    ours, _ = evaluate_drive(gt_json, cfg, answers)
+    sub = submission(answers, read_ground_truth(gt_json, list(cfg.model.classes)))
+    assert len(sub["results"]) == 3 and sum(map(len, sub["results"].values())) > 0
+    path = write_submission(tmp_path / "results_nusc.json", sub)
+    devkit = devkit_detection_eval(converted.parent.parent / "nuscenes", "v1.0-mini", "mini_val", path,
+                                   tmp_path / "devkit")
+    assert ours.mAP > 0.0
+    assert devkit["mean_ap"] == pytest.approx(ours.mAP, abs=1e-9)
+    assert devkit["nd_score"] == pytest.approx(ours.NDS, abs=1e-9)
+    for key, name in (("trans_err", "mATE"), ("scale_err", "mASE"), ("orient_err", "mAOE"), ("vel_err", "mAVE")):
+        assert devkit["tp_errors"][key] == pytest.approx(ours.tp_errors[name], abs=1e-9, nan_ok=True), key

@@ -6,6 +6,8 @@ sample-annotation fields in the global frame (``translation``, ``rotation`` w, x
 ``velocity``, ``size`` in nuScenes order width, length, height, ``detection_name``,
 ``attribute_name``, ``num_lidar_pts``), plus the same box in the LiDAR frame (``lidar``:
 ``center``, ``yaw``, ``velocity``). ``meta.lidar_to_ego`` places the LiDAR on the vehicle.
+Also written by ``aqr-perception nuscenes2bag`` (then with ``sample_token`` per frame, and
+a null velocity where nuScenes has none: read as NaN).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class GtFrame:
     num_lidar_pts: np.ndarray      # (N,) LiDAR points inside each box (0: fully occluded)
     lidar_to_global: np.ndarray    # (4, 4)
     ego_xyz: np.ndarray            # (3,) ego position, global frame
+    sample_token: str | None = None  # the nuScenes sample (converted drives)
 
 
 def _pose(translation, rotation_wxyz) -> np.ndarray:
@@ -42,6 +45,11 @@ def _pose(translation, rotation_wxyz) -> np.ndarray:
     T[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
     T[:3, 3] = translation
     return T
+
+
+def _velocity(values) -> list[float]:
+    """vx, vy; null (an unknown velocity, e.g. a nuScenes instance annotated once) -> NaN."""
+    return [np.nan if v is None else float(v) for v in values]
 
 
 def _lwh(size_wlh) -> list[float]:
@@ -58,11 +66,12 @@ def read_ground_truth(gt_json: Path, classes: list[str]) -> dict[int, GtFrame]:
     for f in data["frames"]:
         ego = _pose(f["ego_pose"]["translation"], f["ego_pose"]["rotation"])
         boxes = f["boxes"]
-        lidar = [[*b["lidar"]["center"], *_lwh(b["size"]), b["lidar"]["yaw"], *b["lidar"]["velocity"]] for b in boxes]
+        lidar = [[*b["lidar"]["center"], *_lwh(b["size"]), b["lidar"]["yaw"], *_velocity(b["lidar"]["velocity"])]
+                 for b in boxes]
         rotation = np.array([[b["rotation"][1], b["rotation"][2], b["rotation"][3], b["rotation"][0]]
                              for b in boxes]).reshape(-1, 4)             # w, x, y, z -> x, y, z, w
         yaw = quaternion_to_yaw(rotation)
-        glob = [[*b["translation"], *_lwh(b["size"]), yaw[i], *b["velocity"]] for i, b in enumerate(boxes)]
+        glob = [[*b["translation"], *_lwh(b["size"]), yaw[i], *_velocity(b["velocity"])] for i, b in enumerate(boxes)]
         names = [b["detection_name"] for b in boxes]
         out[int(f["stamp_ns"])] = GtFrame(
             stamp_ns=int(f["stamp_ns"]), lidar_boxes=np.array(lidar, dtype=np.float64).reshape(-1, 9),
@@ -70,5 +79,5 @@ def read_ground_truth(gt_json: Path, classes: list[str]) -> dict[int, GtFrame]:
             labels=np.array([classes.index(n) for n in names], dtype=np.int64), names=names,
             attributes=[b["attribute_name"] for b in boxes],
             num_lidar_pts=np.array([b["num_lidar_pts"] for b in boxes], dtype=np.int64),
-            lidar_to_global=ego @ lidar_to_ego, ego_xyz=ego[:3, 3].copy())
+            lidar_to_global=ego @ lidar_to_ego, ego_xyz=ego[:3, 3].copy(), sample_token=f.get("sample_token"))
     return out

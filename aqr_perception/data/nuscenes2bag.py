@@ -15,7 +15,9 @@ types of the established ROS 2 converter, so users' bags and ours look the same:
   tokens, attributes and ``num_lidar_pts`` / ``num_radar_pts``.
 
 Stamps are nuScenes' microseconds in nanoseconds. GT velocity is the devkit's
-``box_velocity`` (nuScenes stores none: it is the annotations' finite difference).
+``box_velocity`` (nuScenes stores none: it is the annotations' finite difference), null
+in the JSON where the devkit has none (an instance annotated once), as DetectionEval
+leaves it out of the velocity error.
 """
 from __future__ import annotations
 
@@ -167,6 +169,11 @@ def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> dict
     return counts
 
 
+def _json_floats(values) -> list[float | None]:
+    """Floats for JSON, None (null) where not finite: an unknown velocity."""
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
 def _gt_frame(nusc, sample: dict, stamp: int, ego_rec: dict, lidar_to_ego: np.ndarray
               ) -> tuple[dict, np.ndarray, list[str], list[str]]:
     """One key frame in data/ground_truth.py's format (detection classes only), and its global
@@ -184,8 +191,7 @@ def _gt_frame(nusc, sample: dict, stamp: int, ego_rec: dict, lidar_to_ego: np.nd
         name = category_to_detection_name(ann["category_name"])
         if name is None:
             continue
-        velocity = nusc.box_velocity(ann_token)[:2]
-        velocity = [float(v) if np.isfinite(v) else 0.0 for v in velocity]
+        velocity = [float(v) for v in nusc.box_velocity(ann_token)[:2]]      # NaN: a single annotation
         q = Quaternion(ann["rotation"])
         yaw = float(np.arctan2(q.rotation_matrix[1, 0], q.rotation_matrix[0, 0]))
         w, length, h = ann["size"]
@@ -195,9 +201,9 @@ def _gt_frame(nusc, sample: dict, stamp: int, ego_rec: dict, lidar_to_ego: np.nd
         frame["boxes"].append({
             "instance": ann["instance_token"], "sample_annotation_token": ann_token, "detection_name": name,
             "attribute_name": attrs[0] if attrs else "",
-            "lidar": {"center": box_l[:3].tolist(), "yaw": float(box_l[6]), "velocity": box_l[7:9].tolist()},
+            "lidar": {"center": box_l[:3].tolist(), "yaw": float(box_l[6]), "velocity": _json_floats(box_l[7:9])},
             "translation": list(ann["translation"]), "size": list(ann["size"]), "rotation": list(ann["rotation"]),
-            "velocity": velocity, "num_lidar_pts": int(ann["num_lidar_pts"]),
+            "velocity": _json_floats(velocity), "num_lidar_pts": int(ann["num_lidar_pts"]),
             "num_radar_pts": int(ann["num_radar_pts"])})
         rows.append(box_g)
         names.append(name)

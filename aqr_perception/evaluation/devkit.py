@@ -1,37 +1,18 @@
-"""The nuScenes devkit's detection metric functions, imported without the rest of the devkit.
+"""The nuScenes devkit's detection metric functions (``nuscenes.eval.{common,detection}``).
 
-``import nuscenes`` executes ``nuscenes/__init__.py``, which loads the dataset API
-(scikit-learn, Pillow, map tools...). The metric modules need none of that, so the
-package is registered here with its search path only, and only
-``nuscenes.eval.{common,detection}`` are imported (numpy 2 works for them).
+The devkit is installed with ``--no-deps`` (requirements-nodeps.txt: it pins numpy<2; the
+parts used here work with numpy 2), and requirements.txt pins what its package imports
+(scikit-learn, cachetools, pyquaternion, matplotlib), so the whole devkit loads: these
+functions here, and ``NuScenes`` / ``DetectionEval`` for converted datasets
+(evaluation/submission.py).
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-
-
-def _register_light_package() -> None:
-    if "nuscenes" in sys.modules:
-        return
-    spec = importlib.util.find_spec("nuscenes")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("nuscenes-devkit is not installed (scripts/setup installs it with --no-deps)")
-    pkg = types.ModuleType("nuscenes")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__spec__ = spec
-    pkg.__file__ = spec.origin
-    sys.modules["nuscenes"] = pkg
-
-
-_register_light_package()
-
-from nuscenes.eval.common.data_classes import EvalBoxes  # noqa: E402
-from nuscenes.eval.common.utils import center_distance  # noqa: E402
-from nuscenes.eval.detection.algo import accumulate, calc_ap, calc_tp  # noqa: E402
-from nuscenes.eval.detection.constants import TP_METRICS  # noqa: E402
-from nuscenes.eval.detection.data_classes import (  # noqa: E402
+from nuscenes.eval.common.data_classes import EvalBoxes
+from nuscenes.eval.common.utils import center_distance
+from nuscenes.eval.detection.algo import accumulate, calc_ap, calc_tp
+from nuscenes.eval.detection.constants import TP_METRICS
+from nuscenes.eval.detection.data_classes import (
     DetectionBox,
     DetectionConfig,
     DetectionMetricDataList,

@@ -70,8 +70,11 @@ def model_config(checkpoint: str, cfg: AqrConfig) -> ModelConfig:
 
 
 def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: str, out_dir: Path,
-             device: str = "cpu", quiet: bool = False) -> tuple[DetectionResult, dict]:
-    """Predict (replay or offline), score, write the report; returns (result, report dict)."""
+             device: str = "cpu", quiet: bool = False, submission_path: Path | None = None
+             ) -> tuple[DetectionResult, dict]:
+    """Predict (replay or offline), score, write the report; returns (result, report dict).
+    ``submission_path``: also write the answers in the nuScenes submission format (a
+    converted nuScenes drive: its ground truth has the sample tokens)."""
     t0 = time.monotonic()
     cfg = cfg.model_copy(update={"model": model_config(checkpoint, cfg)})   # pictures read sweeps as the node
     if mode == "replay":
@@ -83,6 +86,11 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
 
         answers = predict_offline(bag, cfg, DetectorRuntime(checkpoint or None, cfg.model, device))
     result, ev = evaluate_drive(gt_json, cfg, answers)
+    if submission_path is not None:
+        from aqr_perception.evaluation.submission import submission, write_submission
+
+        write_submission(submission_path, submission(answers, read_ground_truth(gt_json, list(cfg.model.classes)),
+                                                     cfg.eval.max_boxes_per_sample))
     seconds = time.monotonic() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     routing_score = cfg.eval.routing_score_threshold
