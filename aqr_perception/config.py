@@ -408,6 +408,9 @@ class TrainConfig(_Section):
         (0.9, 1.1), description="global BEV augmentation: scale range")
     aug_flip_p: Probability = Field(
         0.5, description="global BEV augmentation: chance of mirroring y, and of mirroring x")
+    cbgs: bool = Field(
+        False, description="class-balanced grouping and sampling (CBGS, as CMT trains on nuScenes): samples are "
+                           "repeated so that every class present is about equally often in an epoch")
     num_workers: Annotated[int, Field(ge=0)] = 0
     log_every: PositiveInt = 10
     checkpoint_every: Annotated[int, Field(ge=0)] = Field(200, description="steps between last.pt saves (0: per epoch)")

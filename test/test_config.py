@@ -90,3 +90,17 @@ def test_round_trip_through_yaml(tmp_path):
 def test_defaults_equal_the_r50_file():
     # ModelConfig() defaults are the vehicle model; the YAML restates them for readers.
     assert load_config("cmt_aqr_r50_800x320").model == ModelConfig()
+
+
+def test_every_shipped_model_config_loads_and_builds_its_model():
+    """config/*.yaml (the parameter files aside): each validates and its model is built, so
+    a README command naming one cannot fail on the config itself."""
+    from aqr_perception.model.detector import CmtAqrDetector
+
+    configs = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.endswith(".param.yaml"))
+    assert {p.name for p in configs} >= {"tiny.yaml", "cmt_aqr_r50_800x320.yaml", "cmt_aqr_r50_800x320_nuscenes.yaml",
+                                         "tiny_nuscenes.yaml"}
+    for path in configs:
+        model = CmtAqrDetector(load_config(path).model)
+        assert sum(p.numel() for p in model.parameters()) > 0, path.name
+        del model

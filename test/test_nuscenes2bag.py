@@ -185,3 +185,20 @@ def test_the_devkits_detection_eval_agrees_with_the_projects(drives, tmp_path):
     assert devkit["nd_score"] == pytest.approx(ours.NDS, abs=1e-9)
     for key, name in (("trans_err", "mATE"), ("scale_err", "mASE"), ("orient_err", "mAOE"), ("vel_err", "mAVE")):
         assert devkit["tp_errors"][key] == pytest.approx(ours.tp_errors[name], abs=1e-9, nan_ok=True), key
+
+
+def test_the_readme_training_on_converted_scenes_uses_the_key_frames_with_cbgs(drives, tmp_path):
+    """``aqr-perception train --config config/tiny_nuscenes.yaml --data <converted scenes>``:
+    the scenes' sweeps are read, the annotated key frames are the samples, CBGS repeats them."""
+    from aqr_perception.model.checkpoint import load_checkpoint
+
+    _, _, converted = drives
+    cli = Path(sys.executable).with_name("aqr-perception")
+    out = subprocess.run([str(cli), "train", "--config", str(REPO / "config" / "tiny_nuscenes.yaml"),
+                          "--data", str(converted.parent), "--out", str(tmp_path / "run"), "--max-steps", "2",
+                          "--quiet"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    meta = load_checkpoint(tmp_path / "run" / "final.pt")[1]["meta"]
+    assert meta["frames"] == 3 and meta["step"] == 2                     # the 3 key frames of 11 sweeps
+    assert meta["samples_per_epoch"] > meta["frames"]                     # CBGS repeats them
+    assert meta["config"]["node"]["image_topic_format"] == "/{camera}/compressed"

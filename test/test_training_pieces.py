@@ -266,3 +266,23 @@ def test_intensity_drop_zeroes_the_intensity_of_kept_sweeps_only():
         if len(p):
             assert torch.all(p[:, :3] == 1) and torch.all(p[:, 4:] == 1) and (z or torch.all(p[:, 3] == 1))
     assert all(torch.all(p == 1) for p in inputs.points)                  # the input is not modified
+
+
+def test_cbgs_gives_every_class_present_the_same_number_of_draws():
+    """CBGS (mmdet3d's CBGSDataset): class c, listed in n_c samples out of N listings, is
+    drawn n_c * (1/K) / (n_c / N) = N / K times, whatever its frequency."""
+    import numpy as np
+
+    from aqr_perception.training.cbgs import cbgs_indices
+
+    labels = [np.array([0, 0])] * 100 + [np.array([3])] * 10 + [np.array([0, 5])] * 5 + [np.array([], int)] * 7
+    out = cbgs_indices(labels, np.random.default_rng(0))
+    listings = 105 + 10 + 5                    # class 0 in 105 samples, class 3 in 10, class 5 in 5
+    per_class = listings // 3
+    assert len(out) == 3 * per_class
+    groups = [out[:per_class], out[per_class:2 * per_class], out[2 * per_class:]]
+    for c, group in zip((0, 3, 5), groups):
+        assert all(c in labels[i] for i in group)            # each draw of class c's group holds c
+    drawn_with = {c: sum(c in labels[i] for i in out) for c in (0, 3, 5)}
+    assert drawn_with[3] == per_class and drawn_with[5] >= per_class     # the rare classes are no longer rare
+    assert cbgs_indices([np.array([], int)] * 4, np.random.default_rng(0)) == [0, 1, 2, 3]   # nothing to balance

@@ -51,14 +51,22 @@ def select_gt(gt: GtFrame, pc_range: list[float]) -> tuple[np.ndarray, np.ndarra
 
 
 class DriveDataset(Dataset):
-    """All frames of the given drives, decoded once and kept in memory (uint8 images)."""
+    """The annotated frames of the given drives, decoded once and kept in memory (uint8 images).
+
+    Synthetic drives annotate every sweep; converted nuScenes scenes only the 2 Hz key
+    frames: the sweeps between are read (they are the key frames' past sweeps) but are no
+    samples (``unannotated_frames`` counts them)."""
 
     def __init__(self, drives: list[tuple[Path, Path]], cfg: AqrConfig) -> None:
         self.cfg = cfg
         self.samples: list[Sample] = []
+        self.unannotated_frames = 0
         for bag, gt_json in drives:
             gts = read_ground_truth(gt_json, list(cfg.model.classes))
             for frame in read_frames(bag, cfg):
+                if frame.stamp_ns not in gts:
+                    self.unannotated_frames += 1
+                    continue
                 boxes, labels = select_gt(gts[frame.stamp_ns], cfg.model.point_cloud_range)
                 self.samples.append(Sample(frame.arrays, boxes, labels, frame.stamp_ns))
 

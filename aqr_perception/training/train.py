@@ -29,6 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from aqr_perception.config import AqrConfig, config_to_dict, load_config
 from aqr_perception.model.checkpoint import load_checkpoint, resolve_device, save_checkpoint
 from aqr_perception.model.detector import CmtAqrDetector
+from aqr_perception.training.cbgs import CbgsDataset
 from aqr_perception.training.dataset import DriveDataset, collate, drive_paths
 from aqr_perception.training.engine import TrainLog, TrainRun, train_one_epoch
 from aqr_perception.training.schedule import BUDGET_TIMING_STEPS, TimeBudget
@@ -62,7 +63,8 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
     drives = drive_paths(data_dir)
     if not drives:
         raise FileNotFoundError(f"no drives (*.gt.json + bag folder) in {data_dir}")
-    dataset = DriveDataset(drives, cfg)
+    frames = DriveDataset(drives, cfg)
+    dataset = CbgsDataset(frames, tc.seed) if tc.cbgs else frames
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=tc.seed) if world > 1 else None
     generator = torch.Generator().manual_seed(tc.seed)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -80,7 +82,8 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
     net = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     total = min(max_steps or 10**12, tc.epochs * len(loader))
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"config": config_to_dict(cfg), "data": str(data_dir), "drives": len(drives), "frames": len(dataset),
+    meta = {"config": config_to_dict(cfg), "data": str(data_dir), "drives": len(drives), "frames": len(frames.samples),
+            "samples_per_epoch": len(dataset),
             "world_size": world, "time_budget_s": time_budget_s, "planned_steps": total}
     budget = None if time_budget_s is None else TimeBudget(time_budget_s, t_start, step, budget_timing_steps)
     run = TrainRun(cfg, model, net, optimizer, device, out_dir, rank, world, step, total, meta,
