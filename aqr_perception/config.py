@@ -369,6 +369,10 @@ class SynthConfig(_Section):
     lidar_azimuth_steps: PositiveInt = 1080
     lidar_max_range: PositiveFloat = 80.0
     lidar_height: PositiveFloat = 1.84
+    lidar_mount_yaw_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = Field(
+        0.0, description="the LiDAR's yaw on the vehicle (base_link), deg; nuScenes' LIDAR_TOP: -90 (its x axis "
+                         "points right). Cameras keep their place on the vehicle")
+    ego_yaw_rate: float = Field(0.0, description="the ego turns at this rate, rad/s (0: straight along the street)")
     lidar_rate_hz: PositiveFloat = 20.0
     camera_rate_hz: PositiveFloat = 12.0
     object_density: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0

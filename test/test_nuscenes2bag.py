@@ -21,11 +21,15 @@ from aqr_perception.stamps import header_ns
 
 REPO = Path(__file__).resolve().parent.parent
 SCENE, SEED = "scene-0916", 23          # a scene name of the devkit's mini_val split
+#: nuScenes' sensor layout: LIDAR_TOP yawed -90 deg on the vehicle, and an ego that turns,
+#: so that a frame mistake anywhere shows
+NUSCENES_LAYOUT = ["synth.lidar_mount_yaw_deg=-90", "synth.ego_yaw_rate=0.3"]
 
 
 @pytest.fixture(scope="module")
 def drives(tmp_path_factory):
-    cfg = load_config("tiny", overrides=["synth.frames_per_drive=11", "synth.lidar_azimuth_steps=360"])
+    cfg = load_config("tiny", overrides=["synth.frames_per_drive=11", "synth.lidar_azimuth_steps=360",
+                                         *NUSCENES_LAYOUT])
     root = tmp_path_factory.mktemp("n2b")
     export_nuscenes(cfg, root / "nuscenes", {SCENE: SEED})
     direct = generate_drive(cfg, root / "direct", "drive", SEED)

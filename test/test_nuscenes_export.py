@@ -16,13 +16,17 @@ from aqr_perception.stamps import header_ns
 
 SCENE = "scene-0103"          # a scene name of the devkit's mini_val split
 SEED = 21
+#: nuScenes' sensor layout: LIDAR_TOP yawed -90 deg on the vehicle, and an ego that turns,
+#: so that a frame mistake anywhere shows
+NUSCENES_LAYOUT = ["synth.lidar_mount_yaw_deg=-90", "synth.ego_yaw_rate=0.3"]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from nuscenes.nuscenes import NuScenes
 
-    cfg = load_config("tiny", overrides=["synth.frames_per_drive=11", "synth.lidar_azimuth_steps=360"])
+    cfg = load_config("tiny", overrides=["synth.frames_per_drive=11", "synth.lidar_azimuth_steps=360",
+                                         *NUSCENES_LAYOUT])
     root = tmp_path_factory.mktemp("nuscenes")
     scenes = export_nuscenes(cfg, root / "data", {SCENE: SEED})
     drive = generate_drive(cfg, root / "bags", "drive", SEED)
@@ -54,6 +58,13 @@ def test_the_devkit_loads_key_frames_with_all_channels_and_every_sweep(exported)
     while chain[-1]["next"]:
         chain.append(nusc.get("sample_data", chain[-1]["next"]))
     assert len(chain) == 11 and [sd["timestamp"] for sd in chain] == sorted(sd["timestamp"] for sd in lidar)
+    # nuScenes' layout: LIDAR_TOP's x axis points to the vehicle's right; the ego turns
+    from pyquaternion import Quaternion
+
+    mount = Quaternion(nusc.get("calibrated_sensor", first["calibrated_sensor_token"])["rotation"])
+    np.testing.assert_allclose(mount.rotate([1.0, 0.0, 0.0]), [0.0, -1.0, 0.0], atol=1e-9)
+    headings = [Quaternion(nusc.get("ego_pose", sd["ego_pose_token"])["rotation"]).yaw_pitch_roll[0] for sd in chain]
+    assert headings[-1] - headings[0] == pytest.approx(0.3 * 0.5, abs=1e-6)       # 0.3 rad/s over 0.5 s
 
 
 def test_points_and_jpegs_are_the_bags(exported):

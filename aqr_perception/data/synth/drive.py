@@ -51,15 +51,29 @@ class DriveResult:
     messages: dict[str, int] = field(default_factory=dict)
 
 
+def lidar_mount(cfg: AqrConfig) -> np.ndarray:
+    """(4, 4) LiDAR -> base_link: ``synth.lidar_height`` up, ``synth.lidar_mount_yaw_deg`` about z."""
+    s = cfg.synth
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_euler("z", s.lidar_mount_yaw_deg, degrees=True).as_matrix()
+    T[2, 3] = s.lidar_height
+    return T
+
+
 def drive_cameras(cfg: AqrConfig) -> list[Camera]:
-    """The rig at the configured image size (nuScenes-like placement, names from the node config)."""
+    """The rig at the configured image size (nuScenes-like placement on the vehicle, names from
+    the node config); ``lidar_to_camera`` from the LiDAR as mounted (:func:`lidar_mount`)."""
     s = cfg.synth
     base = nuscenes_like_rig()
     names = cfg.node.camera_names
     if len(names) != len(base):
         raise ValueError(f"the synthetic rig has {len(base)} cameras, node.camera_names lists {len(names)}")
+    # the rig is given for a LiDAR aligned with base_link; a yawed LiDAR sees the cameras turned back
+    mount = np.eye(4)
+    mount[:3, :3] = lidar_mount(cfg)[:3, :3]
     return [Camera(name, s.image_width, s.image_height,
-                   resize_intrinsics(c.K, s.image_width / c.width, s.image_height / c.height), c.lidar_to_camera)
+                   resize_intrinsics(c.K, s.image_width / c.width, s.image_height / c.height),
+                   c.lidar_to_camera @ mount if s.lidar_mount_yaw_deg else c.lidar_to_camera)
             for name, c in zip(names, base)]
 
 
@@ -151,11 +165,11 @@ def simulate_drive(cfg: AqrConfig, seed: int) -> DriveSimulation:
     duration = s.frames_per_drive / s.lidar_rate_hz
     world: World = make_world(rng, duration, s.object_density)
     world.lidar_height = s.lidar_height
+    world.ego_yaw_rate = s.ego_yaw_rate
     cams = drive_cameras(cfg)
     present = _cameras_present(cfg, cams)
     model = LidarModel(beams=s.lidar_beams, azimuth_steps=s.lidar_azimuth_steps, max_range=s.lidar_max_range)
-    lidar_to_base = np.eye(4)
-    lidar_to_base[2, 3] = s.lidar_height
+    lidar_to_base = lidar_mount(cfg)
     t0_ns = (EPOCH_S + 1000 * seed) * 1_000_000_000
     ns = lambda t: t0_ns + int(round(t * 1e9))  # noqa: E731
 

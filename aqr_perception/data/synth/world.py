@@ -74,9 +74,14 @@ class World:
     ego_start_x: float = 0.0
     lidar_height: float = 1.84
     meta: dict = field(default_factory=dict)
+    ego_yaw_rate: float = 0.0       # rad/s: the ego drives an arc (0: straight along +x)
 
     def ego_pose(self, t: float) -> np.ndarray:
-        return pose_matrix(self.ego_start_x + self.ego_speed * t, EGO_LANE_Y, 0.0, 0.0)
+        w = self.ego_yaw_rate
+        if w == 0.0:
+            return pose_matrix(self.ego_start_x + self.ego_speed * t, EGO_LANE_Y, 0.0, 0.0)
+        r = self.ego_speed / w                      # turning radius, heading w * t
+        return pose_matrix(self.ego_start_x + r * np.sin(w * t), EGO_LANE_Y + r * (1 - np.cos(w * t)), 0.0, w * t)
 
     def boxes(self, t: float) -> tuple[np.ndarray, list[WorldObject]]:
         """(N, 9) global boxes of every object at time t, and the objects."""
