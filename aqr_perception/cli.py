@@ -85,24 +85,49 @@ def _print_result(name: str, result, report: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a drive bag: replay to the node (or offline), nuScenes metrics, report + pictures."""
+    """Evaluate drive bags: replay to the node (or offline), nuScenes metrics, report + pictures.
+    One bag: its report and pictures; several (repeated --bag, or a folder of bags): pooled."""
+    import os
+
     from aqr_perception.evaluation.evaluate import run_eval
+    from aqr_perception.evaluation.pooled import drive_pairs, run_pooled_eval
 
     cfg = cfgmod.load_config(args.config, args.overrides)
     if args.node_params:   # the node's own ROS parameter file: its topics, frames, cameras
         cfg = cfg.model_copy(update={"node": cfgmod.node_config_from_param_file(args.node_params)})
-    bag = Path(args.bag)
-    gt = Path(args.gt) if args.gt else bag.with_name(bag.name + ".gt.json")
-    out = Path(args.out or Path(cfg.eval.output_dir) / bag.name)
+    paths = [Path(b) for b in args.bag]
+    single = len(paths) == 1 and (args.gt or paths[0].with_name(paths[0].name + ".gt.json").is_file()) \
+        and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if args.gt and not single:
+        raise cfgmod.ConfigError("--gt names the ground truth of one bag; several bags each have <bag>.gt.json")
+    name = paths[0].name if single else "pooled"
+    out = Path(args.out or Path(cfg.eval.output_dir) / name)
     submission = Path(args.submission) if args.submission else (out / "results_nusc.json" if args.devkit_eval
                                                                    else None)
     try:
-        result, report = run_eval(bag, gt, cfg, args.checkpoint or "", args.mode, out, args.device, args.quiet,
-                                  submission)
+        if single:
+            bag = paths[0]
+            gt = Path(args.gt) if args.gt else bag.with_name(bag.name + ".gt.json")
+            result, report = run_eval(bag, gt, cfg, args.checkpoint or "", args.mode, out, args.device, args.quiet,
+                                      submission)
+        else:
+            done = run_pooled_eval(drive_pairs(paths), cfg, args.checkpoint or "", args.mode, out, args.device,
+                                   args.quiet, submission)
+            if done is None:      # a torchrun rank other than 0: its answers went to rank 0
+                return 0
+            pooled, report = done
+            result = pooled.pooled
     except ValueError as exc:     # e.g. a submission of a drive without nuScenes sample tokens
         print(f"aqr-perception eval: {exc}", file=sys.stderr)
         return 2
-    _print_result(bag.name, result, report)
+    if single:
+        _print_result(name, result, report)
+    else:
+        from aqr_perception.evaluation.report import metrics_table, per_class_table
+
+        print(metrics_table({"pooled": result, **pooled.per_bag}))
+        print(f"\n(pooled: the {len(pooled.per_bag)} bags' frames as one evaluation)\n")
+        print(per_class_table(result))
     print(f"\n{report['frames_with_output']}/{report['frames']} frames answered in {report['seconds']} s "
           f"({args.mode}); report: {out / 'report.md'}")
     if submission is not None:
@@ -223,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a drive bag with nuScenes metrics (replay to the node or offline)")
     _add_config_args(p)
-    p.add_argument("--bag", required=True, help="rosbag2 folder (ground truth: <bag>.gt.json beside it)")
+    p.add_argument("--bag", required=True, action="append",
+                   help="rosbag2 folder (ground truth: <bag>.gt.json beside it), or a folder of such bags; "
+                        "repeat it, or give a folder, to pool many bags into one score (with each bag's beside it)")
     p.add_argument("--gt", help="ground truth JSON (default: <bag>.gt.json)")
     p.add_argument("--checkpoint", help="model checkpoint (default: the bundled one)")
     p.add_argument("--node-params", help="the node's ROS parameter file (topic names, frames, cameras; "

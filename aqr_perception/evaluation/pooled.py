@@ -1,0 +1,145 @@
+"""Many bags in one evaluation: one pooled score, the per-bag scores beside it.
+
+A single drive is a noisy measure, and the mean of per-bag scores is not the score of
+the whole set (a class absent from one bag scores 0 there), so the bags' frames are
+pooled into one devkit evaluation, as nuScenes scores a split. Offline, the bags can be
+shared over ``torchrun`` ranks (``torchrun --nproc_per_node N -m aqr_perception.cli eval
+--mode offline --bag FOLDER``): each rank predicts its share, rank 0 gathers the answers,
+scores and writes the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aqr_perception.config import AqrConfig, ConfigError
+from aqr_perception.data.ground_truth import read_ground_truth
+from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
+from aqr_perception.evaluation.evaluate import DriveEval, drive_eval, global_answers, model_config
+from aqr_perception.evaluation.metrics import DetectionResult, evaluate
+from aqr_perception.evaluation.report import metrics_table, per_class_table, routing_summary, write_pr_curves
+
+
+@dataclass
+class PooledResult:
+    """The pooled score and each bag's own."""
+
+    pooled: DetectionResult
+    per_bag: dict[str, DetectionResult]
+    frames: int
+    frames_with_output: int
+
+
+def drive_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(bag, ground truth) for each path: a bag folder (``<bag>.gt.json`` beside it) or a folder
+    of them. ConfigError for a path that is neither."""
+    pairs = []
+    for path in paths:
+        path = Path(path)
+        if path.with_name(path.name + ".gt.json").is_file():
+            pairs.append((path, path.with_name(path.name + ".gt.json")))
+            continue
+        found = sorted((gt.with_name(gt.name[: -len(".gt.json")]), gt) for gt in path.glob("*.gt.json")
+                       if gt.with_name(gt.name[: -len(".gt.json")]).is_dir()) if path.is_dir() else []
+        if not found:
+            raise ConfigError(f"{path}: neither a bag with {path.name}.gt.json beside it nor a folder of such bags")
+        pairs += found
+    if len({bag.name for bag, _ in pairs}) != len(pairs):
+        raise ConfigError("two bags of the same name: the per-bag table could not tell them apart")
+    return pairs
+
+
+def _predict(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: str, mode: str, device: str,
+             quiet: bool) -> dict[str, dict[str, FrameAnswer]]:
+    if mode == "replay":
+        from aqr_perception.evaluation.replay import predict_replay
+
+        return {bag.name: predict_replay(bag, cfg, checkpoint, device, log=not quiet) for bag, _ in pairs}
+    from aqr_perception.model.runtime import DetectorRuntime
+
+    runtime = DetectorRuntime(checkpoint or None, cfg.model, device)
+    return {bag.name: predict_offline(bag, cfg, runtime) for bag, _ in pairs}
+
+
+def _gather(answers: dict[str, dict[str, FrameAnswer]]) -> dict[str, dict[str, FrameAnswer]] | None:
+    """Under torchrun: every rank's answers to rank 0 (None on the other ranks)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    gathered: list = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(answers, gathered, dst=0)
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    if rank != 0:
+        return None
+    return {name: a for part in gathered for name, a in part.items()}
+
+
+def score_pooled(pairs: list[tuple[Path, Path]], answers: dict[str, dict[str, FrameAnswer]], cfg: AqrConfig
+                 ) -> tuple[PooledResult, DriveEval]:
+    """Each bag scored alone, and all of them as one evaluation."""
+    classes = list(cfg.model.classes)
+    pooled = DriveEval(gt={})
+    per_bag = {}
+    for bag, gt_json in pairs:
+        ev = drive_eval(gt_json, answers[bag.name], classes)
+        if set(ev.gt) & set(pooled.gt):
+            raise ConfigError(f"{bag.name} shares frame stamps with another bag: the pool would mix their frames")
+        per_bag[bag.name] = evaluate(ev.gt, global_answers(ev), classes, cfg.eval)
+        pooled.gt.update(ev.gt)
+        pooled.answers.update(ev.answers)
+        pooled.lidar_to_global.update(ev.lidar_to_global)
+        pooled.frames_total += ev.frames_total
+    result = evaluate(pooled.gt, global_answers(pooled), classes, cfg.eval)
+    return PooledResult(result, per_bag, pooled.frames_total, len(pooled.answers)), pooled
+
+
+def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: str, mode: str, out_dir: Path,
+                    device: str = "cpu", quiet: bool = False, submission_path: Path | None = None
+                    ) -> tuple[PooledResult, dict] | None:
+    """Predict every bag (this rank's share under torchrun, offline), score pooled and per
+    bag, write report.json / report.md / pr_curves.png; None on ranks other than 0."""
+    t0 = time.monotonic()
+    cfg = cfg.model_copy(update={"model": model_config(checkpoint, cfg)})
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and mode == "replay":
+        raise ConfigError("replay evaluation runs in one process (each bag gets its own node): use --mode offline "
+                          "under torchrun")
+    answers = _predict(pairs[rank::world], cfg, checkpoint, mode, device, quiet)
+    if world > 1:
+        answers = _gather(answers)
+        if answers is None:
+            return None
+    result, pooled = score_pooled(pairs, answers, cfg)
+    if submission_path is not None:
+        from aqr_perception.evaluation.submission import submission, write_submission
+
+        merged: dict = {"results": {}}
+        for bag, gt_json in pairs:
+            sub = submission(answers[bag.name], read_ground_truth(gt_json, list(cfg.model.classes)),
+                             cfg.eval.max_boxes_per_sample)
+            merged = {"meta": sub["meta"], "results": {**merged["results"], **sub["results"]}}
+        write_submission(submission_path, merged)
+    seconds = time.monotonic() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    routing_score = cfg.eval.routing_score_threshold
+    report = {"bags": [str(b) for b, _ in pairs], "mode": mode, "checkpoint": checkpoint or "bundled",
+              "ranks": world, "frames": result.frames, "frames_with_output": result.frames_with_output,
+              "seconds": round(seconds, 1), **result.pooled.summary(), "per_class_tp": result.pooled.per_class_tp,
+              "per_bag": {name: r.summary() for name, r in result.per_bag.items()},
+              "routing": routing_summary(pooled.answers, routing_score)}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    write_pr_curves(out_dir / "pr_curves.png", result.pooled)
+    md = [f"# Evaluation of {len(pairs)} bags ({mode}), pooled", "",
+          f"{result.frames} frames, {result.frames_with_output} with detector output, {seconds:.1f} s.", "",
+          metrics_table({"pooled": result.pooled, **result.per_bag}), "",
+          "The pooled row scores all the bags' frames as one evaluation; the rows below it, each bag alone.", "",
+          per_class_table(result.pooled), "",
+          f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
+          "![PR curves](pr_curves.png)", ""]
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    return result, report
