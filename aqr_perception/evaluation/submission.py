@@ -51,9 +51,11 @@ def write_submission(path: Path, sub: dict) -> Path:
     return path
 
 
-def devkit_detection_eval(dataroot: Path, version: str, eval_set: str, result_path: Path, out_dir: Path) -> dict:
+def devkit_detection_eval(dataroot: Path, version: str, eval_set: str, result_path: Path, out_dir: Path,
+                          render_curves: bool = True) -> dict:
     """``nuscenes.eval.detection.evaluate.DetectionEval`` with the ``detection_cvpr_2019``
-    config; returns its metrics summary (mean_ap, nd_score, tp_errors, ...)."""
+    config; returns its metrics summary (mean_ap, nd_score, tp_errors, ...); its plots
+    (PR and TP curves) go to ``out_dir/plots`` with ``render_curves``."""
     from nuscenes import NuScenes
     from nuscenes.eval.common.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
@@ -61,4 +63,4 @@ def devkit_detection_eval(dataroot: Path, version: str, eval_set: str, result_pa
     nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
     evaluator = DetectionEval(nusc, config=config_factory("detection_cvpr_2019"), result_path=str(result_path),
                               eval_set=eval_set, output_dir=str(out_dir), verbose=False)
-    return evaluator.main(plot_examples=0, render_curves=False)
+    return evaluator.main(plot_examples=0, render_curves=render_curves)
