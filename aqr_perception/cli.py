@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = cfgmod.load_config(args.config, args.overrides)
     if args.node_params:   # the node's own ROS parameter file: its topics, frames, cameras
         cfg = cfg.model_copy(update={"node": cfgmod.node_config_from_param_file(args.node_params)})
-    paths = [Path(b) for b in args.bag]
+    paths = [Path(b).resolve() for b in args.bag]
     single = len(paths) == 1 and (args.gt or paths[0].with_name(paths[0].name + ".gt.json").is_file()) \
         and int(os.environ.get("WORLD_SIZE", "1")) == 1
     if args.gt and not single:

@@ -64,6 +64,11 @@ def test_single_process_training_writes_resumable_checkpoints(data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     _, blob = load_checkpoint(out / "final.pt")
     assert blob["meta"]["step"] == 5
+    # resuming a run that has nothing left to train keeps its record (and says so)
+    r = subprocess.run([sys.executable, *_train_cmd(data, out, "--max-steps", "5", "--resume", str(out / "last.pt"))],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_checkpoint(out / "final.pt")[1]["meta"]["step"] == 5
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from aqr_perception.config import AqrConfig
-from aqr_perception.data.synth.drive import CameraEvent, SweepEvent, encode_jpeg, simulate_drive
+from aqr_perception.data.synth.drive import SweepEvent, encode_jpeg, simulate_drive
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 #: nuScenes detection class -> the nuScenes category the export annotates it with
@@ -110,9 +110,8 @@ def _export_scene(cfg: AqrConfig, tables: _Tables, dataroot: Path, name: str, se
             "calibrated_sensor", token=token(name, "calib", cam.name), sensor_token=token("sensor", cam.name),
             translation=camera_to_base[:3, 3].tolist(), rotation=_rotation_wxyz(camera_to_base),
             camera_intrinsic=np.asarray(cam.K, dtype=float).tolist())
-    events = list(sim.events)
-    camera_times = {round(ev.t, 9) for ev in events if isinstance(ev, CameraEvent)}
-    key_times = sorted(round(ev.t, 9) for ev in events if isinstance(ev, SweepEvent) and round(ev.t, 9) in camera_times)
+    camera_times = {round(t, 9) for t in sim.camera_times}
+    key_times = sorted(round(t, 9) for t in sim.lidar_times if round(t, 9) in camera_times)
     sample_at = {t: token(name, "sample", i) for i, t in enumerate(key_times)}
     samples = [tables.add("sample", token=sample_at[t], timestamp=0, prev="", next="", scene_token=token(name, "scene"))
                for t in key_times]
@@ -144,7 +143,7 @@ def _export_scene(cfg: AqrConfig, tables: _Tables, dataroot: Path, name: str, se
         return record
 
     sweeps = 0
-    for ev in events:
+    for ev in sim.events:              # simulated as written: one instant in memory at a time
         if isinstance(ev, SweepEvent):
             sweeps += 1
             points = np.column_stack([ev.points, ev.ring.astype(np.float32)]).astype("<f4")

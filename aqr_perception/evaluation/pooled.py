@@ -38,7 +38,7 @@ def drive_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
     of them. ConfigError for a path that is neither."""
     pairs = []
     for path in paths:
-        path = Path(path)
+        path = Path(path).resolve()             # "." has no name
         if path.with_name(path.name + ".gt.json").is_file():
             pairs.append((path, path.with_name(path.name + ".gt.json")))
             continue
@@ -54,6 +54,11 @@ def drive_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
 
 def _predict(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: str, mode: str, device: str,
              quiet: bool) -> dict[str, dict[str, FrameAnswer]]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():          # one GPU per rank, as torchrun numbers them
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     if mode == "replay":
         from aqr_perception.evaluation.replay import predict_replay
 

@@ -147,14 +147,22 @@ class AqrPerceptionNode(LifecycleNode):
             if self._report_configure_errors:
                 self.get_logger().error(f"configure failed: {self.configure_error}")
             return FAILURE
-        except Exception:  # noqa: BLE001 - rclpy would swallow the traceback
-            self.configure_error = traceback.format_exc()
-            self.get_logger().error(f"configure failed: {self.configure_error}")
+        except Exception as exc:  # noqa: BLE001 - rclpy would swallow the traceback
+            # e.g. device:=cuda:5 on a one-GPU host (RuntimeError: invalid device ordinal)
+            self.configure_error = f"{type(exc).__name__}: {exc}"
+            if self._report_configure_errors:
+                self.get_logger().error(f"configure failed: {traceback.format_exc()}")
+            else:                               # start-up: the caller's one line; the traceback for debugging
+                self.get_logger().debug(traceback.format_exc())
             return ERROR
         self.configure_error = None
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._worker_thread is not None:     # a frame of the last activation is still in inference
+            self.get_logger().error("activate refused: the frame in inference at deactivate has not finished yet "
+                                    f"(after {WORKER_STOP_TIMEOUT_S:.0f} s); try again")
+            return FAILURE
         self._create_io()
         self._stop.clear()
         self._worker_thread = threading.Thread(target=self._worker, name="aqr_inference", daemon=True)
@@ -277,6 +285,8 @@ class AqrPerceptionNode(LifecycleNode):
                 self.destroy_subscription(entity)
         self._io = []
         with self._cond:
+            if self._mailbox is not None:      # received, never processed: counted, not lost silently
+                self.counters["clouds_dropped_on_deactivate"] += 1
             self._mailbox = None
             self._skipped_sweeps.clear()
 
@@ -456,12 +466,17 @@ class AqrPerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------- stopping
     def stop_worker(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
-        """Let the frame in progress finish (and publish), then end the worker thread."""
+        """Let the frame in progress finish (and publish), then end the worker thread. A
+        worker still in inference after ``timeout_s`` is kept (and named in the log): a new
+        activation waits for it rather than running two workers."""
         if self._worker_thread is not None:
             self._stop.set()
             with self._cond:
                 self._cond.notify_all()
             self._worker_thread.join(timeout=timeout_s)
+            if self._worker_thread.is_alive():
+                self.get_logger().error(f"the frame in inference did not finish within {timeout_s:.0f} s")
+                return
             self._worker_thread = None
 
     def destroy_node(self) -> None:

@@ -71,12 +71,18 @@ class RosProcess:
         if log == "inherit":
             self.log, out = None, None
         else:
-            self.log = Path(log) if log is not None else Path(tempfile.mkstemp(prefix="aqr_proc_", suffix=".log")[1])
+            if log is None:                     # a temporary log, kept for reading after the process ended
+                fd, name = tempfile.mkstemp(prefix="aqr_proc_", suffix=".log")
+                os.close(fd)
+                log = name
+            self.log = Path(log)
             out = self.log.open("w")
-        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT if out else None, cwd=cwd,
-                                     env=env if env is not None else os.environ.copy(), start_new_session=True)
-        if out is not None:
-            out.close()
+        try:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT if out else None, cwd=cwd,
+                                         env=env if env is not None else os.environ.copy(), start_new_session=True)
+        finally:
+            if out is not None:
+                out.close()
 
     @property
     def pid(self) -> int:

@@ -110,13 +110,14 @@ def train_step(run: TrainRun, inputs: DetectorInputs, gt_boxes: list[torch.Tenso
     return losses
 
 
-def train_one_epoch(run: TrainRun, loader: DataLoader, epoch: int) -> None:
-    """Steps over ``loader`` until it ends or the run reaches its (budgeted) step count;
-    the every-N-steps checkpoint (``train.checkpoint_every``) and log rows on the way."""
+def train_one_epoch(run: TrainRun, loader: DataLoader, epoch: int, max_batches: int | None = None) -> None:
+    """Steps over ``loader`` until it ends, ``max_batches`` are done (the rest of an epoch a
+    run resumed in) or the run reaches its (budgeted) step count; the every-N-steps
+    checkpoint (``train.checkpoint_every``: ``epoch`` the one in progress) and log rows on the way."""
     tc = run.cfg.train
     run.model.train()
-    for inputs, gt_boxes, gt_labels in loader:
-        if run.step >= run.total:
+    for batch, (inputs, gt_boxes, gt_labels) in enumerate(loader):
+        if run.step >= run.total or (max_batches is not None and batch >= max_batches):
             break
         losses = train_step(run, inputs, gt_boxes, gt_labels)
         if run.budget is not None:

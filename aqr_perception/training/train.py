@@ -35,12 +35,12 @@ from aqr_perception.training.engine import TrainLog, TrainRun, train_one_epoch
 from aqr_perception.training.schedule import BUDGET_TIMING_STEPS, TimeBudget
 
 
-def _ddp() -> tuple[int, int]:
-    """(rank, world size), initialising the process group under torchrun."""
+def _ddp(device: torch.device) -> tuple[int, int]:
+    """(rank, world size), initialising the process group under torchrun (nccl for a CUDA
+    run, gloo on the CPU, whatever else the machine has)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -49,7 +49,8 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
           t_start: float) -> tuple[TrainRun, DataLoader, DistributedSampler | None, int]:
     """Data, model, optimizer (resumed from ``resume``), the planned step count and the
     run's log: (run, loader, sampler under DDP, first epoch)."""
-    rank, world = _ddp()
+    device = resolve_device(device_name)
+    rank, world = _ddp(device)
     tc = cfg.train
     if tc.drop_intensity_p > 0 and cfg.model.lidar.intensity_required:
         # a model that learns to do without intensity says so in its checkpoint (the node then
@@ -57,7 +58,6 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
         lidar = cfg.model.lidar.model_copy(update={"intensity_required": False})
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"lidar": lidar})})
     torch.manual_seed(tc.seed + rank)
-    device = resolve_device(device_name)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     drives = drive_paths(data_dir)
@@ -79,12 +79,15 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
         if "optimizer" in blob:
             optimizer.load_state_dict(blob["optimizer"])
         start_epoch, step = blob["meta"].get("epoch", 0), blob["meta"].get("step", 0)
+        generator.manual_seed(tc.seed + start_epoch)       # not epoch 0's order again
     net = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     total = min(max_steps or 10**12, tc.epochs * len(loader))
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"config": config_to_dict(cfg), "data": str(data_dir), "drives": len(drives), "frames": len(frames.samples),
             "samples_per_epoch": len(dataset),
-            "world_size": world, "time_budget_s": time_budget_s, "planned_steps": total}
+            "world_size": world, "time_budget_s": time_budget_s, "planned_steps": total,
+            # what a checkpoint records, from the start: a resumed run that trains no step still has it
+            "epoch": start_epoch, "step": step, "train_seconds": 0.0, "loss_last_20": float("nan")}
     budget = None if time_budget_s is None else TimeBudget(time_budget_s, t_start, step, budget_timing_steps)
     run = TrainRun(cfg, model, net, optimizer, device, out_dir, rank, world, step, total, meta,
                    aug_gen=torch.Generator().manual_seed(tc.seed + 1000 + rank), t0=time.monotonic(), budget=budget,
@@ -119,9 +122,11 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
         for epoch in range(start_epoch, cfg.train.epochs):
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            train_one_epoch(run, loader, epoch)
-            if run.rank == 0:
-                save_progress(run, epoch + 1)
+            # a run resumed from a mid-epoch checkpoint trains only the rest of that epoch
+            done = max(0, run.step - epoch * len(loader)) if epoch == start_epoch else 0
+            train_one_epoch(run, loader, epoch, max_batches=len(loader) - done)
+            if run.rank == 0:       # an epoch cut short (max steps, time budget) is resumed where it stopped
+                save_progress(run, epoch + 1 if run.step >= (epoch + 1) * len(loader) else epoch)
             if run.step >= run.total:
                 break
     finally:

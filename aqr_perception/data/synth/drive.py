@@ -154,6 +154,8 @@ class DriveSimulation:
     lidar_to_base: np.ndarray       # (4, 4)
     t0_ns: int
     duration_s: float
+    lidar_times: list[float]        # s from t0, the sweeps'
+    camera_times: list[float]       # s from t0, the camera instants'
     events: Iterator[SweepEvent | CameraEvent]
 
 
@@ -173,9 +175,10 @@ def simulate_drive(cfg: AqrConfig, seed: int) -> DriveSimulation:
     t0_ns = (EPOCH_S + 1000 * seed) * 1_000_000_000
     ns = lambda t: t0_ns + int(round(t * 1e9))  # noqa: E731
 
+    lidar_times = [k / s.lidar_rate_hz for k in range(s.frames_per_drive)]
+    cam_times = [j / s.camera_rate_hz for j in range(int(np.ceil(duration * s.camera_rate_hz)))]
+
     def events() -> Iterator[SweepEvent | CameraEvent]:
-        lidar_times = [k / s.lidar_rate_hz for k in range(s.frames_per_drive)]
-        cam_times = [j / s.camera_rate_hz for j in range(int(np.ceil(duration * s.camera_rate_hz)))]
         # at equal times the cameras go first, as a driver's images of the sweep's instant
         for t, kind in sorted([(t, 1) for t in lidar_times] + [(t, 0) for t in cam_times]):
             ego = world.ego_pose(t)
@@ -201,7 +204,7 @@ def simulate_drive(cfg: AqrConfig, seed: int) -> DriveSimulation:
                     images[cam.name] = _corrupt_image(r.rgb, r.depth, cfg, corrupt_rng)
                 yield CameraEvent(t, stamp, ego, images)
 
-    return DriveSimulation(cams, present, lidar_to_base, t0_ns, duration, events())
+    return DriveSimulation(cams, present, lidar_to_base, t0_ns, duration, lidar_times, cam_times, events())
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
