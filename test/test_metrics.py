@@ -83,3 +83,28 @@ def test_range_filter_and_unseen_gt():
     r = evaluate(gt, {"t0": extra}, list(NUSCENES_CLASSES), EvalConfig())
     assert r.num_gt == 9 and r.num_pred == 10            # far boxes filtered before matching
     assert r.per_class_ap["truck"] == pytest.approx(1.0)
+
+
+def test_absent_classes_are_marked_and_the_present_mean_leaves_them_out():
+    """A bag without trucks (or any class) scores them AP 0 and error 1 in the devkit's mAP
+    and NDS; the tables say n/a for them, count the GT and predictions per class, and give
+    the mean over the classes present beside the devkit's."""
+    from aqr_perception.evaluation.report import metrics_table, per_class_table
+
+    present = ["car", "pedestrian"]
+    gt = {t: FrameBoxes(g.boxes[[NUSCENES_CLASSES.index(c) for c in present]], list(present), g.ego_xyz,
+                        attributes=[g.attributes[NUSCENES_CLASSES.index(c)] for c in present],
+                        num_pts=np.full(2, 50)) for t, g in _scene().items()}
+    r = evaluate(gt, _as_pred(gt), list(NUSCENES_CLASSES), EvalConfig())
+    assert r.per_class_gt == {c: (4 if c in present else 0) for c in NUSCENES_CLASSES}
+    assert r.per_class_pred == r.per_class_gt
+    assert r.mAP == pytest.approx(2 / 10)                   # the devkit: eight absent classes at AP 0
+    assert r.mAP_present == pytest.approx(1.0)              # perfect on the two that are there
+    assert r.NDS_present == pytest.approx(1.0, abs=1e-6) and r.NDS < 0.5
+    table = per_class_table(r)
+    truck = next(line for line in table.splitlines() if line.startswith("| truck |"))
+    assert truck == "| truck | 0 | 0 | n/a | n/a | n/a | n/a | n/a | n/a |"
+    car = next(line for line in table.splitlines() if line.startswith("| car |"))
+    assert car.startswith("| car | 4 | 4 | 1.000 |")
+    row = metrics_table({"bag": r}).splitlines()[-1]
+    assert "| 0.200 |" in row and "| 1.000 |" in row and "| 2/10 |" in row

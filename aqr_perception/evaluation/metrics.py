@@ -93,10 +93,36 @@ class DetectionResult:
     pr_curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # at 2 m
     num_gt: int = 0
     num_pred: int = 0
+    per_class_gt: dict[str, int] = field(default_factory=dict)      # boxes scored, after the devkit's filters
+    per_class_pred: dict[str, int] = field(default_factory=dict)
+
+    def present(self) -> list[str]:
+        """The classes with ground truth: the only ones an AP or error can say anything of."""
+        return [c for c, n in self.per_class_gt.items() if n > 0]
+
+    @property
+    def mAP_present(self) -> float:
+        """mAP over the classes present (the devkit's mAP counts an absent class as AP 0)."""
+        present = self.present()
+        return float(np.mean([self.per_class_ap[c] for c in present])) if present else float("nan")
+
+    @property
+    def NDS_present(self) -> float:
+        """NDS over the classes present: 5 x mAP_present plus the TP scores, each a mean over
+        the present classes that have it, as the devkit does over all classes."""
+        present = self.present()
+        if not present:
+            return float("nan")
+        score = 5.0 * self.mAP_present
+        for metric in ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err"):
+            errs = [self.per_class_tp[c][metric] for c in present if not np.isnan(self.per_class_tp[c][metric])]
+            score += 1.0 - min(1.0, float(np.mean(errs))) if errs else 0.0
+        return score / 10.0
 
     def summary(self) -> dict:
-        return {"mAP": self.mAP, "NDS": self.NDS, **self.tp_errors, "per_class_ap": self.per_class_ap,
-                "num_gt": self.num_gt, "num_pred": self.num_pred}
+        return {"mAP": self.mAP, "NDS": self.NDS, "mAP_present": self.mAP_present, "NDS_present": self.NDS_present,
+                **self.tp_errors, "per_class_ap": self.per_class_ap, "per_class_gt": self.per_class_gt,
+                "per_class_pred": self.per_class_pred, "num_gt": self.num_gt, "num_pred": self.num_pred}
 
 
 def evaluate(gt: dict[str, FrameBoxes], pred: dict[str, FrameBoxes], classes: list[str], cfg: EvalConfig
@@ -137,4 +163,6 @@ def evaluate(gt: dict[str, FrameBoxes], pred: dict[str, FrameBoxes], classes: li
         tp_errors={names[k]: float(v) for k, v in tp.items()},
         per_class_ap={c: float(v) for c, v in metrics.mean_dist_aps.items()},
         per_class_tp=per_class_tp, pr_curves=curves,
-        num_gt=sum(len(v) for v in gt_boxes.boxes.values()), num_pred=sum(len(v) for v in pred_boxes.boxes.values()))
+        num_gt=sum(len(v) for v in gt_boxes.boxes.values()), num_pred=sum(len(v) for v in pred_boxes.boxes.values()),
+        per_class_gt={c: sum(b.detection_name == c for v in gt_boxes.boxes.values() for b in v) for c in classes},
+        per_class_pred={c: sum(b.detection_name == c for v in pred_boxes.boxes.values() for b in v) for c in classes})

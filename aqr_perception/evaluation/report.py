@@ -26,24 +26,29 @@ def routing_summary(answers: dict[str, FrameAnswer], min_score: float) -> dict[s
 
 
 def metrics_table(rows: dict[str, DetectionResult]) -> str:
-    """Markdown table, one row per named result."""
-    head = ("| run | mAP | NDS | mATE | mASE | mAOE | mAVE | mAAE | GT | pred |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    """Markdown table, one row per named result: the devkit's mAP / NDS (an absent class
+    counts as AP 0 and error 1) and the same over the classes present."""
+    head = ("| run | mAP | NDS | mAP present | NDS present | classes present | mATE | mASE | mAOE | mAVE | mAAE "
+            "| GT | pred |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name, r in rows.items():
         t = r.tp_errors
-        lines.append(f"| {name} | {r.mAP:.3f} | {r.NDS:.3f} | {t['mATE']:.3f} | {t['mASE']:.3f} | {t['mAOE']:.3f} | "
-                     f"{t['mAVE']:.3f} | {t['mAAE']:.3f} | {r.num_gt} | {r.num_pred} |")
+        lines.append(f"| {name} | {r.mAP:.3f} | {r.NDS:.3f} | {r.mAP_present:.3f} | {r.NDS_present:.3f} | "
+                     f"{len(r.present())}/{len(r.per_class_ap)} | {t['mATE']:.3f} | {t['mASE']:.3f} | {t['mAOE']:.3f} "
+                     f"| {t['mAVE']:.3f} | {t['mAAE']:.3f} | {r.num_gt} | {r.num_pred} |")
     return "\n".join(lines)
 
 
 def per_class_table(r: DetectionResult) -> str:
-    lines = ["| class | AP | ATE | ASE | AOE | AVE | AAE |", "|---|---|---|---|---|---|---|"]
+    """Per class: the boxes scored (GT, predictions) and the AP and errors; n/a for a class
+    without ground truth (nothing to score) and for errors nuScenes does not define."""
+    lines = ["| class | GT | pred | AP | ATE | ASE | AOE | AVE | AAE |", "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "n/a" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
     for c, ap in r.per_class_ap.items():
-        tp = r.per_class_tp[c]
-        fmt = lambda v: "n/a" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
-        lines.append(f"| {c} | {ap:.3f} | {fmt(tp['trans_err'])} | {fmt(tp['scale_err'])} | {fmt(tp['orient_err'])} "
-                     f"| {fmt(tp['vel_err'])} | {fmt(tp['attr_err'])} |")
+        tp, n_gt = r.per_class_tp[c], r.per_class_gt.get(c, 0)
+        values = [ap, *(tp[k] for k in ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err"))]
+        cells = " | ".join("n/a" if n_gt == 0 else fmt(v) for v in values)
+        lines.append(f"| {c} | {n_gt} | {r.per_class_pred.get(c, 0)} | {cells} |")
     return "\n".join(lines)
 
 
