@@ -7,6 +7,7 @@ velocity; the convention of the model's box coder and of the published messages.
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 #: Corner order: bottom face counter-clockwise from (+x, +y), then the top face likewise.
 _CORNER_SIGNS = np.array([[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1],
@@ -83,3 +84,23 @@ def quaternion_to_yaw(q: np.ndarray) -> np.ndarray:
     q = np.asarray(q, dtype=np.float64)
     x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
     return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def yaw_quaternion_wxyz(yaw: float) -> list[float]:
+    """Yaw about +z -> the quaternion ``[w, x, y, z]`` (nuScenes' order)."""
+    return [float(np.cos(yaw / 2)), 0.0, 0.0, float(np.sin(yaw / 2))]
+
+
+def rotation_wxyz(T: np.ndarray) -> list[float]:
+    """The rotation of a (4, 4) or (3, 3) transform as a quaternion ``[w, x, y, z]`` (nuScenes' order)."""
+    x, y, z, w = Rotation.from_matrix(np.asarray(T)[:3, :3]).as_quat()
+    return [float(w), float(x), float(y), float(z)]
+
+
+def pose_wxyz(translation, rotation: list[float]) -> np.ndarray:
+    """(4, 4) from a translation and a quaternion ``[w, x, y, z]`` (nuScenes' ego poses, sensors, boxes)."""
+    w, x, y, z = rotation
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
+    T[:3, 3] = translation
+    return T

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aqr_perception.data.boxes import quaternion_to_yaw
+from aqr_perception.data.boxes import pose_wxyz, quaternion_to_yaw
 
 
 @dataclass
@@ -37,16 +37,6 @@ class GtFrame:
     sample_token: str | None = None  # the nuScenes sample (converted drives)
 
 
-def _pose(translation, rotation_wxyz) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    w, x, y, z = rotation_wxyz
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
-    T[:3, 3] = translation
-    return T
-
-
 def _velocity(values) -> list[float]:
     """vx, vy; null (an unknown velocity, e.g. a nuScenes instance annotated once) -> NaN."""
     return [np.nan if v is None else float(v) for v in values]
@@ -64,7 +54,7 @@ def read_ground_truth(gt_json: Path, classes: list[str]) -> dict[int, GtFrame]:
     lidar_to_ego = np.asarray(data["meta"]["lidar_to_ego"], dtype=np.float64)
     out: dict[int, GtFrame] = {}
     for f in data["frames"]:
-        ego = _pose(f["ego_pose"]["translation"], f["ego_pose"]["rotation"])
+        ego = pose_wxyz(f["ego_pose"]["translation"], f["ego_pose"]["rotation"])
         boxes = f["boxes"]
         lidar = [[*b["lidar"]["center"], *_lwh(b["size"]), b["lidar"]["yaw"], *_velocity(b["lidar"]["velocity"])]
                  for b in boxes]

@@ -27,25 +27,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from pyquaternion import Quaternion
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
 from aqr_perception.config import NUSCENES_CLASSES
 from aqr_perception.data import rosbag_msgs as M
-from aqr_perception.data.boxes import transform_boxes
+from aqr_perception.data.boxes import pose_wxyz, quaternion_to_yaw, transform_boxes
 from aqr_perception.data.typestore import project_typestore
 
 LIDAR_CHANNEL, BASE_FRAME, MAP_FRAME = "LIDAR_TOP", "base_link", "map"
 CAMERA_TOPIC, INFO_TOPIC = "/{camera}/compressed", "/{camera}/camera_info"
 GT_TOPIC, GT_VELOCITY_TOPIC = "/gt/detections", "/gt/velocities"
-
-
-def nuscenes_pose(translation, rotation_wxyz) -> np.ndarray:
-    """(4, 4) from a nuScenes translation and rotation (w, x, y, z)."""
-    T = np.eye(4)
-    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    T[:3, 3] = translation
-    return T
 
 
 def _ns(timestamp_us: int) -> int:
@@ -106,7 +97,7 @@ def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> dict
     records = {c: [sd for sd in _channel_records(nusc, _first_sample_data(nusc, scene, c)["token"])
                    if _in_scene(nusc, sd, scene["token"])] for c in channels}
     calib = {c: nusc.get("calibrated_sensor", records[c][0]["calibrated_sensor_token"]) for c in channels}
-    sensor_to_base = {c: nuscenes_pose(calib[c]["translation"], calib[c]["rotation"]) for c in channels}
+    sensor_to_base = {c: pose_wxyz(calib[c]["translation"], calib[c]["rotation"]) for c in channels}
     lidar_to_ego = sensor_to_base[LIDAR_CHANNEL]
 
     # (stamp, order, topic, type, message): at equal stamps tf first, then images, then the cloud
@@ -118,7 +109,7 @@ def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> dict
         stamp = _ns(sd["timestamp"])
         ego = nusc.get("ego_pose", sd["ego_pose_token"])
         messages.append((stamp, 1, "/tf", "tf2_msgs/msg/TFMessage", M.tf_message(
-            [M.transform_stamped(stamp, MAP_FRAME, BASE_FRAME, nuscenes_pose(ego["translation"], ego["rotation"]))])))
+            [M.transform_stamped(stamp, MAP_FRAME, BASE_FRAME, pose_wxyz(ego["translation"], ego["rotation"]))])))
         raw = np.fromfile(Path(nusc.dataroot) / sd["filename"], dtype="<f4").reshape(-1, 5)
         messages.append((stamp, 3, f"/{LIDAR_CHANNEL}", "sensor_msgs/msg/PointCloud2",
                          M.pointcloud2(stamp, LIDAR_CHANNEL, raw[:, :4], raw[:, 4], ring_datatype=M.FLOAT32)))
@@ -138,7 +129,7 @@ def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> dict
         lidar_sd = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
         stamp = _ns(lidar_sd["timestamp"])
         ego_rec = nusc.get("ego_pose", lidar_sd["ego_pose_token"])
-        ego = nuscenes_pose(ego_rec["translation"], ego_rec["rotation"])
+        ego = pose_wxyz(ego_rec["translation"], ego_rec["rotation"])
         frame, boxes_g, names, ids = _gt_frame(nusc, sample, stamp, ego_rec, lidar_to_ego)
         gt_frames.append(frame)
         boxes_l = transform_boxes(boxes_g, np.linalg.inv(ego @ lidar_to_ego)) if len(boxes_g) else boxes_g
@@ -180,7 +171,7 @@ def _gt_frame(nusc, sample: dict, stamp: int, ego_rec: dict, lidar_to_ego: np.nd
     boxes (N, 9), class names and instance ids for the GT topics."""
     from nuscenes.eval.detection.utils import category_to_detection_name
 
-    ego = nuscenes_pose(ego_rec["translation"], ego_rec["rotation"])
+    ego = pose_wxyz(ego_rec["translation"], ego_rec["rotation"])
     lidar_to_global = ego @ lidar_to_ego
     frame = {"stamp_ns": stamp, "timestamp_us": stamp // 1000, "sample_token": sample["token"],
              "ego_pose": {"translation": list(ego_rec["translation"]), "rotation": list(ego_rec["rotation"])},
@@ -192,8 +183,8 @@ def _gt_frame(nusc, sample: dict, stamp: int, ego_rec: dict, lidar_to_ego: np.nd
         if name is None:
             continue
         velocity = [float(v) for v in nusc.box_velocity(ann_token)[:2]]      # NaN: a single annotation
-        q = Quaternion(ann["rotation"])
-        yaw = float(np.arctan2(q.rotation_matrix[1, 0], q.rotation_matrix[0, 0]))
+        w, x, y, z = ann["rotation"]
+        yaw = float(quaternion_to_yaw(np.array([[x, y, z, w]]))[0])
         w, length, h = ann["size"]
         box_g = np.array([*ann["translation"], length, w, h, yaw, *velocity])
         box_l = transform_boxes(box_g[None], np.linalg.inv(lidar_to_global))[0]

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from aqr_perception.config import AqrConfig
+from aqr_perception.data.boxes import rotation_wxyz, yaw_quaternion_wxyz
 from aqr_perception.data.synth.drive import SweepEvent, encode_jpeg, simulate_drive
 
 LIDAR_CHANNEL = "LIDAR_TOP"
@@ -46,11 +46,6 @@ LOCATION = "singapore-onenorth"
 def token(*parts: object) -> str:
     """A 32-hex-digit token, like nuScenes', fixed by what it names."""
     return hashlib.md5("/".join(map(str, parts)).encode()).hexdigest()
-
-
-def _rotation_wxyz(T: np.ndarray) -> list[float]:
-    x, y, z, w = Rotation.from_matrix(T[:3, :3]).as_quat()
-    return [float(w), float(x), float(y), float(z)]
 
 
 def _us(stamp_ns: int) -> int:
@@ -102,13 +97,13 @@ def _export_scene(cfg: AqrConfig, tables: _Tables, dataroot: Path, name: str, se
                location=LOCATION)
     calib = {LIDAR_CHANNEL: tables.add(
         "calibrated_sensor", token=token(name, "calib", LIDAR_CHANNEL), sensor_token=token("sensor", LIDAR_CHANNEL),
-        translation=sim.lidar_to_base[:3, 3].tolist(), rotation=_rotation_wxyz(sim.lidar_to_base),
+        translation=sim.lidar_to_base[:3, 3].tolist(), rotation=rotation_wxyz(sim.lidar_to_base),
         camera_intrinsic=[])}
     for cam in sim.cameras:
         camera_to_base = sim.lidar_to_base @ np.linalg.inv(cam.lidar_to_camera)
         calib[cam.name] = tables.add(
             "calibrated_sensor", token=token(name, "calib", cam.name), sensor_token=token("sensor", cam.name),
-            translation=camera_to_base[:3, 3].tolist(), rotation=_rotation_wxyz(camera_to_base),
+            translation=camera_to_base[:3, 3].tolist(), rotation=rotation_wxyz(camera_to_base),
             camera_intrinsic=np.asarray(cam.K, dtype=float).tolist())
     camera_times = {round(t, 9) for t in sim.camera_times}
     key_times = sorted(round(t, 9) for t in sim.lidar_times if round(t, 9) in camera_times)
@@ -133,7 +128,7 @@ def _export_scene(cfg: AqrConfig, tables: _Tables, dataroot: Path, name: str, se
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         ego_token = token(name, "ego", channel, ts)
-        tables.add("ego_pose", token=ego_token, timestamp=ts, rotation=_rotation_wxyz(ego),
+        tables.add("ego_pose", token=ego_token, timestamp=ts, rotation=rotation_wxyz(ego),
                    translation=ego[:3, 3].tolist())
         record = tables.add("sample_data", token=token(name, "sd", channel, ts), sample_token=nearest_sample(t),
                             ego_pose_token=ego_token, calibrated_sensor_token=calib[channel]["token"], timestamp=ts,
@@ -158,7 +153,7 @@ def _export_scene(cfg: AqrConfig, tables: _Tables, dataroot: Path, name: str, se
                     instance_token=token(name, "instance", obj.track_id), visibility_token=EXPORT_VISIBILITY,
                     attribute_tokens=[token("attribute", obj.attribute)] if obj.attribute else [],
                     translation=box[:3].tolist(), size=[float(box[4]), float(box[3]), float(box[5])],   # w, l, h
-                    rotation=[float(np.cos(box[6] / 2)), 0.0, 0.0, float(np.sin(box[6] / 2))],
+                    rotation=yaw_quaternion_wxyz(float(box[6])),
                     prev="", next="", num_lidar_pts=int(n), num_radar_pts=0)
                 annotations_by_instance.setdefault(obj.track_id, []).append((obj.cls, ann))
         else:

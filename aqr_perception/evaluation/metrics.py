@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aqr_perception.config import EvalConfig
+from aqr_perception.data.boxes import yaw_quaternion_wxyz
 from aqr_perception.evaluation import devkit as dk
 
 #: mmdet3d/CMT default attributes by class, chosen from the predicted speed.
@@ -28,10 +29,6 @@ def default_attribute(name: str, speed: float) -> str:
     if name == "pedestrian":
         return "pedestrian.moving" if speed > SPEED_THRESHOLD else "pedestrian.standing"
     return ""
-
-
-def yaw_quaternion_wxyz(yaw: float) -> list[float]:
-    return [float(np.cos(yaw / 2)), 0.0, 0.0, float(np.sin(yaw / 2))]
 
 
 @dataclass

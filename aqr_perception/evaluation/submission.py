@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aqr_perception.data.boxes import transform_boxes
+from aqr_perception.data.boxes import transform_boxes, yaw_quaternion_wxyz
 from aqr_perception.data.ground_truth import GtFrame
 from aqr_perception.evaluation.answers import FrameAnswer
-from aqr_perception.evaluation.metrics import default_attribute, yaw_quaternion_wxyz
+from aqr_perception.evaluation.metrics import default_attribute
 
 #: what the detector uses, as the submission's meta block states it
 META = {"use_camera": True, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False}

@@ -26,7 +26,7 @@ from scipy.spatial.transform import Rotation
 
 from aqr_perception.config import AqrConfig
 from aqr_perception.data import rosbag_msgs as M
-from aqr_perception.data.boxes import points_in_boxes, transform_boxes
+from aqr_perception.data.boxes import points_in_boxes, rotation_wxyz, transform_boxes, yaw_quaternion_wxyz
 from aqr_perception.data.rig import Camera, nuscenes_like_rig, resize_intrinsics
 from aqr_perception.data.synth.camera_sim import render
 from aqr_perception.data.synth.lidar_sim import LidarModel, simulate_sweep
@@ -75,11 +75,6 @@ def drive_cameras(cfg: AqrConfig) -> list[Camera]:
                    resize_intrinsics(c.K, s.image_width / c.width, s.image_height / c.height),
                    c.lidar_to_camera @ mount if s.lidar_mount_yaw_deg else c.lidar_to_camera)
             for name, c in zip(names, base)]
-
-
-def _rotation_wxyz(T: np.ndarray) -> list[float]:
-    x, y, z, w = Rotation.from_matrix(T[:3, :3]).as_quat()
-    return [float(w), float(x), float(y), float(z)]
 
 
 def _corrupt_points(points: np.ndarray, ring: np.ndarray, cfg: AqrConfig, rng: np.random.Generator):
@@ -290,12 +285,12 @@ def generate_drive(cfg: AqrConfig, out_dir: Path, name: str, seed: int, picture:
 def _gt_frame(stamp_ns: int, ego: np.ndarray, lidar_to_base: np.ndarray, boxes_l: np.ndarray, boxes_g: np.ndarray,
               objs: list, n_pts: np.ndarray) -> dict:
     frame = {"stamp_ns": stamp_ns, "timestamp_us": stamp_ns // 1000,
-             "ego_pose": {"translation": ego[:3, 3].tolist(), "rotation": _rotation_wxyz(ego)}, "boxes": []}
+             "ego_pose": {"translation": ego[:3, 3].tolist(), "rotation": rotation_wxyz(ego)}, "boxes": []}
     for bl, bg, o, n in zip(boxes_l, boxes_g, objs, n_pts):
         frame["boxes"].append({
             "instance": int(o.track_id), "detection_name": o.cls, "attribute_name": o.attribute,
             "lidar": {"center": bl[:3].tolist(), "yaw": float(bl[6]), "velocity": bl[7:9].tolist()},
             "translation": bg[:3].tolist(), "size": [float(bg[4]), float(bg[3]), float(bg[5])],  # w, l, h
-            "rotation": [float(np.cos(bg[6] / 2)), 0.0, 0.0, float(np.sin(bg[6] / 2))],     # w, x, y, z
+            "rotation": yaw_quaternion_wxyz(float(bg[6])),
             "velocity": bg[7:9].tolist(), "num_lidar_pts": int(n)})
     return frame
