@@ -8,6 +8,7 @@ Subcommands:
     eval     nuScenes metrics of a drive bag (replay to the node over DDS, or offline)
     robustness  AQR vs no-AQR baseline under sensor corruptions (table + routing weights)
     node     run the ROS 2 node (same as ``aqr_perception_node``)
+    import-cmt  the published CMT weights (mmcv .pth) -> a checkpoint the node loads
     config   show / validate configs, print or check the node parameter JSON schema
 """
 from __future__ import annotations
@@ -199,6 +200,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report["frames_with_output"] == report["frames"] else 1
 
 
+def cmd_import_cmt(args: argparse.Namespace) -> int:
+    from aqr_perception.model.cmt_import import import_cmt_checkpoint
+
+    cfg = cfgmod.load_config(args.config, args.overrides)
+    rep = import_cmt_checkpoint(args.checkpoint, cfg.model, args.out, args.allow_missing, args.trust_file)
+    conv = ", ".join(f"{n} {k}" for k, n in sorted(rep.conversions.items())) or "none"
+    print(f"imported {args.checkpoint} into {cfg.model.name}: {rep.loaded} tensors loaded (layout conversions: "
+          f"{conv}), {len(rep.dropped)} BatchNorm counters dropped, {len(rep.left_at_init)} left at their "
+          f"initial weights{' (' + ', '.join(args.allow_missing) + ')' if rep.left_at_init else ''}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     """Generate synthetic drives (rosbag2 MCAP + nuScenes-style GT JSON + a picture each), or
     write them as one nuScenes-format dataset (``--format nuscenes``)."""
@@ -310,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nuscenes2bag", help="nuScenes scenes -> rosbag2 drives (see `aqr-perception nuscenes2bag "
                                             "--help`)", add_help=False)
     p.add_argument("convert_args", nargs=argparse.REMAINDER)  # listed for --help; main() dispatches
+
+    p = sub.add_parser("import-cmt", help="import the published CMT weights (mmcv .pth) into a checkpoint")
+    p.add_argument("checkpoint", help="the official file, e.g. voxel0075_vov_1600x640_epoch20.pth")
+    p.add_argument("--config", required=True, help="config of the same architecture (config/cmt_aqr_vov_1600x640.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--allow-missing", action="append", default=[], metavar="GROUP|PREFIX",
+                   help="leave these weights of ours at their initial values: 'aqr' (the routers, which CMT "
+                        "lacks; they start neutral) or a key prefix (repeatable)")
+    p.add_argument("--trust-file", action="store_true",
+                   help="unpickle the file fully (only for a file you trust, if the safe reader refuses it)")
+    p.set_defaults(func=cmd_import_cmt)
 
     p = sub.add_parser("config", help="show or validate configuration")
     csub = p.add_subparsers(dest="action", required=True)

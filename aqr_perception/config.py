@@ -71,9 +71,15 @@ class _Section(BaseModel):
 
 # --------------------------------------------------------------------------- model
 class ImageBranchConfig(_Section):
-    """Camera branch: ResNet + FPN, only the stride-16 level feeds the head."""
+    """Camera branch: ResNet or VoVNet + FPN, only the stride-16 level feeds the head."""
 
+    backbone: Literal["resnet", "vovnet"] = Field(
+        "resnet", description="ResNet (depth, base_width) or VoVNet-eSE (vovnet: the 1600x640 CMT model's)")
     depth: Literal[18, 34, 50] = Field(50, description="ResNet depth")
+    vovnet: Literal["V-39-eSE", "V-57-eSE", "V-99-eSE"] = Field("V-99-eSE", description="VoVNet variant")
+    channel_order: Literal["rgb", "bgr"] = Field(
+        "rgb", description="channel order the backbone reads (pixel_mean/std are in this order); the published "
+                           "CMT weights were trained on BGR (mmcv's to_rgb=False)")
     input_height: PositiveInt = Field(320, description="network input height per view, px")
     input_width: PositiveInt = Field(800, description="network input width per view, px")
     feature_stride: Literal[16] = Field(16, description="stride of the feature map used as memory (CMT: 16)")
@@ -91,9 +97,62 @@ class ImageBranchConfig(_Section):
         return self
 
 
-class LidarBranchConfig(_Section):
-    """LiDAR branch: pillar voxelization + PFN + scatter, SECOND backbone + FPN."""
+class SparseEncoderConfig(_Section):
+    """mmdet3d SparseEncoder (basicblock) of the voxel LiDAR branch; defaults: CMT voxel0075."""
 
+    base_channels: PositiveInt = 16
+    output_channels: PositiveInt = 128
+    encoder_channels: list[list[PositiveInt]] = Field(
+        [[16, 16, 32], [32, 32, 64], [64, 64, 128], [128, 128]], min_length=1,
+        description="per stage: residual blocks, then (all stages but the last) a stride-2 conv to the last entry")
+    encoder_paddings: list[list[Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]]]] = Field(
+        [[0, 0, 1], [0, 0, 1], [0, 0, [0, 1, 1]], [0, 0]],
+        description="padding of each stage's stride-2 conv (int or [z, y, x]); unused for residual blocks")
+
+    @model_validator(mode="after")
+    def _stages(self) -> SparseEncoderConfig:
+        if [len(c) for c in self.encoder_channels] != [len(p) for p in self.encoder_paddings]:
+            raise ValueError("encoder_paddings must have the shape of encoder_channels")
+        cin, last = self.base_channels, len(self.encoder_channels) - 1
+        for i, stage in enumerate(self.encoder_channels):
+            for j, cout in enumerate(stage):
+                strided = j == len(stage) - 1 and i != last
+                if not strided and cout != cin:
+                    raise ValueError(f"encoder_channels[{i}][{j}] = {cout}: a residual block keeps its input's "
+                                     f"{cin} channels")
+                cin = cout
+        for p in (q for stage in self.encoder_paddings for q in stage):
+            if isinstance(p, list) and len(p) != 3:
+                raise ValueError(f"a padding list is [z, y, x], got {p}")
+        return self
+
+    @property
+    def downsample(self) -> int:
+        """x/y stride of the encoder (one stride-2 conv per stage but the last)."""
+        return 2 ** (len(self.encoder_channels) - 1)
+
+    def output_depth(self, grid_z: int) -> int:
+        """z cells of the output for ``grid_z`` voxel cells (the sparse grid has grid_z + 1)."""
+        d = grid_z + 1
+        for stage in self.encoder_paddings[:-1]:
+            p = stage[-1][0] if isinstance(stage[-1], list) else stage[-1]
+            d = (d + 2 * p - 3) // 2 + 1
+        return (d - 3) // 2 + 1
+
+
+class LidarBranchConfig(_Section):
+    """LiDAR branch: pillars (PFN + scatter) or voxels (mean + sparse 3D conv), then SECOND + FPN."""
+
+    encoder: Literal["pillar", "voxel"] = Field(
+        "pillar", description="pillar: PointPillars encoder in plain torch; voxel: hard voxels + the sparse 3D "
+                              "SparseEncoder of the published CMT weights (needs spconv)")
+    voxel_size: list[PositiveFloat] = Field([0.075, 0.075, 0.2], min_length=3, max_length=3,
+                                            description="voxel encoder: x/y/z voxel size, m")
+    max_points_per_voxel: PositiveInt = Field(10, description="voxel encoder: points kept per voxel")
+    max_voxels: PositiveInt = Field(160000, description="voxel encoder: voxels kept per sample (first seen)")
+    sparse: SparseEncoderConfig = SparseEncoderConfig()
+    shared_conv_bn_eps: PositiveFloat = Field(
+        1e-3, description="BatchNorm eps of the shared 3x3 conv on the BEV map (the published CMT weights: 1e-5)")
     pillar_size: list[PositiveFloat] = Field([0.3, 0.3], min_length=2, max_length=2,
                                              description="pillar x/y size, m")
     max_points_per_pillar: PositiveInt = 20
@@ -183,6 +242,18 @@ class AqrRouterConfig(_Section):
         return self
 
 
+class HeadConfig(_Section):
+    """Task heads (center, height, dim, rot, vel, cls) on every decoder layer's output."""
+
+    per_layer: bool = Field(
+        False, description="one set of heads per decoder layer (CMT's grouped Conv1d + GroupLayerNorm, the "
+                           "published weights) instead of one set shared by all layers")
+    norm_eps: PositiveFloat = Field(1e-5, description="eps of the heads' LayerNorm (CMT's GroupLayerNorm: 1e-6)")
+    cmt_slots: bool = Field(
+        False, description="read the outputs as the published CMT weights do: the height branch carries log dx "
+                           "and dim[1] the centre z (CMT issues #71, #103)")
+
+
 class DecodeConfig(_Section):
     """NMS-free top-k decoding of the last decoder layer."""
 
@@ -230,6 +301,7 @@ class ModelConfig(_Section):
     aqr: AqrRouterConfig = AqrRouterConfig()
     attention: Literal["dense", "fused"] = Field(
         "fused", description="cross-attention: fused (exact, no dense bias) or dense (the reference)")
+    heads: HeadConfig = HeadConfig()
     decode: DecodeConfig = DecodeConfig()
     denoise: DenoiseConfig = DenoiseConfig()
     loss: LossConfig = LossConfig()
@@ -242,12 +314,18 @@ class ModelConfig(_Section):
         r = self.point_cloud_range
         if not (r[0] < r[3] and r[1] < r[4] and r[2] < r[5]):
             raise ValueError(f"point_cloud_range must be [min_x, min_y, min_z, max_x, max_y, max_z], got {r}")
-        grid = [round((r[3 + i] - r[i]) / self.lidar.pillar_size[i]) for i in range(2)]
-        first = self.lidar.backbone_strides[0]
+        lc = self.lidar
+        if lc.encoder == "pillar":
+            what, grid, down = "pillar grid", [round((r[3 + i] - r[i]) / lc.pillar_size[i]) for i in range(2)], 1
+        else:
+            what, grid = "voxel grid", [round((r[3 + i] - r[i]) / lc.voxel_size[i]) for i in range(2)]
+            down = lc.sparse.downsample
+        first = lc.backbone_strides[0] * down
         if grid[0] % first or grid[1] % first or grid[0] // first != self.bev_size or grid[1] != grid[0]:
             raise ValueError(
-                f"pillar grid {grid} with first backbone stride {first} must give a square "
-                f"{self.bev_size}x{self.bev_size} BEV map (bev_size)")
+                f"{what} {grid} with first backbone stride {lc.backbone_strides[0]}"
+                + (f" after the sparse encoder's {down}x" if down > 1 else "")
+                + f" must give a square {self.bev_size}x{self.bev_size} BEV map (bev_size)")
         return self
 
     @property

@@ -3,7 +3,7 @@
 Data flow (B samples, V views, Q queries, L layers, C = embed_dims):
 
     points ----> LidarBranch ---------> BEV (B, C, Hb, Wb) --+
-    images ----> ResNet + FPN ------> img (B*V, C, h, w) ----+--> memory (B, Hb*Wb + V*h*w, C)
+    images ----> ResNet|VoVNet + FPN > img (B*V, C, h, w) ----+--> memory (B, Hb*Wb + V*h*w, C)
     lidar2img -> PositionEncoder ---> key PE, query PE            |
     reference points (Q, 3) [+ DN queries] ----------------------> AqrDecoder (routers + bias)
                                                                    |
@@ -31,6 +31,7 @@ from aqr_perception.model.heads import TaskHeads
 from aqr_perception.model.lidar import LidarBranch
 from aqr_perception.model.positional import PositionEncoder
 from aqr_perception.model.resnet import ImageNeck, ResNet
+from aqr_perception.model.vovnet import VoVNet
 
 
 @dataclass
@@ -98,7 +99,8 @@ class CmtAqrDetector(nn.Module):
         super().__init__()
         self.cfg = cfg
         t, im = cfg.transformer, cfg.image
-        self.img_backbone = ResNet(im.depth, im.base_width, im.frozen_bn)
+        self.img_backbone = (ResNet(im.depth, im.base_width, im.frozen_bn) if im.backbone == "resnet" else
+                             VoVNet(im.vovnet, im.frozen_bn))
         self.img_neck = ImageNeck(self.img_backbone.out_channels, im.fpn_channels)
         self.lidar = LidarBranch(cfg)
         self.position = PositionEncoder(t.embed_dims, t.depth_num, t.depth_start, cfg.point_cloud_range,
@@ -106,7 +108,7 @@ class CmtAqrDetector(nn.Module):
         self.reference_points = nn.Embedding(t.num_queries, 3)
         nn.init.uniform_(self.reference_points.weight, 0, 1)
         self.decoder = AqrDecoder(cfg)
-        self.heads = TaskHeads(t.embed_dims, len(cfg.classes), cfg.point_cloud_range)
+        self.heads = TaskHeads(t.embed_dims, len(cfg.classes), cfg.point_cloud_range, t.num_layers, cfg.heads)
         self.register_buffer("pixel_mean", torch.tensor(im.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(im.pixel_std).view(1, 3, 1, 1), persistent=False)
         fh, fw = cfg.feature_hw
@@ -119,7 +121,10 @@ class CmtAqrDetector(nn.Module):
         if not bool(camera_valid.any()):
             fh, fw = self.cfg.feature_hw
             return images.new_zeros(b * v, self.cfg.transformer.embed_dims, fh, fw)
-        x = (images.flatten(0, 1) - self.pixel_mean) / self.pixel_std
+        x = images.flatten(0, 1)
+        if self.cfg.image.channel_order == "bgr":
+            x = x.flip(1)
+        x = (x - self.pixel_mean) / self.pixel_std
         return self.img_neck(self.img_backbone(x))
 
     def bev_features(self, points: list[Tensor], lidar_valid: Tensor, ref: Tensor) -> Tensor:

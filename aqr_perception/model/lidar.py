@@ -1,6 +1,8 @@
-"""LiDAR branch: pillar voxelization, PointPillars PFN + scatter, SECOND + SECONDFPN.
+"""LiDAR branch: pillars (PointPillars PFN + scatter) or voxels (sparse 3D conv), SECOND + SECONDFPN.
 
-All in plain torch (no custom CUDA ops): runs on CPU and GPU, deterministic.
+The pillar encoder is plain torch (no custom ops): runs on CPU and GPU, deterministic.
+The voxel encoder (``lidar.encoder: voxel``, the published CMT weights') voxelizes in
+torch and runs mmdet3d's SparseEncoder on spconv (:mod:`aqr_perception.model.sparse_encoder`).
 Frames: points in the LiDAR frame, metres. BEV maps are (B, C, ny, nx) with row index
 = y cell and column index = x cell, both counted from ``point_cloud_range`` minimum.
 """
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from aqr_perception.config import ModelConfig
+from aqr_perception.model.voxel import HardVoxelizer
 
 
 @dataclass
@@ -145,8 +148,8 @@ def scatter_to_bev(pillar_feats: Tensor, coords: Tensor, batch: int, ny: int, nx
     return canvas.view(batch, ny, nx, c).permute(0, 3, 1, 2).contiguous()
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01),
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1, eps: float = 1e-3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout, eps=eps, momentum=0.01),
             nn.ReLU(inplace=True)]
 
 
@@ -197,20 +200,38 @@ class LidarBranch(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         lc = cfg.lidar
-        self.voxelizer = PillarVoxelizer(cfg.point_cloud_range, lc.pillar_size, lc.max_points_per_pillar,
-                                         lc.max_pillars, lc.pillar_sampling)
-        self.pfn = PillarFeatureNet(lc.point_features, lc.pfn_channels, cfg.point_cloud_range, lc.pillar_size)
-        self.backbone = SECOND(lc.pfn_channels, lc.backbone_layer_nums, lc.backbone_strides, lc.backbone_channels)
+        self.encoder = lc.encoder
+        if lc.encoder == "pillar":
+            self.voxelizer = PillarVoxelizer(cfg.point_cloud_range, lc.pillar_size, lc.max_points_per_pillar,
+                                             lc.max_pillars, lc.pillar_sampling)
+            self.pfn = PillarFeatureNet(lc.point_features, lc.pfn_channels, cfg.point_cloud_range, lc.pillar_size)
+            bev_channels = lc.pfn_channels
+        else:
+            from aqr_perception.model.sparse_encoder import SparseEncoder
+
+            self.voxelizer = HardVoxelizer(cfg.point_cloud_range, lc.voxel_size, lc.max_points_per_voxel,
+                                           lc.max_voxels)
+            nx, ny, nz = self.voxelizer.grid
+            self.middle = SparseEncoder(lc.point_features, [nz + 1, ny, nx], lc.sparse)
+            bev_channels = lc.sparse.output_channels * lc.sparse.output_depth(nz)
+        self.backbone = SECOND(bev_channels, lc.backbone_layer_nums, lc.backbone_strides, lc.backbone_channels)
         self.neck = SECONDFPN(lc.backbone_channels, lc.fpn_upsample_strides, lc.fpn_channels)
-        self.shared_conv = nn.Sequential(*_conv_bn_relu(sum(lc.fpn_channels), cfg.transformer.embed_dims))
+        self.shared_conv = nn.Sequential(*_conv_bn_relu(sum(lc.fpn_channels), cfg.transformer.embed_dims,
+                                                        eps=lc.shared_conv_bn_eps))
         self.point_features = lc.point_features
+
+    def bev_input(self, points: list[Tensor]) -> Tensor:
+        """The BEV map SECOND reads: (B, C, H, W), rows = y cells, columns = x cells."""
+        if self.encoder == "pillar":
+            pillars = self.voxelizer(points)
+            feats = self.pfn(pillars)
+            return scatter_to_bev(feats, pillars.coords, len(points), self.voxelizer.ny, self.voxelizer.nx)
+        voxels = self.voxelizer(points)
+        return self.middle(voxels.features, voxels.coords, len(points))
 
     def forward(self, points: list[Tensor]) -> Tensor:
         """points: B tensors (N_i, F); columns beyond ``point_features`` are ignored, missing
         ones (a single sweep given to a multi-sweep model: no time lag) are zeros."""
         f = self.point_features
         pts = [p[:, :f] if p.shape[1] >= f else F.pad(p, (0, f - p.shape[1])) for p in points]
-        pillars = self.voxelizer(pts)
-        feats = self.pfn(pillars)
-        bev = scatter_to_bev(feats, pillars.coords, len(points), self.voxelizer.ny, self.voxelizer.nx)
-        return self.shared_conv(self.neck(self.backbone(bev)))
+        return self.shared_conv(self.neck(self.backbone(self.bev_input(pts))))
