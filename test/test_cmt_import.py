@@ -10,7 +10,6 @@ GroupLayerNorm1d heads and their slot reading, mmcv's post-norm decoder layer wi
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import spconv.pytorch as sp
 import torch
+from cmt_fixture import CLASSES, HEAD, SMALL, VOV, fixture_state_dict, write_official_file
 from einops import rearrange
 from model_helpers import random_inputs
 from torch import nn
@@ -29,32 +29,7 @@ from aqr_perception.model.box_coder import decode_boxes
 from aqr_perception.model.checkpoint import load_checkpoint
 from aqr_perception.model.cmt_import import import_state_dict, map_key, spconv1_to_spconv2
 
-HERE = Path(__file__).resolve().parent
-MANIFEST = json.loads((HERE / "cmt_voxel0075_vov_1600x640.keys.json").read_text())
-VOV = str(HERE.parent / "config" / "cmt_aqr_vov_1600x640.yaml")
-SMALL = ["model.image.input_height=128", "model.image.input_width=320"]   # same weights, cheaper forward
-HEAD = "pts_bbox_head."
 pytestmark = pytest.mark.timeout(600)
-
-
-def fixture_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """The manifest's keys and shapes with random values of a sane scale (fan-in scaled
-    weights, positive BN variances, reference points in [0, 1])."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in MANIFEST["keys"].items():
-        if not shape:
-            out[key] = torch.tensor(7)
-        elif key.endswith("running_var"):
-            out[key] = torch.rand(shape, generator=g) + 0.5
-        elif key.endswith("reference_points.weight"):
-            out[key] = torch.rand(shape, generator=g)
-        elif len(shape) == 1:
-            out[key] = (1.0 if key.endswith("weight") else 0.0) + 0.1 * torch.randn(shape, generator=g)
-        else:
-            cout = shape[-1] if len(shape) == 5 else shape[0]    # spconv 1: (kD, kH, kW, Cin, Cout)
-            out[key] = torch.randn(shape, generator=g) * (torch.Size(shape).numel() // cout) ** -0.5
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -272,29 +247,25 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-           "pedestrian", "traffic_cone")
-
-
 @pytest.fixture(scope="module")
 def official_file(tmp_path_factory, official) -> Path:
-    path = tmp_path_factory.mktemp("cmt") / "voxel0075_vov_1600x640_epoch20.pth"
-    torch.save({"state_dict": official, "meta": {"CLASSES": CLASSES, "epoch": 20, "mmcv_version": "1.6.0"}}, path)
-    return path
+    return write_official_file(tmp_path_factory.mktemp("cmt") / "voxel0075_vov_1600x640_epoch20.pth", official)
 
 
-def test_cli_refuses_a_partial_load_then_writes_a_checkpoint_the_node_loads(official_file, tmp_path, official):
-    out = tmp_path / "vov.pt"
-    small = [a for s in SMALL for a in ("--set", s)]
-    refused = _cli("import-cmt", str(official_file), "--config", VOV, "--out", str(out), *small)
+def test_the_readme_import_refuses_a_partial_load_then_writes_a_checkpoint_the_node_loads(official_file, tmp_path,
+                                                                                            official):
+    """The README's command as written (only the file names differ)."""
+    out = tmp_path / "models" / "cmt_aqr_vov_1600x640.pt"
+    refused = _cli("import-cmt", str(official_file), "--config", VOV, "--out", str(out))
     assert refused.returncode == 2 and not out.exists()
     line = [ln for ln in refused.stderr.splitlines() if ln.startswith("aqr-perception:")]
     assert len(line) == 1 and "decoder.routers.0.mlp.0.weight" in line[0] and "--allow-missing" in line[0]
-    done = _cli("import-cmt", str(official_file), "--config", VOV, "--out", str(out), "--allow-missing", "aqr", *small)
+    done = _cli("import-cmt", str(official_file), "--config", VOV, "--allow-missing", "aqr", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "898 tensors loaded" in done.stdout and "99 BatchNorm counters dropped" in done.stdout
     model, blob = load_checkpoint(out)
     assert model.cfg.name == "cmt_aqr_vov_1600x640" and model.cfg.lidar.encoder == "voxel"
+    assert (model.cfg.image.input_width, model.cfg.image.input_height) == (1600, 640)
     assert blob["meta"]["imported_from"]["mmcv_meta"]["epoch"] == 20
     assert torch.equal(model.state_dict()["reference_points.weight"], official[HEAD + "reference_points.weight"])
 

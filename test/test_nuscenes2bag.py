@@ -165,6 +165,32 @@ def test_the_readme_eval_of_a_converted_scene_replays_it_through_the_node(drives
     assert list((tmp_path / "replay" / "devkit" / "plots").glob("*.pdf"))                # DetectionEval's plots
 
 
+def test_the_imported_cmt_model_runs_in_the_node_on_a_converted_scene(drives, tmp_path):
+    """The README's nuScenes eval with ``--checkpoint`` of an ``import-cmt`` model: the voxel
+    branch (spconv), VoVNet and the per-layer heads run inside the node, over DDS, on the
+    converted scene's 10 stacked sweeps and JPEGs. The weights are the fixture's random ones
+    (the real file is not here) at a small input size, so the answers, not the scores, count."""
+    import json
+
+    from cmt_fixture import SMALL, VOV, write_official_file
+
+    cli = Path(sys.executable).with_name("aqr-perception")
+    _, _, converted = drives
+    official = write_official_file(tmp_path / "voxel0075_vov_1600x640_epoch20.pth")
+    model = tmp_path / "vov.pt"
+    r = subprocess.run([str(cli), "import-cmt", str(official), "--config", VOV, "--allow-missing", "aqr",
+                        "--out", str(model), *[a for s in SMALL for a in ("--set", s)]],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = subprocess.run([str(cli), "eval", "--bag", str(converted), "--node-params",
+                          str(REPO / "config" / "nuscenes.param.yaml"), "--checkpoint", str(model),
+                          "--out", str(tmp_path / "eval"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["frames"] == report["frames_with_output"] == 3
+    assert report["num_pred"] > 0 and report["checkpoint"] == str(model)
+
+
 def test_the_devkits_detection_eval_agrees_with_the_projects(drives, tmp_path):
     """The answers of a converted scene in the official submission format, scored by the
     devkit's DetectionEval against the dataset, and by the project's own metrics against the

@@ -71,6 +71,38 @@ def test_single_process_training_writes_resumable_checkpoints(data, tmp_path):
     assert load_checkpoint(out / "final.pt")[1]["meta"]["step"] == 5
 
 
+def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(data, tmp_path):
+    """``--init``: the weights of the given checkpoint, a fresh step count and optimizer."""
+    from aqr_perception.model.runtime import BUNDLED_CHECKPOINT
+
+    out = tmp_path / "ft"
+    r = subprocess.run([sys.executable, *_train_cmd(data, out, "--max-steps", "1", "--init", str(BUNDLED_CHECKPOINT),
+                                                    "--set", "train.lr=1e-12")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tuned, blob = load_checkpoint(out / "final.pt")
+    bundled, _ = load_checkpoint(BUNDLED_CHECKPOINT)
+    assert blob["meta"]["step"] == 1
+    w = "reference_points.weight"   # lr 1e-12: one step leaves the weights where --init put them
+    assert torch.allclose(tuned.state_dict()[w], bundled.state_dict()[w], atol=1e-6)
+    scratch, _ = load_checkpoint(_one_step_from_scratch(data, tmp_path))
+    assert not torch.allclose(bundled.state_dict()[w], scratch.state_dict()[w], atol=1e-3)
+    other = ["--set", "model.transformer.depth_num=16"]
+    r = subprocess.run([sys.executable, *_train_cmd(data, tmp_path / "bad", "--max-steps", "1", "--init",
+                                                    str(BUNDLED_CHECKPOINT), *other)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "--init" in r.stderr and "position.rv_embedding.0.weight" in r.stderr
+
+
+def _one_step_from_scratch(data, tmp_path):
+    """final.pt of one step from scratch (what --init must differ from)."""
+    out = tmp_path / "scratch"
+    r = subprocess.run([sys.executable, *_train_cmd(data, out, "--max-steps", "1", "--set", "train.lr=1e-12")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out / "final.pt"
+
+
 @pytest.mark.slow
 def test_ddp_with_gloo_on_two_cpu_processes(data, tmp_path):
     out = tmp_path / "ddp"

@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from aqr_perception.config import AqrConfig, config_to_dict, load_config
-from aqr_perception.model.checkpoint import load_checkpoint, resolve_device, save_checkpoint
+from aqr_perception.config import AqrConfig, ConfigError, config_to_dict, load_config
+from aqr_perception.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from aqr_perception.model.detector import CmtAqrDetector
 from aqr_perception.training.cbgs import CbgsDataset
 from aqr_perception.training.dataset import DriveDataset, collate, drive_paths
@@ -46,7 +46,7 @@ def _ddp(device: torch.device) -> tuple[int, int]:
 
 def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, device_name: str,
           max_steps: int | None, progress: bool, time_budget_s: float | None, budget_timing_steps: int,
-          t_start: float) -> tuple[TrainRun, DataLoader, DistributedSampler | None, int]:
+          t_start: float, init: Path | None = None) -> tuple[TrainRun, DataLoader, DistributedSampler | None, int]:
     """Data, model, optimizer (resumed from ``resume``), the planned step count and the
     run's log: (run, loader, sampler under DDP, first epoch)."""
     device = resolve_device(device_name)
@@ -80,6 +80,8 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
             optimizer.load_state_dict(blob["optimizer"])
         start_epoch, step = blob["meta"].get("epoch", 0), blob["meta"].get("step", 0)
         generator.manual_seed(tc.seed + start_epoch)       # not epoch 0's order again
+    elif init is not None:
+        start_from(model, init, device)
     net = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     total = min(max_steps or 10**12, tc.epochs * len(loader))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +108,23 @@ def save_progress(run: TrainRun, epoch: int) -> None:
     save_checkpoint(run.out_dir / "last.pt", run.model, run.meta, run.optimizer.state_dict())
 
 
+def start_from(model: CmtAqrDetector, init: Path, device: torch.device) -> None:
+    """Fine-tuning: ``model`` takes the weights of checkpoint ``init`` (an imported CMT
+    model, say), which must be of the same architecture; epoch, step and optimizer start anew."""
+    loaded, _ = load_checkpoint(init, device)
+    theirs, ours = loaded.state_dict(), model.state_dict()
+    differ = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    extra = [k for k in theirs if k not in ours]
+    if differ or extra:
+        raise CheckpointError(f"--init {init}: its model ({loaded.cfg.name}) is not the config's ({model.cfg.name}): "
+                              f"{len(differ)} weights missing or of another shape, {len(extra)} unexpected "
+                              f"(e.g. {(differ or extra)[0]})")
+    model.load_state_dict(theirs)
+
+
 def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = None, device_name: str = "auto",
           max_steps: int | None = None, progress: bool = True, time_budget_s: float | None = None,
-          budget_timing_steps: int = BUDGET_TIMING_STEPS) -> dict:
+          budget_timing_steps: int = BUDGET_TIMING_STEPS, init: Path | None = None) -> dict:
     """Train; returns the final metrics dict (also stored in the checkpoints).
 
     ``time_budget_s`` (seconds from this call, data loading included): after
@@ -117,7 +133,7 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
     """
     t_start = time.monotonic()
     run, loader, sampler, start_epoch = setup(cfg, data_dir, out_dir, resume, device_name, max_steps, progress,
-                                              time_budget_s, budget_timing_steps, t_start)
+                                              time_budget_s, budget_timing_steps, t_start, init)
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             if sampler is not None:
@@ -152,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="folder of synthetic drives (aqr-perception synth)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default train.output_dir)")
     parser.add_argument("--resume", type=Path, default=None, help="checkpoint to resume from (last.pt)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this checkpoint's weights (fine-tuning, e.g. an import-cmt model); "
+                             "epoch, step and optimizer start anew")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -166,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = train(cfg, args.data, args.out or Path(cfg.train.output_dir), args.resume, args.device,
                      args.max_steps, progress=not args.quiet,
-                     time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
-    except FileNotFoundError as exc:
+                     time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget, init=args.init)
+    except (FileNotFoundError, ConfigError) as exc:
         print(f"aqr-perception train: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
