@@ -205,6 +205,10 @@ class TransformerConfig(_Section):
     num_queries: PositiveInt = 900
     depth_num: PositiveInt = Field(64, description="depths per image ray in the RV position encoding")
     depth_start: PositiveFloat = Field(1.0, description="first ray depth, m")
+    query_pe_clamp: bool = Field(
+        False, description="encode the queries at their reference points clamped into [1e-5, 1 - 1e-5], as CMT "
+                           "does (inverse_sigmoid(ref).sigmoid()); the published weights need it, this project's "
+                           "checkpoints were trained without it (learned points can leave [0, 1])")
 
     @model_validator(mode="after")
     def _heads(self) -> TransformerConfig:

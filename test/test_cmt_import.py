@@ -275,3 +275,26 @@ def test_cli_refuses_a_checkpoint_of_other_classes(tmp_path, official):
     torch.save({"state_dict": official, "meta": {"CLASSES": CLASSES[::-1]}}, path)
     r = _cli("import-cmt", str(path), "--config", VOV, "--out", str(tmp_path / "x.pt"), "--allow-missing", "aqr")
     assert r.returncode == 2 and "classes" in r.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_queries_are_encoded_at_their_clamped_reference_points(imported):
+    """CMT encodes a query at inverse_sigmoid(ref).sigmoid(): a learned point outside [0, 1]
+    is encoded (and decoded) as the nearest point of [1e-5, 1 - 1e-5]^3."""
+    model, _ = imported
+    assert model.cfg.transformer.query_pe_clamp
+    inputs = random_inputs(model.cfg, points=3000, seed=4)
+    saved = model.reference_points.weight.detach().clone()
+    outside = saved.clone()
+    outside[:50, 0] = -0.3
+    outside[50:100, 1] = 1.4
+    try:
+        with torch.no_grad():
+            model.reference_points.weight.copy_(outside)
+            a = model(inputs)
+            model.reference_points.weight.copy_(outside.clamp(1e-5, 1 - 1e-5))
+            b = model(inputs)
+    finally:
+        with torch.no_grad():
+            model.reference_points.weight.copy_(saved)
+    assert torch.allclose(a.cls_logits, b.cls_logits, atol=1e-4)
+    assert torch.allclose(a.bbox_code, b.bbox_code, atol=1e-3)

@@ -27,7 +27,7 @@ from aqr_perception.model.aqr import MemoryLayout, query_projection
 from aqr_perception.model.box_coder import Detections, topk_decode
 from aqr_perception.model.decoder import AqrDecoder
 from aqr_perception.model.denoising import DenoisingGroups, make_denoising_queries
-from aqr_perception.model.heads import TaskHeads
+from aqr_perception.model.heads import TaskHeads, inverse_sigmoid
 from aqr_perception.model.lidar import LidarBranch
 from aqr_perception.model.positional import PositionEncoder
 from aqr_perception.model.resnet import ImageNeck, ResNet
@@ -165,7 +165,8 @@ class CmtAqrDetector(nn.Module):
         else:
             ref, self_mask = base_ref[None].expand(b, -1, -1), None
         pad_h, pad_w = cfg.image.input_height, cfg.image.input_width
-        query_pos = self.position.query_pe(ref, inputs.lidar2img, pad_h, pad_w, inputs.camera_valid)
+        pe_ref = inverse_sigmoid(ref).sigmoid() if cfg.transformer.query_pe_clamp else ref
+        query_pos = self.position.query_pe(pe_ref, inputs.lidar2img, pad_h, pad_w, inputs.camera_valid)
         uv, visible = self.position.project_reference_points(ref, inputs.lidar2img, pad_h, pad_w)
         visible = visible & inputs.camera_valid[:, :, None]
         proj = query_projection(ref, uv, visible, self.layout, cfg.image.feature_stride, pad_h, pad_w)
