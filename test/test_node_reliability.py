@@ -129,6 +129,50 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
     assert "unsupported image encoding" in counters[f"last_problem.img:{cams[1].name}"]
 
 
+def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_env):
+    """The node reads clouds and images from raw subscriptions (serialised bytes through
+    zero-copy views): a sample that is not a well-formed message is counted and reported
+    with the reason, and the next good one is processed."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+    from vision_msgs.msg import Detection3DArray
+
+    node, probe, ex, cams = node_env
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
+    pub_img = probe.create_publisher(Image, f"/{cams[0].name}/image_raw", qos)
+    pub_info = probe.create_publisher(CameraInfo, f"/{cams[0].name}/camera_info", qos)
+    static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pub_tf = probe.create_publisher(TFMessage, "/tf_static", static)
+    dets, diags = [], []
+    probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    _spin(ex, 1.0)
+    pub_tf.publish(_tf_static(cams))
+    pub_info.publish(_info(cams[0].name, cams[0].K))
+    good = serialize_message(_cloud(t_ns=NS))
+    pub_cloud.publish(good[: len(good) // 2])                   # truncated in the point data
+    image = serialize_message(_image(cams[0].name, NS))
+    pub_img.publish(b"\x07\x07\x00\x00" + image[4:])          # not a CDR encapsulation
+    _spin_until(ex, lambda: node.counters["messages_malformed./LIDAR_TOP"]
+                and node.counters[f"messages_malformed./{cams[0].name}/image_raw"], 10.0)
+    assert node.counters["messages_malformed./LIDAR_TOP"] == 1
+    assert node.counters[f"messages_malformed./{cams[0].name}/image_raw"] == 1
+    assert node.counters["clouds_received"] == 0 and dets == []
+    pub_cloud.publish(good)
+    _spin_until(ex, lambda: len(dets) >= 1, 10.0)
+    _spin(ex, 0.5)
+    assert len(dets) == 1
+    statuses = {s.name.split(": ")[-1]: s for d in diags[-3:] for s in d.status}
+    counters = {kv.key: kv.value for kv in statuses["processing"].values}
+    assert counters["messages_malformed./LIDAR_TOP"] == "1"
+    assert "truncated at data" in counters["last_problem.malformed:/LIDAR_TOP"]
+    assert "unknown CDR encapsulation" in counters[f"last_problem.malformed:/{cams[0].name}/image_raw"]
+
+
 def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):
     """libjpeg's recoverable errors, which OpenCV only prints to stderr, reach a counter
     and /diagnostics; the image is still used (the frame goes out with all six cameras)."""

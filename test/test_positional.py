@@ -127,3 +127,38 @@ def test_query_rv_encoding_rebuilds_the_ray_through_the_reference_point():
     bev_only = enc.bev_embedding(pos2embed(ref, 256))
     torch.testing.assert_close(masked, bev_only)
     assert not torch.allclose(pe, bev_only)
+
+
+def test_inference_reuses_encodings_until_weights_or_calibration_change():
+    cfg = load_config("tiny").model
+    enc = _encoder(cfg).eval()
+    fresh = _encoder(cfg).eval()
+    fresh.load_state_dict(enc.state_dict())
+    h, w = cfg.image.input_height, cfg.image.input_width
+    fh, fw = cfg.feature_hw
+    l2i = rig_lidar2img(w, h)[None]
+    ref = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(0))
+    valid = torch.ones(1, 6, dtype=torch.bool)
+
+    def all_three(e, l2i, valid):
+        return e.bev_key_pe(), e.image_key_pe(l2i, fh, fw, h, w), e.query_pe(ref, l2i, h, w, valid)
+
+    with torch.inference_mode():
+        first = all_three(enc, l2i, valid)
+        again = all_three(enc, l2i.clone(), valid.clone())
+        assert all(a is b for a, b in zip(first, again))                    # reused
+        moved = l2i.clone()
+        moved[0, 2, 0, 3] += 0.5                                            # one camera recalibrated
+        masked = valid.clone()
+        masked[0, 4] = False
+        for got, want in zip(all_three(enc, moved, masked), all_three(fresh, moved, masked)):
+            assert torch.allclose(got, want)
+        assert not torch.allclose(enc.query_pe(ref, moved, h, w, masked), first[2])
+    other = _encoder(cfg).eval()                                            # new weights, loaded in place
+    enc.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        for got, want in zip(all_three(enc, l2i, valid), all_three(other, l2i, valid)):
+            assert torch.allclose(got, want)
+    # with autograd (training), nothing is reused: gradients reach the embeddings
+    out = enc.bev_key_pe()
+    assert out.requires_grad and out is not enc.bev_key_pe()

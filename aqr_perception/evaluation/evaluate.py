@@ -84,7 +84,8 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
     else:
         from aqr_perception.model.runtime import DetectorRuntime
 
-        answers = predict_offline(bag, cfg, DetectorRuntime(checkpoint or None, cfg.model, device))
+        answers = predict_offline(bag, cfg, DetectorRuntime(checkpoint or None, cfg.model, device,
+                                                            runtime=cfg.node.runtime))
     result, ev = evaluate_drive(gt_json, cfg, answers)
     if submission_path is not None:
         from aqr_perception.evaluation.submission import submission, write_submission

@@ -65,7 +65,7 @@ def _predict(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: str, mo
         return {bag.name: predict_replay(bag, cfg, checkpoint, device, log=not quiet) for bag, _ in pairs}
     from aqr_perception.model.runtime import DetectorRuntime
 
-    runtime = DetectorRuntime(checkpoint or None, cfg.model, device)
+    runtime = DetectorRuntime(checkpoint or None, cfg.model, device, runtime=cfg.node.runtime)
     return {bag.name: predict_offline(bag, cfg, runtime) for bag, _ in pairs}
 
 

@@ -115,17 +115,20 @@ class CmtAqrDetector(nn.Module):
         self.layout = MemoryLayout(cfg.bev_size, cfg.bev_size, cfg.num_views, fh, fw)
 
     # ---------------------------------------------------------------- memory
+    def normalised_images(self, images: Tensor) -> Tensor:
+        """(B, V, 3, H, W) RGB 0-255 -> (B*V, 3, H, W) in the backbone's channel order and scale."""
+        x = images.flatten(0, 1)
+        if self.cfg.image.channel_order == "bgr":
+            x = x.flip(1)
+        return (x - self.pixel_mean) / self.pixel_std
+
     def image_features(self, images: Tensor, camera_valid: Tensor) -> Tensor:
         """(B, V, 3, H, W) -> (B*V, C, h, w); skipped (zeros) when no view is valid."""
         b, v = images.shape[:2]
         if not bool(camera_valid.any()):
             fh, fw = self.cfg.feature_hw
             return images.new_zeros(b * v, self.cfg.transformer.embed_dims, fh, fw)
-        x = images.flatten(0, 1)
-        if self.cfg.image.channel_order == "bgr":
-            x = x.flip(1)
-        x = (x - self.pixel_mean) / self.pixel_std
-        return self.img_neck(self.img_backbone(x))
+        return self.img_neck(self.img_backbone(self.normalised_images(images)))
 
     def bev_features(self, points: list[Tensor], lidar_valid: Tensor, ref: Tensor) -> Tensor:
         """Points -> (B, C, Hb, Wb); skipped (zeros) when no sample has LiDAR."""
@@ -136,27 +139,40 @@ class CmtAqrDetector(nn.Module):
 
     def memory(self, inputs: DetectorInputs) -> tuple[Tensor, Tensor, Tensor]:
         """memory (B, K, C), its position encodings (B, K, C), key padding mask (B, K) bool."""
-        lay = self.layout
-        b = inputs.batch_size
         img = self.image_features(inputs.images, inputs.camera_valid)
         bev = self.bev_features(inputs.points, inputs.lidar_valid, img)
+        return self.assemble_memory(img, bev, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
+
+    def assemble_memory(self, img: Tensor, bev: Tensor, lidar2img: Tensor, camera_valid: Tensor,
+                        lidar_valid: Tensor, img2lidar: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """BEV (B, C, Hb, Wb) + image features (B*V, C, h, w) -> memory, key PE, key padding.
+        ``img2lidar`` (B, V, 4, 4): inv(lidar2img) when the caller has it (an exported graph)."""
+        lay = self.layout
+        b = bev.shape[0]
         pad_h, pad_w = self.cfg.image.input_height, self.cfg.image.input_width
         bev_pe = self.position.bev_key_pe()[None].expand(b, -1, -1)
-        img_pe = self.position.image_key_pe(inputs.lidar2img, lay.img_h, lay.img_w, pad_h, pad_w)
+        img_pe = self.position.image_key_pe(lidar2img, lay.img_h, lay.img_w, pad_h, pad_w, img2lidar)
         memory = torch.cat([rearrange(bev, "b c h w -> b (h w) c"),
                             rearrange(img, "(b v) c h w -> b (v h w) c", b=b)], dim=1)
         pos = torch.cat([bev_pe, rearrange(img_pe, "b v h w c -> b (v h w) c")], dim=1)
-        pad = torch.cat([(~inputs.lidar_valid)[:, None].expand(b, lay.num_bev),
-                         (~inputs.camera_valid)[:, :, None].expand(b, lay.num_views, lay.img_h * lay.img_w
-                                                                  ).reshape(b, -1)], dim=1)
+        pad = torch.cat([(~lidar_valid)[:, None].expand(b, lay.num_bev),
+                         (~camera_valid)[:, :, None].expand(b, lay.num_views, lay.img_h * lay.img_w
+                                                           ).reshape(b, -1)], dim=1)
         return memory, pos, pad
 
     # --------------------------------------------------------------- forward
     def forward(self, inputs: DetectorInputs, gt_boxes: list[Tensor] | None = None,
                 gt_labels: list[Tensor] | None = None) -> DetectorOutput:
         """Raw outputs; with ``gt_boxes``/``gt_labels`` in training mode, DN queries are added."""
-        cfg, b = self.cfg, inputs.batch_size
         memory, memory_pos, pad = self.memory(inputs)
+        return self.decode_queries(memory, memory_pos, pad, inputs.lidar2img, inputs.camera_valid,
+                                   inputs.lidar_valid, gt_boxes, gt_labels)
+
+    def decode_queries(self, memory: Tensor, memory_pos: Tensor, pad: Tensor, lidar2img: Tensor,
+                       camera_valid: Tensor, lidar_valid: Tensor, gt_boxes: list[Tensor] | None = None,
+                       gt_labels: list[Tensor] | None = None, img2lidar: Tensor | None = None) -> DetectorOutput:
+        """Queries (+ DN queries in training) through the decoder and heads, over ``memory``."""
+        cfg, b = self.cfg, memory.shape[0]
         base_ref = self.reference_points.weight
         dn = None
         if self.training and gt_boxes is not None and gt_labels is not None:
@@ -166,15 +182,15 @@ class CmtAqrDetector(nn.Module):
             ref, self_mask = base_ref[None].expand(b, -1, -1), None
         pad_h, pad_w = cfg.image.input_height, cfg.image.input_width
         pe_ref = inverse_sigmoid(ref).sigmoid() if cfg.transformer.query_pe_clamp else ref
-        query_pos = self.position.query_pe(pe_ref, inputs.lidar2img, pad_h, pad_w, inputs.camera_valid)
-        uv, visible = self.position.project_reference_points(ref, inputs.lidar2img, pad_h, pad_w)
-        visible = visible & inputs.camera_valid[:, :, None]
+        query_pos = self.position.query_pe(pe_ref, lidar2img, pad_h, pad_w, camera_valid, img2lidar)
+        uv, visible = self.position.project_reference_points(ref, lidar2img, pad_h, pad_w)
+        visible = visible & camera_valid[:, :, None]
         proj = query_projection(ref, uv, visible, self.layout, cfg.image.feature_stride, pad_h, pad_w)
         dec = self.decoder(query_pos, memory, memory_pos, self.layout, proj, pad, self_mask,
-                           inputs.lidar_valid, proj.cam_visible)
+                           lidar_valid, proj.cam_visible)
         cls_logits, bbox_code = self.heads(dec.features, ref)
         p = dn.pad_size if dn is not None else 0
-        has_input = inputs.lidar_valid | inputs.camera_valid.any(dim=1)
+        has_input = lidar_valid | camera_valid.any(dim=1)
         return DetectorOutput(
             cls_logits=cls_logits[:, :, p:], bbox_code=bbox_code[:, :, p:],
             lidar_weight=dec.lidar_weight[:, :, p:], camera_weight=dec.camera_weight[:, :, p:],

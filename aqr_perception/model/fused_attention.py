@@ -48,9 +48,12 @@ def segment_padding(key_padding_mask: Tensor | None, layout: MemoryLayout, batch
         return torch.zeros(batch, s, dtype=torch.bool, device=device)
     bev = key_padding_mask[:, : layout.num_bev]
     img = key_padding_mask[:, layout.num_bev:].reshape(batch, layout.num_views, -1)
-    structured = (bev.all(1) | ~bev.any(1)).all() and (img.all(2) | ~img.any(2)).all()
-    if not bool(structured):
-        return None
+    # a traced graph (torch.export, ONNX) cannot branch on data: there the padding must be
+    # per segment, as the detector's memory padding always is (a missing view or sweep)
+    if not torch.compiler.is_compiling():
+        structured = (bev.all(1) | ~bev.any(1)).all() and (img.all(2) | ~img.any(2)).all()
+        if not bool(structured):
+            return None
     return torch.cat([bev[:, :1], img[:, :, 0]], dim=1)
 
 

@@ -229,9 +229,17 @@ class LidarBranch(nn.Module):
         voxels = self.voxelizer(points)
         return self.middle(voxels.features, voxels.coords, len(points))
 
-    def forward(self, points: list[Tensor]) -> Tensor:
-        """points: B tensors (N_i, F); columns beyond ``point_features`` are ignored, missing
-        ones (a single sweep given to a multi-sweep model: no time lag) are zeros."""
+    def canvas(self, points: list[Tensor]) -> Tensor:
+        """points: B tensors (N_i, F) -> the BEV map SECOND reads. Columns beyond
+        ``point_features`` are ignored, missing ones (a single sweep given to a multi-sweep
+        model: no time lag) are zeros. The part with data-dependent shapes."""
         f = self.point_features
-        pts = [p[:, :f] if p.shape[1] >= f else F.pad(p, (0, f - p.shape[1])) for p in points]
-        return self.shared_conv(self.neck(self.backbone(self.bev_input(pts))))
+        return self.bev_input([p[:, :f] if p.shape[1] >= f else F.pad(p, (0, f - p.shape[1])) for p in points])
+
+    def dense(self, canvas: Tensor) -> Tensor:
+        """BEV map (B, C, H, W) -> memory features: SECOND, FPN, shared conv (static shapes)."""
+        return self.shared_conv(self.neck(self.backbone(canvas)))
+
+    def forward(self, points: list[Tensor]) -> Tensor:
+        """points: B tensors (N_i, F) -> (B, embed_dims, bev_size, bev_size)."""
+        return self.dense(self.canvas(points))

@@ -63,6 +63,37 @@ def rays_to_normalised_lidar(uvd: Tensor, img2lidar: Tensor, pc_range: Tensor) -
     return (xyz - pc_range[:3]) / (pc_range[3:] - pc_range[:3])
 
 
+class InferenceCache:
+    """The last result of each encoding, reused while nothing it depends on changed.
+
+    In inference the BEV key encodings depend on the weights alone, and the image key and
+    query encodings on the weights and the camera calibration (lidar2img), which changes
+    only when the rig does; recomputing them costs ~9 ms per frame for the tiny model on
+    CPU. A result is reused when the same parameters (identity, storage and in-place
+    version, so load_state_dict, optimizer steps and ``.to()`` all invalidate it) and
+    inputs equal to the stored ones. Never with autograd on, in training mode, or while
+    a graph is traced for export (that would bake one calibration into the graph).
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[str, tuple[tuple, tuple[Tensor, ...], Tensor]] = {}
+
+    @staticmethod
+    def usable(module: nn.Module) -> bool:
+        return not (module.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
+
+    def get(self, name: str, params: list[Tensor], inputs: tuple[Tensor, ...], compute) -> Tensor:
+        key = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        hit = self._store.get(name)
+        if hit is not None and hit[0] == key and len(hit[1]) == len(inputs) and all(
+                a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and torch.equal(a, b)
+                for a, b in zip(hit[1], inputs)):
+            return hit[2]
+        out = compute()
+        self._store[name] = (key, tuple(t.detach().clone() for t in inputs), out)
+        return out
+
+
 class PositionEncoder(nn.Module):
     """bev_embedding (512->256->256) and rv_embedding (3D->4C->C) shared by keys and queries."""
 
@@ -78,11 +109,15 @@ class PositionEncoder(nn.Module):
         self.register_buffer("depths", ray_depths(depth_num, depth_start, pc_range[3]), persistent=False)
         self.register_buffer("bev_coords", bev_cell_centres(bev_size), persistent=False)
         self.feature_stride = feature_stride
+        self.cache = InferenceCache()
 
     # ---------------------------------------------------------------- keys
     def bev_key_pe(self) -> Tensor:
         """(bev_size^2, C) encodings of the BEV cells (row-major, y then x)."""
-        return self.bev_embedding(pos2embed(self.bev_coords, self.embed_dims))
+        compute = lambda: self.bev_embedding(pos2embed(self.bev_coords, self.embed_dims))  # noqa: E731
+        if not self.cache.usable(self):
+            return compute()
+        return self.cache.get("bev", list(self.bev_embedding.parameters()), (self.bev_coords,), compute)
 
     def image_rays(self, feat_h: int, feat_w: int, pad_h: int, pad_w: int) -> Tensor:
         """(h, w, D, 4) ray points ``(u*d, v*d, d, 1)`` of each feature pixel.
@@ -95,14 +130,25 @@ class PositionEncoder(nn.Module):
         vv, uu, dd = torch.meshgrid(v, u, self.depths, indexing="ij")
         return torch.stack([uu * dd, vv * dd, dd, torch.ones_like(dd)], dim=-1)
 
-    def image_key_pe(self, lidar2img: Tensor, feat_h: int, feat_w: int, pad_h: int, pad_w: int) -> Tensor:
+    def image_key_pe(self, lidar2img: Tensor, feat_h: int, feat_w: int, pad_h: int, pad_w: int,
+                     img2lidar: Tensor | None = None) -> Tensor:
         """(B, V, h, w, C) encodings of the image tokens.
 
-        lidar2img: (B, V, 4, 4). Each pixel's 64-depth ray goes through inv(lidar2img),
-        is normalised over the range, flattened to 3*D values and embedded.
+        lidar2img: (B, V, 4, 4). Each pixel's 64-depth ray goes through inv(lidar2img)
+        (``img2lidar`` when given: an exported graph has no matrix inverse), is normalised
+        over the range, flattened to 3*D values and embedded.
         """
+        if self.cache.usable(self):
+            return self.cache.get(f"image {feat_h}x{feat_w} {pad_h}x{pad_w}", list(self.rv_embedding.parameters()),
+                                  (lidar2img,), lambda: self._image_key_pe(lidar2img, feat_h, feat_w, pad_h, pad_w,
+                                                                          img2lidar))
+        return self._image_key_pe(lidar2img, feat_h, feat_w, pad_h, pad_w, img2lidar)
+
+    def _image_key_pe(self, lidar2img: Tensor, feat_h: int, feat_w: int, pad_h: int, pad_w: int,
+                      img2lidar: Tensor | None) -> Tensor:
         rays = self.image_rays(feat_h, feat_w, pad_h, pad_w)  # (h, w, D, 4)
-        img2lidar = torch.linalg.inv(lidar2img.float())       # (B, V, 4, 4)
+        if img2lidar is None:
+            img2lidar = torch.linalg.inv(lidar2img.float())   # (B, V, 4, 4)
         pts = rays_to_normalised_lidar(rays[None, None], img2lidar[:, :, None, None, None], self.pc_range)
         return self.rv_embedding(pts.flatten(-2))
 
@@ -129,7 +175,7 @@ class PositionEncoder(nn.Module):
         return uv, visible
 
     def query_pe(self, ref: Tensor, lidar2img: Tensor, pad_h: int, pad_w: int,
-                 camera_valid: Tensor | None = None) -> Tensor:
+                 camera_valid: Tensor | None = None, img2lidar: Tensor | None = None) -> Tensor:
         """(B, Q, C) query encodings: BEV part + sum over visible views of the RV part.
 
         For each view where the reference point lands in front of the camera and inside
@@ -137,6 +183,15 @@ class PositionEncoder(nn.Module):
         frame and embedded by the shared rv_embedding. ``camera_valid`` (B, V) drops
         missing views from the sum.
         """
+        if self.cache.usable(self):
+            valid = camera_valid if camera_valid is not None else torch.ones(0, dtype=torch.bool)
+            params = list(self.bev_embedding.parameters()) + list(self.rv_embedding.parameters())
+            return self.cache.get(f"query {pad_h}x{pad_w}", params, (ref, lidar2img, valid),
+                                  lambda: self._query_pe(ref, lidar2img, pad_h, pad_w, camera_valid, img2lidar))
+        return self._query_pe(ref, lidar2img, pad_h, pad_w, camera_valid, img2lidar)
+
+    def _query_pe(self, ref: Tensor, lidar2img: Tensor, pad_h: int, pad_w: int, camera_valid: Tensor | None,
+                  img2lidar: Tensor | None) -> Tensor:
         bev = self.bev_embedding(pos2embed(ref, self.embed_dims))
         uv, visible = self.project_reference_points(ref, lidar2img, pad_h, pad_w)
         if camera_valid is not None:
@@ -144,7 +199,8 @@ class PositionEncoder(nn.Module):
         d = self.depths
         rays = torch.stack([uv[..., 0:1] * d, uv[..., 1:2] * d, d.expand_as(uv[..., 0:1] * d),
                             torch.ones_like(uv[..., 0:1] * d)], dim=-1)    # (B, V, Q, D, 4)
-        img2lidar = torch.linalg.inv(lidar2img.float())
+        if img2lidar is None:
+            img2lidar = torch.linalg.inv(lidar2img.float())
         pts = rays_to_normalised_lidar(rays, img2lidar[:, :, None, None], self.pc_range)
         rv = self.rv_embedding(pts.flatten(-2))                             # (B, V, Q, C)
         return bev + (rv * visible.unsqueeze(-1)).sum(dim=1)

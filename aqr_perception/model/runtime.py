@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from aqr_perception.config import ModelConfig
+from aqr_perception.config import ConfigError, ModelConfig
 from aqr_perception.detections import FrameDetections
 from aqr_perception.model.batching import make_inputs
 from aqr_perception.model.checkpoint import load_checkpoint, resolve_device
@@ -46,10 +46,12 @@ class DetectorRuntime:
     """A loaded detector on a device."""
 
     def __init__(self, checkpoint: str | Path | None, fallback_config: ModelConfig | None = None,
-                 device: str = "auto", cpu_threads: int = 0) -> None:
+                 device: str = "auto", cpu_threads: int = 0, runtime: str = "torch") -> None:
         """``checkpoint``: a .pt file; None or "" for the bundled one; ``UNTRAINED`` ("none")
         for random weights built from ``fallback_config`` (also used when nothing is bundled).
-        ``cpu_threads`` > 0 sets PyTorch's intra-op thread count (process-wide)."""
+        ``cpu_threads`` > 0 sets PyTorch's intra-op thread count (process-wide). ``runtime``
+        "onnxruntime" runs the convolutional branches in onnxruntime (CPU only; exported
+        here, ~6 s for the tiny model)."""
         if cpu_threads > 0:
             torch.set_num_threads(cpu_threads)
         self.device = resolve_device(device)
@@ -71,6 +73,16 @@ class DetectorRuntime:
             self.meta = {"untrained": True}
         self.cfg: ModelConfig = self.model.cfg
         self.cpu_threads = torch.get_num_threads()
+        self.runtime = runtime
+        self._forward = self.model
+        if runtime == "onnxruntime":
+            if self.device.type != "cpu":
+                raise ConfigError(f"runtime 'onnxruntime' runs on the CPU, not on {self.device} (runtime:=torch)")
+            from aqr_perception.model.onnx_runtime import OnnxRuntimeDetector
+
+            self._forward = OnnxRuntimeDetector(self.model, self.cpu_threads)
+        elif runtime != "torch":
+            raise ConfigError(f"unknown runtime {runtime!r} (torch or onnxruntime)")
         self.input_hw = (self.cfg.image.input_height, self.cfg.image.input_width)
 
     @property
@@ -102,7 +114,7 @@ class DetectorRuntime:
         t0 = time.perf_counter()
         with torch.inference_mode():
             inputs = make_inputs([arrays], self.device)
-            out = self.model(inputs)
+            out = self._forward(inputs)
             if not (torch.isfinite(out.cls_logits[-1]).all() and torch.isfinite(out.bbox_code[-1]).all()):
                 raise ModelOutputError("non-finite detector outputs")
             pred = self.model.decode(out)[0]

@@ -45,7 +45,8 @@ class SequenceGaps:
 
 
 def counted_subscription(node: Node, msg_type: type, topic: str, callback: Callable[[Any], None], qos: QoSProfile,
-                         counters: MutableMapping[str, int], warn: Callable[[str, str], None]) -> Subscription:
+                         counters: MutableMapping[str, int], warn: Callable[[str, str], None],
+                         parse: Callable[[bytes], Any] | None = None) -> Subscription:
     """``node.create_subscription`` whose losses and QoS mismatches are counted:
 
     * ``messages_missed.<topic>``: samples that never reached ``callback`` (sequence gaps:
@@ -54,7 +55,12 @@ def counted_subscription(node: Node, msg_type: type, topic: str, callback: Calla
       once the next sample is taken, see the README's "When the counters settle");
     * ``qos_incompatible.<topic>``: publishers whose QoS cannot match ours.
 
-    Each also gets a throttled line through ``warn(key, text)``."""
+    Each also gets a throttled line through ``warn(key, text)``.
+
+    With ``parse`` the subscription is raw (rclpy hands over the serialised bytes, no
+    typed copy) and ``parse(bytes)`` makes the message (:mod:`aqr_perception.frames.cdr`'s
+    zero-copy views); bytes it refuses (``ValueError``) are counted as
+    ``messages_malformed.<topic>`` with the reason, and the callback does not run."""
     def lost(info) -> None:
         counters[f"dds_messages_lost.{topic}"] += info.total_count_change
         warn(f"lost:{topic}", f"{topic}: DDS reports {info.total_count} messages lost in transport so far "
@@ -73,7 +79,14 @@ def counted_subscription(node: Node, msg_type: type, topic: str, callback: Calla
             warn(f"missed:{topic}", f"{topic}: {gaps.missed} messages never reached the node so far (gaps in the "
                                     "publisher's sequence numbers: overwritten in a queue, qos_depth / CPU load, "
                                     "or lost in transport)")
+        if parse is not None:
+            try:
+                msg = parse(msg)
+            except ValueError as exc:
+                counters[f"messages_malformed.{topic}"] += 1
+                warn(f"malformed:{topic}", f"{topic}: a message that does not parse was dropped ({exc})")
+                return
         callback(msg)
 
     events = SubscriptionEventCallbacks(message_lost=lost, incompatible_qos=incompatible)
-    return node.create_subscription(msg_type, topic, receive, qos, event_callbacks=events)
+    return node.create_subscription(msg_type, topic, receive, qos, event_callbacks=events, raw=parse is not None)

@@ -107,6 +107,7 @@ class NodeDiagnostics:
             level, text = OK, f"{rt.cfg.name} on {rt.device}"
         return DiagnosticStatus(level=level, name=f"{node.get_name()}: model", message=text,
                                 hardware_id=str(rt.device), values=[
-            _kv("device", rt.device), _kv("cpu_threads", getattr(rt, "cpu_threads", "")),
+            _kv("device", rt.device), _kv("runtime", getattr(rt, "runtime", "torch")),
+            _kv("cpu_threads", getattr(rt, "cpu_threads", "")),
             _kv("checkpoint", rt.checkpoint or "none"), _kv("model", rt.cfg.name),
             _kv("last_detections", rep.detections)])

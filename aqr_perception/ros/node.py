@@ -52,6 +52,7 @@ from visualization_msgs.msg import MarkerArray
 
 from aqr_perception.config import NODE_NAME, ConfigError, NodeConfig, format_validation_error, load_config
 from aqr_perception.detections import FrameDetections
+from aqr_perception.frames.cdr import parse_compressed_image, parse_image, parse_pointcloud2
 from aqr_perception.frames.conversions import ConversionError
 from aqr_perception.frames.pipeline import FrameInputs, FramePipeline
 from aqr_perception.msg import DetectionVelocityArray, QueryRouting
@@ -216,14 +217,16 @@ class AqrPerceptionNode(LifecycleNode):
         # clouds the model had no time for, kept as past sweeps (multi-sweep models only)
         self._skipped_sweeps = deque(maxlen=max(0, runtime.cfg.lidar.sweeps - 1))
         self.model_loads += 1
-        self.get_logger().info(f"configured: model {runtime.cfg.name} on {runtime.device} loaded in "
+        self.get_logger().info(f"configured: model {runtime.cfg.name} on {runtime.device} "
+                               f"({getattr(runtime, 'runtime', 'torch')}) "
+                               f"loaded in "
                                f"{time.perf_counter() - t0:.1f} s (warm-up {warm_up_ms:.0f} ms)")
 
     def _load_runtime(self, cfg: NodeConfig):
         from aqr_perception.model.runtime import DetectorRuntime
 
         fallback = load_config(cfg.config_file or None).model
-        runtime = DetectorRuntime(cfg.checkpoint or None, fallback, cfg.device, cfg.cpu_threads)
+        runtime = DetectorRuntime(cfg.checkpoint or None, fallback, cfg.device, cfg.cpu_threads, cfg.runtime)
         if cfg.config_file and runtime.trained and _architecture(fallback) != _architecture(runtime.cfg):
             self.get_logger().warning(
                 f"config_file {cfg.config_file} describes model {fallback.name!r}, the checkpoint holds "
@@ -244,19 +247,22 @@ class AqrPerceptionNode(LifecycleNode):
                             durability=DurabilityPolicy.VOLATILE)
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
-        def subscribe(msg_type: type, topic: str, callback, profile: QoSProfile) -> None:
-            self._io.append(counted_subscription(self, msg_type, topic, callback, profile, self.counters, self._warn))
+        def subscribe(msg_type: type, topic: str, callback, profile: QoSProfile, parse=None) -> None:
+            self._io.append(counted_subscription(self, msg_type, topic, callback, profile, self.counters, self._warn,
+                                                 parse))
 
         def publisher(msg_type: type, topic: str, profile: QoSProfile | int = out_qos) -> Publisher:
             pub = self.create_publisher(msg_type, topic, profile)
             self._io.append(pub)
             return pub
 
-        subscribe(PointCloud2, cfg.lidar_topic, self._on_cloud, qos)
-        image_type = Image if cfg.image_transport == "raw" else CompressedImage
+        # clouds and images arrive as serialised bytes read through zero-copy views (frames/cdr.py)
+        subscribe(PointCloud2, cfg.lidar_topic, self._on_cloud, qos, parse_pointcloud2)
+        image_type, parse_img = ((Image, parse_image) if cfg.image_transport == "raw" else
+                                 (CompressedImage, parse_compressed_image))
         for cam in self.cameras:
             subscribe(image_type, cfg.image_topic_format.format(camera=cam),
-                      lambda m, c=cam: self.pipeline.on_image(c, m), image_qos)
+                      lambda m, c=cam: self.pipeline.on_image(c, m), image_qos, parse_img)
             subscribe(CameraInfo, cfg.camera_info_topic_format.format(camera=cam),
                       lambda m, c=cam: self._on_info(c, m), qos)
         if cfg.extrinsics_source == "tf_static":

@@ -1,0 +1,100 @@
+"""The detector on onnxruntime: everything after the BEV canvas exported to ONNX.
+
+The LiDAR encoder up to the BEV canvas (pillar scatter, or voxels and spconv) has
+data-dependent shapes and stays in torch; from the canvas on every shape is fixed by
+the config (one sample, V views at the input size), so :class:`DenseDetector` exports
+with ``torch.onnx`` (the dynamo exporter; the AQR attention takes its folded route) and
+runs in onnxruntime. Measured on the 2-core dev machine for the tiny model: about half
+the eager latency at the same outputs (``bench/runtime.py``).
+
+The exported graph computes the image and LiDAR branches whether or not a modality is
+present: their keys are masked and the routers read them multiplied by availability,
+so the result equals eager's, which skips them (``test/test_onnx_runtime.py``).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from aqr_perception.model.detector import CmtAqrDetector, DetectorInputs, DetectorOutput
+
+
+class ImageBranch(nn.Module):
+    """images (1, V, 3, H, W) RGB 0-255 -> features (V, C, h, w): normalisation, backbone, neck."""
+
+    def __init__(self, model: CmtAqrDetector) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        m = self.model
+        return m.img_neck(m.img_backbone(m.normalised_images(images)))
+
+
+class LidarDense(nn.Module):
+    """BEV canvas (1, C, H, W) -> memory features (1, C', Hb, Wb): SECOND, FPN, shared conv."""
+
+    def __init__(self, model: CmtAqrDetector) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, canvas: Tensor) -> Tensor:
+        return self.model.lidar.dense(canvas)
+
+
+def _session(module: nn.Module, example: tuple[Tensor, ...], path: Path, names: list[str], threads: int):
+    import onnxruntime
+
+    with torch.no_grad():
+        torch.onnx.export(module.eval(), example, str(path), dynamo=True, verbose=False, input_names=names)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    # onnxruntime's threads spin after a run by default, starving torch's threads that run next
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxRuntimeDetector:
+    """Drop-in for ``CmtAqrDetector.__call__`` in inference (batch of one): the convolutional
+    branches (images -> features, BEV canvas -> BEV features) in onnxruntime sessions made
+    from the model at construction; points -> canvas, position encodings, decoder and heads
+    in torch."""
+
+    def __init__(self, model: CmtAqrDetector, threads: int) -> None:
+        if model.training:
+            raise ValueError("the onnxruntime path is for inference (model.eval())")
+        self.model = model
+        cfg = model.cfg
+        t0 = time.perf_counter()
+        v, (h, w) = cfg.num_views, (cfg.image.input_height, cfg.image.input_width)
+        with torch.no_grad():
+            canvas = model.lidar.canvas([torch.zeros(0, model.lidar.point_features)])
+        with tempfile.TemporaryDirectory(prefix="aqr_onnx_") as tmp:
+            self.image = _session(ImageBranch(model), (torch.zeros(1, v, 3, h, w),), Path(tmp) / "image.onnx",
+                                  ["images"], threads)
+            self.lidar = _session(LidarDense(model), (torch.zeros_like(canvas),), Path(tmp) / "lidar.onnx",
+                                  ["canvas"], threads)
+        self.export_s = time.perf_counter() - t0
+
+    def __call__(self, inputs: DetectorInputs) -> DetectorOutput:
+        if inputs.batch_size != 1:
+            raise ValueError("the onnxruntime path runs one sample at a time")
+        m = self.model
+        with torch.no_grad():
+            if bool(inputs.camera_valid.any()):
+                img = torch.from_numpy(self.image.run(None, {"images": inputs.images.float().numpy()})[0])
+            else:
+                img = m.image_features(inputs.images, inputs.camera_valid)
+            if bool(inputs.lidar_valid.any()):
+                canvas = m.lidar.canvas(inputs.points).float().numpy()
+                bev = torch.from_numpy(self.lidar.run(None, {"canvas": canvas})[0])
+            else:
+                bev = m.bev_features(inputs.points, inputs.lidar_valid, img)
+            memory, pos, pad = m.assemble_memory(img, bev, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
+            return m.decode_queries(memory, pos, pad, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
