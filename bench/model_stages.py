@@ -73,6 +73,75 @@ def stacked_sweeps(n: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def model_arrays(cfg, sweeps: int):
+    """One sample of model inputs (numpy): the LiDAR-like cloud, random images, the rig's lidar2img."""
+    from aqr_perception.data.rig import nuscenes_like_rig, resize_intrinsics
+    from aqr_perception.frames.preprocess import ModelArrays
+
+    points = stacked_sweeps(sweeps)
+    h, w = cfg.image.input_height, cfg.image.input_width
+    l2i = []
+    for cam in nuscenes_like_rig()[: cfg.num_views]:
+        k4 = np.eye(4)
+        k4[:3, :3] = resize_intrinsics(cam.K, w / 1600, w / 1600)   # width-scaled, top rows cropped
+        k4[1, 2] -= 900 * w / 1600 - h
+        l2i.append(k4 @ cam.lidar_to_camera)
+    images = np.random.default_rng(0).integers(0, 255, size=(cfg.num_views, 3, h, w), dtype=np.uint8)
+    return ModelArrays(points, images, np.stack(l2i).astype(np.float32), np.ones(cfg.num_views, bool), True)
+
+
+def autocast_for(device: str, dtype: str):
+    """Autocast context for "bf16" / "fp16" (a disabled one for "fp32")."""
+    if dtype == "fp32":
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None
+                ) -> tuple[list[float], dict[str, float]]:
+    """Seconds of each of ``runs`` predicts (after one warm-up) and the median ms per stage.
+    ``predict`` replaces ``model.predict`` (a compiled callable, say); stages are timed by
+    hooks on ``model``'s modules, so a compiled callable reports no stages."""
+    spent: dict[str, list[float]] = defaultdict(list)
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    hooks = []
+    for label, names in STAGES.items():
+        for name in (names if isinstance(names, tuple) else (names,)):
+            try:
+                mod = model.get_submodule(name)
+            except AttributeError:
+                continue
+
+            def pre(_m, _i, label=label):
+                sync()
+                spent[label + "#t0"] = [time.perf_counter()]
+
+            def post(_m, _i, _o, label=label):
+                sync()
+                spent[label + "#acc"].append(time.perf_counter() - spent[label + "#t0"][0])
+            hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    predict = predict or model.predict
+    totals, per_stage = [], defaultdict(list)
+    try:
+        for run in range(runs + 1):                     # the first run warms up
+            for k in [k for k in spent if k.endswith("#acc")]:
+                spent[k] = []
+            sync()
+            t0 = time.perf_counter()
+            with torch.inference_mode(), autocast_for(device, dtype):
+                predict(inputs)
+            sync()
+            if run == 0:
+                continue
+            totals.append(time.perf_counter() - t0)
+            for label in STAGES:
+                per_stage[label].append(sum(spent.get(label + "#acc", [])))
+    finally:
+        for h in hooks:
+            h.remove()
+    return totals, {k: 1e3 * statistics.median(v) for k, v in per_stage.items() if any(v)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config/cmt_aqr_vov_1600x640.yaml")
@@ -85,8 +154,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from aqr_perception.config import load_config
-    from aqr_perception.data.rig import nuscenes_like_rig, resize_intrinsics
-    from aqr_perception.frames.preprocess import ModelArrays
     from aqr_perception.model import build_detector
     from aqr_perception.model.batching import make_inputs
 
@@ -95,62 +162,17 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides).model
     model = build_detector(cfg).eval().to(args.device)
     sweeps = args.sweeps or cfg.lidar.sweeps
-    points = stacked_sweeps(sweeps)
-    h, w = cfg.image.input_height, cfg.image.input_width
-    rig = nuscenes_like_rig()[: cfg.num_views]
-    l2i = []
-    for cam in rig:
-        k4 = np.eye(4)
-        k4[:3, :3] = resize_intrinsics(cam.K, w / 1600, w / 1600)   # width-scaled, top rows cropped
-        k4[1, 2] -= 900 * w / 1600 - h
-        l2i.append(k4 @ cam.lidar_to_camera)
-    images = np.random.default_rng(0).integers(0, 255, size=(cfg.num_views, 3, h, w), dtype=np.uint8)
-    sample = ModelArrays(points, images, np.stack(l2i).astype(np.float32), np.ones(cfg.num_views, bool), True)
+    sample = model_arrays(cfg, sweeps)
     inputs = make_inputs([sample], args.device)
-
-    spent: dict[str, list[float]] = defaultdict(list)
-    sync = (lambda: torch.cuda.synchronize()) if args.device.startswith("cuda") else (lambda: None)
-    for label, names in STAGES.items():
-        for name in (names if isinstance(names, tuple) else (names,)):
-            try:
-                mod = model.get_submodule(name)
-            except AttributeError:
-                continue
-            def pre(_m, _i, label=label):
-                sync()
-                spent[label + "#t0"] = [time.perf_counter()]
-
-            def post(_m, _i, _o, label=label):
-                sync()
-                spent[label + "#acc"].append(time.perf_counter() - spent[label + "#t0"][0])
-            mod.register_forward_pre_hook(pre)
-            mod.register_forward_hook(post)
-
-    half = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    autocast = (torch.autocast(args.device.split(":")[0], dtype=half) if args.dtype != "fp32"
-                else torch.autocast("cpu", enabled=False))
-    totals, per_stage = [], defaultdict(list)
-    for run in range(args.runs + 1):                     # the first run warms up
-        for k in [k for k in spent if k.endswith("#acc")]:
-            spent[k] = []
-        sync()
-        t0 = time.perf_counter()
-        with torch.inference_mode(), autocast:
-            model.predict(inputs)
-        sync()
-        total = time.perf_counter() - t0
-        if run == 0:
-            continue
-        totals.append(total)
-        for label in STAGES:
-            per_stage[label].append(sum(spent.get(label + "#acc", [])))
+    totals, med = time_stages(model, inputs, args.runs, args.device, args.dtype)
     voxels = None
     if cfg.lidar.encoder == "voxel":
         voxels = int(model.lidar.voxelizer([inputs.points[0]]).coords.shape[0])
-    med = {k: 1e3 * statistics.median(v) for k, v in per_stage.items() if any(v)}
     total = 1e3 * statistics.median(totals)
+    h, w = cfg.image.input_height, cfg.image.input_width
     print(f"{cfg.name} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads): {cfg.num_views} views "
-          f"{w}x{h}, {points.shape[0]} points from {sweeps} sweep(s)" + (f" -> {voxels} voxels" if voxels else ""))
+          f"{w}x{h}, {sample.points.shape[0]} points from {sweeps} sweep(s)"
+          + (f" -> {voxels} voxels" if voxels else ""))
     print(f"{'stage':28s} {'ms':>10s} {'share':>7s}")
     for label, ms in med.items():
         print(f"{label:28s} {ms:10.1f} {ms / total:7.1%}")

@@ -162,3 +162,22 @@ def test_inference_reuses_encodings_until_weights_or_calibration_change():
     # with autograd (training), nothing is reused: gradients reach the embeddings
     out = enc.bev_key_pe()
     assert out.requires_grad and out is not enc.bev_key_pe()
+
+
+def test_encodings_stay_in_fp32_under_autocast():
+    """mmdet's force_fp32: under bf16 autocast the encodings are computed (and returned) in
+    float32, equal to the plain float32 ones."""
+    cfg = load_config("tiny").model
+    enc = _encoder(cfg).eval()
+    h, w = cfg.image.input_height, cfg.image.input_width
+    fh, fw = cfg.feature_hw
+    l2i = rig_lidar2img(w, h)[None]
+    ref = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = (enc.bev_key_pe(), enc.image_key_pe(l2i, fh, fw, h, w), enc.query_pe(ref, l2i, h, w))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = (enc.bev_key_pe(), enc.image_key_pe(l2i, fh, fw, h, w), enc.query_pe(ref.bfloat16(), l2i, h, w))
+    for g, wnt in zip(got, want):
+        assert g.dtype == torch.float32
+        assert torch.allclose(g, wnt, atol=1e-2)       # the bf16 reference point: rounded to 8 bits
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

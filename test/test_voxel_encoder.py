@@ -117,3 +117,20 @@ def test_sparse_encoder_equals_dense_conv3d_at_active_sites():
     want = want.reshape(1, 256, 3, 3)
     assert float((got - want).abs().max()) < 1e-9 * float(want.abs().max())
     assert float(want_active.sum()) > 4 and float(got.abs().sum()) > 0
+
+
+def test_a_pillar_model_never_imports_spconv():
+    """The pillar branch is the option that needs no spconv: building and running the bundled
+    model leaves it unimported (a machine without spconv runs every pillar config)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from aqr_perception.model.runtime import DetectorRuntime\n"
+            "rt = DetectorRuntime(None, None, 'cpu')\n"
+            "rt.warm_up()\n"
+            "assert rt.cfg.lidar.encoder == 'pillar'\n"
+            "print('spconv' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -8,10 +8,23 @@ Frames and units:
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor, nn
+
+
+def in_fp32(method):
+    """Run a PositionEncoder method in float32 whatever autocast says (mmdet's ``force_fp32``):
+    the rays reach u*d ~ 1600 * 54 and the encodings' sin/cos need float32 (fp16 autocast
+    was seen to break them). Floating tensor arguments are cast to float32."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        cast = lambda a: a.float() if isinstance(a, Tensor) and a.is_floating_point() else a  # noqa: E731
+        with torch.autocast(self.pc_range.device.type, enabled=False):
+            return method(self, *(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
+    return run
 
 
 def pos2embed(pos: Tensor, num_pos_feats: int = 128) -> Tensor:
@@ -112,6 +125,7 @@ class PositionEncoder(nn.Module):
         self.cache = InferenceCache()
 
     # ---------------------------------------------------------------- keys
+    @in_fp32
     def bev_key_pe(self) -> Tensor:
         """(bev_size^2, C) encodings of the BEV cells (row-major, y then x)."""
         compute = lambda: self.bev_embedding(pos2embed(self.bev_coords, self.embed_dims))  # noqa: E731
@@ -130,6 +144,7 @@ class PositionEncoder(nn.Module):
         vv, uu, dd = torch.meshgrid(v, u, self.depths, indexing="ij")
         return torch.stack([uu * dd, vv * dd, dd, torch.ones_like(dd)], dim=-1)
 
+    @in_fp32
     def image_key_pe(self, lidar2img: Tensor, feat_h: int, feat_w: int, pad_h: int, pad_w: int,
                      img2lidar: Tensor | None = None) -> Tensor:
         """(B, V, h, w, C) encodings of the image tokens.
@@ -153,6 +168,7 @@ class PositionEncoder(nn.Module):
         return self.rv_embedding(pts.flatten(-2))
 
     # ------------------------------------------------------------- queries
+    @in_fp32
     def project_reference_points(self, ref: Tensor, lidar2img: Tensor, pad_h: int, pad_w: int
                                  ) -> tuple[Tensor, Tensor]:
         """Project normalised reference points into every view.
@@ -174,6 +190,7 @@ class PositionEncoder(nn.Module):
                    & (uv[..., 1] >= 0) & (uv[..., 1] < pad_h))
         return uv, visible
 
+    @in_fp32
     def query_pe(self, ref: Tensor, lidar2img: Tensor, pad_h: int, pad_w: int,
                  camera_valid: Tensor | None = None, img2lidar: Tensor | None = None) -> Tensor:
         """(B, Q, C) query encodings: BEV part + sum over visible views of the RV part.

@@ -1,0 +1,253 @@
+"""The vehicle models on a GPU, one prepared run: latency per stage, per precision, compiled or not.
+
+For each config (default: the R50 800x320 vehicle model and the published VoV 1600x640 one)
+and each precision (fp32, bf16, fp16 autocast; the position encodings stay in fp32, as
+mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
+
+* the model alone (``predict``), with its stages (image backbone, LiDAR, decoder, ...);
+* pre-processing: 6 camera images at 1600x900 resized and cropped to the model input with
+  lidar2img folded in, the cloud to the model's points, and the copy to the device
+  (``frames.preprocess.build_model_arrays`` + ``make_inputs``, what the node does);
+* post-processing: decoded detections to the output messages (Detection3DArray,
+  velocities, routing);
+* the node path: the three together;
+
+then the same with ``torch.compile`` (``mode="reduce-overhead"``: CUDA graphs) of the
+dense part (everything after the BEV canvas), and TensorRT through ONNX when
+``tensorrt`` or onnxruntime's TensorRT provider is installed (reported as missing
+otherwise). The run keeps to ``--budget-s`` (default 420 s: it fits one 8-minute device
+call) and lists what it skipped. ``--tiny`` runs the tiny config, two runs each, for a
+CPU check (``test/test_bench_gpu.py``).
+
+    python bench/model_gpu.py --device cuda [--json runs/bench/gpu.json]
+    python bench/model_gpu.py --tiny --device cpu --dtypes fp32 bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_stages import model_arrays, time_stages  # noqa: E402
+
+CONFIGS = ["config/cmt_aqr_r50_800x320.yaml", "config/cmt_aqr_vov_1600x640.yaml"]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(1e3 * s for s in seconds)
+    p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+    p50 = statistics.median(ms)
+    return {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "fps": round(1e3 / p50, 2)}
+
+
+def camera_frames(n: int = 6) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Six 1600x900 RGB images with the rig's intrinsics and extrinsics."""
+    from aqr_perception.data.rig import nuscenes_like_rig
+
+    rig = nuscenes_like_rig(1600, 900)[:n]
+    rng = np.random.default_rng(0)
+    return ([rng.integers(0, 255, (900, 1600, 3), dtype=np.uint8) for _ in rig], [c.K for c in rig],
+            [c.lidar_to_camera for c in rig])
+
+
+def timed(fn, runs: int, sync) -> list[float]:
+    fn()
+    out = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_: bool, tensorrt: bool,
+                 deadline: float, skipped: list[str], overrides: list[str]) -> list[dict]:
+    from std_msgs.msg import Header
+
+    from aqr_perception.config import load_config
+    from aqr_perception.detections import FrameDetections
+    from aqr_perception.frames.preprocess import build_model_arrays
+    from aqr_perception.model import build_detector
+    from aqr_perception.model.batching import make_inputs
+    from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
+
+    cfg = load_config(path, overrides).model
+    try:
+        model = build_detector(cfg).eval().to(device)
+    except ImportError as exc:                       # a voxel model without spconv
+        skipped.append(f"{cfg.name}: {exc}")
+        return []
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    sample = model_arrays(cfg, cfg.lidar.sweeps)
+    inputs = make_inputs([sample], device)
+    images, Ks, exts = camera_frames(cfg.num_views)
+    hw = (cfg.image.input_height, cfg.image.input_width)
+    pre = timed(lambda: make_inputs([build_model_arrays(sample.points, images, Ks, exts, hw)], device), runs, sync)
+    with torch.inference_mode():
+        pred = model.predict(inputs)[0]
+    d = pred.detections
+    det = FrameDetections(d.boxes.float().cpu().numpy(), d.scores.float().cpu().numpy(), d.labels.cpu().numpy(),
+                          d.query_index.cpu().numpy(), pred.lidar_weight.float().cpu().numpy(),
+                          pred.camera_weight.float().cpu().numpy())
+    header = Header(frame_id="LIDAR_TOP")
+
+    def post() -> None:
+        to_detection_array(header, det, list(cfg.classes))
+        to_velocity_msg(header, det)
+        to_routing_msg(header, det, True, [f"CAM_{i}" for i in range(cfg.num_views)], [])
+
+    post_t = timed(post, runs, sync)
+    rows = []
+    variants = [(dt, None) for dt in dtypes]
+    if compile_:
+        variants += [(dt, "torch.compile") for dt in dtypes]
+    for dtype, how in variants:
+        label = f"{cfg.name} {dtype}" + (f" {how}" if how else "")
+        if time.monotonic() > deadline:
+            skipped.append(f"{label}: over the time budget")
+            continue
+        if dtype == "fp16" and device == "cpu":
+            skipped.append(f"{label}: fp16 autocast is for CUDA")
+            continue
+        predict = None
+        if how == "torch.compile":
+            predict = compiled_predict(model)
+        try:
+            totals, stages = time_stages(model, inputs, runs, device, dtype, predict)
+        except Exception as exc:                     # report and go on: the run must finish
+            skipped.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            continue
+        model_p = percentiles(totals)
+        node = [a + b + c for a, b, c in zip(pre, totals, post_t)]
+        rows.append({"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
+                     "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
+                     "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)})
+    if tensorrt:
+        rows += tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped)
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return rows
+
+
+def compiled_predict(model):
+    """``predict`` with the dense part (image branch, BEV convolutions, encodings, decoder,
+    heads) under ``torch.compile(mode="reduce-overhead")``; the canvas and decoding eager."""
+    from aqr_perception.model.onnx_runtime import DenseDetector
+
+    dense = torch.compile(DenseDetector(model), mode="reduce-overhead", dynamic=False)
+
+    def predict(inputs):
+        from aqr_perception.model.detector import DetectorOutput
+
+        canvas = model.lidar.canvas(inputs.points)
+        img2lidar = torch.linalg.inv(inputs.lidar2img.float())
+        cls_logits, code, lw, cw = dense(canvas, inputs.images, inputs.lidar2img, img2lidar, inputs.camera_valid,
+                                         inputs.lidar_valid)
+        out = DetectorOutput(cls_logits[None], code[None], lw, cw, model.reference_points.weight[None],
+                             inputs.lidar_valid | inputs.camera_valid.any(dim=1))
+        return model.decode(out)
+    return predict
+
+
+def tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped) -> list[dict]:
+    """onnxruntime's TensorRT provider (or plain TensorRT) on the exported dense part, when installed."""
+    try:
+        import onnxruntime
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        providers = []
+    if "TensorrtExecutionProvider" not in providers:
+        skipped.append(f"{cfg.name} TensorRT: not installed (onnxruntime-gpu with TensorrtExecutionProvider, "
+                       f"or tensorrt; providers here: {', '.join(providers) or 'none'})")
+        return []
+    if time.monotonic() > deadline:
+        skipped.append(f"{cfg.name} TensorRT: over the time budget")
+        return []
+    import tempfile
+
+    from aqr_perception.model.onnx_runtime import DenseDetector
+
+    cpu_model = model.to("cpu")
+    with torch.no_grad():
+        canvas = cpu_model.lidar.canvas([p.cpu() for p in inputs.points])
+    l2i = inputs.lidar2img.float().cpu()
+    feeds = (canvas, inputs.images.float().cpu(), l2i, torch.linalg.inv(l2i), inputs.camera_valid.cpu(),
+             inputs.lidar_valid.cpu())
+    names = ["canvas", "images", "lidar2img", "img2lidar", "camera_valid", "lidar_valid"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dense.onnx"
+        try:
+            with torch.no_grad():
+                torch.onnx.export(DenseDetector(cpu_model).eval(), feeds, str(path), dynamo=True, input_names=names)
+            for precision in ("fp32", "fp16"):
+                trt = {"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": False}
+                sess = onnxruntime.InferenceSession(str(path), providers=[("TensorrtExecutionProvider", trt),
+                                                                           "CUDAExecutionProvider"])
+                np_feeds = {n: t.numpy() for n, t in zip(names, feeds)}
+                totals = timed(lambda s=sess, f=np_feeds: s.run(None, f), runs, lambda: None)
+                rows.append({"config": cfg.name, "dtype": precision, "variant": "TensorRT (ORT)", "device": device,
+                             "model": percentiles(totals), "stages_ms": {}, "pre": percentiles([0.0]),
+                             "post": percentiles([0.0]), "node_path": percentiles(totals),
+                             "note": "dense part only (canvas and decoding excluded), host copies included"})
+        except Exception as exc:
+            skipped.append(f"{cfg.name} TensorRT: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    model.to(device)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=CONFIGS)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--no-tensorrt", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=420.0)
+    parser.add_argument("--tiny", action="store_true", help="the tiny config, 2 runs (a CPU check of the script)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
+
+    apply_loopback_dds_defaults()
+    configs, runs = (["tiny"], 2) if args.tiny else (args.configs, args.runs)
+    t0 = time.monotonic()
+    deadline = t0 + args.budget_s
+    rows, skipped = [], []
+    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
+    print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row")
+    for path in configs:
+        rows += bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny),
+                             not args.no_tensorrt, deadline, skipped, args.overrides)
+    print(f"{'config':24s} {'dtype':5s} {'variant':14s} {'model p50/p99 ms':>18s} {'FPS':>7s} "
+          f"{'pre p50':>8s} {'post p50':>9s} {'node p50/p99 ms':>17s} {'node FPS':>9s}")
+    for r in rows:
+        m, n = r["model"], r["node_path"]
+        print(f"{r['config']:24s} {r['dtype']:5s} {r['variant']:14s} {m['p50_ms']:8.1f} / {m['p99_ms']:7.1f} "
+              f"{m['fps']:7.2f} {r['pre']['p50_ms']:8.1f} {r['post']['p50_ms']:9.2f} "
+              f"{n['p50_ms']:8.1f} / {n['p99_ms']:6.1f} {n['fps']:9.2f}")
+        if r["stages_ms"]:
+            print("    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()))
+    for s in skipped:
+        print(f"skipped: {s}")
+    print(f"total {time.monotonic() - t0:.0f} s (budget {args.budget_s:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": name, "rows": rows, "skipped": skipped}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
