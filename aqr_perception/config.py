@@ -526,7 +526,12 @@ class EvalConfig(_Section):
         "car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50,
         "pedestrian": 40, "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30,
     }
-    score_threshold: Probability = Field(0.05, description="detections below this score are not evaluated")
+    score_threshold: Probability = Field(
+        0.05, description="the node runs at this score threshold in evaluation (mAP integrates precision over "
+                          "recall: low-scoring detections count); the node's own default is node.score_threshold")
+    stamp_tolerance_s: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
+        0.01, description="an answer belongs to the GT frame nearest its stamp within this (a fifth of the 20 Hz "
+                          "LiDAR period): GT and bag stamps rarely agree to the nanosecond")
     pictures: Annotated[int, Field(ge=0)] = Field(3, description="frames drawn with predictions over GT")
     picture_score_threshold: Probability = Field(0.2, description="predictions drawn in the pictures")
     replay_calibration_wait_s: PositiveFloat = Field(

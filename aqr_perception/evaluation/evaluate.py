@@ -27,21 +27,48 @@ from aqr_perception.evaluation.report import metrics_table, per_class_table, rou
 
 @dataclass
 class DriveEval:
-    """One drive's evaluation: GT (global frame) and answers per sample token (str(stamp_ns))."""
+    """One drive's evaluation: GT (global frame) and the answers matched to it, per sample
+    token (str(stamp_ns) of the GT frame); ``unmatched``: GT frames no answer came near."""
 
     gt: dict[str, FrameBoxes]
     answers: dict[str, FrameAnswer] = field(default_factory=dict)
     lidar_to_global: dict[str, np.ndarray] = field(default_factory=dict)
     frames_total: int = 0
+    unmatched: list[str] = field(default_factory=list)
 
 
-def drive_eval(gt_json: Path, answers: dict[str, FrameAnswer], classes: list[str]) -> DriveEval:
-    """GT, ego poses and the answers of the GT's frames, for one drive."""
+def match_stamps(gt_ns: list[int], answer_ns: list[int], tolerance_ns: int) -> dict[int, int]:
+    """GT stamp -> the answer stamp nearest to it, when within ``tolerance_ns`` (ties: the
+    earlier answer). Each answer serves at most one GT frame (the nearest GT takes it)."""
+    answers = np.sort(np.asarray(answer_ns, dtype=np.int64))
+    pairs = []
+    for g in gt_ns:
+        i = int(np.searchsorted(answers, g))
+        near = [j for j in (i - 1, i) if 0 <= j < len(answers)]
+        if near:
+            j = min(near, key=lambda j: (abs(int(answers[j]) - g), int(answers[j])))
+            if abs(int(answers[j]) - g) <= tolerance_ns:
+                pairs.append((abs(int(answers[j]) - g), g, int(answers[j])))
+    out, used = {}, set()
+    for _, g, a in sorted(pairs):
+        if a not in used:
+            out[g] = a
+            used.add(a)
+    return out
+
+
+def drive_eval(gt_json: Path, answers: dict[str, FrameAnswer], classes: list[str], tolerance_s: float = 0.0
+               ) -> DriveEval:
+    """GT, ego poses and the answers of the GT's frames, for one drive. An answer belongs to
+    the GT frame nearest to its stamp within ``tolerance_s`` (eval.stamp_tolerance_s: a GT
+    file and a bag rarely agree to the nanosecond once converted, rounded or re-stamped)."""
     frames = read_ground_truth(gt_json, classes)
     gt = {str(s): FrameBoxes(f.global_boxes, f.names, f.ego_xyz, attributes=f.attributes, num_pts=f.num_lidar_pts)
           for s, f in frames.items()}
-    return DriveEval(gt=gt, answers={t: a for t, a in answers.items() if t in gt},
-                     lidar_to_global={str(s): f.lidar_to_global for s, f in frames.items()}, frames_total=len(gt))
+    matched = match_stamps(list(frames), [int(t) for t in answers], round(tolerance_s * 1e9))
+    return DriveEval(gt=gt, answers={str(g): answers[str(a)] for g, a in matched.items()},
+                     lidar_to_global={str(s): f.lidar_to_global for s, f in frames.items()}, frames_total=len(gt),
+                     unmatched=[str(s) for s in frames if s not in matched])
 
 
 def global_answers(ev: DriveEval) -> dict[str, FrameBoxes]:
@@ -56,8 +83,17 @@ def global_answers(ev: DriveEval) -> dict[str, FrameBoxes]:
 def evaluate_drive(gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer]
                    ) -> tuple[DetectionResult, DriveEval]:
     classes = list(cfg.model.classes)
-    ev = drive_eval(gt_json, answers, classes)
+    ev = drive_eval(gt_json, answers, classes, cfg.eval.stamp_tolerance_s)
     return evaluate(ev.gt, global_answers(ev), classes, cfg.eval), ev
+
+
+def run_conditions(cfg: AqrConfig, unmatched: int) -> str:
+    """What the numbers depend on, in words: the node's score threshold and the stamp matching."""
+    return (f"The node ran at score threshold {cfg.eval.score_threshold:g} (eval.score_threshold; its own default "
+            f"is {type(cfg.node).model_fields['score_threshold'].default:g}): nuScenes' mAP integrates precision over "
+            "recall, so the evaluation keeps the low-scoring detections a vehicle would not publish. Answers are "
+            f"matched to the GT frame nearest their stamp within {1e3 * cfg.eval.stamp_tolerance_s:g} ms "
+            f"(eval.stamp_tolerance_s); {unmatched} GT frame(s) had no answer that near.")
 
 
 def model_config(checkpoint: str, cfg: AqrConfig) -> ModelConfig:
@@ -90,13 +126,15 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
     if submission_path is not None:
         from aqr_perception.evaluation.submission import submission, write_submission
 
-        write_submission(submission_path, submission(answers, read_ground_truth(gt_json, list(cfg.model.classes)),
+        write_submission(submission_path, submission(ev.answers, read_ground_truth(gt_json, list(cfg.model.classes)),
                                                      cfg.eval.max_boxes_per_sample))
     seconds = time.monotonic() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     routing_score = cfg.eval.routing_score_threshold
     report = {"bag": str(bag), "mode": mode, "checkpoint": checkpoint or "bundled", "frames": ev.frames_total,
-              "frames_with_output": len(ev.answers), "seconds": round(seconds, 1), **result.summary(),
+              "frames_with_output": len(ev.answers), "frames_unmatched": len(ev.unmatched),
+              "stamp_tolerance_s": cfg.eval.stamp_tolerance_s, "score_threshold": cfg.eval.score_threshold,
+              "seconds": round(seconds, 1), **result.summary(),
               "per_class_tp": result.per_class_tp, "routing": routing_summary(ev.answers, routing_score)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
     write_pr_curves(out_dir / "pr_curves.png", result)
@@ -105,6 +143,7 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
     pictures = frame_pictures(bag, gt_json, cfg, ev.answers, tokens, out_dir) if n else []
     md = [f"# Evaluation of {bag.name} ({mode})", "",
           f"{ev.frames_total} frames, {len(ev.answers)} with detector output, {seconds:.1f} s.", "",
+          run_conditions(cfg, len(ev.unmatched)), "",
           metrics_table({bag.name: result}), "", per_class_table(result), "",
           f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
           "![PR curves](pr_curves.png)", ""] + [f"![{p.stem}]({p.name})" for p in pictures]

@@ -18,7 +18,7 @@ from pathlib import Path
 from aqr_perception.config import AqrConfig, ConfigError
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
-from aqr_perception.evaluation.evaluate import DriveEval, drive_eval, global_answers, model_config
+from aqr_perception.evaluation.evaluate import DriveEval, drive_eval, global_answers, model_config, run_conditions
 from aqr_perception.evaluation.metrics import DetectionResult, evaluate
 from aqr_perception.evaluation.report import metrics_table, per_class_table, routing_summary, write_pr_curves
 
@@ -91,7 +91,7 @@ def score_pooled(pairs: list[tuple[Path, Path]], answers: dict[str, dict[str, Fr
     pooled = DriveEval(gt={})
     per_bag = {}
     for bag, gt_json in pairs:
-        ev = drive_eval(gt_json, answers[bag.name], classes)
+        ev = drive_eval(gt_json, answers[bag.name], classes, cfg.eval.stamp_tolerance_s)
         if set(ev.gt) & set(pooled.gt):
             raise ConfigError(f"{bag.name} shares frame stamps with another bag: the pool would mix their frames")
         per_bag[bag.name] = evaluate(ev.gt, global_answers(ev), classes, cfg.eval)
@@ -99,6 +99,7 @@ def score_pooled(pairs: list[tuple[Path, Path]], answers: dict[str, dict[str, Fr
         pooled.answers.update(ev.answers)
         pooled.lidar_to_global.update(ev.lidar_to_global)
         pooled.frames_total += ev.frames_total
+        pooled.unmatched += ev.unmatched
     result = evaluate(pooled.gt, global_answers(pooled), classes, cfg.eval)
     return PooledResult(result, per_bag, pooled.frames_total, len(pooled.answers)), pooled
 
@@ -124,8 +125,8 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
         from aqr_perception.evaluation.submission import submission, write_submission
 
         merged: dict = {"results": {}}
-        for bag, gt_json in pairs:
-            sub = submission(answers[bag.name], read_ground_truth(gt_json, list(cfg.model.classes)),
+        for _bag, gt_json in pairs:
+            sub = submission(pooled.answers, read_ground_truth(gt_json, list(cfg.model.classes)),
                              cfg.eval.max_boxes_per_sample)
             merged = {"meta": sub["meta"], "results": {**merged["results"], **sub["results"]}}
         write_submission(submission_path, merged)
@@ -134,6 +135,8 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
     routing_score = cfg.eval.routing_score_threshold
     report = {"bags": [str(b) for b, _ in pairs], "mode": mode, "checkpoint": checkpoint or "bundled",
               "ranks": world, "frames": result.frames, "frames_with_output": result.frames_with_output,
+              "frames_unmatched": len(pooled.unmatched), "stamp_tolerance_s": cfg.eval.stamp_tolerance_s,
+              "score_threshold": cfg.eval.score_threshold,
               "seconds": round(seconds, 1), **result.pooled.summary(), "per_class_tp": result.pooled.per_class_tp,
               "per_bag": {name: r.summary() for name, r in result.per_bag.items()},
               "routing": routing_summary(pooled.answers, routing_score)}
@@ -141,6 +144,7 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
     write_pr_curves(out_dir / "pr_curves.png", result.pooled)
     md = [f"# Evaluation of {len(pairs)} bags ({mode}), pooled", "",
           f"{result.frames} frames, {result.frames_with_output} with detector output, {seconds:.1f} s.", "",
+          run_conditions(cfg, len(pooled.unmatched)), "",
           metrics_table({"pooled": result.pooled, **result.per_bag}), "",
           "The pooled row scores all the bags' frames as one evaluation; the rows below it, each bag alone.", "",
           per_class_table(result.pooled), "",

@@ -20,6 +20,7 @@ from aqr_perception.data.bag_order import node_pose_wait
 from aqr_perception.data.typestore import project_typestore
 from aqr_perception.evaluation.answers import FrameAnswer, answer_from_messages, eval_node_config
 from aqr_perception.msg import DetectionVelocityArray, QueryRouting
+from aqr_perception.ros.dds_env import private_domain
 from aqr_perception.ros.node_process import NodeProcess, Probe, node_topic
 from aqr_perception.ros.player import BagPlayer
 from aqr_perception.stamps import header_ns
@@ -101,7 +102,12 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
     check_bag_topics(bag, node_cfg)
     multi_sweep = cfg.model.lidar.sweeps > 1
     got: dict[str, dict[str, object]] = {key: {} for key in RECORDED}
-    with tempfile.TemporaryDirectory(prefix="aqr_eval_") as tmp, Probe("aqr_eval_player") as probe:
+    with private_domain() as (domain, chosen), tempfile.TemporaryDirectory(prefix="aqr_eval_") as tmp, \
+            Probe("aqr_eval_player") as probe:
+        if log:
+            print(f"replay on ROS domain {domain}" + (" (a private one: two evaluations on one host do not mix; "
+                                                       "set ROS_DOMAIN_ID to choose it)" if chosen else
+                                                       " (ROS_DOMAIN_ID)"), flush=True)
         for key, (msg_type, name) in RECORDED.items():
             probe.collect(msg_type, node_topic(name), 100,
                           into=lambda m, k=key: got[k].__setitem__(str(header_ns(m)), m))

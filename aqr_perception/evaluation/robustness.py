@@ -40,7 +40,8 @@ def evaluate_condition(cfg: AqrConfig, pairs: list[tuple[Path, Path]], runtime
     """All drives of a condition pooled into one nuScenes evaluation; also the answers."""
     gt_all, pred_global, pred_local = {}, {}, {}
     for bag, gt_json in pairs:
-        ev = drive_eval(gt_json, predict_offline(bag, cfg, runtime), list(cfg.model.classes))
+        ev = drive_eval(gt_json, predict_offline(bag, cfg, runtime), list(cfg.model.classes),
+                        cfg.eval.stamp_tolerance_s)
         gt_all.update(ev.gt)
         pred_global.update(global_answers(ev))
         pred_local.update(ev.answers)

@@ -9,8 +9,11 @@ the node talk to other hosts: an explicit choice is always respected.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import MutableMapping
+import tempfile
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 #: Fast DDS profile with shared memory + loopback-only UDP transports.
@@ -45,3 +48,47 @@ def apply_loopback_dds_defaults(environ: MutableMapping[str, str] | None = None)
     # A user profile of unknown content, or no profile file: let rmw restrict to localhost.
     env[RANGE_VAR] = "LOCALHOST"
     return "DDS on this host only: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
+
+
+DOMAIN_VAR = "ROS_DOMAIN_ID"
+#: domains handed to runs that keep to themselves (Linux: ids up to 101 keep DDS's ports
+#: below the ephemeral range); 0, the shell's default, is left to the user's graph
+PRIVATE_DOMAINS = range(1, 102)
+
+
+@contextlib.contextmanager
+def private_domain(environ: MutableMapping[str, str] | None = None) -> Iterator[tuple[int, bool]]:
+    """A ROS domain of its own for a self-contained run (an evaluation replay, the demo), so
+    that two runs on one host never see each other's nodes: yields (domain, chosen_here).
+
+    An explicit ``ROS_DOMAIN_ID`` in the environment is the user's choice and is kept
+    (chosen_here False). Otherwise the first free id of :data:`PRIVATE_DOMAINS`, starting
+    at one derived from the process id, is held with an exclusive lock file for the run
+    (other processes of the project skip it) and set in the environment; both are undone
+    afterwards. Set before ``rclpy.init`` and before starting the node process.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(DOMAIN_VAR, "").strip():
+        yield int(env[DOMAIN_VAR]), False
+        return
+    locks = Path(tempfile.gettempdir()) / "aqr_perception_domains"
+    locks.mkdir(exist_ok=True)
+    n = len(PRIVATE_DOMAINS)
+    for k in range(n):
+        domain = PRIVATE_DOMAINS[(os.getpid() + k) % n]
+        fh = open(locks / f"{domain}.lock", "w")  # noqa: SIM115 (held for the run)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        env[DOMAIN_VAR] = str(domain)
+        try:
+            yield domain, True
+        finally:
+            env.pop(DOMAIN_VAR, None)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+        return
+    raise RuntimeError(f"no free ROS domain among {PRIVATE_DOMAINS.start}-{PRIVATE_DOMAINS.stop - 1} "
+                       f"(lock files in {locks}); set {DOMAIN_VAR}")
