@@ -532,6 +532,9 @@ class EvalConfig(_Section):
     stamp_tolerance_s: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
         0.01, description="an answer belongs to the GT frame nearest its stamp within this (a fifth of the 20 Hz "
                           "LiDAR period): GT and bag stamps rarely agree to the nanosecond")
+    distance_bins: list[list[Annotated[float, Field(ge=0.0)]]] = Field(
+        [[0.0, 20.0], [20.0, 30.0], [30.0, 50.0]],
+        description="distance bands from the ego (m) of the report's AP / recall / ATE by distance")
     pictures: Annotated[int, Field(ge=0)] = Field(3, description="frames drawn with predictions over GT")
     picture_score_threshold: Probability = Field(0.2, description="predictions drawn in the pictures")
     replay_calibration_wait_s: PositiveFloat = Field(

@@ -20,9 +20,15 @@ from aqr_perception.config import AqrConfig, ModelConfig
 from aqr_perception.data.boxes import transform_boxes
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
-from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, evaluate
+from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, by_distance, evaluate
 from aqr_perception.evaluation.pictures import frame_pictures
-from aqr_perception.evaluation.report import metrics_table, per_class_table, routing_summary, write_pr_curves
+from aqr_perception.evaluation.report import (
+    distance_table,
+    metrics_table,
+    per_class_table,
+    routing_summary,
+    write_pr_curves,
+)
 
 
 @dataclass
@@ -131,11 +137,13 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
     seconds = time.monotonic() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     routing_score = cfg.eval.routing_score_threshold
+    bands = by_distance(ev.gt, global_answers(ev), list(cfg.model.classes), cfg.eval)
     report = {"bag": str(bag), "mode": mode, "checkpoint": checkpoint or "bundled", "frames": ev.frames_total,
               "frames_with_output": len(ev.answers), "frames_unmatched": len(ev.unmatched),
               "stamp_tolerance_s": cfg.eval.stamp_tolerance_s, "score_threshold": cfg.eval.score_threshold,
               "seconds": round(seconds, 1), **result.summary(),
-              "per_class_tp": result.per_class_tp, "routing": routing_summary(ev.answers, routing_score)}
+              "per_class_tp": result.per_class_tp, "by_distance": bands,
+              "routing": routing_summary(ev.answers, routing_score)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
     write_pr_curves(out_dir / "pr_curves.png", result)
     n = min(cfg.eval.pictures, len(ev.gt))
@@ -145,6 +153,7 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
           f"{ev.frames_total} frames, {len(ev.answers)} with detector output, {seconds:.1f} s.", "",
           run_conditions(cfg, len(ev.unmatched)), "",
           metrics_table({bag.name: result}), "", per_class_table(result), "",
+          "By distance from the ego (each band scored alone):", "", distance_table(bands), "",
           f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
           "![PR curves](pr_curves.png)", ""] + [f"![{p.stem}]({p.name})" for p in pictures]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")

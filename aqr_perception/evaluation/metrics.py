@@ -92,6 +92,7 @@ class DetectionResult:
     num_pred: int = 0
     per_class_gt: dict[str, int] = field(default_factory=dict)      # boxes scored, after the devkit's filters
     per_class_pred: dict[str, int] = field(default_factory=dict)
+    per_class_ap_tp: dict[str, float] = field(default_factory=dict)  # AP at the TP threshold (2 m) alone
 
     def present(self) -> list[str]:
         """The classes with ground truth: the only ones an AP or error can say anything of."""
@@ -134,14 +135,16 @@ def evaluate(gt: dict[str, FrameBoxes], pred: dict[str, FrameBoxes], classes: li
                               min_precision=cfg.min_precision, max_boxes_per_sample=cfg.max_boxes_per_sample,
                               mean_ap_weight=5)
     metrics = dk.DetectionMetrics(dcfg)
-    curves = {}
+    curves, ap_tp = {}, {}
     per_class_tp: dict[str, dict[str, float]] = {}
     for name in classes:
         for th in cfg.dist_thresholds:
             md = dk.accumulate(gt_boxes, pred_boxes, name, dk.center_distance, th)
-            metrics.add_label_ap(name, th, dk.calc_ap(md, cfg.min_recall, cfg.min_precision))
+            ap = dk.calc_ap(md, cfg.min_recall, cfg.min_precision)
+            metrics.add_label_ap(name, th, ap)
             if th == cfg.dist_th_tp:
                 curves[name] = (md.recall.copy(), md.precision.copy())
+                ap_tp[name] = float(ap)
         md = dk.accumulate(gt_boxes, pred_boxes, name, dk.center_distance, cfg.dist_th_tp)
         per_class_tp[name] = {}
         for metric in dk.TP_METRICS:
@@ -162,4 +165,59 @@ def evaluate(gt: dict[str, FrameBoxes], pred: dict[str, FrameBoxes], classes: li
         per_class_tp=per_class_tp, pr_curves=curves,
         num_gt=sum(len(v) for v in gt_boxes.boxes.values()), num_pred=sum(len(v) for v in pred_boxes.boxes.values()),
         per_class_gt={c: sum(b.detection_name == c for v in gt_boxes.boxes.values() for b in v) for c in classes},
-        per_class_pred={c: sum(b.detection_name == c for v in pred_boxes.boxes.values() for b in v) for c in classes})
+        per_class_pred={c: sum(b.detection_name == c for v in pred_boxes.boxes.values() for b in v) for c in classes},
+        per_class_ap_tp=ap_tp)
+
+
+def _within(frame: FrameBoxes, lo: float, hi: float) -> FrameBoxes:
+    """The boxes of ``frame`` whose centre lies lo <= d < hi metres from the ego (in x, y)."""
+    d = np.hypot(frame.boxes[:, 0] - frame.ego_xyz[0], frame.boxes[:, 1] - frame.ego_xyz[1]) \
+        if len(frame.boxes) else np.zeros(0)
+    keep = (d >= lo) & (d < hi)
+    pick = lambda v: None if v is None else (np.asarray(v)[keep] if isinstance(v, np.ndarray) else  # noqa: E731
+                                              [x for x, k in zip(v, keep) if k])
+    return FrameBoxes(frame.boxes[keep], pick(frame.names), frame.ego_xyz, pick(frame.scores), pick(frame.attributes),
+                      pick(frame.num_pts))
+
+
+def matched_recall(gt: dk.EvalBoxes, pred: dk.EvalBoxes, threshold: float) -> tuple[int, int]:
+    """(GT boxes matched, GT boxes) with the devkit's matching rule: per sample and class,
+    predictions by descending score each take the nearest unmatched GT centre closer than
+    ``threshold`` metres (strictly, as ``accumulate``)."""
+    matched = total = 0
+    for token in gt.sample_tokens:
+        truth = gt[token]
+        total += len(truth)
+        taken = [False] * len(truth)
+        for p in sorted(pred[token] if token in pred.sample_tokens else [], key=lambda b: -b.detection_score):
+            best, best_d = -1, float("inf")
+            for i, g in enumerate(truth):
+                if taken[i] or g.detection_name != p.detection_name:
+                    continue
+                d = float(np.hypot(g.translation[0] - p.translation[0], g.translation[1] - p.translation[1]))
+                if d < best_d:
+                    best, best_d = i, d
+            if best_d >= threshold:
+                best = -1
+            if best >= 0:
+                taken[best] = True
+                matched += 1
+    return matched, total
+
+
+def by_distance(gt: dict[str, FrameBoxes], pred: dict[str, FrameBoxes], classes: list[str], cfg: EvalConfig
+                ) -> dict[str, dict[str, float]]:
+    """Per distance band of ``eval.distance_bins`` (from the ego, metres): GT and prediction
+    counts, mAP over the classes present in the band, recall at ``dist_th_tp`` and mATE
+    (its classes' mean translation error), each band scored as its own evaluation."""
+    out = {}
+    for lo, hi in cfg.distance_bins:
+        g = {t: _within(f, lo, hi) for t, f in gt.items()}
+        p = {t: _within(f, lo, hi) for t, f in pred.items()}
+        r = evaluate(g, p, classes, cfg)
+        matched, total = matched_recall(to_eval_boxes(g, True, cfg), to_eval_boxes(p, False, cfg), cfg.dist_th_tp)
+        errs = [r.per_class_tp[c]["trans_err"] for c in r.present() if not np.isnan(r.per_class_tp[c]["trans_err"])]
+        out[f"{lo:g}-{hi:g} m"] = {"gt": r.num_gt, "pred": r.num_pred, "mAP_present": r.mAP_present,
+                                   "recall": matched / total if total else float("nan"),
+                                   "mATE": float(np.mean(errs)) if errs else float("nan")}
+    return out

@@ -19,8 +19,14 @@ from aqr_perception.config import AqrConfig, ConfigError
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
 from aqr_perception.evaluation.evaluate import DriveEval, drive_eval, global_answers, model_config, run_conditions
-from aqr_perception.evaluation.metrics import DetectionResult, evaluate
-from aqr_perception.evaluation.report import metrics_table, per_class_table, routing_summary, write_pr_curves
+from aqr_perception.evaluation.metrics import DetectionResult, by_distance, evaluate
+from aqr_perception.evaluation.report import (
+    distance_table,
+    metrics_table,
+    per_class_table,
+    routing_summary,
+    write_pr_curves,
+)
 
 
 @dataclass
@@ -133,12 +139,13 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
     seconds = time.monotonic() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     routing_score = cfg.eval.routing_score_threshold
+    bands = by_distance(pooled.gt, global_answers(pooled), list(cfg.model.classes), cfg.eval)
     report = {"bags": [str(b) for b, _ in pairs], "mode": mode, "checkpoint": checkpoint or "bundled",
               "ranks": world, "frames": result.frames, "frames_with_output": result.frames_with_output,
               "frames_unmatched": len(pooled.unmatched), "stamp_tolerance_s": cfg.eval.stamp_tolerance_s,
               "score_threshold": cfg.eval.score_threshold,
               "seconds": round(seconds, 1), **result.pooled.summary(), "per_class_tp": result.pooled.per_class_tp,
-              "per_bag": {name: r.summary() for name, r in result.per_bag.items()},
+              "per_bag": {name: r.summary() for name, r in result.per_bag.items()}, "by_distance": bands,
               "routing": routing_summary(pooled.answers, routing_score)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
     write_pr_curves(out_dir / "pr_curves.png", result.pooled)
@@ -148,6 +155,7 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
           metrics_table({"pooled": result.pooled, **result.per_bag}), "",
           "The pooled row scores all the bags' frames as one evaluation; the rows below it, each bag alone.", "",
           per_class_table(result.pooled), "",
+          "By distance from the ego (each band scored alone):", "", distance_table(bands), "",
           f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
           "![PR curves](pr_curves.png)", ""]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")

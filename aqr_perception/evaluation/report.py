@@ -52,6 +52,16 @@ def per_class_table(r: DetectionResult) -> str:
     return "\n".join(lines)
 
 
+def distance_table(bands: dict[str, dict[str, float]]) -> str:
+    """The by-distance bands of :func:`aqr_perception.evaluation.metrics.by_distance`."""
+    fmt = lambda v: "n/a" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
+    lines = ["| distance | GT | pred | mAP (classes present) | recall at 2 m | mATE |", "|---|---|---|---|---|---|"]
+    for band, r in bands.items():
+        lines.append(f"| {band} | {r['gt']} | {r['pred']} | {fmt(r['mAP_present'])} | {fmt(r['recall'])} | "
+                     f"{fmt(r['mATE'])} |")
+    return "\n".join(lines)
+
+
 def write_pr_curves(path: Path, result: DetectionResult) -> None:
     import matplotlib
 
@@ -60,9 +70,12 @@ def write_pr_curves(path: Path, result: DetectionResult) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     for name, (rec, prec) in result.pr_curves.items():
-        ax.plot(rec, prec, label=f"{name} (AP {result.per_class_ap[name]:.2f})")
+        if result.per_class_gt.get(name, 1) == 0:
+            continue                          # no ground truth: no curve to speak of
+        ap = result.per_class_ap_tp.get(name, float("nan"))
+        ax.plot(rec, prec, label=f"{name} (AP at 2 m {ap:.2f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"PR curves at 2 m centre distance (mAP {result.mAP:.3f}, NDS {result.NDS:.3f})")
+           title=f"PR curves at 2 m centre distance (mAP over 0.5-4 m {result.mAP:.3f}, NDS {result.NDS:.3f})")
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
