@@ -37,7 +37,7 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, 
         a = answers.get(token)
         if a is not None:
             conf = a.scores >= cfg.eval.picture_score_threshold
-            groups.append((a.boxes[conf], [n for n, c in zip(a.names, conf) if c], True))
+            groups.append((a.boxes[conf], [n for n, c in zip(a.names, conf) if c], True, a.scores[conf]))
         tiles = []
         for cam, img in zip(pipeline.cameras, inputs.images):
             size = pipeline.calib.image_size(cam)
