@@ -48,3 +48,16 @@ def test_baseline_arguments_name_their_columns():
     for bad in (["aqr=x.pt"], ["a.pt", "b.pt"], ["name="], ["=x.pt"]):
         with pytest.raises(ValueError):
             baseline_models(bad)
+
+
+def test_a_corrupted_drive_is_scored_against_the_clean_ground_truth(tmp_path):
+    """reduced_lidar thins the sweeps but scores the same GT boxes as clean (the rule the
+    report states), so a box left without points still counts."""
+    from aqr_perception.config import load_config
+    from aqr_perception.evaluation.robustness import GT_RULE, run_robustness
+
+    cfg = load_config("tiny", ["synth.frames_per_drive=3", "synth.lidar_azimuth_steps=360"])
+    report = run_robustness(cfg, {"aqr": ""}, [1100], tmp_path, ("clean", "reduced_lidar"), log=lambda *_: None)
+    clean, reduced = report["results"]["clean"]["aqr"], report["results"]["reduced_lidar"]["aqr"]
+    assert clean["num_gt"] == reduced["num_gt"] > 0
+    assert GT_RULE in (tmp_path / "robustness.md").read_text()

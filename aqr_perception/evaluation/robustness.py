@@ -19,6 +19,12 @@ from aqr_perception.evaluation.evaluate import drive_eval, global_answers
 from aqr_perception.evaluation.metrics import DetectionResult, evaluate
 from aqr_perception.evaluation.report import routing_summary
 
+#: which ground truth a corrupted drive is scored against, stated in every robustness report
+GT_RULE = ("Every condition is scored against the clean scene's ground truth, filtered as nuScenes filters it "
+           "(boxes with LiDAR points) by the clean sweep's point counts: a corruption degrades the sensors, not "
+           "the objects, as corruption benchmarks (nuScenes-C, MultiCorrupt) keep the clean annotations. So a box "
+           "that reduced_lidar leaves without a point is still scored, and a model has to find it through its "
+           "cameras.")
 CONDITIONS = ("clean", "no_lidar", "no_intensity", "no_cameras", "one_camera_missing", "dark", "fog", "reduced_lidar")
 
 
@@ -64,13 +70,13 @@ def run_robustness(cfg: AqrConfig, models: dict[str, str], seeds: list[int], out
             routing = (routing_summary(preds, cfg.eval.routing_score_threshold)
                        if rt.cfg.aqr.learned_routing else {})    # no router: no weights to show
             results.setdefault(condition, {})[name] = {"NDS": result.NDS, "mAP": result.mAP, **result.tp_errors,
-                                                       **routing}
+                                                       "num_gt": result.num_gt, **routing}
         log(f"{condition:<20} " + "  ".join(f"{n}: NDS {r['NDS']:.3f} mAP {r['mAP']:.3f}"
                                             for n, r in results[condition].items()) +
             f"  ({time.monotonic() - t0:.0f} s)")
     report = {"seeds": seeds, "models": models, "results": results}
     (out / "robustness.json").write_text(json.dumps(report, indent=1, default=float))
-    (out / "robustness.md").write_text(robustness_table(results, list(models)) + "\n")
+    (out / "robustness.md").write_text(robustness_table(results, list(models)) + "\n\n" + GT_RULE + "\n")
     return report
 
 
