@@ -58,6 +58,8 @@ def test_the_report_states_the_threshold_and_the_matching(tmp_path):
     assert report["frames_unmatched"] == 0 and report["frames_with_output"] == report["frames"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "score threshold 0.05" in md and "its own default is 0.3" in md and "within 10 ms" in md
+    assert list(report["by_distance"]) == ["0-20 m", "20-30 m", "30-50 m"] and "| 0-20 m |" in md
+    assert (tmp_path / "out" / "by_distance.png").stat().st_size > 5000 and "by_distance.png" in md
 
 
 def test_two_evaluations_at_once_on_one_host_do_not_mix(tmp_path):

@@ -27,6 +27,7 @@ from aqr_perception.evaluation.report import (
     metrics_table,
     per_class_table,
     routing_summary,
+    write_distance_plot,
     write_pr_curves,
 )
 
@@ -146,6 +147,7 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
               "routing": routing_summary(ev.answers, routing_score)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
     write_pr_curves(out_dir / "pr_curves.png", result)
+    write_distance_plot(out_dir / "by_distance.png", bands)
     n = min(cfg.eval.pictures, len(ev.gt))
     tokens = sorted(ev.gt)[:: max(1, len(ev.gt) // max(1, n))][:n]
     pictures = frame_pictures(bag, gt_json, cfg, ev.answers, tokens, out_dir) if n else []
@@ -154,6 +156,7 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
           run_conditions(cfg, len(ev.unmatched)), "",
           metrics_table({bag.name: result}), "", per_class_table(result), "",
           "By distance from the ego (each band scored alone):", "", distance_table(bands), "",
+          "![By distance](by_distance.png)", "",
           f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
           "![PR curves](pr_curves.png)", ""] + [f"![{p.stem}]({p.name})" for p in pictures]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")

@@ -25,6 +25,7 @@ from aqr_perception.evaluation.report import (
     metrics_table,
     per_class_table,
     routing_summary,
+    write_distance_plot,
     write_pr_curves,
 )
 
@@ -149,6 +150,7 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
               "routing": routing_summary(pooled.answers, routing_score)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
     write_pr_curves(out_dir / "pr_curves.png", result.pooled)
+    write_distance_plot(out_dir / "by_distance.png", bands)
     md = [f"# Evaluation of {len(pairs)} bags ({mode}), pooled", "",
           f"{result.frames} frames, {result.frames_with_output} with detector output, {seconds:.1f} s.", "",
           run_conditions(cfg, len(pooled.unmatched)), "",
@@ -156,6 +158,7 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
           "The pooled row scores all the bags' frames as one evaluation; the rows below it, each bag alone.", "",
           per_class_table(result.pooled), "",
           "By distance from the ego (each band scored alone):", "", distance_table(bands), "",
+          "![By distance](by_distance.png)", "",
           f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
           "![PR curves](pr_curves.png)", ""]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")

@@ -62,6 +62,31 @@ def distance_table(bands: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def write_distance_plot(path: Path, bands: dict[str, dict[str, float]]) -> None:
+    """Bars per distance band: mAP over the classes present and recall at 2 m, GT counts above."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(bands)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for k, (key, label) in enumerate((("mAP_present", "mAP (classes present)"), ("recall", "recall at 2 m"))):
+        values = [0.0 if np.isnan(bands[n][key]) else bands[n][key] for n in names]
+        ax.bar(x + (k - 0.5) * 0.38, values, 0.38, label=label)
+    for i, n in enumerate(names):
+        ax.text(i, 1.02, f"{bands[n]['gt']} GT", ha="center", fontsize=8)
+    ax.set(xticks=x, xticklabels=names, ylim=(0, 1.1), xlabel="distance from the ego", ylabel="score",
+           title="By distance (each band scored alone)")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_pr_curves(path: Path, result: DetectionResult) -> None:
     import matplotlib
 
