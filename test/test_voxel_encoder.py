@@ -134,3 +134,13 @@ def test_a_pillar_model_never_imports_spconv():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_voxel_model_on_a_device_spconv_cannot_use_is_refused_with_the_fix():
+    """The PyPI spconv wheel has no CUDA kernels; a voxel model asked to run on CUDA gets one
+    line naming the wheel to install (here CUDA itself is absent, which takes the same path)."""
+    from aqr_perception.model.sparse_encoder import check_spconv_device
+
+    check_spconv_device(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="spconv-cu126"):
+        check_spconv_device(torch.device("cuda"))

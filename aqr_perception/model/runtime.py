@@ -72,6 +72,13 @@ class DetectorRuntime:
             self.checkpoint = ""
             self.meta = {"untrained": True}
         self.cfg: ModelConfig = self.model.cfg
+        if self.cfg.lidar.encoder == "voxel":
+            from aqr_perception.model.sparse_encoder import check_spconv_device
+
+            try:
+                check_spconv_device(self.device)
+            except RuntimeError as exc:
+                raise ConfigError(str(exc)) from None
         self.cpu_threads = torch.get_num_threads()
         self.runtime = runtime
         self._forward = self.model

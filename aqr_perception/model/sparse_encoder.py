@@ -112,3 +112,18 @@ class SparseEncoder(nn.Module):
         dense = x.dense()                                   # (B, C, D, H, W)
         b, c, d, h, w = dense.shape
         return dense.reshape(b, c * d, h, w)
+
+
+def check_spconv_device(device: torch.device) -> None:
+    """Raise ``RuntimeError`` with the fix when this spconv build cannot run on ``device``
+    (the CPU wheel from PyPI has no CUDA kernels: a voxel model on CUDA needs spconv-cu12x)."""
+    if device.type != "cuda":
+        return
+    try:
+        conv = sp.SubMConv3d(1, 1, 3, bias=False).to(device)
+        conv(sp.SparseConvTensor(torch.ones(1, 1, device=device), torch.zeros(1, 4, dtype=torch.int32, device=device),
+                                 [3, 3, 3], 1))
+    except Exception as exc:
+        raise RuntimeError(f"this spconv cannot run on {device} ({type(exc).__name__}: {str(exc)[:120]}): the "
+                           "voxel LiDAR branch on CUDA needs the CUDA build (pip uninstall spconv; pip install "
+                           "spconv-cu126, or the wheel of your CUDA)") from None
