@@ -77,3 +77,21 @@ def test_the_node_runs_it_when_asked(tmp_path):
     assert "(onnxruntime) loaded in" in out.stdout + out.stderr          # the node's own start-up line
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["frames"] == report["frames_with_output"] and report["NDS"] > 0.2
+
+
+def test_the_dense_part_after_the_canvas_computes_the_eager_model():
+    """``DenseDetector`` (what bench/model_gpu.py compiles and hands to TensorRT) from the
+    canvas on, with the inverse calibration given: the eager model's outputs."""
+    from aqr_perception.model.onnx_runtime import DenseDetector
+
+    model, _ = load_checkpoint(BUNDLED_CHECKPOINT)
+    inputs = random_inputs(model.cfg, points=3000, seed=5)
+    with torch.inference_mode():
+        want = model(inputs)
+        canvas = model.lidar.canvas(inputs.points)
+        cls_logits, code, lw, cw = DenseDetector(model)(canvas, inputs.images, inputs.lidar2img,
+                                                        torch.linalg.inv(inputs.lidar2img), inputs.camera_valid,
+                                                        inputs.lidar_valid)
+    assert torch.allclose(cls_logits, want.cls_logits[-1], atol=1e-5)
+    assert torch.allclose(code, want.bbox_code[-1], atol=1e-4)
+    assert torch.allclose(lw, want.lidar_weight, atol=1e-6) and torch.allclose(cw, want.camera_weight, atol=1e-6)

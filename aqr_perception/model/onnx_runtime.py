@@ -1,15 +1,16 @@
-"""The detector on onnxruntime: everything after the BEV canvas exported to ONNX.
+"""The detector's convolutional branches on onnxruntime (``runtime: onnxruntime``).
 
 The LiDAR encoder up to the BEV canvas (pillar scatter, or voxels and spconv) has
-data-dependent shapes and stays in torch; from the canvas on every shape is fixed by
-the config (one sample, V views at the input size), so :class:`DenseDetector` exports
-with ``torch.onnx`` (the dynamo exporter; the AQR attention takes its folded route) and
-runs in onnxruntime. Measured on the 2-core dev machine for the tiny model: about half
-the eager latency at the same outputs (``bench/runtime.py``).
+data-dependent shapes and stays in torch. The image branch (normalisation, backbone,
+neck) and the BEV convolutions (SECOND, FPN, shared conv) have shapes fixed by the
+config, export with ``torch.onnx`` (the dynamo exporter) and run in onnxruntime, about
+3x faster than eager there on the 2-core dev machine; the position encodings, decoder
+and heads stay in torch, whose segment attention beat the exported graph (the whole
+graph in onnxruntime was slower than eager: its local-window gathers). Tiny model:
+0.74x the eager latency at the same detections (``bench/runtime.py``).
 
-The exported graph computes the image and LiDAR branches whether or not a modality is
-present: their keys are masked and the routers read them multiplied by availability,
-so the result equals eager's, which skips them (``test/test_onnx_runtime.py``).
+:class:`DenseDetector` (everything after the canvas, one graph) serves ``torch.compile``
+and TensorRT in ``bench/model_gpu.py``.
 """
 from __future__ import annotations
 
@@ -44,6 +45,26 @@ class LidarDense(nn.Module):
 
     def forward(self, canvas: Tensor) -> Tensor:
         return self.model.lidar.dense(canvas)
+
+
+class DenseDetector(nn.Module):
+    """Everything after the BEV canvas as one graph (no data-dependent branch, no matrix
+    inverse): canvas (1, C, H, W), images (1, V, 3, H, W), lidar2img and its inverse
+    img2lidar (1, V, 4, 4), camera_valid (1, V), lidar_valid (1,) -> last-layer
+    cls_logits (1, Q, ncls) and bbox_code (1, Q, 10), router weights (L, 1, Q)."""
+
+    def __init__(self, model: CmtAqrDetector) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, canvas: Tensor, images: Tensor, lidar2img: Tensor, img2lidar: Tensor, camera_valid: Tensor,
+                lidar_valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        m = self.model
+        img = m.img_neck(m.img_backbone(m.normalised_images(images)))
+        bev = m.lidar.dense(canvas)
+        memory, pos, pad = m.assemble_memory(img, bev, lidar2img, camera_valid, lidar_valid, img2lidar)
+        out = m.decode_queries(memory, pos, pad, lidar2img, camera_valid, lidar_valid, img2lidar=img2lidar)
+        return out.cls_logits[-1], out.bbox_code[-1], out.lidar_weight, out.camera_weight
 
 
 def _session(module: nn.Module, example: tuple[Tensor, ...], path: Path, names: list[str], threads: int):
