@@ -174,7 +174,7 @@ class LidarBranchConfig(_Section):
                           "writes false into the checkpoint: that model uses the geometry alone")
     sweeps: Annotated[int, Field(ge=1, le=20)] = Field(
         1, description="LiDAR sweeps per sample: the current one + past ones moved into its frame with the /tf "
-                       "ego pose (CMT reads 10 on nuScenes); > 1 needs point_features 5")
+                       "ego pose (CMT reads the key frame + 10 past ones on nuScenes: 11); > 1 needs point_features 5")
     sweep_max_age_s: PositiveFloat = Field(0.5, description="past sweeps older than this are not used")
     pfn_channels: PositiveInt = 64
     backbone_layer_nums: list[PositiveInt] = [5, 5]

@@ -168,7 +168,7 @@ def test_the_readme_eval_of_a_converted_scene_replays_it_through_the_node(drives
 def test_the_imported_cmt_model_runs_in_the_node_on_a_converted_scene(drives, tmp_path):
     """The README's nuScenes eval with ``--checkpoint`` of an ``import-cmt`` model: the voxel
     branch (spconv), VoVNet and the per-layer heads run inside the node, over DDS, on the
-    converted scene's 10 stacked sweeps and JPEGs. The weights are the fixture's random ones
+    converted scene's stacked sweeps (the key frame + 10 past) and JPEGs. The weights are the fixture's random ones
     (the real file is not here) at a small input size, so the answers, not the scores, count."""
     import json
 
@@ -253,7 +253,7 @@ def test_the_conversion_is_deterministic(drives, tmp_path):
 
 
 def test_ten_sweeps_stack_with_their_time_lag_not_the_ring(drives):
-    """CMT reads nuScenes with 10 sweeps, the time lag as the fifth point channel; the bag's
+    """Sweeps stack with the time lag as the fifth point channel (CMT reads the key frame + 10 past); the bag's
     fifth field is the ring, which must not end up there."""
     from aqr_perception.data.bag_reader import read_frames
 

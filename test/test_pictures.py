@@ -46,3 +46,15 @@ def test_bev_has_a_legend_scores_and_axes():
     assert _present(with_score, truck, beside, 60) > 15                 # "0.87" in the truck's colour
     ticks = empty[:, :7]                                               # the x ticks on the left border
     assert (ticks.max(-1) > 120).sum() >= 10
+
+
+def test_camera_overlays_take_scored_groups_too():
+    """The evaluation hands the camera overlays the same (boxes, names, is_pred, scores) groups."""
+    from aqr_perception.data.pictures import draw_boxes
+
+    img = np.zeros((90, 160, 3), np.uint8)
+    K = np.array([[80.0, 0, 80, 0], [0, 80.0, 45, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    lidar2img = K @ np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)  # x forward
+    box = np.array([[10.0, 0.0, 0.0, 4.0, 2.0, 1.6, 0.0, 0.0, 0.0]])
+    out = draw_boxes(img, lidar2img, [(box, ["car"], False), (box, ["car"], True, np.array([0.9]))])
+    assert _present(out, CLASS_COLORS["car"], tol=60) > 20

@@ -137,12 +137,13 @@ def project_box_edges(lidar2img: np.ndarray, boxes: np.ndarray) -> list[list[tup
     return out
 
 
-def draw_boxes(img: np.ndarray, lidar2img: np.ndarray, boxes: list[tuple[np.ndarray, list[str], bool]],
+def draw_boxes(img: np.ndarray, lidar2img: np.ndarray, boxes: list[tuple],
                title: str = "") -> np.ndarray:
     """Copy of ``img`` (H, W, 3 RGB) with box groups projected by ``lidar2img``; GT white,
     predictions by class; ``title`` written top left."""
     out = img.copy()
-    for group, names, is_pred in boxes:
+    for group in boxes:                        # (boxes, names, is_prediction[, scores])
+        group, names, is_pred = group[:3]
         for segs, name in zip(project_box_edges(lidar2img, group), names):
             color = class_color(name) if is_pred else GT_COLOR
             for pa, pb in segs:
@@ -156,7 +157,7 @@ def draw_boxes(img: np.ndarray, lidar2img: np.ndarray, boxes: list[tuple[np.ndar
     return out
 
 
-def draw_camera(img: np.ndarray, cam: Camera, boxes: list[tuple[np.ndarray, list[str], bool]]) -> np.ndarray:
+def draw_camera(img: np.ndarray, cam: Camera, boxes: list[tuple]) -> np.ndarray:
     """``draw_boxes`` for a rig camera's full-size image, titled with its name."""
     return draw_boxes(img, cam.lidar2img, boxes, cam.name)
 
