@@ -77,6 +77,10 @@ class ImageBranchConfig(_Section):
         "resnet", description="ResNet (depth, base_width) or VoVNet-eSE (vovnet: the 1600x640 CMT model's)")
     depth: Literal[18, 34, 50] = Field(50, description="ResNet depth")
     vovnet: Literal["V-39-eSE", "V-57-eSE", "V-99-eSE"] = Field("V-99-eSE", description="VoVNet variant")
+    camera_ego_motion: bool = Field(
+        False, description="build lidar2img with the ego's motion between the sweep's and each image's stamp "
+                           "(the /tf pose a multi-sweep model reads), as nuScenes' converters build CMT's: each "
+                           "camera at its own ego pose. Off: the static extrinsics (this project's checkpoints)")
     channel_order: Literal["rgb", "bgr"] = Field(
         "rgb", description="channel order the backbone reads (pixel_mean/std are in this order); the published "
                            "CMT weights were trained on BGR (mmcv's to_rgb=False)")

@@ -175,3 +175,37 @@ def test_a_pose_recorded_just_after_its_cloud_still_gives_multi_sweep_frames(dri
         np.testing.assert_array_equal(a.points, b.points)
         np.testing.assert_array_equal(a.images, b.images)
     assert len(np.unique(frames["late"][-1].points[:, 4])) == 3     # current + 2 past sweeps
+
+
+@pytest.mark.parametrize("ego_motion", [False, True])
+def test_lidar2img_takes_the_ego_motion_between_sweep_and_image_when_the_model_asks(ego_motion):
+    """CMT's nuScenes infos give each camera its own ego pose: with ``camera_ego_motion`` a
+    camera that fired 40 ms after the sweep, the ego driving 10 m/s along x, projects the
+    LiDAR frame shifted back 0.4 m; without it, the static extrinsics."""
+    from aqr_perception.data import rosbag_msgs as M
+    from aqr_perception.data.rig import nuscenes_like_rig
+
+    cfg = load_config("tiny", [f"model.image.camera_ego_motion={str(ego_motion).lower()}"])
+    assert cfg.model.lidar.sweeps > 1                      # the /tf ego pose is read
+    rig = nuscenes_like_rig(352, 192)
+    pipeline = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar, image=cfg.model.image)
+    pipeline.on_tf_static(M.tf_message([M.transform_stamped(0, "base_link", "LIDAR_TOP", np.eye(4))]
+                                       + [M.transform_stamped(0, "LIDAR_TOP", c.name, np.linalg.inv(c.lidar_to_camera))
+                                          for c in rig]))
+    for t in (0.9, 1.0, 1.1):
+        pipeline.on_tf(M.tf_message([M.transform_stamped(int(t * NS), "map", "base_link", _pose(0.0, [10.0 * t, 0, 0]))]))
+    t_lidar, t_cam = NS, NS + 40_000_000
+    for c in rig:
+        pipeline.on_camera_info(c.name, M.camera_info(t_cam, c.name, c.K, 352, 192))
+        pipeline.on_image(c.name, M.compressed_image(t_cam, c.name, np.zeros((192, 352, 3), np.uint8)))
+    pts = np.random.default_rng(0).normal(0, 10, (500, 4)).astype(np.float32)
+    arrays = pipeline.assemble(M.pointcloud2(t_lidar, "LIDAR_TOP", pts)).arrays
+    shift = np.eye(4)
+    shift[0, 3] = -0.4 if ego_motion else 0.0                # LiDAR(t_lidar) in the ego frame of t_cam
+    for v, c in enumerate(rig):
+        k4 = np.eye(4)
+        k4[:3, :3] = c.K
+        want = k4 @ c.lidar_to_camera @ shift
+        assert arrays.camera_valid[v]
+        np.testing.assert_allclose(arrays.lidar2img[v], want, rtol=1e-5, atol=1e-4)
+    assert pipeline.ego_motion_fallbacks == 0

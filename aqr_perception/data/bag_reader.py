@@ -43,7 +43,7 @@ def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
 def read_frames(bag: Path, cfg: AqrConfig) -> Iterator[FrameInputs]:
     """The drive's frames in time order, assembled exactly as the node assembles them."""
     pipeline = FramePipeline(cfg.node, input_hw=(cfg.model.image.input_height, cfg.model.image.input_width),
-                             lidar=cfg.model.lidar)
+                             lidar=cfg.model.lidar, image=cfg.model.image)
     frames: list[FrameInputs] = []
     feed_bag(bag, pipeline, lambda cloud: frames.append(pipeline.assemble(cloud)))
     yield from frames

@@ -22,7 +22,8 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, 
     by the LiDAR in white, answers above ``eval.picture_score_threshold`` in class colours."""
     gts = read_ground_truth(gt_json, list(cfg.model.classes))
     pipeline = FramePipeline(eval_node_config(cfg), input_hw=(cfg.model.image.input_height,
-                                                              cfg.model.image.input_width), lidar=cfg.model.lidar)
+                                                              cfg.model.image.input_width), lidar=cfg.model.lidar,
+                              image=cfg.model.image)
     written: list[Path] = []
 
     def on_cloud(cloud) -> None:
