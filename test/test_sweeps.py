@@ -193,7 +193,8 @@ def test_lidar2img_takes_the_ego_motion_between_sweep_and_image_when_the_model_a
                                        + [M.transform_stamped(0, "LIDAR_TOP", c.name, np.linalg.inv(c.lidar_to_camera))
                                           for c in rig]))
     for t in (0.9, 1.0, 1.1):
-        pipeline.on_tf(M.tf_message([M.transform_stamped(int(t * NS), "map", "base_link", _pose(0.0, [10.0 * t, 0, 0]))]))
+        ego = _pose(0.0, [10.0 * t, 0, 0])
+        pipeline.on_tf(M.tf_message([M.transform_stamped(int(t * NS), "map", "base_link", ego)]))
     t_lidar, t_cam = NS, NS + 40_000_000
     for c in rig:
         pipeline.on_camera_info(c.name, M.camera_info(t_cam, c.name, c.K, 352, 192))
