@@ -26,3 +26,14 @@ def random_inputs(cfg, batch=1, points=2000, seed=0, lidar_valid=None, camera_va
         lidar2img=rig_lidar2img(w, h)[None].repeat(batch, 1, 1, 1),
         camera_valid=torch.ones(batch, cfg.num_views, dtype=torch.bool) if camera_valid is None else camera_valid,
         lidar_valid=torch.ones(batch, dtype=torch.bool) if lidar_valid is None else lidar_valid)
+
+
+def randomise_batchnorm(model, kind, gen: torch.Generator, spread: float) -> None:
+    """Random statistics and affine terms in every ``kind`` BatchNorm of ``model`` (means and
+    biases N(0, spread), variances and weights U(0.5, 1.5)), so a BatchNorm mapped wrongly shows."""
+    for m in model.modules():
+        if isinstance(m, kind):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * spread)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * spread)

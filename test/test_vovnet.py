@@ -12,6 +12,7 @@ import re
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 from timm_reference import timm_vovnet
 from torch import nn
 
@@ -25,16 +26,6 @@ def timm_to_ours(key: str) -> str:
     return key.replace(".conv_concat.", ".concat.").replace(".attn.fc.", ".ese.fc.")
 
 
-def _randomise(model: nn.Module, gen: torch.Generator) -> None:
-    """Random BN statistics and affine terms, so a BN mapped wrongly shows."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-
-
 @pytest.fixture(scope="module")
 def pair():
     gen = torch.Generator().manual_seed(0)
@@ -46,7 +37,7 @@ def pair():
                 plain[(s, b)] = True
                 block.attn = type(stage.blocks[-1].attn)(block.conv_concat.conv.out_channels)
     with torch.no_grad():
-        _randomise(ref, gen)
+        randomise_batchnorm(ref, nn.BatchNorm2d, gen, 0.1)
     ours = VoVNet("V-99-eSE", frozen_bn=True).eval()
     state = {timm_to_ours(k): v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")
              and not k.startswith("head.")}

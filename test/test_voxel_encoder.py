@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 from spconv.pytorch.utils import PointToVoxel
 from torch import nn
 from torch.nn import functional as F
@@ -40,15 +41,6 @@ def test_hard_voxelizer_equals_spconv_point_to_voxel(spread, max_voxels):
     assert torch.equal(ours.coords[:, 1:], idx.int())
     assert torch.equal(ours.num_points, num.long())
     assert torch.allclose(ours.features, vox.sum(1) / num[:, None], atol=1e-5)
-
-
-def _random_bn(model: nn.Module, g: torch.Generator) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
 
 
 def _dense_conv(x: torch.Tensor, active: torch.Tensor, conv, subm: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +92,7 @@ def test_sparse_encoder_equals_dense_conv3d_at_active_sites():
         if p.dim() == 5:                                           # (Cout, kD, kH, kW, Cin), activations O(1)
             p.data.normal_(0, (27 * p.shape[-1]) ** -0.5, generator=g)
     with torch.no_grad():
-        _random_bn(enc, g)
+        randomise_batchnorm(enc, nn.BatchNorm1d, g, 0.2)
     enc = enc.eval().double()
     threads = torch.get_num_threads()
     with torch.no_grad():

@@ -61,8 +61,9 @@ class HardVoxelizer(nn.Module):
         first = torch.full((uniq.shape[0],), n, dtype=torch.long, device=pts.device)
         first = first.scatter_reduce(0, inverse, order_idx, reduce="amin")
         # number voxels by first appearance, then keep the first max_voxels of them
+        by_first = torch.argsort(first)
         voxel_rank = torch.empty_like(first)
-        voxel_rank[torch.argsort(first)] = torch.arange(first.shape[0], device=pts.device)
+        voxel_rank[by_first] = torch.arange(first.shape[0], device=pts.device)
         slot_voxel = voxel_rank[inverse]                                   # (N,) voxel number of each point
         sort = torch.argsort(slot_voxel, stable=True)                      # input order within a voxel
         counts = torch.bincount(slot_voxel, minlength=first.shape[0])
@@ -74,7 +75,7 @@ class HardVoxelizer(nn.Module):
         sums = pts.new_zeros(nv, f).index_add_(0, slot_voxel[keep], pts[keep])
         num = counts[:nv].clamp(max=self.max_points)
         # the cell of voxel k is the cell of its first point
-        first_point = torch.sort(first).values[:nv]
+        first_point = first[by_first[:nv]]
         c = cell[first_point]
         coords = torch.stack([torch.full_like(c[:, 0], b), c[:, 2], c[:, 1], c[:, 0]], dim=1).to(torch.int32)
         return sums / num[:, None].to(pts.dtype), num, coords
