@@ -93,7 +93,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from aqr_perception.evaluation.evaluate import run_eval
     from aqr_perception.evaluation.pooled import drive_pairs, run_pooled_eval
 
-    cfg = cfgmod.load_config(args.config, args.overrides)
+    rate = [f"eval.replay_rate={args.rate}"] if args.rate is not None else []
+    cfg = cfgmod.load_config(args.config, args.overrides + rate)
     if args.node_params:   # the node's own ROS parameter file: its topics, frames, cameras
         cfg = cfg.model_copy(update={"node": cfgmod.node_config_from_param_file(args.node_params)})
     paths = [Path(b).resolve() for b in args.bag]
@@ -131,6 +132,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(per_class_table(result))
     print(f"\n{report['frames_with_output']}/{report['frames']} frames answered in {report['seconds']} s "
           f"({args.mode}); report: {out / 'report.md'}")
+    if args.mode == "replay" and cfg.eval.replay_rate > 0:
+        print(f"real time at {cfg.eval.replay_rate:g}x: the node answered {report['sweeps_answered']}/"
+              f"{report['sweeps_in_bag']} sweeps ({report['answered_rate_hz']:.2f} Hz); the scores are those of the "
+              f"{report['frames_scored']} answered GT frames, {report['frames_unmatched']} unanswered not scored")
     if submission is not None:
         print(f"nuScenes submission: {submission}")
     if args.devkit_eval:
@@ -270,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-params", help="the node's ROS parameter file (topic names, frames, cameras; "
                                          "replaces the config's node section)")
     p.add_argument("--mode", choices=["replay", "offline"], default="replay")
+    p.add_argument("--rate", type=float, help="replay at this factor of the bag's pace, as a vehicle feeds the node "
+                                              "(eval.replay_rate; default 0: stepwise, every sweep answered); "
+                                              "unanswered sweeps are counted and not scored")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="output folder (default eval.output_dir/<bag name>)")
     p.add_argument("--submission", help="also write the answers in the nuScenes submission format (a scene "

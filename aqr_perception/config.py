@@ -547,6 +547,10 @@ class EvalConfig(_Section):
     replay_camera_wait_s: PositiveFloat = Field(
         1.0, description="replay: a cloud waits this long for an image still in transport (one really missing "
                          "from the bag costs it per frame)")
+    replay_rate: Annotated[float, Field(ge=0.0, le=100.0)] = Field(
+        0.0, description="replay: 0 plays stepwise (each sweep waits for the node's answer, nothing is missed); "
+                         "r > 0 plays at the bag's pace times r with the node's own queue depth, as on a vehicle: "
+                         "sweeps the node has no time for go unanswered, are counted, and are not scored")
     replay_step_timeout_s: PositiveFloat = Field(
         60.0, description="replay: the longest wait for the node's answer to a sweep before the next is played")
     routing_score_threshold: Probability = Field(

@@ -64,18 +64,24 @@ def match_stamps(gt_ns: list[int], answer_ns: list[int], tolerance_ns: int) -> d
     return out
 
 
-def drive_eval(gt_json: Path, answers: dict[str, FrameAnswer], classes: list[str], tolerance_s: float = 0.0
-               ) -> DriveEval:
+def drive_eval(gt_json: Path, answers: dict[str, FrameAnswer], classes: list[str], tolerance_s: float = 0.0,
+               answered_only: bool = False) -> DriveEval:
     """GT, ego poses and the answers of the GT's frames, for one drive. An answer belongs to
     the GT frame nearest to its stamp within ``tolerance_s`` (eval.stamp_tolerance_s: a GT
-    file and a bag rarely agree to the nanosecond once converted, rounded or re-stamped)."""
+    file and a bag rarely agree to the nanosecond once converted, rounded or re-stamped).
+    A GT frame without an answer scores as all misses, unless ``answered_only`` (a real-time
+    replay, where the node skips what it has no time for): then it leaves the scored GT and
+    is only listed in ``unmatched``."""
     frames = read_ground_truth(gt_json, classes)
     gt = {str(s): FrameBoxes(f.global_boxes, f.names, f.ego_xyz, attributes=f.attributes, num_pts=f.num_lidar_pts)
           for s, f in frames.items()}
     matched = match_stamps(list(frames), [int(t) for t in answers], round(tolerance_s * 1e9))
+    unmatched = [str(s) for s in frames if s not in matched]
+    if answered_only:
+        gt = {t: g for t, g in gt.items() if t not in set(unmatched)}
     return DriveEval(gt=gt, answers={str(g): answers[str(a)] for g, a in matched.items()},
-                     lidar_to_global={str(s): f.lidar_to_global for s, f in frames.items()}, frames_total=len(gt),
-                     unmatched=[str(s) for s in frames if s not in matched])
+                     lidar_to_global={str(s): f.lidar_to_global for s, f in frames.items()}, frames_total=len(frames),
+                     unmatched=unmatched)
 
 
 def global_answers(ev: DriveEval) -> dict[str, FrameBoxes]:
@@ -87,20 +93,90 @@ def global_answers(ev: DriveEval) -> dict[str, FrameBoxes]:
     return out
 
 
-def evaluate_drive(gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer]
+def answered_only(cfg: AqrConfig, mode: str) -> bool:
+    """Whether unanswered GT frames leave the score: only in a real-time replay."""
+    return mode == "replay" and cfg.eval.replay_rate > 0
+
+
+def evaluate_drive(gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer], mode: str = "offline"
                    ) -> tuple[DetectionResult, DriveEval]:
     classes = list(cfg.model.classes)
-    ev = drive_eval(gt_json, answers, classes, cfg.eval.stamp_tolerance_s)
+    ev = drive_eval(gt_json, answers, classes, cfg.eval.stamp_tolerance_s, answered_only(cfg, mode))
     return evaluate(ev.gt, global_answers(ev), classes, cfg.eval), ev
 
 
-def run_conditions(cfg: AqrConfig, unmatched: int) -> str:
-    """What the numbers depend on, in words: the node's score threshold and the stamp matching."""
-    return (f"The node ran at score threshold {cfg.eval.score_threshold:g} (eval.score_threshold; its own default "
-            f"is {type(cfg.node).model_fields['score_threshold'].default:g}): nuScenes' mAP integrates precision over "
-            "recall, so the evaluation keeps the low-scoring detections a vehicle would not publish. Answers are "
-            f"matched to the GT frame nearest their stamp within {1e3 * cfg.eval.stamp_tolerance_s:g} ms "
-            f"(eval.stamp_tolerance_s); {unmatched} GT frame(s) had no answer that near.")
+@dataclass
+class Sweeps:
+    """How many LiDAR sweeps the evaluated bags hold, how many the node answered, over how
+    many seconds of bag time."""
+
+    in_bags: int = 0
+    answered: int = 0
+    bag_seconds: float = 0.0
+
+    def add(self, bag: Path, lidar_topic: str, answers: dict[str, FrameAnswer]) -> None:
+        from rosbags.rosbag2 import Reader
+
+        with Reader(bag) as reader:
+            self.in_bags += sum(c.msgcount for c in reader.connections if c.topic == lidar_topic)
+            self.bag_seconds += (reader.end_time - reader.start_time) / 1e9
+        self.answered += len(answers)
+
+
+def run_conditions(cfg: AqrConfig, mode: str, unmatched: int, sweeps: Sweeps) -> str:
+    """What the numbers depend on, in words: how the bag was played, the node's score
+    threshold and the stamp matching."""
+    if mode == "offline":
+        played = "Offline: the node's frame pipeline in this process, over every sweep."
+    elif not answered_only(cfg, mode):
+        played = "Replayed stepwise to the node over DDS: each sweep waited for the node's answer to the last."
+    else:
+        hz = lambda n: n / sweeps.bag_seconds if sweeps.bag_seconds > 0 else float("nan")  # noqa: E731
+        played = (f"Replayed to the node over DDS at {cfg.eval.replay_rate:g}x the bag's pace (eval.replay_rate), "
+                  f"as a vehicle feeds it: the node answered {sweeps.answered} of {sweeps.in_bags} sweeps "
+                  f"({hz(sweeps.answered):.2f} Hz of the bag's {hz(sweeps.in_bags):.2f} Hz). The {unmatched} GT "
+                  "frame(s) it left unanswered are not scored: the scores are those of the answered frames.")
+    return (f"{played} The node ran at score threshold {cfg.eval.score_threshold:g} (eval.score_threshold; its own "
+            f"default is {type(cfg.node).model_fields['score_threshold'].default:g}): nuScenes' mAP integrates "
+            "precision over recall, so the evaluation keeps the low-scoring detections a vehicle would not publish. "
+            f"Answers are matched to the GT frame nearest their stamp within {1e3 * cfg.eval.stamp_tolerance_s:g} ms "
+            f"(eval.stamp_tolerance_s); {unmatched} GT frame(s) had no answer that near"
+            + (" and are scored as all missed." if not answered_only(cfg, mode) else "."))
+
+
+def write_report(out_dir: Path, title: str, cfg: AqrConfig, mode: str, ev: DriveEval,
+                 rows: dict[str, DetectionResult], sweeps: Sweeps, info: dict, seconds: float,
+                 pictures: list[Path] = (), note: str = "") -> dict:
+    """report.json, report.md, pr_curves.png and by_distance.png in ``out_dir``, for the
+    first of ``rows`` (the headline result; the others are listed beside it). Returns the
+    report dict."""
+    result = next(iter(rows.values()))
+    routing_score = cfg.eval.routing_score_threshold
+    bands = by_distance(ev.gt, global_answers(ev), list(cfg.model.classes), cfg.eval)
+    scored = len(ev.gt)
+    report = {**info, "mode": mode, "frames": ev.frames_total, "frames_with_output": len(ev.answers),
+              "frames_scored": scored, "frames_unmatched": len(ev.unmatched),
+              "unmatched_tokens": ev.unmatched,
+              "replay_rate": cfg.eval.replay_rate if mode == "replay" else None,
+              "sweeps_in_bag": sweeps.in_bags, "sweeps_answered": sweeps.answered,
+              "answered_rate_hz": sweeps.answered / sweeps.bag_seconds if sweeps.bag_seconds > 0 else None,
+              "stamp_tolerance_s": cfg.eval.stamp_tolerance_s, "score_threshold": cfg.eval.score_threshold,
+              "seconds": round(seconds, 1), **result.summary(), "per_class_tp": result.per_class_tp,
+              "by_distance": bands, "routing": routing_summary(ev.answers, routing_score)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    write_pr_curves(out_dir / "pr_curves.png", result)
+    write_distance_plot(out_dir / "by_distance.png", bands)
+    md = [f"# {title}", "",
+          f"{ev.frames_total} frames, {len(ev.answers)} with detector output, {scored} scored, {seconds:.1f} s.", "",
+          run_conditions(cfg, mode, len(ev.unmatched), sweeps), "",
+          metrics_table(rows), "", *([note, ""] if note else []), per_class_table(result), "",
+          "By distance from the ego (each band scored alone):", "", distance_table(bands), "",
+          "![By distance](by_distance.png)", "",
+          f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
+          "![PR curves](pr_curves.png)", ""] + [f"![{p.stem}]({p.name})" for p in pictures]
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    return report
 
 
 def model_config(checkpoint: str, cfg: AqrConfig) -> ModelConfig:
@@ -129,35 +205,18 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
 
         answers = predict_offline(bag, cfg, DetectorRuntime(checkpoint or None, cfg.model, device,
                                                             runtime=cfg.node.runtime))
-    result, ev = evaluate_drive(gt_json, cfg, answers)
+    result, ev = evaluate_drive(gt_json, cfg, answers, mode)
     if submission_path is not None:
         from aqr_perception.evaluation.submission import submission, write_submission
 
         write_submission(submission_path, submission(ev.answers, read_ground_truth(gt_json, list(cfg.model.classes)),
                                                      cfg.eval.max_boxes_per_sample))
-    seconds = time.monotonic() - t0
+    sweeps = Sweeps()
+    sweeps.add(bag, cfg.node.lidar_topic, answers)
     out_dir.mkdir(parents=True, exist_ok=True)
-    routing_score = cfg.eval.routing_score_threshold
-    bands = by_distance(ev.gt, global_answers(ev), list(cfg.model.classes), cfg.eval)
-    report = {"bag": str(bag), "mode": mode, "checkpoint": checkpoint or "bundled", "frames": ev.frames_total,
-              "frames_with_output": len(ev.answers), "frames_unmatched": len(ev.unmatched),
-              "stamp_tolerance_s": cfg.eval.stamp_tolerance_s, "score_threshold": cfg.eval.score_threshold,
-              "seconds": round(seconds, 1), **result.summary(),
-              "per_class_tp": result.per_class_tp, "by_distance": bands,
-              "routing": routing_summary(ev.answers, routing_score)}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
-    write_pr_curves(out_dir / "pr_curves.png", result)
-    write_distance_plot(out_dir / "by_distance.png", bands)
     n = min(cfg.eval.pictures, len(ev.gt))
     tokens = sorted(ev.gt)[:: max(1, len(ev.gt) // max(1, n))][:n]
     pictures = frame_pictures(bag, gt_json, cfg, ev.answers, tokens, out_dir) if n else []
-    md = [f"# Evaluation of {bag.name} ({mode})", "",
-          f"{ev.frames_total} frames, {len(ev.answers)} with detector output, {seconds:.1f} s.", "",
-          run_conditions(cfg, len(ev.unmatched)), "",
-          metrics_table({bag.name: result}), "", per_class_table(result), "",
-          "By distance from the ego (each band scored alone):", "", distance_table(bands), "",
-          "![By distance](by_distance.png)", "",
-          f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
-          "![PR curves](pr_curves.png)", ""] + [f"![{p.stem}]({p.name})" for p in pictures]
-    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    report = write_report(out_dir, f"Evaluation of {bag.name} ({mode})", cfg, mode, ev, {bag.name: result}, sweeps,
+                          {"bag": str(bag), "checkpoint": checkpoint or "bundled"}, time.monotonic() - t0, pictures)
     return result, report

@@ -9,7 +9,6 @@ scores and writes the report.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -18,16 +17,16 @@ from pathlib import Path
 from aqr_perception.config import AqrConfig, ConfigError
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
-from aqr_perception.evaluation.evaluate import DriveEval, drive_eval, global_answers, model_config, run_conditions
-from aqr_perception.evaluation.metrics import DetectionResult, by_distance, evaluate
-from aqr_perception.evaluation.report import (
-    distance_table,
-    metrics_table,
-    per_class_table,
-    routing_summary,
-    write_distance_plot,
-    write_pr_curves,
+from aqr_perception.evaluation.evaluate import (
+    DriveEval,
+    Sweeps,
+    answered_only,
+    drive_eval,
+    global_answers,
+    model_config,
+    write_report,
 )
+from aqr_perception.evaluation.metrics import DetectionResult, evaluate
 
 
 @dataclass
@@ -91,15 +90,15 @@ def _gather(answers: dict[str, dict[str, FrameAnswer]]) -> dict[str, dict[str, F
     return {name: a for part in gathered for name, a in part.items()}
 
 
-def score_pooled(pairs: list[tuple[Path, Path]], answers: dict[str, dict[str, FrameAnswer]], cfg: AqrConfig
-                 ) -> tuple[PooledResult, DriveEval]:
+def score_pooled(pairs: list[tuple[Path, Path]], answers: dict[str, dict[str, FrameAnswer]], cfg: AqrConfig,
+                 mode: str = "offline") -> tuple[PooledResult, DriveEval]:
     """Each bag scored alone, and all of them as one evaluation."""
     classes = list(cfg.model.classes)
     pooled = DriveEval(gt={})
     per_bag = {}
     for bag, gt_json in pairs:
-        ev = drive_eval(gt_json, answers[bag.name], classes, cfg.eval.stamp_tolerance_s)
-        if set(ev.gt) & set(pooled.gt):
+        ev = drive_eval(gt_json, answers[bag.name], classes, cfg.eval.stamp_tolerance_s, answered_only(cfg, mode))
+        if set(ev.lidar_to_global) & set(pooled.lidar_to_global):
             raise ConfigError(f"{bag.name} shares frame stamps with another bag: the pool would mix their frames")
         per_bag[bag.name] = evaluate(ev.gt, global_answers(ev), classes, cfg.eval)
         pooled.gt.update(ev.gt)
@@ -115,7 +114,7 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
                     device: str = "cpu", quiet: bool = False, submission_path: Path | None = None
                     ) -> tuple[PooledResult, dict] | None:
     """Predict every bag (this rank's share under torchrun, offline), score pooled and per
-    bag, write report.json / report.md / pr_curves.png; None on ranks other than 0."""
+    bag, write the report (evaluate.write_report); None on ranks other than 0."""
     t0 = time.monotonic()
     cfg = cfg.model_copy(update={"model": model_config(checkpoint, cfg)})
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -127,7 +126,7 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
         answers = _gather(answers)
         if answers is None:
             return None
-    result, pooled = score_pooled(pairs, answers, cfg)
+    result, pooled = score_pooled(pairs, answers, cfg, mode)
     if submission_path is not None:
         from aqr_perception.evaluation.submission import submission, write_submission
 
@@ -137,29 +136,13 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
                              cfg.eval.max_boxes_per_sample)
             merged = {"meta": sub["meta"], "results": {**merged["results"], **sub["results"]}}
         write_submission(submission_path, merged)
-    seconds = time.monotonic() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    routing_score = cfg.eval.routing_score_threshold
-    bands = by_distance(pooled.gt, global_answers(pooled), list(cfg.model.classes), cfg.eval)
-    report = {"bags": [str(b) for b, _ in pairs], "mode": mode, "checkpoint": checkpoint or "bundled",
-              "ranks": world, "frames": result.frames, "frames_with_output": result.frames_with_output,
-              "frames_unmatched": len(pooled.unmatched), "stamp_tolerance_s": cfg.eval.stamp_tolerance_s,
-              "score_threshold": cfg.eval.score_threshold,
-              "seconds": round(seconds, 1), **result.pooled.summary(), "per_class_tp": result.pooled.per_class_tp,
-              "per_bag": {name: r.summary() for name, r in result.per_bag.items()}, "by_distance": bands,
-              "routing": routing_summary(pooled.answers, routing_score)}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=float))
-    write_pr_curves(out_dir / "pr_curves.png", result.pooled)
-    write_distance_plot(out_dir / "by_distance.png", bands)
-    md = [f"# Evaluation of {len(pairs)} bags ({mode}), pooled", "",
-          f"{result.frames} frames, {result.frames_with_output} with detector output, {seconds:.1f} s.", "",
-          run_conditions(cfg, len(pooled.unmatched)), "",
-          metrics_table({"pooled": result.pooled, **result.per_bag}), "",
-          "The pooled row scores all the bags' frames as one evaluation; the rows below it, each bag alone.", "",
-          per_class_table(result.pooled), "",
-          "By distance from the ego (each band scored alone):", "", distance_table(bands), "",
-          "![By distance](by_distance.png)", "",
-          f"Routing (detections with score >= {routing_score}): " + json.dumps(report["routing"]), "",
-          "![PR curves](pr_curves.png)", ""]
-    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    sweeps = Sweeps()
+    for bag, _ in pairs:
+        sweeps.add(bag, cfg.node.lidar_topic, answers[bag.name])
+    report = write_report(
+        out_dir, f"Evaluation of {len(pairs)} bags ({mode}), pooled", cfg, mode, pooled,
+        {"pooled": result.pooled, **result.per_bag}, sweeps,
+        {"bags": [str(b) for b, _ in pairs], "checkpoint": checkpoint or "bundled", "ranks": world,
+         "per_bag": {name: r.summary() for name, r in result.per_bag.items()}}, time.monotonic() - t0,
+        note="The pooled row scores all the bags' frames as one evaluation; the rows below it, each bag alone.")
     return result, report

@@ -3,7 +3,9 @@
 The bag's sensor topics go to the node over loopback DDS with ``/clock``, stepwise: each
 LiDAR sweep waits until the node has answered the previous one, so nothing is skipped and
 the node associates exactly the images that preceded the sweep in the bag (as offline
-evaluation does). Detection3DArray / DetectionVelocityArray / QueryRouting are recorded
+evaluation does). With ``eval.replay_rate`` r > 0 the bag is played at its own pace times r
+instead, to the node's own queue depth, as a vehicle feeds it: what the node has no time
+for is dropped from its queue and goes unanswered. Detection3DArray / DetectionVelocityArray / QueryRouting are recorded
 by stamp. The node and this process's probe are ros/node_process.py's.
 """
 from __future__ import annotations
@@ -46,8 +48,9 @@ def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str) -> NodeConf
     node_cfg = eval_node_config(cfg)
     sync = node_cfg.sync.model_copy(update={
         "calibration_wait_s": cfg.eval.replay_calibration_wait_s, "camera_wait_s": cfg.eval.replay_camera_wait_s})
-    return node_cfg.model_copy(update={"qos_depth": 20, "device": device, "publish_markers": False, "sync": sync,
-                                       "checkpoint": checkpoint})
+    real_time = cfg.eval.replay_rate > 0          # the vehicle's queue: what the node cannot take is dropped
+    return node_cfg.model_copy(update={"qos_depth": cfg.node.qos_depth if real_time else 20, "device": device,
+                                       "publish_markers": False, "sync": sync, "checkpoint": checkpoint})
 
 
 def write_node_params(node_cfg: NodeConfig, path: Path) -> Path:
@@ -93,7 +96,8 @@ def wait_for_node_inputs(player: BagPlayer, probe: Probe, node_cfg: NodeConfig, 
 
 def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cpu",
                    log: bool = True) -> dict[str, FrameAnswer]:
-    """Play the bag to the node process over DDS, stepwise: token (str(stamp_ns)) -> answer.
+    """Play the bag to the node process over DDS, stepwise (or at ``cfg.eval.replay_rate``
+    times its pace): token (str(stamp_ns)) -> answer, for every sweep the node answered.
 
     ``cfg.model`` must be the model the node will run (the checkpoint's: ``run_eval``
     puts it there): whether the node needs ``/tf`` (multi-sweep) is read from it.
@@ -135,8 +139,20 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
             # the same message order as offline (feed_bag): a /tf recorded just after its cloud goes first
             order = (node_pose_wait(cfg.node.lidar_topic, cfg.node.sync.camera_wait_s, project_typestore())
                      if multi_sweep else None)
-            player.play(rate=0.0, spin=lambda s: probe.executor.spin_once(timeout_sec=s), gate=gate, order=order)
-            gate("", 0)
+            rate = cfg.eval.replay_rate
+            played: list[str] = []
+
+            def note(topic: str, stamp: int) -> None:      # real time: nothing waits for the node
+                if topic == cfg.node.lidar_topic:
+                    played.append(str(stamp))
+
+            player.play(rate=rate, spin=lambda s: probe.executor.spin_once(timeout_sec=s),
+                        gate=gate if rate <= 0 else note, order=order)
+            if rate <= 0:
+                gate("", 0)
+            elif played:           # the newest sweep is never dropped from the node's queue: wait for it
+                probe.spin_until(lambda: played[-1] in got["routing"] or not node.running(),
+                                 cfg.eval.replay_step_timeout_s, step_s=0.01)
             probe.spin(DRAIN_S)
     return {token: answer_from_messages(det, got["vel"].get(token), got["routing"].get(token))
             for token, det in got["det"].items()}
