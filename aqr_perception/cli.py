@@ -173,8 +173,21 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         print(f"aqr-perception robustness: {e}", file=sys.stderr)
         return 2
     seeds = [args.seed + i for i in range(args.drives)]
-    conditions = tuple(args.conditions or CONDITIONS)
-    report = run_robustness(cfg, models, seeds, Path(args.out), conditions, args.device)
+    bags = None
+    if args.bag:                # the user's own bags, corrupted copies per condition
+        from aqr_perception.data.corrupt_bag import BAG_CONDITIONS
+        from aqr_perception.evaluation.pooled import drive_pairs
+
+        bags = drive_pairs([Path(b) for b in args.bag])
+        conditions = tuple(args.conditions or (c for c in CONDITIONS if c in BAG_CONDITIONS))
+        for c in conditions:
+            if c not in BAG_CONDITIONS:
+                raise cfgmod.ConfigError(f"--conditions {c}: a recorded bag takes {', '.join(BAG_CONDITIONS)}"
+                                         + (" (fog needs the scene's depth, which only the synthetic drives have)"
+                                            if c == "fog" else ""))
+    else:
+        conditions = tuple(args.conditions or CONDITIONS)
+    report = run_robustness(cfg, models, seeds, Path(args.out), conditions, args.device, bags=bags)
     from aqr_perception.evaluation.robustness import robustness_table
 
     print()
@@ -295,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="append", metavar="[NAME=]CHECKPOINT",
                    help="a baseline checkpoint, e.g. the no-AQR one (repeatable; NAME labels its columns, "
                         "default 'baseline')")
+    p.add_argument("--bag", action="append", help="your own bag (ground truth: <bag>.gt.json beside it) or a "
+                                                  "folder of them, instead of synthetic drives: each condition "
+                                                  "runs on a corrupted copy (repeatable; no fog: it needs depth)")
     p.add_argument("--drives", type=int, default=2)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--seed", type=int, default=1100, help="first held-out seed")

@@ -1,18 +1,22 @@
-"""``aqr-perception robustness``: the same held-out drives under sensor corruptions,
-for the AQR model and (optionally) a no-AQR baseline, side by side.
+"""``aqr-perception robustness``: the same drives under sensor corruptions, for the AQR
+model and (optionally) a no-AQR baseline, side by side.
 
-For each condition the drives are generated with the same seeds (so the scenes and the
-ground truth are identical; only the sensors differ) and evaluated offline with the
-node's pipeline. The table reports NDS / mAP, the share of each model's clean NDS kept,
-and the mean AQR routing weights (the router should lean on the modality present).
+The drives are synthetic held-out ones, generated per condition with the same seeds (so
+the scenes and the ground truth are identical; only the sensors differ), or the user's
+own bags (``--bag``), of which a corrupted copy is written per condition
+(data/corrupt_bag.py). Each condition is evaluated offline with the node's pipeline. The
+table reports NDS / mAP, the share of each model's clean NDS kept, and the mean AQR routing
+weights (the router should lean on the modality present).
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from aqr_perception.config import AqrConfig
+from aqr_perception.data.corruptions import CONDITIONS as ALL_CONDITIONS
 from aqr_perception.data.synth.drive import generate_drive
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
 from aqr_perception.evaluation.evaluate import drive_eval, global_answers
@@ -25,7 +29,9 @@ GT_RULE = ("Every condition is scored against the clean scene's ground truth, fi
            "the objects, as corruption benchmarks (nuScenes-C, MultiCorrupt) keep the clean annotations. So a box "
            "that reduced_lidar leaves without a point is still scored, and a model has to find it through its "
            "cameras.")
+#: the table's rows (time_offset is the sync tests' concern: the node rejects the images, as it should)
 CONDITIONS = ("clean", "no_lidar", "no_intensity", "no_cameras", "one_camera_missing", "dark", "fog", "reduced_lidar")
+assert set(CONDITIONS) <= set(ALL_CONDITIONS)
 
 
 def ensure_drives(cfg: AqrConfig, condition: str, seeds: list[int], out: Path) -> list[tuple[Path, Path]]:
@@ -39,6 +45,26 @@ def ensure_drives(cfg: AqrConfig, condition: str, seeds: list[int], out: Path) -
             generate_drive(c, out, name, seed)
         pairs.append((bag, gt))
     return pairs
+
+
+def corrupted_bags(cfg: AqrConfig, condition: str, pairs: list[tuple[Path, Path]], out: Path
+                   ) -> list[tuple[Path, Path]]:
+    """The user's (bag, gt) pairs under one condition: a corrupted copy of each bag in ``out``
+    (written once), its ground truth beside it unchanged; ``clean`` is the bags themselves."""
+    from aqr_perception.data.corrupt_bag import corrupt_bag
+
+    if condition == "clean":
+        return list(pairs)
+    corrupted = []
+    for i, (bag, gt) in enumerate(pairs):
+        copy, copy_gt = out / bag.name, out / gt.name
+        if not (copy.is_dir() and copy_gt.is_file()):
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(copy, ignore_errors=True)
+            corrupt_bag(bag, copy, condition, cfg, seed=i)
+            shutil.copyfile(gt, copy_gt)
+        corrupted.append((copy, copy_gt))
+    return corrupted
 
 
 def evaluate_condition(cfg: AqrConfig, pairs: list[tuple[Path, Path]], runtime
@@ -55,8 +81,10 @@ def evaluate_condition(cfg: AqrConfig, pairs: list[tuple[Path, Path]], runtime
 
 
 def run_robustness(cfg: AqrConfig, models: dict[str, str], seeds: list[int], out: Path,
-                   conditions: tuple[str, ...] = CONDITIONS, device: str = "cpu", log=print) -> dict:
-    """Evaluate every model on every condition; writes robustness.json / .md in ``out``."""
+                   conditions: tuple[str, ...] = CONDITIONS, device: str = "cpu", log=print,
+                   bags: list[tuple[Path, Path]] | None = None) -> dict:
+    """Evaluate every model on every condition, over the synthetic drives of ``seeds`` or the
+    user's ``bags`` ((bag, gt) pairs); writes robustness.json / .md in ``out``."""
     from aqr_perception.model.runtime import DetectorRuntime
 
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +92,8 @@ def run_robustness(cfg: AqrConfig, models: dict[str, str], seeds: list[int], out
     runtimes = {name: DetectorRuntime(path, cfg.model, device) for name, path in models.items()}
     for condition in conditions:
         t0 = time.monotonic()
-        pairs = ensure_drives(cfg, condition, seeds, out / "data" / condition)
+        pairs = (corrupted_bags(cfg, condition, bags, out / "data" / condition) if bags is not None
+                 else ensure_drives(cfg, condition, seeds, out / "data" / condition))
         for name, rt in runtimes.items():
             result, preds = evaluate_condition(cfg, pairs, rt)
             routing = (routing_summary(preds, cfg.eval.routing_score_threshold)
@@ -74,9 +103,13 @@ def run_robustness(cfg: AqrConfig, models: dict[str, str], seeds: list[int], out
         log(f"{condition:<20} " + "  ".join(f"{n}: NDS {r['NDS']:.3f} mAP {r['mAP']:.3f}"
                                             for n, r in results[condition].items()) +
             f"  ({time.monotonic() - t0:.0f} s)")
-    report = {"seeds": seeds, "models": models, "results": results}
+    report = {"seeds": seeds if bags is None else None, "bags": [str(b) for b, _ in bags or []], "models": models,
+              "results": results}
     (out / "robustness.json").write_text(json.dumps(report, indent=1, default=float))
-    (out / "robustness.md").write_text(robustness_table(results, list(models)) + "\n\n" + GT_RULE + "\n")
+    drives = (f"Your bags, a corrupted copy per condition in {out / 'data'}: " + ", ".join(b.name for b, _ in bags)
+              if bags is not None else f"Synthetic held-out drives of seeds {', '.join(map(str, seeds))}.")
+    (out / "robustness.md").write_text(drives + "\n\n" + robustness_table(results, list(models)) + "\n\n"
+                                       + GT_RULE + "\n")
     return report
 
 

@@ -27,6 +27,7 @@ from scipy.spatial.transform import Rotation
 from aqr_perception.config import AqrConfig
 from aqr_perception.data import rosbag_msgs as M
 from aqr_perception.data.boxes import points_in_boxes, rotation_wxyz, transform_boxes, yaw_quaternion_wxyz
+from aqr_perception.data.corruptions import cameras_removed, darken, fog, reduced_lidar_keep
 from aqr_perception.data.rig import Camera, nuscenes_like_rig, resize_intrinsics
 from aqr_perception.data.synth.camera_sim import render
 from aqr_perception.data.synth.lidar_sim import LidarModel, simulate_sweep
@@ -35,8 +36,6 @@ from aqr_perception.data.typestore import project_typestore
 
 LIDAR_FRAME, BASE_FRAME, MAP_FRAME = "LIDAR_TOP", "base_link", "map"
 EPOCH_S = 1_700_000_000           # drives start at EPOCH_S + 1000 * seed seconds
-FOG_VISIBILITY_M = 25.0
-DARK_GAIN, DARK_NOISE = 0.18, 6.0
 
 
 @dataclass
@@ -86,7 +85,7 @@ def _corrupt_points(points: np.ndarray, ring: np.ndarray, cfg: AqrConfig, rng: n
         out[:, 3] = 0.0
         return out, ring
     if s.corruption == "reduced_lidar":
-        keep = (ring % s.reduced_lidar_keep_every == 0) & (rng.uniform(size=ring.shape) >= s.reduced_lidar_drop)
+        keep = reduced_lidar_keep(ring, s.reduced_lidar_keep_every, s.reduced_lidar_drop, rng)
         return points[keep], ring[keep]
     return points, ring
 
@@ -94,21 +93,15 @@ def _corrupt_points(points: np.ndarray, ring: np.ndarray, cfg: AqrConfig, rng: n
 def _corrupt_image(rgb: np.ndarray, depth: np.ndarray, cfg: AqrConfig, rng: np.random.Generator) -> np.ndarray:
     c = cfg.synth.corruption
     if c == "dark":
-        out = rgb.astype(np.float32) * DARK_GAIN + rng.normal(0, DARK_NOISE, rgb.shape)
-        return np.clip(out, 0, 255).astype(np.uint8)
+        return darken(rgb, rng)
     if c == "fog":
-        t = np.exp(-np.minimum(depth, 1e3) / FOG_VISIBILITY_M)[..., None]
-        return np.clip(rgb * t + 200.0 * (1 - t), 0, 255).astype(np.uint8)
+        return fog(rgb, depth)
     return rgb
 
 
 def _cameras_present(cfg: AqrConfig, cams: list[Camera]) -> list[Camera]:
-    c = cfg.synth.corruption
-    if c == "no_cameras":
-        return []
-    if c == "one_camera_missing":
-        return [cam for cam in cams if cam.name != cfg.synth.missing_camera]
-    return cams
+    gone = cameras_removed(cfg.synth.corruption, [c.name for c in cams], cfg.synth.missing_camera)
+    return [cam for cam in cams if cam.name not in gone]
 
 
 @dataclass
