@@ -19,7 +19,7 @@ import numpy as np
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-from aqr_perception.data.boxes import yaw_to_quaternion
+from aqr_perception.data.boxes import quaternion_to_yaw, yaw_to_quaternion
 from aqr_perception.detections import FrameDetections
 from aqr_perception.msg import DetectionRouting, DetectionVelocity, DetectionVelocityArray, QueryRouting
 from aqr_perception.stamps import time_to_ns
@@ -52,6 +52,22 @@ def to_detection_array(header: Header, det: FrameDetections, class_names: Sequen
         d.results.append(hyp)
         out.detections.append(d)
     return out
+
+
+def from_detection_array(msg: Detection3DArray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """A Detection3DArray's boxes (N, 7) ``[x, y, z, l, w, h, yaw]`` in its header's frame,
+    class ids (the first hypothesis; "" without one) and scores (N,)."""
+    n = len(msg.detections)
+    boxes = np.zeros((n, 7))
+    for i, d in enumerate(msg.detections):
+        c, size = d.bbox.center, d.bbox.size
+        boxes[i, :6] = [c.position.x, c.position.y, c.position.z, size.x, size.y, size.z]
+    if n:
+        o = [d.bbox.center.orientation for d in msg.detections]
+        boxes[:, 6] = quaternion_to_yaw(np.array([[q.x, q.y, q.z, q.w] for q in o]))
+    names = [d.results[0].hypothesis.class_id if d.results else "" for d in msg.detections]
+    scores = np.array([d.results[0].hypothesis.score if d.results else 1.0 for d in msg.detections])
+    return boxes, names, scores
 
 
 def _per_layer(weights: np.ndarray, n: int) -> np.ndarray:
