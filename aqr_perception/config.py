@@ -474,6 +474,7 @@ class SynthConfig(_Section):
     reduced_lidar_drop: Probability = Field(0.5, description="... and drops this share of its points")
     gt_topic: str = "/gt/detections"
     gt_velocity_topic: str = "/gt/velocities"
+    gt_markers_topic: str = Field("/gt/markers", description="the player's RViz markers of gt_topic (play, demo, eval)")
     output_dir: str = "runs/synth"
 
 

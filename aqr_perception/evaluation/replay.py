@@ -119,7 +119,8 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
         ros_args = ["--params-file", str(params), "-p", "use_sim_time:=true", *([] if log else ["--log-level", "warn"])]
         with NodeProcess(ros_args, log="inherit") as node:
             player = BagPlayer(probe.node, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic]
-                               + ([] if multi_sweep else ["/tf"]), publish_clock=True)
+                               + ([] if multi_sweep else ["/tf"]), publish_clock=True,
+                               gt_markers=(cfg.synth.gt_topic, cfg.synth.gt_markers_topic))
             # every played input must be matched: a message published before discovery is lost
             wait_for_node_inputs(player, probe, node_cfg, node)
             outstanding: list[str] = []

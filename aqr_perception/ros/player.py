@@ -3,7 +3,9 @@
 Serialized messages are published as they are (rclpy publishes raw CDR bytes), at the
 bag's pace times ``rate`` (or as fast as a gate allows), optionally with ``/clock``.
 /tf_static is re-published with transient-local durability, like tf2's static
-broadcaster, so late subscribers still get it.
+broadcaster, so late subscribers still get it. A bag's ground truth (Detection3DArray on
+``synth.gt_topic``) is also drawn as RViz markers on ``synth.gt_markers_topic``, beside the
+node's own (ros/markers.py), even when the ground truth itself is not played.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from aqr_perception.config import SynthConfig
 from aqr_perception.data.bag_order import Message
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.stamps import ns_to_sec_nanosec
@@ -22,7 +25,8 @@ class BagPlayer:
     """Publishers for a bag's topics on ``node``; :meth:`play` sends the messages."""
 
     def __init__(self, node, bag: Path, exclude: Iterable[str] = (), include: Iterable[str] | None = None,
-                 publish_clock: bool = False) -> None:
+                 publish_clock: bool = False, gt_markers: tuple[str, str] | None = None) -> None:
+        """gt_markers: (ground-truth topic, markers topic): draw the bag's ground truth."""
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rosbags.rosbag2 import Reader
 
@@ -47,12 +51,34 @@ class BagPlayer:
                 if conn.topic not in self.publishers:
                     self.publishers[conn.topic] = node.create_publisher(get_message(conn.msgtype), conn.topic, qos)
                     self.types[conn.topic] = conn.msgtype
+            self.gt_topic = None
+            gt_type = "vision_msgs/msg/Detection3DArray"
+            if gt_markers is not None and any(c.topic == gt_markers[0] and c.msgtype == gt_type
+                                              for c in reader.connections):
+                from visualization_msgs.msg import MarkerArray
+
+                self.gt_topic = gt_markers[0]
+                self.gt_markers_pub = node.create_publisher(MarkerArray, gt_markers[1], QoSProfile(
+                    history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE))
         self.clock_pub = None
         if publish_clock:
             from rosgraph_msgs.msg import Clock
 
             self.clock_pub = node.create_publisher(Clock, "/clock", 10)
         self.published: dict[str, int] = {t: 0 for t in self.publishers}
+        self.gt_markers_published = 0
+
+    def _publish_gt_markers(self, raw: bytes) -> None:
+        from rclpy.serialization import deserialize_message
+        from vision_msgs.msg import Detection3DArray
+
+        from aqr_perception.ros.detection_msgs import from_detection_array
+        from aqr_perception.ros.markers import ground_truth_markers
+
+        gt = deserialize_message(raw, Detection3DArray)
+        boxes, names, _ = from_detection_array(gt)
+        self.gt_markers_pub.publish(ground_truth_markers(gt.header, boxes, names))
+        self.gt_markers_published += 1
 
     def wait_for_subscribers(self, topics: Iterable[str], timeout_s: float, spin: Callable[[float], None],
                              should_stop: Callable[[], bool] = lambda: False) -> bool:
@@ -91,7 +117,7 @@ class BagPlayer:
         wall0 = time.monotonic()
         clock = None
         with self._reader_cls(self.bag) as reader:
-            conns = [c for c in reader.connections if c.topic in self.publishers]
+            conns = [c for c in reader.connections if c.topic in self.publishers or c.topic == self.gt_topic]
             messages = reader.messages(connections=conns)
             for conn, stamp, raw in (order(messages) if order is not None else messages):
                 if should_stop is not None and should_stop():
@@ -105,9 +131,12 @@ class BagPlayer:
                     gate(conn.topic, stamp)
                 if self.clock_pub is not None:
                     self._publish_clock(clock + time_shift_ns)
-                self.publishers[conn.topic].publish(bytes(raw))
-                self.published[conn.topic] += 1
-                count += 1
+                if conn.topic == self.gt_topic:
+                    self._publish_gt_markers(bytes(raw))
+                if conn.topic in self.publishers:
+                    self.publishers[conn.topic].publish(bytes(raw))
+                    self.published[conn.topic] += 1
+                    count += 1
         return count
 
 
@@ -122,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-for", nargs="*", default=[], help="topics whose subscribers to wait for first")
     parser.add_argument("--wait-timeout", type=float, default=30.0)
     parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last message")
+    gt = SynthConfig()
+    parser.add_argument("--gt-topic", default=gt.gt_topic, help="the bag's ground truth (Detection3DArray)")
+    parser.add_argument("--gt-markers", default=gt.gt_markers_topic,
+                        help="draw the ground truth as RViz markers on this topic ('' : not drawn)")
     args = parser.parse_args(argv)
     apply_loopback_dds_defaults()
     import rclpy
@@ -137,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         executor.add_node(node)
         spin = lambda s: executor.spin_once(timeout_sec=s)  # noqa: E731
         try:
-            player = BagPlayer(node, args.bag, exclude=args.exclude, publish_clock=args.clock)
+            player = BagPlayer(node, args.bag, exclude=args.exclude, publish_clock=args.clock,
+                               gt_markers=(args.gt_topic, args.gt_markers) if args.gt_markers else None)
             if args.wait_for:
                 if not player.wait_for_subscribers(args.wait_for, args.wait_timeout, spin, should_stop=stop.is_set):
                     if stop.is_set():
@@ -153,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             while time.monotonic() < end and not stop.is_set():
                 spin(0.05)
             state = "interrupted after" if stop.is_set() else "published"
-            print(f"play: {state} {total} messages from {args.bag}")
+            drawn = f" (+ {player.gt_markers_published} ground-truth marker arrays on {args.gt_markers})" \
+                if player.gt_markers_published else ""
+            print(f"play: {state} {total} messages from {args.bag}{drawn}")
             return 0
         finally:
             executor.shutdown()
