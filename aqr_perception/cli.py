@@ -102,6 +102,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         and int(os.environ.get("WORLD_SIZE", "1")) == 1
     if args.gt and not single:
         raise cfgmod.ConfigError("--gt names the ground truth of one bag; several bags each have <bag>.gt.json")
+    record = Path(args.record) if args.record else None
+    if record is not None and (not single or args.mode != "replay"):
+        raise cfgmod.ConfigError("--record writes the replay of one bag (--mode replay, one --bag)")
+    if record is not None and record.exists():
+        raise cfgmod.ConfigError(f"--record {record}: it exists (a recording is never overwritten)")
     name = paths[0].name if single else "pooled"
     out = Path(args.out or Path(cfg.eval.output_dir) / name)
     submission = Path(args.submission) if args.submission else (out / "results_nusc.json" if args.devkit_eval
@@ -111,7 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             bag = paths[0]
             gt = Path(args.gt) if args.gt else bag.with_name(bag.name + ".gt.json")
             result, report = run_eval(bag, gt, cfg, args.checkpoint or "", args.mode, out, args.device, args.quiet,
-                                      submission)
+                                      submission, record)
         else:
             done = run_pooled_eval(drive_pairs(paths), cfg, args.checkpoint or "", args.mode, out, args.device,
                                    args.quiet, submission)
@@ -138,6 +143,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{report['frames_scored']} answered GT frames, {report['frames_unmatched']} unanswered not scored")
     if submission is not None:
         print(f"nuScenes submission: {submission}")
+    if record is not None:
+        print(f"recording: {record} (ros2 bag play {record}, or open {record.name}/*.mcap in Foxglove with "
+              "rviz/aqr_perception.foxglove.json)")
     if args.devkit_eval:
         from aqr_perception.evaluation.submission import devkit_detection_eval
 
@@ -208,11 +216,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"({DEFAULT_BAG.name}: 16 LiDAR sweeps, 6 cameras) over loopback DDS\n"
           f"checkpoint: {BUNDLED_CHECKPOINT.name if trained else 'NONE bundled yet: untrained weights'}\n")
     t0 = time.monotonic()
+    record = out / "recording" if args.mode == "replay" else None
+    if record is not None and record.exists():      # the demo's own folder: the last run's recording goes
+        import shutil
+
+        shutil.rmtree(record)
     result, report = run_eval(DEFAULT_BAG, DEFAULT_BAG.with_name(DEFAULT_BAG.name + ".gt.json"), cfg, "",
-                              args.mode, out, "cpu", quiet=True)
+                              args.mode, out, "cpu", quiet=True, record=record)
     _print_result(DEFAULT_BAG.name, result, report)
     print(f"\n{report['frames_with_output']}/{report['frames']} frames answered by the node; "
           f"report, PR curves and pictures in {out}/ ({time.monotonic() - t0:.1f} s)")
+    if record is not None:
+        print(f"the run as a rosbag2 MCAP (inputs, detections, markers, routing, diagnostics, GT markers): {record}")
     if not trained:
         print("note: no trained checkpoint is bundled yet, so these numbers are those of random weights")
     return 0 if report["frames_with_output"] == report["frames"] else 1
@@ -292,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(eval.replay_rate; default 0: stepwise, every sweep answered); "
                                               "unanswered sweeps are counted and not scored")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--record", help="also write the replay as one rosbag2 MCAP folder: the inputs as played, the "
+                                    "node's outputs and markers, /diagnostics, the ground-truth markers")
     p.add_argument("--out", help="output folder (default eval.output_dir/<bag name>)")
     p.add_argument("--submission", help="also write the answers in the nuScenes submission format (a scene "
                                         "converted with nuscenes2bag)")

@@ -189,8 +189,8 @@ def model_config(checkpoint: str, cfg: AqrConfig) -> ModelConfig:
 
 
 def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: str, out_dir: Path,
-             device: str = "cpu", quiet: bool = False, submission_path: Path | None = None
-             ) -> tuple[DetectionResult, dict]:
+             device: str = "cpu", quiet: bool = False, submission_path: Path | None = None,
+             record: Path | None = None) -> tuple[DetectionResult, dict]:
     """Predict (replay or offline), score, write the report; returns (result, report dict).
     ``submission_path``: also write the answers in the nuScenes submission format (a
     converted nuScenes drive: its ground truth has the sample tokens)."""
@@ -199,7 +199,7 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
     if mode == "replay":
         from aqr_perception.evaluation.replay import predict_replay
 
-        answers = predict_replay(bag, cfg, checkpoint, device, log=not quiet)
+        answers = predict_replay(bag, cfg, checkpoint, device, log=not quiet, record=record)
     else:
         from aqr_perception.model.runtime import DetectorRuntime
 

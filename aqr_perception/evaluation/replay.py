@@ -25,6 +25,7 @@ from aqr_perception.msg import DetectionVelocityArray, QueryRouting
 from aqr_perception.ros.dds_env import private_domain
 from aqr_perception.ros.node_process import NodeProcess, Probe, node_topic
 from aqr_perception.ros.player import BagPlayer
+from aqr_perception.ros.recorder import Recorder
 from aqr_perception.stamps import header_ns
 
 #: the node process loads torch and the model
@@ -40,7 +41,13 @@ RECORDED = {"det": (Detection3DArray, "detections"), "vel": (DetectionVelocityAr
             "routing": (QueryRouting, "routing")}
 
 
-def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str) -> NodeConfig:
+#: what a recording holds besides the played inputs: the node's outputs, diagnostics, GT markers
+RECORDED_OUTPUTS = {"detections": "vision_msgs/msg/Detection3DArray",
+                    "velocities": "aqr_perception/msg/DetectionVelocityArray",
+                    "routing": "aqr_perception/msg/QueryRouting", "markers": "visualization_msgs/msg/MarkerArray"}
+
+
+def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str, record: bool = False) -> NodeConfig:
     """The node settings of a replay: the user's (``cfg.node``: topics, frames, cameras...)
     with every detection the metric may use, lossless QoS, the evaluated checkpoint (empty:
     the bundled one) and waits that let a cloud's inputs, which precede it in the bag, land
@@ -50,7 +57,7 @@ def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str) -> NodeConf
         "calibration_wait_s": cfg.eval.replay_calibration_wait_s, "camera_wait_s": cfg.eval.replay_camera_wait_s})
     real_time = cfg.eval.replay_rate > 0          # the vehicle's queue: what the node cannot take is dropped
     return node_cfg.model_copy(update={"qos_depth": cfg.node.qos_depth if real_time else 20, "device": device,
-                                       "publish_markers": False, "sync": sync, "checkpoint": checkpoint})
+                                       "publish_markers": record, "sync": sync, "checkpoint": checkpoint})
 
 
 def write_node_params(node_cfg: NodeConfig, path: Path) -> Path:
@@ -95,14 +102,16 @@ def wait_for_node_inputs(player: BagPlayer, probe: Probe, node_cfg: NodeConfig, 
 
 
 def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cpu",
-                   log: bool = True) -> dict[str, FrameAnswer]:
+                   log: bool = True, record: Path | None = None) -> dict[str, FrameAnswer]:
     """Play the bag to the node process over DDS, stepwise (or at ``cfg.eval.replay_rate``
     times its pace): token (str(stamp_ns)) -> answer, for every sweep the node answered.
+    ``record``: also write one MCAP of the run (ros/recorder.py): the inputs as played, the
+    node's outputs (markers included), /diagnostics and the ground-truth markers.
 
     ``cfg.model`` must be the model the node will run (the checkpoint's: ``run_eval``
     puts it there): whether the node needs ``/tf`` (multi-sweep) is read from it.
     """
-    node_cfg = replay_node_config(cfg, checkpoint, device)
+    node_cfg = replay_node_config(cfg, checkpoint, device, record is not None)
     check_bag_topics(bag, node_cfg)
     multi_sweep = cfg.model.lidar.sweeps > 1
     got: dict[str, dict[str, object]] = {key: {} for key in RECORDED}
@@ -121,6 +130,14 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
             player = BagPlayer(probe.node, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic]
                                + ([] if multi_sweep else ["/tf"]), publish_clock=True,
                                gt_markers=(cfg.synth.gt_topic, cfg.synth.gt_markers_topic))
+            recorder = None
+            if record is not None:
+                recorder = Recorder(record, lambda: player.clock_ns)
+                for name, msgtype in RECORDED_OUTPUTS.items():
+                    recorder.subscribe(probe.node, node_topic(name), msgtype)
+                recorder.subscribe(probe.node, "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
+                recorder.subscribe(probe.node, cfg.synth.gt_markers_topic, "visualization_msgs/msg/MarkerArray")
+                player.on_publish = recorder.write
             # every played input must be matched: a message published before discovery is lost
             wait_for_node_inputs(player, probe, node_cfg, node)
             outstanding: list[str] = []
@@ -155,5 +172,10 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
                 probe.spin_until(lambda: played[-1] in got["routing"] or not node.running(),
                                  cfg.eval.replay_step_timeout_s, step_s=0.01)
             probe.spin(DRAIN_S)
+            if recorder is not None:
+                recorder.close()
+                if log:
+                    print(f"recorded {sum(recorder.counts.values())} messages on {len(recorder.counts)} topics to "
+                          f"{record}", flush=True)
     return {token: answer_from_messages(det, got["vel"].get(token), got["routing"].get(token))
             for token, det in got["det"].items()}

@@ -67,6 +67,10 @@ class BagPlayer:
             self.clock_pub = node.create_publisher(Clock, "/clock", 10)
         self.published: dict[str, int] = {t: 0 for t in self.publishers}
         self.gt_markers_published = 0
+        #: the bag time last played (what /clock says)
+        self.clock_ns = self.start_ns
+        #: called with (topic, msgtype, bag time, bytes) for every message published (a recorder)
+        self.on_publish: Callable[[str, str, int, bytes], None] | None = None
 
     def _publish_gt_markers(self, raw: bytes) -> None:
         from rclpy.serialization import deserialize_message
@@ -133,7 +137,10 @@ class BagPlayer:
                     self._publish_clock(clock + time_shift_ns)
                 if conn.topic == self.gt_topic:
                     self._publish_gt_markers(bytes(raw))
+                self.clock_ns = clock
                 if conn.topic in self.publishers:
+                    if self.on_publish is not None:
+                        self.on_publish(conn.topic, conn.msgtype, stamp, bytes(raw))
                     self.publishers[conn.topic].publish(bytes(raw))
                     self.published[conn.topic] += 1
                     count += 1

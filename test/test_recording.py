@@ -1,0 +1,96 @@
+"""The demo's recording (``aqr-perception demo``; ``eval --record`` does the same): one
+rosbag2 MCAP, read back here with ``rosbags``, holding the inputs as played (byte for byte),
+the node's outputs and markers, diagnostics and the ground-truth markers, one per sweep;
+and the shipped Foxglove layout names only topics the recording has, with their types."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rosbags.rosbag2 import Reader
+
+from aqr_perception.cli import DEFAULT_BAG
+from aqr_perception.data.typestore import project_typestore
+
+LAYOUT = Path(__file__).resolve().parent.parent / "rviz" / "aqr_perception.foxglove.json"
+OUTPUTS = {"/aqr_perception/detections": "vision_msgs/msg/Detection3DArray",
+           "/aqr_perception/velocities": "aqr_perception/msg/DetectionVelocityArray",
+           "/aqr_perception/routing": "aqr_perception/msg/QueryRouting",
+           "/aqr_perception/markers": "visualization_msgs/msg/MarkerArray",
+           "/gt/markers": "visualization_msgs/msg/MarkerArray"}
+#: what each Foxglove panel draws
+PANEL_TYPES = {"Image": {"sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image"},
+               "3D": {"sensor_msgs/msg/PointCloud2", "visualization_msgs/msg/MarkerArray"},
+               "DiagnosticSummary": {"diagnostic_msgs/msg/DiagnosticArray"}}
+
+
+def _read(bag: Path) -> tuple[dict[str, str], dict[str, list[bytes]]]:
+    types, raw = {}, {}
+    with Reader(bag) as reader:
+        for conn in reader.connections:
+            types[conn.topic] = conn.msgtype
+        for conn, _, data in reader.messages():
+            raw.setdefault(conn.topic, []).append(bytes(data))
+    return types, raw
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    run = subprocess.run([sys.executable, "-m", "aqr_perception.cli", "demo", "--out", str(out),
+                          "--set", "eval.pictures=0"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert str(out / "recording") in run.stdout
+    return _read(out / "recording")
+
+
+@pytest.mark.slow
+def test_the_recording_holds_the_inputs_and_every_output(recording):
+    types, raw = recording
+    src_types, src = _read(DEFAULT_BAG)
+    played = {t for t in src if not t.startswith("/gt/")}     # the ground truth goes as markers only
+    for topic in played:
+        assert types[topic] == src_types[topic] and raw[topic] == src[topic], topic
+    sweeps = len(src["/LIDAR_TOP"])
+    for topic, msgtype in OUTPUTS.items():
+        assert types[topic] == msgtype and len(raw[topic]) == sweeps, (topic, len(raw.get(topic, [])))
+    assert types["/diagnostics"] == "diagnostic_msgs/msg/DiagnosticArray" and raw["/diagnostics"]
+    store = project_typestore()
+    det = store.deserialize_cdr(raw["/aqr_perception/detections"][-1], OUTPUTS["/aqr_perception/detections"])
+    assert det.header.frame_id == "LIDAR_TOP" and len(det.detections) > 0
+
+
+@pytest.mark.slow
+def test_the_foxglove_layout_shows_what_the_recording_has(recording):
+    types, raw = recording
+    layout = json.loads(LAYOUT.read_text())
+    panels = layout["configById"]
+    named = []
+    for panel_id, cfg in panels.items():
+        kind = panel_id.split("!")[0]
+        if kind == "Image":
+            named.append((kind, cfg["imageMode"]["imageTopic"]))
+        elif kind == "3D":
+            named += [(kind, t) for t in cfg["topics"]]
+        elif kind == "DiagnosticSummary":
+            named.append((kind, cfg["topicToRender"]))
+        elif kind == "Plot":
+            for path in cfg["paths"]:
+                topic, _, field_path = path["value"].partition(".")
+                assert topic in types, topic
+                msg = project_typestore().deserialize_cdr(raw[topic][-1], types[topic])
+                assert field_path == "detections[:].lidar_weight" or field_path == "detections[:].camera_weight"
+                assert all(hasattr(d, field_path.rsplit(".", 1)[1]) for d in msg.detections) and msg.detections
+        else:
+            raise AssertionError(f"a panel this test does not know: {panel_id}")
+    assert sum(k == "Image" for k, _ in named) == 6
+    for kind, topic in named:
+        assert types.get(topic) in PANEL_TYPES[kind], (kind, topic, types.get(topic))
+
+    def leaves(node):
+        return [node] if isinstance(node, str) else leaves(node["first"]) + leaves(node["second"])
+
+    assert sorted(leaves(layout["layout"])) == sorted(panels)    # every panel placed, once
