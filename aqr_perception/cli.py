@@ -209,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from aqr_perception.evaluation.evaluate import run_eval
     from aqr_perception.model.runtime import BUNDLED_CHECKPOINT
 
-    cfg = cfgmod.load_config(args.config, args.overrides)
+    cfg = cfgmod.load_config(args.config, ["eval.animation=true", *args.overrides])   # the drive as a GIF too
     out = Path(args.out)
     trained = BUNDLED_CHECKPOINT.exists()
     print("aqr-perception demo: the aqr_perception node replays the bundled synthetic drive "
@@ -228,6 +228,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"report, PR curves and pictures in {out}/ ({time.monotonic() - t0:.1f} s)")
     if record is not None:
         print(f"the run as a rosbag2 MCAP (inputs, detections, markers, routing, diagnostics, GT markers): {record}")
+    if (out / "replay.gif").is_file():
+        print(f"the replay frame by frame (BEV + six cameras): {out / 'replay.gif'}")
     if not trained:
         print("note: no trained checkpoint is bundled yet, so these numbers are those of random weights")
     return 0 if report["frames_with_output"] == report["frames"] else 1

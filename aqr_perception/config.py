@@ -542,6 +542,8 @@ class EvalConfig(_Section):
         description="distance bands from the ego (m) of the report's AP / recall / ATE by distance")
     pictures: Annotated[int, Field(ge=0)] = Field(3, description="frames drawn with predictions over GT")
     picture_score_threshold: Probability = Field(0.2, description="predictions drawn in the pictures")
+    animation: bool = Field(False, description="also every frame's picture as one animated GIF, replay.gif (the "
+                                               "demo turns it on)")
     replay_calibration_wait_s: PositiveFloat = Field(
         10.0, description="replay: the first cloud waits this long for every camera (a camera absent from the bag "
                           "costs it once)")

@@ -1,4 +1,5 @@
-"""The demo's recording (``aqr-perception demo``; ``eval --record`` does the same): one
+"""The demo's recording (``aqr-perception demo``; ``eval --record`` does the same) and its
+animated picture of the drive. The recording is one
 rosbag2 MCAP, read back here with ``rosbags``, holding the inputs as played (byte for byte),
 the node's outputs and markers, diagnostics and the ground-truth markers, one per sweep;
 and the shipped Foxglove layout names only topics the recording has, with their types."""
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
@@ -44,6 +46,13 @@ def recording(tmp_path_factory):
                           "--set", "eval.pictures=0"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert str(out / "recording") in run.stdout
+    from PIL import Image
+
+    with Image.open(out / "replay.gif") as gif:          # the drive, every sweep a frame
+        assert gif.n_frames == 16 and gif.width == 960 and gif.is_animated
+        gif.seek(8)
+        assert len(np.unique(np.asarray(gif.convert("RGB")).reshape(-1, 3), axis=0)) > 50   # a picture, not a blank
+    assert "replay.gif" in (out / "report.md").read_text()
     return _read(out / "recording")
 
 

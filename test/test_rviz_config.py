@@ -16,12 +16,13 @@ from aqr_perception.data.typestore import project_typestore
 ROOT = Path(__file__).resolve().parent.parent
 BAG = ROOT / "aqr_perception" / "resources" / "default_drive"
 CONFIGS = sorted((ROOT / "rviz").glob("*.rviz"))
-#: image_transport's subscriber plugins (image_transport_plugins: compressed, compressedDepth,
-#: theora, zstd). RViz2's Image display takes the transport from the topic's last name when it
-#: is one of these, and subscribes to <base>/<transport>; any other name is a raw Image topic
-#: (rviz_default_plugins get_transport_from_topic.cpp: getTransportFromTopic / getBaseTopicFromTopic)
+#: RViz2's Image display takes the transport from the topic's last name when it is one of
+#: these, and subscribes to <base>/<transport> with the plugin's type; any other name is a raw
+#: Image topic (rviz_default_plugins get_transport_from_topic.cpp: getTransportFromTopic /
+#: getBaseTopicFromTopic; Jazzy hard-codes these three, later releases read the installed
+#: image_transport plugins, which adds zstd). There is no transport property in Jazzy's display.
 TRANSPORTS = {"compressed": "sensor_msgs/msg/CompressedImage", "compressedDepth": "sensor_msgs/msg/CompressedImage",
-              "theora": "theora_image_transport/msg/Packet", "zstd": "sensor_msgs/msg/CompressedImage"}
+              "theora": "theora_image_transport/msg/Packet"}
 DISPLAY_TYPES = {"rviz_default_plugins/PointCloud2": "sensor_msgs/msg/PointCloud2",
                  "rviz_default_plugins/MarkerArray": "visualization_msgs/msg/MarkerArray",
                  "rviz_default_plugins/Image": "sensor_msgs/msg/Image"}

@@ -21,7 +21,7 @@ from aqr_perception.data.boxes import transform_boxes
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
 from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, by_distance, evaluate
-from aqr_perception.evaluation.pictures import frame_pictures
+from aqr_perception.evaluation.pictures import frame_pictures, write_animation
 from aqr_perception.evaluation.report import (
     distance_table,
     metrics_table,
@@ -217,6 +217,8 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
     n = min(cfg.eval.pictures, len(ev.gt))
     tokens = sorted(ev.gt)[:: max(1, len(ev.gt) // max(1, n))][:n]
     pictures = frame_pictures(bag, gt_json, cfg, ev.answers, tokens, out_dir) if n else []
+    if cfg.eval.animation and write_animation(bag, gt_json, cfg, ev.answers, out_dir / "replay.gif"):
+        pictures = [out_dir / "replay.gif", *pictures]
     report = write_report(out_dir, f"Evaluation of {bag.name} ({mode})", cfg, mode, ev, {bag.name: result}, sweeps,
                           {"bag": str(bag), "checkpoint": checkpoint or "bundled"}, time.monotonic() - t0, pictures)
     return result, report

@@ -1,6 +1,8 @@
-"""Per-frame pictures of an evaluation: BEV and the six cameras, GT white, answers by class."""
+"""Per-frame pictures of an evaluation: BEV and the six cameras, GT white, answers by class;
+as PNGs of chosen frames, or every frame as one animated GIF of the replay."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +17,48 @@ from aqr_perception.frames.conversions import reduce_intrinsics
 from aqr_perception.frames.pipeline import FramePipeline
 from aqr_perception.stamps import header_ns
 
+#: the animation's frames are scaled down to this width (px) and shown this long (ms)
+ANIMATION_WIDTH, ANIMATION_FRAME_MS = 960, 250
+
 
 def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer], tokens: list[str],
                    out_dir: Path) -> list[Path]:
     """BEV + camera overlays of the frames ``tokens``, written to ``out_dir``: GT boxes seen
     by the LiDAR in white, answers above ``eval.picture_score_threshold`` in class colours."""
+    written = []
+    for token, picture in frame_images(bag, gt_json, cfg, answers, tokens):
+        path = out_dir / f"frame_{token}.png"
+        save_png(path, picture)
+        written.append(path)
+    return written
+
+
+def write_animation(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer], path: Path) -> int:
+    """Every ground-truth frame's picture, in bag order, as one looping GIF at ``path``
+    (``ANIMATION_WIDTH`` px wide); returns the number of frames."""
+    from PIL import Image
+
+    tokens = sorted(str(s) for s in read_ground_truth(gt_json, list(cfg.model.classes)))
+    frames = []
+    for _, picture in frame_images(bag, gt_json, cfg, answers, tokens):
+        img = Image.fromarray(picture)
+        scale = min(1.0, ANIMATION_WIDTH / img.width)
+        frames.append(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+                      .quantize(colors=255, method=Image.Quantize.MEDIANCUT))
+    if frames:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=ANIMATION_FRAME_MS, loop=0)
+    return len(frames)
+
+
+def frame_images(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer], tokens: list[str]
+                 ) -> Iterator[tuple[str, np.ndarray]]:
+    """(token, (H, W, 3) uint8 RGB picture) of each frame of ``tokens`` in bag order."""
     gts = read_ground_truth(gt_json, list(cfg.model.classes))
     pipeline = FramePipeline(eval_node_config(cfg), input_hw=(cfg.model.image.input_height,
                                                               cfg.model.image.input_width), lidar=cfg.model.lidar,
                               image=cfg.model.image)
-    written: list[Path] = []
+    done: list[tuple[str, np.ndarray]] = []
 
     def on_cloud(cloud) -> None:
         token = str(header_ns(cloud))
@@ -50,9 +84,7 @@ def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, 
             c = Camera(cam, img.shape[1], img.shape[0], reduce_intrinsics(pipeline.calib.intrinsics(cam), r),
                        pipeline.calib.lidar_to_camera(cam, inputs.lidar_frame))
             tiles.append(draw_camera(img, c, groups))
-        path = out_dir / f"frame_{token}.png"
-        save_png(path, compose(draw_bev(inputs.arrays.points, groups), tiles))
-        written.append(path)
+        done.append((token, compose(draw_bev(inputs.arrays.points, groups), tiles)))
 
     feed_bag(bag, pipeline, on_cloud)
-    return written
+    yield from done
