@@ -5,8 +5,9 @@ LiDAR sweep waits until the node has answered the previous one, so nothing is sk
 the node associates exactly the images that preceded the sweep in the bag (as offline
 evaluation does). With ``eval.replay_rate`` r > 0 the bag is played at its own pace times r
 instead, to the node's own queue depth, as a vehicle feeds it: what the node has no time
-for is dropped from its queue and goes unanswered. Detection3DArray / DetectionVelocityArray / QueryRouting are recorded
-by stamp. The node and this process's probe are ros/node_process.py's.
+for is dropped from its queue and goes unanswered. Detection3DArray /
+DetectionVelocityArray / QueryRouting are recorded by stamp. The node and this process's
+probe are ros/node_process.py's.
 """
 from __future__ import annotations
 
