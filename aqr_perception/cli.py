@@ -183,16 +183,13 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     seeds = [args.seed + i for i in range(args.drives)]
     bags = None
     if args.bag:                # the user's own bags, corrupted copies per condition
-        from aqr_perception.data.corrupt_bag import BAG_CONDITIONS
+        from aqr_perception.data.corrupt_bag import BAG_CONDITIONS, check_bag_condition
         from aqr_perception.evaluation.pooled import drive_pairs
 
         bags = drive_pairs([Path(b) for b in args.bag])
         conditions = tuple(args.conditions or (c for c in CONDITIONS if c in BAG_CONDITIONS))
-        for c in conditions:
-            if c not in BAG_CONDITIONS:
-                raise cfgmod.ConfigError(f"--conditions {c}: a recorded bag takes {', '.join(BAG_CONDITIONS)}"
-                                         + (" (fog needs the scene's depth, which only the synthetic drives have)"
-                                            if c == "fog" else ""))
+        for c in conditions:          # before any work: a refused condition costs nothing
+            check_bag_condition(c)
     else:
         conditions = tuple(args.conditions or CONDITIONS)
     report = run_robustness(cfg, models, seeds, Path(args.out), conditions, args.device, bags=bags)

@@ -103,13 +103,18 @@ def _shift_stamp(msg, shift_ns: int):
     return msg
 
 
+def check_bag_condition(condition: str) -> None:
+    """ConfigError unless a recorded bag can be put under ``condition``."""
+    if condition not in BAG_CONDITIONS:
+        raise ConfigError(f"{condition}: a recorded bag takes {', '.join(BAG_CONDITIONS)}"
+                          + (f" ({condition} needs the scene's depth, which only the synthetic drives have)"
+                             if condition in NEEDS_DEPTH else ""))
+
+
 def corrupt_bag(src: Path, dst: Path, condition: str, cfg: AqrConfig, seed: int = 0) -> dict[str, int]:
     """Write ``dst`` (rosbag2, MCAP): ``src`` under ``condition``, deterministic in ``seed``.
     Topic names from ``cfg.node``. Returns the messages written per topic."""
-    if condition not in BAG_CONDITIONS:
-        raise ConfigError(f"{condition}: a recorded bag takes {', '.join(BAG_CONDITIONS)}"
-                          + (" (fog needs the scene's depth, which only the synthetic drives have)"
-                             if condition in NEEDS_DEPTH else ""))
+    check_bag_condition(condition)
     node, store = cfg.node, project_typestore()
     rng = np.random.default_rng([seed, 1])
     gone = cameras_removed(condition, list(node.camera_names), cfg.synth.missing_camera)

@@ -15,7 +15,6 @@ import numpy as np
 
 from aqr_perception.config import AqrConfig, NodeConfig
 from aqr_perception.data.bag_reader import feed_bag
-from aqr_perception.data.boxes import quaternion_to_yaw
 from aqr_perception.frames.pipeline import FrameInputs, FrameOutcome, FramePipeline
 from aqr_perception.stamps import header_ns
 
@@ -55,23 +54,20 @@ def answer_from_outcome(out: FrameOutcome, class_names: list[str]) -> FrameAnswe
 def answer_from_messages(det, vel=None, routing=None) -> FrameAnswer:
     """The answer the node published: Detection3DArray (+ DetectionVelocityArray, QueryRouting
     of the same stamp, when received)."""
-    n = len(det.detections)
+    from aqr_perception.ros.detection_msgs import from_detection_array
+
+    seven, names, scores = from_detection_array(det)
+    n = len(names)
     boxes = np.zeros((n, 9))
-    for i, d in enumerate(det.detections):
-        c, s = d.bbox.center, d.bbox.size
-        boxes[i, :6] = [c.position.x, c.position.y, c.position.z, s.x, s.y, s.z]
-        if vel is not None:
+    boxes[:, :7] = seven
+    if vel is not None:
+        for i in range(n):
             v = vel.velocities[i].velocity
             boxes[i, 7:9] = [v.x, v.y]
-    if n:
-        q = np.array([[d.bbox.center.orientation.x, d.bbox.center.orientation.y, d.bbox.center.orientation.z,
-                       d.bbox.center.orientation.w] for d in det.detections])
-        boxes[:, 6] = quaternion_to_yaw(q)
     weights = (lambda key: np.array([getattr(r, key) for r in routing.detections])) if routing else \
         (lambda key: np.zeros(n))
-    return FrameAnswer(boxes, np.array([d.results[0].hypothesis.score for d in det.detections]),
-                       [d.results[0].hypothesis.class_id for d in det.detections], weights("lidar_weight"),
-                       weights("camera_weight"), bool(routing.lidar_available) if routing else True,
+    return FrameAnswer(boxes, scores, names, weights("lidar_weight"), weights("camera_weight"),
+                       bool(routing.lidar_available) if routing else True,
                        bool(routing.cameras_available) if routing else True)
 
 

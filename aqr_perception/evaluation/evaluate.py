@@ -21,7 +21,7 @@ from aqr_perception.data.boxes import transform_boxes
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
 from aqr_perception.evaluation.metrics import DetectionResult, FrameBoxes, by_distance, evaluate
-from aqr_perception.evaluation.pictures import frame_pictures, write_animation
+from aqr_perception.evaluation.pictures import frame_images, frame_pictures, write_animation
 from aqr_perception.evaluation.report import (
     distance_table,
     metrics_table,
@@ -78,7 +78,7 @@ def drive_eval(gt_json: Path, answers: dict[str, FrameAnswer], classes: list[str
     matched = match_stamps(list(frames), [int(t) for t in answers], round(tolerance_s * 1e9))
     unmatched = [str(s) for s in frames if s not in matched]
     if answered_only:
-        gt = {t: g for t, g in gt.items() if t not in set(unmatched)}
+        gt = {str(s): gt[str(s)] for s in frames if s in matched}
     return DriveEval(gt=gt, answers={str(g): answers[str(a)] for g, a in matched.items()},
                      lidar_to_global={str(s): f.lidar_to_global for s, f in frames.items()}, frames_total=len(frames),
                      unmatched=unmatched)
@@ -213,11 +213,13 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
                                                      cfg.eval.max_boxes_per_sample))
     sweeps = Sweeps()
     sweeps.add(bag, cfg.node.lidar_topic, answers)
-    out_dir.mkdir(parents=True, exist_ok=True)
     n = min(cfg.eval.pictures, len(ev.gt))
     tokens = sorted(ev.gt)[:: max(1, len(ev.gt) // max(1, n))][:n]
-    pictures = frame_pictures(bag, gt_json, cfg, ev.answers, tokens, out_dir) if n else []
-    if cfg.eval.animation and write_animation(bag, gt_json, cfg, ev.answers, out_dir / "replay.gif"):
+    # one pass draws the chosen frames, or every frame when the animation needs them all
+    drawn = frame_images(bag, gt_json, cfg, ev.answers, sorted(ev.lidar_to_global) if cfg.eval.animation else tokens) \
+        if tokens or cfg.eval.animation else []
+    pictures = frame_pictures([(t, p) for t, p in drawn if t in tokens], out_dir)
+    if cfg.eval.animation and write_animation([p for _, p in drawn], out_dir / "replay.gif"):
         pictures = [out_dir / "replay.gif", *pictures]
     report = write_report(out_dir, f"Evaluation of {bag.name} ({mode})", cfg, mode, ev, {bag.name: result}, sweeps,
                           {"bag": str(bag), "checkpoint": checkpoint or "bundled"}, time.monotonic() - t0, pictures)

@@ -2,7 +2,6 @@
 as PNGs of chosen frames, or every frame as one animated GIF of the replay."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +20,23 @@ from aqr_perception.stamps import header_ns
 ANIMATION_WIDTH, ANIMATION_FRAME_MS = 960, 250
 
 
-def frame_pictures(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer], tokens: list[str],
-                   out_dir: Path) -> list[Path]:
-    """BEV + camera overlays of the frames ``tokens``, written to ``out_dir``: GT boxes seen
-    by the LiDAR in white, answers above ``eval.picture_score_threshold`` in class colours."""
+def frame_pictures(drawn: list[tuple[str, np.ndarray]], out_dir: Path) -> list[Path]:
+    """The pictures of :func:`frame_images` as ``out_dir/frame_<token>.png``."""
     written = []
-    for token, picture in frame_images(bag, gt_json, cfg, answers, tokens):
+    for token, picture in drawn:
         path = out_dir / f"frame_{token}.png"
         save_png(path, picture)
         written.append(path)
     return written
 
 
-def write_animation(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer], path: Path) -> int:
-    """Every ground-truth frame's picture, in bag order, as one looping GIF at ``path``
+def write_animation(pictures: list[np.ndarray], path: Path) -> int:
+    """Pictures of :func:`frame_images`, in order, as one looping GIF at ``path``
     (``ANIMATION_WIDTH`` px wide); returns the number of frames."""
     from PIL import Image
 
-    tokens = sorted(str(s) for s in read_ground_truth(gt_json, list(cfg.model.classes)))
     frames = []
-    for _, picture in frame_images(bag, gt_json, cfg, answers, tokens):
+    for picture in pictures:
         img = Image.fromarray(picture)
         scale = min(1.0, ANIMATION_WIDTH / img.width)
         frames.append(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
@@ -52,8 +48,10 @@ def write_animation(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str,
 
 
 def frame_images(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, FrameAnswer], tokens: list[str]
-                 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(token, (H, W, 3) uint8 RGB picture) of each frame of ``tokens`` in bag order."""
+                 ) -> list[tuple[str, np.ndarray]]:
+    """(token, (H, W, 3) uint8 RGB picture) of each frame of ``tokens``, in bag order: BEV +
+    camera overlays, GT boxes seen by the LiDAR in white, answers above
+    ``eval.picture_score_threshold`` in class colours."""
     gts = read_ground_truth(gt_json, list(cfg.model.classes))
     pipeline = FramePipeline(eval_node_config(cfg), input_hw=(cfg.model.image.input_height,
                                                               cfg.model.image.input_width), lidar=cfg.model.lidar,
@@ -87,4 +85,4 @@ def frame_images(bag: Path, gt_json: Path, cfg: AqrConfig, answers: dict[str, Fr
         done.append((token, compose(draw_bev(inputs.arrays.points, groups), tiles)))
 
     feed_bag(bag, pipeline, on_cloud)
-    yield from done
+    return done
