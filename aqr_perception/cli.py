@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from aqr_perception import config as cfgmod
+from aqr_perception.allocator import keep_freed_memory
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "aqr_perception.schema.json"
 
@@ -85,6 +86,13 @@ def _print_result(name: str, result, report: dict) -> None:
           f"{r['mean_lidar_weight']:.3f}, mean camera weight {r['mean_camera_weight']:.3f}")
 
 
+def process_settings(cfg: cfgmod.AqrConfig) -> None:
+    """What the node applies at configure, for the commands that run the model in this
+    process too (offline predictions, the pictures): the allocator setting."""
+    if cfg.node.keep_freed_memory:
+        keep_freed_memory()
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate drive bags: replay to the node (or offline), nuScenes metrics, report + pictures.
     One bag: its report and pictures; several (repeated --bag, or a folder of bags): pooled."""
@@ -97,6 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = cfgmod.load_config(args.config, args.overrides + rate)
     if args.node_params:   # the node's own ROS parameter file: its topics, frames, cameras
         cfg = cfg.model_copy(update={"node": cfgmod.node_config_from_param_file(args.node_params)})
+    process_settings(cfg)
     paths = [Path(b).resolve() for b in args.bag]
     single = len(paths) == 1 and (args.gt or paths[0].with_name(paths[0].name + ".gt.json").is_file()) \
         and int(os.environ.get("WORLD_SIZE", "1")) == 1
@@ -174,6 +183,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from aqr_perception.evaluation.robustness import CONDITIONS, run_robustness
 
     cfg = cfgmod.load_config(args.config, args.overrides + [f"synth.frames_per_drive={args.frames}"])
+    process_settings(cfg)
     models = {"aqr": args.checkpoint or ""}
     try:
         models.update(baseline_models(args.baseline or []))
@@ -207,6 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from aqr_perception.model.runtime import BUNDLED_CHECKPOINT
 
     cfg = cfgmod.load_config(args.config, ["eval.animation=true", *args.overrides])   # the drive as a GIF too
+    process_settings(cfg)
     out = Path(args.out)
     trained = BUNDLED_CHECKPOINT.exists()
     print("aqr-perception demo: the aqr_perception node replays the bundled synthetic drive "

@@ -153,8 +153,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
 
+    from aqr_perception.allocator import keep_freed_memory
     from aqr_perception.config import load_config
     from aqr_perception.model import build_detector
+
+    keep_freed_memory()                                  # as the node and the CLI do
     from aqr_perception.model.batching import make_inputs
 
     if args.threads:

@@ -10,6 +10,10 @@ dev machine with deserialisation included, excluding the model. The takes are me
 over real DDS (loopback) from a publisher process: rclpy's typed take, and the raw take
 read through zero-copy views that the node uses. Prints medians of --runs repetitions.
 
+The process keeps freed memory as the node does (``keep_freed_memory``); a second process
+runs the node paths with glibc's default malloc first, for the side-by-side (and the page
+faults per frame of both).
+
     python bench/node_io.py [--runs 20] [--config tiny]
 """
 from __future__ import annotations
@@ -115,6 +119,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=35000)
     parser.add_argument("--publisher", choices=["raw", "jpeg"], help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=40, help=argparse.SUPPRESS)
+    parser.add_argument("--default-malloc", action="store_true", help="glibc's default malloc, node paths only")
     args = parser.parse_args()
     from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 
@@ -123,7 +128,18 @@ def main() -> None:
         publish_for_take(args.publisher, args.count)
         return
 
-    from rclpy.serialization import deserialize_message
+    import resource
+    import subprocess
+    import sys
+
+    from aqr_perception.allocator import keep_freed_memory
+
+    if not args.default_malloc:
+        child = subprocess.run([sys.executable, __file__, "--default-malloc", "--runs", str(args.runs), "--config",
+                                args.config, "--points", str(args.points)], capture_output=True, text=True)
+        default_lines = [ln for ln in child.stdout.splitlines() if ln.startswith("node path")]
+        keep_freed_memory()
+    from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image, PointCloud2
     from std_msgs.msg import Header
 
@@ -144,7 +160,14 @@ def main() -> None:
     from aqr_perception.frames.preprocess import build_model_arrays
     from aqr_perception.frames.sync import LidarTriggeredSync
     from aqr_perception.model.runtime import DetectorRuntime
-    from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
+    from aqr_perception.ros.detection_msgs import (
+        detection_array_cdr,
+        routing_cdr,
+        to_detection_array,
+        to_routing_msg,
+        to_velocity_msg,
+        velocity_cdr,
+    )
     from aqr_perception.ros.markers import detection_markers
 
     cfg = load_config(args.config)
@@ -183,10 +206,15 @@ def main() -> None:
             s.add_image(c, 0, m)
         s.associate(0)
 
+    def message_objects():
+        for msg in (to_detection_array(header, det, NUSCENES_CLASSES), to_routing_msg(header, det, True, names, []),
+                    to_velocity_msg(header, det)):
+            serialize_message(msg)           # what Publisher.publish does with a message object
+
     def messages():
-        to_detection_array(header, det, NUSCENES_CLASSES)
-        to_routing_msg(header, det, True, names, [])
-        to_velocity_msg(header, det)
+        detection_array_cdr(header, det, NUSCENES_CLASSES)
+        routing_cdr(header, det, True, names, [])
+        velocity_cdr(header, det)
 
     def markers():
         detection_markers(header, det.boxes, det.scores, [NUSCENES_CLASSES[i] for i in det.labels])
@@ -212,7 +240,8 @@ def main() -> None:
         "sync (6 images + associate)": sync_step,
         "preprocess to model input (raw)": lambda: build_model_arrays(pts, decoded_raw, Ks, exts, hw),
         "preprocess to model input (reduced JPEG)": lambda: build_model_arrays(pts, decoded_small, Ks_small, exts, hw),
-        "output messages (100 detections)": messages,
+        "output messages (100 detections), message objects + serialisation (the old path)": message_objects,
+        "output messages (100 detections), serialised directly": messages,
         "RViz markers (100 detections; only with a subscriber)": markers,
     }
     # the node's own path, as its worker runs it: sync + decoding + calibration + model input
@@ -237,17 +266,36 @@ def main() -> None:
             p.on_image(c, m)
         assert not p.assemble(cloud).masked, "bench frame incomplete"
         pipelines[transport] = p
-    stages["node path: sync + decode + model input (raw)"] = lambda: pipelines["raw"].assemble(cloud)
-    stages["node path: sync + decode + model input (JPEG)"] = lambda: pipelines["compressed"].assemble(cloud)
+    node_paths = {f"node path: sync + decode + model input ({name})": (lambda p=pipelines[t]: p.assemble(cloud))
+                  for name, t in (("raw", "raw"), ("JPEG", "compressed"))}
+    if args.default_malloc:
+        for k, fn in node_paths.items():
+            fn()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            ms = median_ms(fn, args.runs)
+            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (args.runs + 1)
+            print(f"{k}: {ms:.2f} ms, {faults:.0f} page faults / frame")
+        return
+    stages.update(node_paths)
     res = {k: median_ms(fn, args.runs) for k, fn in stages.items()}
+    faults = {}
+    for k, fn in node_paths.items():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(args.runs):
+            fn()
+        faults[k] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / args.runs
     runtime = DetectorRuntime(None, cfg.model, "cpu")
     arrays = build_model_arrays(pts.astype(np.float32), decoded_raw, Ks, exts, hw)
     res["model (tiny, CPU)"] = median_ms(lambda: runtime.infer(arrays), max(3, args.runs // 4))
     width = max(map(len, res))
     for k, v in res.items():
         print(f"{k:<{width}}  {v:8.2f} ms")
-    raw_path = res["node path: sync + decode + model input (raw)"] + res["output messages (100 detections)"]
-    jpg_path = res["node path: sync + decode + model input (JPEG)"] + res["output messages (100 detections)"]
+    out_ms = res["output messages (100 detections), serialised directly"]
+    raw_path = res["node path: sync + decode + model input (raw)"] + out_ms
+    jpg_path = res["node path: sync + decode + model input (JPEG)"] + out_ms
+    print("\nnode paths, glibc's default malloc (another process) / freed memory kept (this one, as the node):")
+    for line, (k, f) in zip(default_lines, faults.items()):
+        print(f"  {line}  /  {res[k]:.2f} ms, {f:.0f} page faults / frame")
     typed_raw, view_raw = take_ms("raw")
     typed_jpg, view_jpg = take_ms("jpeg")
     print(f"{'take one raw image over DDS from another process: typed / raw + view':<{width}}  "

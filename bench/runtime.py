@@ -28,12 +28,14 @@ def main() -> None:
 
     import torch
 
+    from aqr_perception.allocator import keep_freed_memory
     from aqr_perception.cli import DEFAULT_BAG
     from aqr_perception.config import load_config
     from aqr_perception.evaluation.answers import predict_offline
     from aqr_perception.evaluation.robustness import ensure_drives, evaluate_condition
     from aqr_perception.model.runtime import DetectorRuntime
 
+    keep_freed_memory()                                  # as the node and the CLI do
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config("tiny", ["synth.frames_per_drive=16"])

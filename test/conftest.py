@@ -2,6 +2,8 @@
 
 Every rclpy context created by a test (in this process or a child) inherits these
 variables, so no test traffic leaves the host and concurrent runs do not see each other.
+The test process keeps freed memory as the node and the CLI do (``keep_freed_memory``,
+their default), so that in-process model runs allocate as they do for a user.
 """
 import os
 import random
@@ -13,9 +15,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "test"))
 
+from aqr_perception.allocator import keep_freed_memory  # noqa: E402
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults  # noqa: E402
 
 apply_loopback_dds_defaults()
+keep_freed_memory()
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
 os.environ.setdefault("ROS_LOG_DIR", str(REPO / "build" / "ros_log"))
 

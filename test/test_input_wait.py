@@ -61,6 +61,20 @@ def test_at_startup_the_first_cloud_waits_for_every_camera_and_its_calibration()
     assert out.status == "ok" and out.inputs.masked == {} and 0.15 < waited < 2.5
 
 
+def test_at_startup_an_image_of_this_instant_costs_only_the_camera_wait():
+    """Calibrated, every camera's first image in: a cloud whose images of its instant are
+    not there (a stepwise replay holds the next frame's back) waits camera_wait_s, not the
+    startup bound, and uses the images it has."""
+    cloud = _cloud(t_ns=T1)
+    p, cams = _pipeline(calibration_wait_s=30.0, camera_wait_s=0.3)
+    for c in cams:
+        p.on_image(c.name, _image(c.name, T0))
+    out, waited = _timed(lambda: p.process(cloud, live=True))
+    assert out.status == "ok" and out.inputs.masked == {}
+    assert 0.25 < waited < 5.0                                   # the camera wait, far below the 30 s bound
+    assert p.input_waits.wait_timeouts == 1
+
+
 def test_a_down_camera_costs_no_wait_after_startup():
     cloud = _cloud(t_ns=T1)
     p, cams = _pipeline(camera_wait_s=5.0)

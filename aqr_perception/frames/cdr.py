@@ -177,3 +177,62 @@ def parse_pointcloud2(buf) -> PointCloud2View:
     data = r.octets("data")
     dense = bool(r.u8("is_dense"))
     return PointCloud2View(header, height, width, fields, big, point_step, row_step, data, dense)
+
+
+class CdrWriter:
+    """Sequential little-endian XCDR1 writer (the encoding rmw_fastrtps publishes), for
+    messages the node builds every frame: bytes from here go to ``Publisher.publish``
+    as a serialised message, skipping the Python message objects and their conversion.
+    Alignment counts from the byte after the 4-byte encapsulation header."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(b"\x00\x01\x00\x00")
+
+    def _align(self, n: int) -> None:
+        pad = -(len(self.buf) - 4) % n
+        if pad:
+            self.buf += bytes(pad)
+
+    def boolean(self, v: bool) -> None:
+        self.buf.append(1 if v else 0)
+
+    def u32(self, v: int) -> None:
+        self._align(4)
+        self.buf += struct.pack("<I", v)
+
+    def header(self, sec: int, nanosec: int, frame_id: str) -> None:
+        self._align(4)
+        self.buf += struct.pack("<iI", sec, nanosec)
+        self.string(frame_id)
+
+    def string(self, s: str) -> None:
+        raw = s.encode("utf-8")
+        self.u32(len(raw) + 1)
+        self.buf += raw
+        self.buf.append(0)
+
+    def f32(self, *values: float) -> None:
+        self._align(4)
+        self.buf += struct.pack(f"<{len(values)}f", *values)
+
+    def f64(self, *values: float) -> None:
+        self._align(8)
+        self.buf += struct.pack(f"<{len(values)}d", *values)
+
+    def f64_block(self, values: np.ndarray) -> None:
+        """A run of float64 (fixed arrays, consecutive fields) from an array."""
+        self._align(8)
+        self.buf += np.ascontiguousarray(values, dtype="<f8").tobytes()
+
+    def f32_sequence(self, values: np.ndarray) -> None:
+        self.u32(len(values))
+        if len(values):
+            self.buf += np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+    def string_sequence(self, items) -> None:
+        self.u32(len(items))
+        for s in items:
+            self.string(s)
+
+    def tobytes(self) -> bytes:
+        return bytes(self.buf)

@@ -234,9 +234,9 @@ class FramePipeline:
         """Hold a live cloud while its inputs may still be in transport (wall-clock bound).
 
         Startup (the first ``sync.calibration_wait_s`` after the first cloud): wait for
-        every camera's calibration and first image. Afterwards: wait up to
-        ``sync.camera_wait_s`` for a live camera's image of this instant (or a first
-        calibration). A calibration that never comes is waited for once. Returns what was
+        every camera's calibration and first image. Always: wait up to
+        ``sync.camera_wait_s`` for a live camera's image of this instant (after startup, for
+        a first calibration too). A calibration that never comes is waited for once. Returns what was
         still missing when the wait ended (empty: nothing was). Multi-sweep: the /tf ego pose
         at the cloud's stamp is waited for the same way while the /tf stream is live. Offline
         readers see every input in bag order and never call this.
@@ -245,15 +245,22 @@ class FramePipeline:
         self.first_cloud_wall = self.first_cloud_wall or now
         startup_end = self.first_cloud_wall + self.cfg.sync.calibration_wait_s
         startup = now < startup_end
-        deadline = startup_end if startup else now + self.cfg.sync.camera_wait_s
-        if deadline <= now:
+        image_deadline = now + self.cfg.sync.camera_wait_s
+        if not startup and image_deadline <= now:
             return {}
+
+        def deadline(what: str) -> float:
+            # startup's first images, calibrations and pose get the startup bound; an image of
+            # this instant only the camera wait, at startup too (the next frame's image, which a
+            # stepwise replay holds back until the answer, would cost the whole startup bound)
+            return startup_end if startup and what != "image" else image_deadline
+
         with self._arrival:
             late = self._inputs_in_flight(stamp, lidar_frame, startup)
             if late:
                 self.input_waits.clouds_waited += 1
             while late:
-                remaining = deadline - time.monotonic()
+                remaining = max(deadline(what) for what in late.values()) - time.monotonic()
                 if remaining <= 0.0:
                     self.input_waits.wait_timeouts += 1
                     self._calibration_given_up.update(c for c, what in late.items() if what == "calibration")
