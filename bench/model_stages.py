@@ -156,9 +156,9 @@ def main() -> None:
     from aqr_perception.allocator import keep_freed_memory
     from aqr_perception.config import load_config
     from aqr_perception.model import build_detector
+    from aqr_perception.model.batching import make_inputs
 
     keep_freed_memory()                                  # as the node and the CLI do
-    from aqr_perception.model.batching import make_inputs
 
     if args.threads:
         torch.set_num_threads(args.threads)

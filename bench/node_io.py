@@ -35,6 +35,16 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def median_ms_and_faults(fn, runs: int) -> tuple[float, float]:
+    """:func:`median_ms` and the minor page faults per call of the timed runs (getrusage)."""
+    import resource
+
+    fn()  # warm-up, outside the count
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ms = median_ms(fn, runs)
+    return ms, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (runs + 1)
+
+
 TAKE_TOPIC = "/aqr_bench/take"
 
 
@@ -128,7 +138,6 @@ def main() -> None:
         publish_for_take(args.publisher, args.count)
         return
 
-    import resource
     import subprocess
     import sys
 
@@ -268,22 +277,13 @@ def main() -> None:
         pipelines[transport] = p
     node_paths = {f"node path: sync + decode + model input ({name})": (lambda p=pipelines[t]: p.assemble(cloud))
                   for name, t in (("raw", "raw"), ("JPEG", "compressed"))}
+    node_res = {k: median_ms_and_faults(fn, args.runs) for k, fn in node_paths.items()}
     if args.default_malloc:
-        for k, fn in node_paths.items():
-            fn()
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            ms = median_ms(fn, args.runs)
-            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (args.runs + 1)
+        for k, (ms, faults) in node_res.items():
             print(f"{k}: {ms:.2f} ms, {faults:.0f} page faults / frame")
         return
-    stages.update(node_paths)
     res = {k: median_ms(fn, args.runs) for k, fn in stages.items()}
-    faults = {}
-    for k, fn in node_paths.items():
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(args.runs):
-            fn()
-        faults[k] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / args.runs
+    res.update({k: ms for k, (ms, _) in node_res.items()})
     runtime = DetectorRuntime(None, cfg.model, "cpu")
     arrays = build_model_arrays(pts.astype(np.float32), decoded_raw, Ks, exts, hw)
     res["model (tiny, CPU)"] = median_ms(lambda: runtime.infer(arrays), max(3, args.runs // 4))
@@ -294,8 +294,8 @@ def main() -> None:
     raw_path = res["node path: sync + decode + model input (raw)"] + out_ms
     jpg_path = res["node path: sync + decode + model input (JPEG)"] + out_ms
     print("\nnode paths, glibc's default malloc (another process) / freed memory kept (this one, as the node):")
-    for line, (k, f) in zip(default_lines, faults.items()):
-        print(f"  {line}  /  {res[k]:.2f} ms, {f:.0f} page faults / frame")
+    for line, (ms, faults) in zip(default_lines, node_res.values()):
+        print(f"  {line}  /  {ms:.2f} ms, {faults:.0f} page faults / frame")
     typed_raw, view_raw = take_ms("raw")
     typed_jpg, view_jpg = take_ms("jpeg")
     print(f"{'take one raw image over DDS from another process: typed / raw + view':<{width}}  "
