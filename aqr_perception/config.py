@@ -371,9 +371,11 @@ class NodeConfig(_Section):
     checkpoint: str = Field("", description="model checkpoint (.pt); empty: the bundled one; "
                                             "'none': untrained weights built from config_file")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
-    runtime: Literal["torch", "onnxruntime"] = Field(
-        "torch", description="torch: eager PyTorch; onnxruntime (CPU): the image and BEV convolutions exported to "
-                             "ONNX at start-up and run in onnxruntime, the rest in torch (bench/runtime.py)")
+    runtime: Literal["torch", "torch_bf16", "onnxruntime"] = Field(
+        "torch", description="torch: eager PyTorch; torch_bf16: the image and BEV convolutions in bfloat16 "
+                             "channels-last, the rest fp32 (fast on CPUs with native bf16: AVX512-BF16, AMX; and on "
+                             "GPUs); onnxruntime (CPU): those convolutions exported to ONNX at start-up and run in "
+                             "onnxruntime, the rest in torch (bench/runtime.py)")
     cpu_threads: Annotated[int, Field(ge=0)] = Field(
         0, description="PyTorch intra-op threads (0: PyTorch's default, one per core); set it below the core count "
                        "when other processes share the CPU: oversubscribed threads slow inference many times over")

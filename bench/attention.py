@@ -11,7 +11,9 @@ only lowers the SDPA baseline, so "fused above SDPA" errs high.
 Targets (issue 4): global <= 1.1x unbiased SDPA time, local <= 1.3x; extra memory
 <= 5 % of the dense bias; max abs error <= 1e-5 in fp32.
 
-``--train`` times forward + backward instead (gradients to q, k, v and the router
+At a size whose bias is small enough (dense_flash.MAX_BIAS_ENTRIES: the tiny model), fused
+inference hands the dense bias to the flash kernel; the segment route it replaced is timed
+beside it. ``--train`` times forward + backward instead (gradients to q, k, v and the router
 weights, as in training), for the fused route taken (on CPU: the segment route with its
 own backward), the folded route (CUDA's; forced here) and the dense reference; the
 error column is then the max abs gradient error vs dense.
@@ -61,18 +63,21 @@ def make_case(size: str, mode: str, device: str, dtype: torch.dtype, seed: int =
 def run_method(method: str, q, k, v, mask, aqr):
     from torch.nn import functional as F
 
-    from aqr_perception.model import segment_attention
+    from aqr_perception.model import dense_flash, segment_attention
     from aqr_perception.model.attention import aqr_cross_attention
 
     if method == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    if method == "folded":
-        usable, segment_attention.usable = segment_attention.usable, lambda *a: False
-        try:
-            return aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
-        finally:
-            segment_attention.usable = usable
-    return aqr_cross_attention(q, k, v, mask, aqr, impl=method)
+    # "segment" and "folded": the fused routes that small inference or the CPU would skip
+    off = {"segment": [dense_flash], "folded": [dense_flash, segment_attention]}.get(method, [])
+    saved = [m.usable for m in off]
+    for m in off:
+        m.usable = lambda *a: False
+    try:
+        return aqr_cross_attention(q, k, v, mask, aqr, impl="fused" if off else method)
+    finally:
+        for m, usable in zip(off, saved):
+            m.usable = usable
 
 
 def run_train_step(method: str, q, k, v, mask, aqr, grad_out) -> list:
@@ -160,10 +165,15 @@ def main() -> None:
     what = "forward + backward" if args.train else "forward"
     print(f"device {args.device}, {args.dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"median of {args.runs}, {what}")
-    methods = ("sdpa", "fused", "folded", "dense") if args.train else ("sdpa", "fused", "dense")
+    from aqr_perception.model.dense_flash import MAX_BIAS_ENTRIES
+
     for size in args.sizes:
         b, h, nq, d, lay, _ = SIZES[size]
         nk = lay[0] * lay[1] + lay[2] * lay[3] * lay[4]
+        # inference at a size whose bias the flash kernel is given: the segment route beside it
+        small = not args.train and b * nq * nk <= MAX_BIAS_ENTRIES
+        methods = ("sdpa", "fused", "folded", "dense") if args.train else (
+            ("sdpa", "fused", "segment", "dense") if small else ("sdpa", "fused", "dense"))
         dense_bias_bytes = b * h * nq * nk * 4
         for mode in args.modes:
             res = {}
@@ -182,7 +192,8 @@ def main() -> None:
             print(f"\n{size} ({nq} queries x {nk} keys, {h} heads), {mode} mode, {what}; dense bias would be "
                   f"{dense_bias_bytes / 2**20:.0f} MiB")
             print(f"  unbiased SDPA : {t['sdpa'] * 1e3:8.1f} ms  peak extra {mem['sdpa']:8.1f} MiB")
-            for m, label in (("fused", "fused exact  "), ("folded", "folded route ")):
+            fused = "fused exact (dense_flash)" if small else "fused exact  "
+            for m, label in (("fused", fused), ("segment", "segment route"), ("folded", "folded route ")):
                 if m in t:
                     print(f"  {label}: {t[m] * 1e3:8.1f} ms  peak extra {mem[m]:8.1f} MiB  "
                           f"max |err| vs dense {err[m]:.2e}")

@@ -41,29 +41,32 @@ def _case(mode, seed, b=2, h=3, q=11, d=8, layout=(6, 7, 3, 4, 5), pad="none", w
 
 @contextlib.contextmanager
 def _route(path):
-    """The fused attention's routes: "segment" (per-segment log-sum-exp merge, taken on CPU,
-    with or without autograd), "folded" (biases folded into one SDPA call: CUDA, dropout,
-    tracing, unstructured padding), forced here on CPU by declaring the segment route unusable."""
-    from aqr_perception.model import segment_attention
+    """The fused attention's routes: "dense_flash" (the dense bias as the flash kernel's mask:
+    small inference on CPU, taken here without autograd), "segment" (per-segment log-sum-exp
+    merge: CPU training and larger inference), "folded" (biases folded into one SDPA call:
+    CUDA, dropout, tracing, unstructured padding); each forced here on CPU by declaring the
+    routes before it unusable."""
+    from aqr_perception.model import dense_flash, segment_attention
 
-    if path == "segment":
-        yield
-        return
-    saved = segment_attention.usable
-    segment_attention.usable = lambda *args: False
+    off = {"dense_flash": [], "segment": [dense_flash], "folded": [dense_flash, segment_attention]}[path]
+    saved = [m.usable for m in off]
+    for m in off:
+        m.usable = lambda *args: False
     try:
         yield
     finally:
-        segment_attention.usable = saved
+        for m, u in zip(off, saved):
+            m.usable = u
 
 
 def _fused(q, k, v, mask, aqr, path, grad=False):
+    grad = grad and path != "dense_flash"          # the dense_flash route is inference only
     with _route(path), torch.set_grad_enabled(grad):
         q = q.clone().requires_grad_(grad)
         return aqr_cross_attention(q, k, v, mask, aqr, impl="fused").detach()
 
 
-@pytest.mark.parametrize("path", ["segment", "folded"])
+@pytest.mark.parametrize("path", ["dense_flash", "segment", "folded"])
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("pad", ["none", "lidar", "views", "everything", "random"])
 @pytest.mark.parametrize("seed", [0, 1])
@@ -92,16 +95,46 @@ def test_segment_route_is_taken_on_cpu_and_builds_nothing_dense_sized(mode, grad
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
+def test_dense_flash_route_only_for_small_inference(mode, monkeypatch):
+    """Local mode without autograd and below MAX_BIAS_ENTRIES: the dense bias goes to the
+    flash kernel; with autograd (the mask gets no gradient there), a larger bias, or in
+    global mode (as fast without a mask): the segment route."""
+    from aqr_perception.model import dense_flash, segment_attention
+
+    taken = []
+
+    def spy(fn, name):
+        def run(*args):
+            taken.append(name)
+            return fn(*args)
+        return run
+
+    for module, name in ((dense_flash, "dense_flash_attention"), (segment_attention, "segment_lse_attention")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name), name))
+    q, k, v, mask, aqr = _case(mode, 2, pad="views")
+    dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
+    small = "dense_flash_attention" if mode == "local" else "segment_lse_attention"
+    for grad, limit, route in ((False, None, small), (True, None, "segment_lse_attention"),
+                               (False, q.shape[0] * q.shape[2] * k.shape[2] - 1, "segment_lse_attention")):
+        if limit is not None:
+            monkeypatch.setattr(dense_flash, "MAX_BIAS_ENTRIES", limit)
+        taken.clear()
+        with torch.set_grad_enabled(grad):
+            out = aqr_cross_attention(q.clone().requires_grad_(grad), k, v, mask, aqr, impl="fused").detach()
+        assert taken == [route] and (out - dense).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
 def test_fp32_error_within_target(mode):
     q, k, v, mask, aqr = _case(mode, 3, b=1, h=8, q=40, d=32, layout=(18, 18, 6, 5, 9), windows=(15, 15))
     q, k, v = q.float(), k.float(), v.float()
     aqr.lidar_weight, aqr.camera_weight = aqr.lidar_weight.float(), aqr.camera_weight.float()
     dense = aqr_cross_attention(q, k, v, None, aqr, impl="dense")
-    for path in ("segment", "folded"):
+    for path in ("dense_flash", "segment", "folded"):
         assert (dense - _fused(q, k, v, None, aqr, path)).abs().max() <= TOL, path
 
 
-@pytest.mark.parametrize("path", ["segment", "folded"])
+@pytest.mark.parametrize("path", ["dense_flash", "segment", "folded"])
 def test_queries_without_window_and_windows_at_the_border(path):
     q, k, v, mask, aqr = _case("local", 4, pad="lidar")
     aqr.projection.cam_visible[:] = False                 # no camera windows at all

@@ -16,6 +16,7 @@ detections (``has_input`` is False).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -197,6 +198,19 @@ class CmtAqrDetector(nn.Module):
             reference=ref[:, p:], has_input=has_input,
             dn_cls_logits=cls_logits[:, :, :p] if dn is not None else None,
             dn_bbox_code=bbox_code[:, :, :p] if dn is not None else None, dn=dn)
+
+    def forward_with_branches(self, inputs: DetectorInputs, image_branch: Callable[[Tensor], Tensor],
+                              bev_dense: Callable[[Tensor], Tensor]) -> DetectorOutput:
+        """:meth:`forward` in inference with the convolutional branches run by others (an
+        onnxruntime session, a bf16 copy): ``image_branch`` images (B, V, 3, H, W) RGB 0-255
+        -> (B*V, C, h, w) fp32; ``bev_dense`` BEV canvas (B, C0, H, W) -> (B, C, Hb, Wb) fp32.
+        A modality no sample has skips its branch (zeros), as :meth:`forward` does."""
+        img = (image_branch(inputs.images) if bool(inputs.camera_valid.any())
+               else self.image_features(inputs.images, inputs.camera_valid))
+        bev = (bev_dense(self.lidar.canvas(inputs.points)) if bool(inputs.lidar_valid.any())
+               else self.bev_features(inputs.points, inputs.lidar_valid, img))
+        memory, pos, pad = self.assemble_memory(img, bev, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
+        return self.decode_queries(memory, pos, pad, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
 
     @torch.no_grad()
     def predict(self, inputs: DetectorInputs) -> list[FramePrediction]:

@@ -19,7 +19,8 @@ the local-mode windows. Two exact identities remove the dense bias:
 
 On CPU (inference and training) a faster exact route is taken instead, without the
 extra columns: per-segment attention merged by log-sum-exp, with its own backward
-(segment_attention.py). This folded route serves CUDA, dropout, tracing and padding
+(segment_attention.py); small inference (the tiny model) hands the flash kernel the dense
+bias as its mask instead (dense_flash.py). This folded route serves CUDA, dropout, tracing and padding
 that is not constant per segment.
 
 Everything here is ordinary differentiable torch, so autograd gives exact gradients; SDPA
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from aqr_perception.model import segment_attention
+from aqr_perception.model import dense_flash, segment_attention
 from aqr_perception.model.aqr import PAD, AqrBias, MemoryLayout, global_biases, local_window_entries, segment_index
 
 WINDOW_CHUNK = 32       # queries per gather chunk in local mode on CPU (measured: 32 beats 8..128)
@@ -115,6 +116,8 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
             out = out.masked_fill(key_padding_mask.all(1)[:, None, None, None], 0.0)
         return out
     lay = aqr.layout
+    if dense_flash.usable(q, k, v, aqr, dropout_p):
+        return dense_flash.dense_flash_attention(q, k, v, key_padding_mask, aqr, scale)
     # queries of a sample whose keys are all masked: the reference defines their output as 0
     all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
                   else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]

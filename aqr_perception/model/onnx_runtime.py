@@ -106,16 +106,11 @@ class OnnxRuntimeDetector:
     def __call__(self, inputs: DetectorInputs) -> DetectorOutput:
         if inputs.batch_size != 1:
             raise ValueError("the onnxruntime path runs one sample at a time")
-        m = self.model
         with torch.no_grad():
-            if bool(inputs.camera_valid.any()):
-                img = torch.from_numpy(self.image.run(None, {"images": inputs.images.float().numpy()})[0])
-            else:
-                img = m.image_features(inputs.images, inputs.camera_valid)
-            if bool(inputs.lidar_valid.any()):
-                canvas = m.lidar.canvas(inputs.points).float().numpy()
-                bev = torch.from_numpy(self.lidar.run(None, {"canvas": canvas})[0])
-            else:
-                bev = m.bev_features(inputs.points, inputs.lidar_valid, img)
-            memory, pos, pad = m.assemble_memory(img, bev, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
-            return m.decode_queries(memory, pos, pad, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
+            return self.model.forward_with_branches(inputs, self._image, self._bev_dense)
+
+    def _image(self, images: Tensor) -> Tensor:
+        return torch.from_numpy(self.image.run(None, {"images": images.float().numpy()})[0])
+
+    def _bev_dense(self, canvas: Tensor) -> Tensor:
+        return torch.from_numpy(self.lidar.run(None, {"canvas": canvas.float().numpy()})[0])

@@ -51,7 +51,8 @@ class DetectorRuntime:
         for random weights built from ``fallback_config`` (also used when nothing is bundled).
         ``cpu_threads`` > 0 sets PyTorch's intra-op thread count (process-wide). ``runtime``
         "onnxruntime" runs the convolutional branches in onnxruntime (CPU only; exported
-        here, ~6 s for the tiny model)."""
+        here, ~6 s for the tiny model); "torch_bf16" runs them in bf16, channels-last
+        (model/bf16_runtime.py)."""
         if cpu_threads > 0:
             torch.set_num_threads(cpu_threads)
         self.device = resolve_device(device)
@@ -81,6 +82,8 @@ class DetectorRuntime:
                 raise ConfigError(str(exc)) from None
         self.cpu_threads = torch.get_num_threads()
         self.runtime = runtime
+        #: start-up remarks for the user (the node logs them as warnings)
+        self.warnings: list[str] = []
         self._forward = self.model
         if runtime == "onnxruntime":
             if self.device.type != "cpu":
@@ -88,8 +91,15 @@ class DetectorRuntime:
             from aqr_perception.model.onnx_runtime import OnnxRuntimeDetector
 
             self._forward = OnnxRuntimeDetector(self.model, self.cpu_threads)
+        elif runtime == "torch_bf16":
+            from aqr_perception.model.bf16_runtime import Bf16BranchDetector, native_bf16_cpu
+
+            self._forward = Bf16BranchDetector(self.model)
+            if self.device.type == "cpu" and not native_bf16_cpu():
+                self.warnings.append("runtime torch_bf16: this CPU has no native bf16 (avx512_bf16, amx_bf16): "
+                                     "emulated, slower than runtime:=torch")
         elif runtime != "torch":
-            raise ConfigError(f"unknown runtime {runtime!r} (torch or onnxruntime)")
+            raise ConfigError(f"unknown runtime {runtime!r} (torch, torch_bf16 or onnxruntime)")
         self.input_hw = (self.cfg.image.input_height, self.cfg.image.input_width)
 
     @property

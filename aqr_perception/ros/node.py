@@ -220,6 +220,8 @@ class AqrPerceptionNode(LifecycleNode):
         # clouds the model had no time for, kept as past sweeps (multi-sweep models only)
         self._skipped_sweeps = deque(maxlen=max(0, runtime.cfg.lidar.sweeps - 1))
         self.model_loads += 1
+        for remark in getattr(runtime, "warnings", []):
+            self.get_logger().warning(remark)
         self.get_logger().info(f"configured: model {runtime.cfg.name} on {runtime.device} "
                                f"({getattr(runtime, 'runtime', 'torch')}) "
                                f"loaded in "
