@@ -119,3 +119,54 @@ def test_the_node_runs_it_when_asked():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "RUNTIME torch_bf16 torch.bfloat16 True" in out.stdout
     assert "(torch_bf16) loaded in" in out.stdout + out.stderr          # the node's own start-up line
+
+
+
+def _batchnorms(module):
+    from aqr_perception.model.resnet import FrozenBatchNorm2d
+
+    return sum(isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)) for m in module.modules())
+
+
+@pytest.mark.parametrize("config", ["tiny", "cmt_aqr_r50_800x320", "cmt_aqr_vov_1600x640"])
+def test_batchnorm_folding_computes_the_same(config):
+    """fold_batchnorm (applied before the bf16 cast) folds every BatchNorm that follows a
+    Conv2d (those after the FPN's transposed convs stay) and computes what the modules did:
+    ResNet basic (tiny) and bottleneck (R50) blocks, VoVNet, SECOND + FPN + shared conv, with
+    random BN statistics so that a wrong fold shows."""
+    import copy
+
+    from aqr_perception.model.bf16_runtime import fold_batchnorm
+    from aqr_perception.model.detector import CmtAqrDetector
+    from aqr_perception.model.resnet import FrozenBatchNorm2d
+
+    model = CmtAqrDetector(load_config(config).model).eval()
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
+            n = m.running_mean.numel()
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.5)
+    g = torch.Generator().manual_seed(1)
+    lidar = model.lidar
+    lidar_in = lidar.backbone.blocks[0][0].in_channels if hasattr(lidar.backbone, "blocks") else None
+    cases = [("img_backbone", torch.randn(2, 3, 64, 96, generator=g))]
+    if config == "tiny":
+        cases.append(("lidar", torch.randn(1, lidar_in, 64, 64, generator=g)))
+    for name, x in cases:
+        module = model.get_submodule(name)
+        module = module.double()                  # fp64: VoVNet's depth with random BNs amplifies fp32 rounding
+        x = x.double()
+        folded = copy.deepcopy(module)
+        before = _batchnorms(module)
+        transposed = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in module.modules())
+        assert fold_batchnorm(folded) == before - transposed and _batchnorms(folded) == transposed, name
+        with torch.no_grad():
+            want = module(x) if name != "lidar" else module.dense(x)
+            got = folded(x) if name != "lidar" else folded.dense(x)
+        for w, o in zip(want if isinstance(want, (list, tuple)) else [want], got if isinstance(got, (list, tuple))
+                        else [got]):
+            err = float((o - w).abs().max() / w.abs().max())       # random BNs grow activations: relative
+            assert err <= 1e-9, (name, err)
