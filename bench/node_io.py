@@ -177,7 +177,7 @@ def main() -> None:
         to_velocity_msg,
         velocity_cdr,
     )
-    from aqr_perception.ros.markers import detection_markers
+    from aqr_perception.ros.markers import detection_markers, detection_markers_cdr
 
     cfg = load_config(args.config)
     store = project_typestore()
@@ -225,8 +225,11 @@ def main() -> None:
         routing_cdr(header, det, True, names, [])
         velocity_cdr(header, det)
 
+    def marker_objects():
+        serialize_message(detection_markers(header, det.boxes, det.scores, [NUSCENES_CLASSES[i] for i in det.labels]))
+
     def markers():
-        detection_markers(header, det.boxes, det.scores, [NUSCENES_CLASSES[i] for i in det.labels])
+        detection_markers_cdr(header, det.boxes, det.scores, [NUSCENES_CLASSES[i] for i in det.labels])
 
     decoded_raw = [imgmsg_to_cv2(m, "rgb8") for m in raw_msgs]
     r = jpeg_reduction((900, 1600), hw)
@@ -251,7 +254,8 @@ def main() -> None:
         "preprocess to model input (reduced JPEG)": lambda: build_model_arrays(pts, decoded_small, Ks_small, exts, hw),
         "output messages (100 detections), message objects + serialisation (the old path)": message_objects,
         "output messages (100 detections), serialised directly": messages,
-        "RViz markers (100 detections; only with a subscriber)": markers,
+        "RViz markers (100 detections), message objects + serialisation (the old path)": marker_objects,
+        "RViz markers (100 detections; only with a subscriber), serialised directly": markers,
     }
     # the node's own path, as its worker runs it: sync + decoding + calibration + model input
     # (FramePipeline.assemble; cameras decoded and resized in parallel)

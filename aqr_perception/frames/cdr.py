@@ -200,6 +200,10 @@ class CdrWriter:
         self._align(4)
         self.buf += struct.pack("<I", v)
 
+    def i32(self, *values: int) -> None:
+        self._align(4)
+        self.buf += struct.pack(f"<{len(values)}i", *values)
+
     def header(self, sec: int, nanosec: int, frame_id: str) -> None:
         self._align(4)
         self.buf += struct.pack("<iI", sec, nanosec)

@@ -62,7 +62,7 @@ from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
 from aqr_perception.ros.detection_msgs import detection_array_cdr, routing_cdr, velocity_cdr
 from aqr_perception.ros.diagnostics import NodeDiagnostics
-from aqr_perception.ros.markers import detection_markers
+from aqr_perception.ros.markers import detection_markers_cdr
 from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters, set_refusal
 from aqr_perception.ros.shutdown import StopSignals
 
@@ -440,7 +440,7 @@ class AqrPerceptionNode(LifecycleNode):
         self.pub_routing.publish(routing_cdr(header, det, lidar_valid, used, masked))
         if self.cfg.publish_markers and self.pub_markers.get_subscription_count() > 0:  # RViz is watching
             names = [self.class_names[int(i)] for i in det.labels]
-            self.pub_markers.publish(detection_markers(header, det.boxes, det.scores, names))
+            self.pub_markers.publish(detection_markers_cdr(header, det.boxes, det.scores, names))
         self.counters["frames_published"] += 1
 
     def _publish_debug_images(self, header: Header, inputs: FrameInputs, det: FrameDetections) -> None:
