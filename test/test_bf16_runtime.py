@@ -140,6 +140,7 @@ def test_batchnorm_folding_computes_the_same(config):
     from aqr_perception.model.detector import CmtAqrDetector
     from aqr_perception.model.resnet import FrozenBatchNorm2d
 
+    torch.manual_seed(0)                      # the weights: the same case whatever ran before
     model = CmtAqrDetector(load_config(config).model).eval()
     gen = torch.Generator().manual_seed(0)
     for m in model.modules():
@@ -168,5 +169,6 @@ def test_batchnorm_folding_computes_the_same(config):
             got = folded(x) if name != "lidar" else folded.dense(x)
         for w, o in zip(want if isinstance(want, (list, tuple)) else [want], got if isinstance(got, (list, tuple))
                         else [got]):
+            assert w.abs().max() > 0, name
             err = float((o - w).abs().max() / w.abs().max())       # random BNs grow activations: relative
-            assert err <= 1e-9, (name, err)
+            assert err <= 1e-6, (name, err)          # measured <= 6e-9; a wrong fold is O(0.1)
