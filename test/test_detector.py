@@ -239,3 +239,28 @@ def test_a_nan_inside_the_decoder_reaches_the_runtime_check():
         ffn[0, 0] = float("nan")
     with pytest.raises(ModelOutputError):
         rt.infer(arrays)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_resnet_trunk_computes_what_timm_resnet_computes(depth):
+    """C4 and C5 of our ResNet (basic and bottleneck blocks, stride on the 3x3 as in timm's
+    default ResNet-B) equal timm's ``resnet{depth}`` features with the same weights and
+    random BatchNorm statistics; the stem's relu after the max pool included."""
+    from model_helpers import randomise_batchnorm
+    from timm_reference import timm_vovnet
+
+    ref = timm_vovnet(f"resnet{depth}", features_only=True, out_indices=(3, 4))
+    gen = torch.Generator().manual_seed(depth)
+    with torch.no_grad():
+        randomise_batchnorm(ref, torch.nn.BatchNorm2d, gen, 0.1)
+    ours = ResNet(depth, frozen_bn=False).eval()
+    state = {k: v for k, v in ref.state_dict().items()}
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert not missing and not [k for k in unexpected if not k.endswith("num_batches_tracked")], (missing,
+                                                                                                     unexpected)
+    x = torch.randn(2, 3, 96, 160, generator=gen)
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert len(want) == len(got) == 2
+    for w, o in zip(want, got):
+        assert o.shape == w.shape and torch.allclose(o, w, atol=1e-5, rtol=1e-4)

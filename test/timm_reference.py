@@ -1,4 +1,4 @@
-"""timm's VoVNet as an independent reference for our VoVNet-eSE backbone.
+"""timm's VoVNet (and ResNet) as independent references for our image backbones.
 
 timm (requirements-nodeps.txt) declares torchvision, and imports it at start-up for its
 data transforms and one norm layer that the VoVNet model code does not use. PyPI's
@@ -45,8 +45,9 @@ class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__path__ = []
 
 
-def timm_vovnet(name: str = "ese_vovnet99b"):
-    """``timm.create_model(name)`` (random weights, eval mode), torchvision stood in for."""
+def timm_vovnet(name: str = "ese_vovnet99b", **kwargs):
+    """``timm.create_model(name)`` (random weights, eval mode), torchvision stood in for;
+    also serves timm's other models (the ResNet trunk test)."""
     if "timm" not in sys.modules:
         try:
             import torchvision  # noqa: F401  (a working torchvision needs no stand-in)
@@ -56,4 +57,4 @@ def timm_vovnet(name: str = "ese_vovnet99b"):
             sys.meta_path.insert(0, _TorchvisionStandIn())
     import timm
 
-    return timm.create_model(name, pretrained=False, num_classes=0).eval()
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()

@@ -112,7 +112,9 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        # relu(maxpool(.)) is maxpool(relu(.)) exactly (relu is monotonic, the pool pads with
+        # -inf) on a quarter of the values: 2.7 -> 0.7 ms for the tiny model's 6 views in bf16
+        x = F.relu(self.maxpool(self.bn1(self.conv1(x))))
         c4 = self.layer3(self.layer2(self.layer1(x)))
         c5 = self.layer4(c4)
         return [c4, c5]
