@@ -33,7 +33,7 @@ def test_same_detections_on_the_bundled_drive_within_bf16_rounding(runtimes):
     """Every eager detection scoring >= 0.1 has a bf16 one of the same class within 0.5 m
     (one-to-one, Hungarian on centre distance), with sizes and score close. Ranks
     are not compared: bf16 reorders detections of similar scores. Measured: 1,276 of them,
-    all matched, centre/size difference <= 0.2 m, score <= 0.021."""
+    all matched, centre/size difference <= 0.11 m, score <= 0.008."""
     eager, bf16 = runtimes
     cfg = load_config("tiny")
     a, b = predict_offline(DEFAULT_BAG, cfg, eager), predict_offline(DEFAULT_BAG, cfg, bf16)
@@ -98,6 +98,10 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert not native_bf16_cpu(info)
     info.write_text("processor\t: 0\nflags\t\t: fpu sse amx_tile amx_bf16 amx_int8\n")
     assert native_bf16_cpu(info)
+    info.write_text("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16 i8mm\n")  # aarch64
+    assert native_bf16_cpu(info)
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n")
+    assert not native_bf16_cpu(info)
     assert not native_bf16_cpu(tmp_path / "missing")
 
 
@@ -130,8 +134,8 @@ def _batchnorms(module):
 
 @pytest.mark.parametrize("config", ["tiny", "cmt_aqr_r50_800x320", "cmt_aqr_vov_1600x640"])
 def test_batchnorm_folding_computes_the_same(config):
-    """fold_batchnorm (applied before the bf16 cast) folds every BatchNorm that follows a
-    Conv2d (those after the FPN's transposed convs stay) and computes what the modules did:
+    """fold_batchnorm (applied before the bf16 cast) folds every BatchNorm, each following a
+    Conv2d or (the FPN's deblocks) a ConvTranspose2d, and computes what the modules did:
     ResNet basic (tiny) and bottleneck (R50) blocks, VoVNet, SECOND + FPN + shared conv, with
     random BN statistics so that a wrong fold shows."""
     import copy
@@ -162,8 +166,7 @@ def test_batchnorm_folding_computes_the_same(config):
         x = x.double()
         folded = copy.deepcopy(module)
         before = _batchnorms(module)
-        transposed = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in module.modules())
-        assert fold_batchnorm(folded) == before - transposed and _batchnorms(folded) == transposed, name
+        assert before > 0 and fold_batchnorm(folded) == before and _batchnorms(folded) == 0, name
         with torch.no_grad():
             want = module(x) if name != "lidar" else module.dense(x)
             got = folded(x) if name != "lidar" else folded.dense(x)

@@ -124,6 +124,16 @@ def test_dense_flash_route_only_for_small_inference(mode, monkeypatch):
         assert taken == [route] and (out - dense).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("pad", ["lidar", "views", "everything", "random"])
+def test_dense_flash_over_several_key_tiles_with_padding(pad):
+    """More keys than the CPU flash kernel's tile (512): a dropped LiDAR masks whole tiles."""
+    q, k, v, mask, aqr = _case("local", 11, b=2, h=2, q=16, d=8, layout=(24, 24, 3, 6, 8), pad=pad)
+    assert aqr.layout.num_bev > 512
+    dense = aqr_cross_attention(q, k, v, mask, aqr, impl="dense")
+    fused = _fused(q, k, v, mask, aqr, "dense_flash")
+    assert torch.isfinite(fused).all() and (dense - fused).abs().max() <= TOL
+
+
 @pytest.mark.parametrize("mode", ["global", "local"])
 def test_fp32_error_within_target(mode):
     q, k, v, mask, aqr = _case(mode, 3, b=1, h=8, q=40, d=32, layout=(18, 18, 6, 5, 9), windows=(15, 15))

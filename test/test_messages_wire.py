@@ -193,3 +193,17 @@ def test_the_marker_cdr_twin_is_the_bytes_rclpy_serialises(n, dtype):
         assert (got.ns, got.id, got.type, got.text, len(got.points)) == (want.ns, want.id, want.type, want.text,
                                                                        len(want.points))
         assert [(p.x, p.y, p.z) for p in got.points] == [(p.x, p.y, p.z) for p in want.points]
+
+
+def test_the_marker_writer_knows_the_layout_it_writes():
+    """This distro's Marker is the layout written; a Marker without Iron's texture / uv /
+    mesh_file fields (Humble) is recognised as another layout (the node then publishes objects)."""
+    from visualization_msgs.msg import Marker
+
+    from aqr_perception.ros.markers import marker_cdr_matches
+
+    assert marker_cdr_matches(Marker)
+    fields = {k: v for k, v in Marker.get_fields_and_field_types().items()
+              if k not in ("texture_resource", "texture", "uv_coordinates", "mesh_file")}
+    humble = type("HumbleMarker", (), {"get_fields_and_field_types": staticmethod(lambda: fields)})
+    assert not marker_cdr_matches(humble)

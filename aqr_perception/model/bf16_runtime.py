@@ -9,7 +9,9 @@ first: 38 -> 31 ms for the image branch, and closer to fp32). The normalisation 
 the pillar / voxel encoder, the position encodings (fp32 as mmdet's ``force_fp32`` keeps
 them), the decoder and the heads stay in fp32: bf16 there was slower on this CPU, and the
 attention logits are what a bf16 mantissa would hurt most. A CPU without native bf16 runs
-it too (oneDNN emulates it), slower than fp32: :func:`native_bf16_cpu` tells.
+it too (oneDNN emulates it), slower than fp32: :func:`native_bf16_cpu` tells. The
+conversion is in place: afterwards the model runs through :class:`Bf16BranchDetector`
+(``DetectorRuntime`` does), not through its own ``forward``.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from aqr_perception.model.detector import CmtAqrDetector, DetectorInputs, DetectorOutput
 from aqr_perception.model.resnet import FrozenBatchNorm2d
 
-#: /proc/cpuinfo flags of native bf16 dot products (x86-64)
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: /proc/cpuinfo flags of native bf16 dot products: x86-64 ("flags" lines), aarch64 ("Features")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 def native_bf16_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -32,43 +34,61 @@ def native_bf16_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         text = cpuinfo.read_text()
     except OSError:
         return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    flags = line.split(":", 1)[1].split() if ":" in line else []
     return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def bf16_warning(device: torch.device) -> str | None:
+    """Why bf16 will be slow here (emulated), or None."""
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else f"{device} has no native bf16: emulated, slower"
+    if device.type == "cpu" and not native_bf16_cpu():
+        return "this CPU has no native bf16 (avx512_bf16, amx_bf16; aarch64 bf16): emulated, slower"
+    return None
 
 
 def _is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))
 
 
-def _folded(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+def _folded(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.Module) -> nn.Conv2d | nn.ConvTranspose2d:
     """A conv computing ``bn(conv(x))`` in eval mode (running statistics)."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
+    transpose = isinstance(conv, nn.ConvTranspose2d)
+    common = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                  padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    fused = (nn.ConvTranspose2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                output_padding=conv.output_padding, **common) if transpose else
+             nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, **common))
     weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
-                                        bn.bias)
+                                        bn.bias, transpose=transpose)
     fused.weight.data.copy_(weight)
     fused.bias.data.copy_(bias)
     return fused
 
 
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+
+
 def fold_batchnorm(module: nn.Module) -> int:
-    """Fold every BatchNorm that directly follows a Conv2d into it, in place (inference):
-    in an ``nn.Sequential`` (conv, bn) pairs (VoVNet's ConvNormAct, SECOND, the downsample
-    branches) and ``convN`` / ``bnN`` attribute pairs (ResNet's stem and blocks, whose
-    forward calls ``bnN(convN(x))``); the BN becomes an Identity. Returns the number folded.
+    """Fold every BatchNorm that directly follows a Conv2d or ConvTranspose2d into it, in
+    place (inference): in an ``nn.Sequential`` (conv, bn) pairs (VoVNet's ConvNormAct,
+    SECOND and its FPN deblocks, the downsample branches) and ``convN`` / ``bnN``
+    attribute pairs (ResNet's stem and blocks, whose forward calls ``bnN(convN(x))``); the
+    BN becomes an Identity. Returns the number folded.
     In bf16 this also keeps the normalisation's arithmetic in fp32 (folded once here)."""
     count = 0
     for child in module.children():
         count += fold_batchnorm(child)
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
-            if isinstance(module[i], nn.Conv2d) and _is_batchnorm(module[i + 1]):
+            if _is_conv(module[i]) and _is_batchnorm(module[i + 1]):
                 module[i], module[i + 1] = _folded(module[i], module[i + 1]), nn.Identity()
                 count += 1
     for i in range(1, 4):
         conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
-        if isinstance(conv, nn.Conv2d) and bn is not None and _is_batchnorm(bn):
+        if conv is not None and _is_conv(conv) and bn is not None and _is_batchnorm(bn):
             setattr(module, f"conv{i}", _folded(conv, bn))
             setattr(module, f"bn{i}", nn.Identity())
             count += 1

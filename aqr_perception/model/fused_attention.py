@@ -19,9 +19,9 @@ the local-mode windows. Two exact identities remove the dense bias:
 
 On CPU (inference and training) a faster exact route is taken instead, without the
 extra columns: per-segment attention merged by log-sum-exp, with its own backward
-(segment_attention.py); small inference (the tiny model) hands the flash kernel the dense
-bias as its mask instead (dense_flash.py). This folded route serves CUDA, dropout, tracing and padding
-that is not constant per segment.
+(segment_attention.py); small local-mode inference (the tiny model), whatever its padding,
+hands the flash kernel the dense bias as its mask instead (dense_flash.py). This folded
+route serves CUDA, dropout, tracing and padding that is not constant per segment.
 
 Everything here is ordinary differentiable torch, so autograd gives exact gradients; SDPA
 picks its fused kernels (flash on CPU and CUDA). Memory beyond the unbiased attention:

@@ -92,12 +92,12 @@ class DetectorRuntime:
 
             self._forward = OnnxRuntimeDetector(self.model, self.cpu_threads)
         elif runtime == "torch_bf16":
-            from aqr_perception.model.bf16_runtime import Bf16BranchDetector, native_bf16_cpu
+            from aqr_perception.model.bf16_runtime import Bf16BranchDetector, bf16_warning
 
-            self._forward = Bf16BranchDetector(self.model)
-            if self.device.type == "cpu" and not native_bf16_cpu():
-                self.warnings.append("runtime torch_bf16: this CPU has no native bf16 (avx512_bf16, amx_bf16): "
-                                     "emulated, slower than runtime:=torch")
+            self._forward = Bf16BranchDetector(self.model)     # converts the model's convolutions in place
+            slow = bf16_warning(self.device)
+            if slow:
+                self.warnings.append(f"runtime torch_bf16: {slow} than runtime:=torch")
         elif runtime != "torch":
             raise ConfigError(f"unknown runtime {runtime!r} (torch, torch_bf16 or onnxruntime)")
         self.input_hw = (self.cfg.image.input_height, self.cfg.image.input_width)

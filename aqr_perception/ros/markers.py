@@ -8,7 +8,8 @@ with a DELETEALL marker, so boxes of objects that went away disappear with the n
 
 The node publishes :func:`detection_markers_cdr`: the same MarkerArray serialised directly
 (frames/cdr.CdrWriter), 301 Marker objects per 100 detections being ~20 ms of Python per
-frame while RViz watches; the object builders stay as the reference the tests compare with.
+frame while RViz watches; the object builders stay as the reference the tests compare
+with, and as what the node publishes on a distro whose Marker has another layout.
 """
 from __future__ import annotations
 
@@ -86,6 +87,19 @@ def ground_truth_markers(header: Header, boxes: np.ndarray, names: list[str]) ->
 
 
 # ------------------------------------------------------------------ serialised directly
+#: the Marker fields :func:`detection_markers_cdr` writes, in order (Iron and later; Humble's
+#: Marker has no texture, uv_coordinates or mesh_file, and would get malformed bytes)
+MARKER_CDR_FIELDS = ("header", "ns", "id", "type", "action", "pose", "scale", "color", "lifetime", "frame_locked",
+                     "points", "colors", "texture_resource", "texture", "uv_coordinates", "text", "mesh_resource",
+                     "mesh_file", "mesh_use_embedded_materials")
+
+
+def marker_cdr_matches(marker_type: type = Marker) -> bool:
+    """Whether this distro's visualization_msgs/Marker has the layout the CDR writer writes
+    (else the node publishes :func:`detection_markers` objects)."""
+    return tuple(marker_type.get_fields_and_field_types()) == MARKER_CDR_FIELDS
+
+
 _EDGE_INDEX = np.array([k for e in BOX_EDGES for k in e])
 _LIFETIME = (int(MARKER_LIFETIME_S), int(MARKER_LIFETIME_S % 1 * 1e9))
 _IDENTITY_POSE = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
@@ -102,7 +116,7 @@ def _marker_cdr(w: CdrWriter, stamp: tuple[int, int, str], ns: str, i: int, kind
     w.f64_block(pose)
     w.f64(*scale)
     w.f32(*rgba)
-    w.i32(*lifetime[:1])
+    w.i32(lifetime[0])
     w.u32(lifetime[1])
     w.boolean(False)                                             # frame_locked
     if points is None or len(points) == 0:

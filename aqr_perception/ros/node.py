@@ -62,7 +62,7 @@ from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
 from aqr_perception.ros.detection_msgs import detection_array_cdr, routing_cdr, velocity_cdr
 from aqr_perception.ros.diagnostics import NodeDiagnostics
-from aqr_perception.ros.markers import detection_markers_cdr
+from aqr_perception.ros.markers import detection_markers, detection_markers_cdr, marker_cdr_matches
 from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters, set_refusal
 from aqr_perception.ros.shutdown import StopSignals
 
@@ -279,6 +279,7 @@ class AqrPerceptionNode(LifecycleNode):
         self.pub_vel = publisher(DetectionVelocityArray, "~/velocities")
         self.pub_routing = publisher(QueryRouting, "~/routing")
         self.pub_markers = publisher(MarkerArray, "~/markers")
+        self._marker_cdr = marker_cdr_matches()          # Humble's Marker has fewer fields
         self.pub_debug_images = {cam: publisher(Image, f"~/debug/{cam}/image") for cam in self.cameras}
         self.pub_diag = publisher(DiagnosticArray, "/diagnostics", 10)
         self.pub_debug = {name: publisher(Float64, f"~/debug/{name}", 10) for name in DEBUG_TIMINGS}
@@ -440,7 +441,8 @@ class AqrPerceptionNode(LifecycleNode):
         self.pub_routing.publish(routing_cdr(header, det, lidar_valid, used, masked))
         if self.cfg.publish_markers and self.pub_markers.get_subscription_count() > 0:  # RViz is watching
             names = [self.class_names[int(i)] for i in det.labels]
-            self.pub_markers.publish(detection_markers_cdr(header, det.boxes, det.scores, names))
+            build = detection_markers_cdr if self._marker_cdr else detection_markers
+            self.pub_markers.publish(build(header, det.boxes, det.scores, names))
         self.counters["frames_published"] += 1
 
     def _publish_debug_images(self, header: Header, inputs: FrameInputs, det: FrameDetections) -> None:
