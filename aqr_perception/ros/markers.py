@@ -24,16 +24,22 @@ from aqr_perception.data.pictures import GT_COLOR, class_color
 from aqr_perception.frames.cdr import CdrWriter
 
 MARKER_LIFETIME_S = 1.0
+_LIFETIME = (int(MARKER_LIFETIME_S), int(MARKER_LIFETIME_S % 1 * 1e9))     # (sec, nanosec)
 PRED_LINE_M, GT_LINE_M = 0.08, 0.04
 LABEL_HEIGHT_M = 0.6
 
 
+def _rgba_values(rgb: tuple[int, int, int], alpha: float = 1.0) -> tuple[float, float, float, float]:
+    return rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0, alpha
+
+
 def _rgba(rgb: tuple[int, int, int], alpha: float = 1.0) -> ColorRGBA:
-    return ColorRGBA(r=rgb[0] / 255.0, g=rgb[1] / 255.0, b=rgb[2] / 255.0, a=alpha)
+    r, g, b, a = _rgba_values(rgb, alpha)
+    return ColorRGBA(r=r, g=g, b=b, a=a)
 
 
 def _marker(header: Header, ns: str, i: int, kind: int, color: ColorRGBA) -> Marker:
-    life = Duration(sec=int(MARKER_LIFETIME_S), nanosec=int(MARKER_LIFETIME_S % 1 * 1e9))
+    life = Duration(sec=_LIFETIME[0], nanosec=_LIFETIME[1])
     m = Marker(header=header, ns=ns, id=i, type=kind, action=Marker.ADD, lifetime=life, color=color)
     m.pose.orientation.w = 1.0
     return m
@@ -101,7 +107,6 @@ def marker_cdr_matches(marker_type: type = Marker) -> bool:
 
 
 _EDGE_INDEX = np.array([k for e in BOX_EDGES for k in e])
-_LIFETIME = (int(MARKER_LIFETIME_S), int(MARKER_LIFETIME_S % 1 * 1e9))
 _IDENTITY_POSE = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
 
 
@@ -135,10 +140,6 @@ def _marker_cdr(w: CdrWriter, stamp: tuple[int, int, str], ns: str, i: int, kind
     w.string("")                                                 # mesh_file: filename, data
     w.u32(0)
     w.boolean(False)                                             # mesh_use_embedded_materials
-
-
-def _rgba_values(rgb: tuple[int, int, int], alpha: float = 1.0) -> tuple[float, float, float, float]:
-    return rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0, alpha
 
 
 def detection_markers_cdr(header: Header, boxes: np.ndarray, scores: np.ndarray, names: list[str]) -> bytes:
