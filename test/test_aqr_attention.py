@@ -159,3 +159,29 @@ def test_bias_only_moves_attention_not_values():
     val = torch.randn(1, 1, 8).expand(1, lay.num_keys, 8)
     q = torch.randn(1, 7, 8)
     torch.testing.assert_close(attn(q, key, val, aqr=a), attn(q, key, val), atol=1e-5, rtol=0)
+
+
+def test_every_decoder_layer_gets_the_spec_bias_of_its_own_router_weights():
+    # The decoder computes the local windows once and shares them between its layers;
+    # each layer's bias must still be the spec's for that layer's router weights.
+    from aqr_perception.config import load_config
+    from aqr_perception.model.decoder import AqrDecoder
+
+    torch.manual_seed(2)
+    cfg = load_config("tiny").model
+    a = _bias("local", bev_window=cfg.aqr.bev_window, camera_window=cfg.aqr.camera_window)
+    decoder = AqrDecoder(cfg).eval()
+    for router in decoder.routers:                        # weights that differ per query and layer
+        torch.nn.init.normal_(router.mlp[-1].weight, std=0.5)
+    seen = []
+    for layer in decoder.layers:
+        layer.cross_attn.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["aqr"]), with_kwargs=True)
+    b, q = a.lidar_weight.shape
+    c, lay = cfg.transformer.embed_dims, a.layout
+    with torch.no_grad():
+        decoder(torch.randn(b, q, c), torch.randn(b, lay.num_keys, c), torch.randn(b, lay.num_keys, c), lay,
+                a.projection, None, None, torch.ones(b, dtype=torch.bool), a.projection.cam_visible)
+    assert len(seen) == len(decoder.layers)
+    assert not torch.allclose(seen[0].lidar_weight, seen[1].lidar_weight)
+    for aqr in seen:
+        torch.testing.assert_close(dense_bias(aqr).double(), _loop_bias(aqr), atol=1e-6, rtol=0)

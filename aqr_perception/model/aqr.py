@@ -76,6 +76,28 @@ class AqrBias:
     projection: QueryProjection | None = None
     bev_window: int = 15
     camera_window: int = 15
+    #: local mode: the windows of ``projection`` (:func:`local_windows`), when the caller
+    #: computed them once for several calls (the decoder's layers); None: computed per call
+    windows: LocalWindows | None = None
+
+
+@dataclass
+class LocalWindows:
+    """Where a local-mode bias can be non-zero: the BEV window around each query's cell,
+    then the camera window around its pixel. It depends on the reference points only,
+    so the decoder's layers share it; only the router weights differ per layer.
+
+    keys: (B, Q, N) long key indices into the memory (N = bev_window^2 + camera_window^2;
+        0 where ``valid`` is False)
+    valid: (B, Q, N) bool, the cell lies inside its map (and the point is visible, camera)
+    bev_decay: (bev_window^2,) and camera_decay: (camera_window^2,) fp32,
+        ``max(0, 1 - dist / window)`` of each window offset
+    """
+
+    keys: Tensor
+    valid: Tensor
+    bev_decay: Tensor
+    camera_decay: Tensor
 
 
 def window_offsets(window: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
@@ -105,6 +127,26 @@ def global_biases(bias: AqrBias) -> tuple[Tensor, Tensor]:
     return (bias.lidar_weight - 0.5) * 2 * bias.strength, (bias.camera_weight - 0.5) * 2 * bias.strength
 
 
+def local_windows(proj: QueryProjection, lay: MemoryLayout, bev_window: int, camera_window: int) -> LocalWindows:
+    """The windows of a local-mode bias for the queries of ``proj`` (see :class:`LocalWindows`)."""
+    device = proj.bev_index.device
+    # BEV window around the query's cell
+    dr, dc, dist = window_offsets(bev_window, device)
+    bev_decay = (1 - dist / bev_window).clamp(min=0)
+    row = torch.div(proj.bev_index, lay.bev_w, rounding_mode="floor")[..., None] + dr
+    col = (proj.bev_index % lay.bev_w)[..., None] + dc
+    bev_ok = (row >= 0) & (row < lay.bev_h) & (col >= 0) & (col < lay.bev_w)
+    bev_key = torch.where(bev_ok, row * lay.bev_w + col, 0)
+    # camera window around the query's pixel in its view
+    dr, dc, dist = window_offsets(camera_window, device)
+    camera_decay = (1 - dist / camera_window).clamp(min=0)
+    row = proj.cam_row[..., None] + dr
+    col = proj.cam_col[..., None] + dc
+    cam_ok = (row >= 0) & (row < lay.img_h) & (col >= 0) & (col < lay.img_w) & proj.cam_visible[..., None]
+    cam_key = torch.where(cam_ok, lay.num_bev + (proj.cam_view[..., None] * lay.img_h + row) * lay.img_w + col, 0)
+    return LocalWindows(torch.cat([bev_key, cam_key], -1), torch.cat([bev_ok, cam_ok], -1), bev_decay, camera_decay)
+
+
 def local_window_entries(bias: AqrBias) -> tuple[Tensor, Tensor, Tensor]:
     """The non-zero entries of a local-mode bias.
 
@@ -114,32 +156,14 @@ def local_window_entries(bias: AqrBias) -> tuple[Tensor, Tensor, Tensor]:
             the camera point is not visible; such entries point at key 0)
         valid: (B, Q, N) bool
     """
-    proj, lay = bias.projection, bias.layout
-    assert proj is not None, "local AQR bias needs the query projection"
-    device = bias.lidar_weight.device
-    out_k, out_v, out_m = [], [], []
-    # BEV window around the query's cell
-    dtype = bias.lidar_weight.dtype
-    dr, dc, dist = window_offsets(bias.bev_window, device)
-    decay = (1 - dist / bias.bev_window).clamp(min=0).to(dtype)    # fp16/bf16 weights: keep their dtype
-    row = torch.div(proj.bev_index, lay.bev_w, rounding_mode="floor")[..., None] + dr
-    col = (proj.bev_index % lay.bev_w)[..., None] + dc
-    ok = (row >= 0) & (row < lay.bev_h) & (col >= 0) & (col < lay.bev_w)
-    out_k.append(torch.where(ok, row * lay.bev_w + col, 0))
-    out_v.append(bias.lidar_weight[..., None] * decay * bias.strength)
-    out_m.append(ok)
-    # camera window around the query's pixel in its view
-    dr, dc, dist = window_offsets(bias.camera_window, device)
-    decay = (1 - dist / bias.camera_window).clamp(min=0).to(dtype)
-    row = proj.cam_row[..., None] + dr
-    col = proj.cam_col[..., None] + dc
-    ok = (row >= 0) & (row < lay.img_h) & (col >= 0) & (col < lay.img_w) & proj.cam_visible[..., None]
-    key = lay.num_bev + (proj.cam_view[..., None] * lay.img_h + row) * lay.img_w + col
-    out_k.append(torch.where(ok, key, 0))
-    out_v.append(bias.camera_weight[..., None] * decay * bias.strength)
-    out_m.append(ok)
-    keys, values, valid = torch.cat(out_k, -1), torch.cat(out_v, -1), torch.cat(out_m, -1)
-    return keys, values * valid, valid
+    win = bias.windows
+    if win is None:
+        assert bias.projection is not None, "local AQR bias needs the query projection"
+        win = local_windows(bias.projection, bias.layout, bias.bev_window, bias.camera_window)
+    dtype = bias.lidar_weight.dtype                     # fp16/bf16 weights: keep their dtype
+    values = torch.cat([bias.lidar_weight[..., None] * win.bev_decay.to(dtype) * bias.strength,
+                        bias.camera_weight[..., None] * win.camera_decay.to(dtype) * bias.strength], -1)
+    return win.keys, values * win.valid, win.valid
 
 
 def dense_bias(bias: AqrBias) -> Tensor:
@@ -151,9 +175,8 @@ def dense_bias(bias: AqrBias) -> Tensor:
         return torch.cat([bev[..., None].expand(b, q, lay.num_bev),
                           cam[..., None].expand(b, q, lay.num_keys - lay.num_bev)], dim=-1)
     keys, values, _ = local_window_entries(bias)
-    dense = bias.lidar_weight.new_zeros(b, q, lay.num_keys)
     # windows never overlap themselves; invalid entries add 0 to key 0
-    return dense.scatter_add(-1, keys, values)
+    return bias.lidar_weight.new_zeros(b, q, lay.num_keys).scatter_add_(-1, keys, values)
 
 
 class AqrRouter(nn.Module):

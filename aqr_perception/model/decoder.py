@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from aqr_perception.config import ModelConfig
-from aqr_perception.model.aqr import AqrBias, AqrRouter, MemoryLayout, QueryProjection
+from aqr_perception.model.aqr import AqrBias, AqrRouter, MemoryLayout, QueryProjection, local_windows
 from aqr_perception.model.attention import MultiheadAttention
 
 
@@ -84,6 +84,9 @@ class AqrDecoder(nn.Module):
         memory_key = memory + memory_pos
         outs, lws, cws = [], [], []
         a = self.aqr_cfg
+        # the local windows follow the reference points, which no layer refines: once for all layers
+        windows = (local_windows(projection, layout, a.bev_window, a.camera_window)
+                   if a.enabled and a.mode == "local" else None)
         for i, layer in enumerate(self.layers):
             aqr = None
             if a.enabled:
@@ -93,7 +96,8 @@ class AqrDecoder(nn.Module):
                 else:
                     lw = cw = query_pos.new_full(query_pos.shape[:2], self.fixed_weight)
                 aqr = AqrBias(mode=a.mode, strength=a.strength, lidar_weight=lw, camera_weight=cw, layout=layout,
-                              projection=projection, bev_window=a.bev_window, camera_window=a.camera_window)
+                              projection=projection, bev_window=a.bev_window, camera_window=a.camera_window,
+                              windows=windows)
             else:
                 lw = cw = query_pos.new_full(query_pos.shape[:2], 0.5)
             query = layer(query, query_pos, memory, memory_key, self_mask, key_padding_mask, aqr, self.impl)
