@@ -11,7 +11,7 @@ from aqr_perception.model.assigner import hungarian_match
 from aqr_perception.model.box_coder import decode_boxes, encode_boxes, topk_decode
 from aqr_perception.model.denoising import make_denoising_queries, self_attention_mask
 from aqr_perception.model.detector import DetectorInputs
-from aqr_perception.model.lidar import PillarVoxelizer
+from aqr_perception.model.lidar import PillarFeatureNet, PillarVoxelizer
 from aqr_perception.model.losses import sigmoid_focal_loss
 from aqr_perception.training.masked_modal import masked_modal
 
@@ -83,6 +83,7 @@ def test_voxelizer_matches_a_dictionary_grouping(sampling):
     pts = torch.cat([torch.rand(3000, 3, generator=g) * torch.tensor([24.0, 24.0, 10.0]) - torch.tensor([12, 12, 6]),
                      torch.rand(3000, 1, generator=g)], 1)
     pts[5, 0] = float("nan")
+    pts[6, 1], pts[7, 2] = float("inf"), -float("inf")
     m = 6
     vox = PillarVoxelizer([-10.0, -10.0, -5.0, 10.0, 10.0, 3.0], [2.0, 2.0], max_points=m, max_pillars=1000,
                           sampling=sampling)
@@ -104,6 +105,34 @@ def test_voxelizer_matches_a_dictionary_grouping(sampling):
         np.testing.assert_allclose(out.features[k, :n].numpy(), np.array(kept), rtol=1e-6)
         assert torch.all(out.features[k, n:] == 0)
     assert max(len(v) for v in groups.values()) > m      # the cap is exercised
+
+
+def test_pillar_feature_net_is_the_max_over_each_pillars_decorated_points():
+    # PointPillars' PFN written out per pillar: [x, y, z, i, x - mean, y - mean, z - mean,
+    # x - centre_x, y - centre_y, z - z_centre] -> linear -> BN (eval) -> relu -> max over the points
+    torch.manual_seed(4)
+    pc_range, size = [-10.0, -10.0, -5.0, 10.0, 10.0, 3.0], [2.0, 2.0]
+    pts = torch.cat([torch.rand(400, 3) * torch.tensor([20.0, 20.0, 8.0]) - torch.tensor([10, 10, 5]),
+                     torch.rand(400, 1)], 1)
+    pillars = PillarVoxelizer(pc_range, size, max_points=5, max_pillars=1000)([pts])
+    pfn = PillarFeatureNet(4, 8, pc_range, size).eval()
+    with torch.no_grad():
+        pfn.norm.running_mean.normal_()
+        pfn.norm.running_var.uniform_(0.5, 2.0)
+        pfn.norm.weight.normal_()
+        out = pfn(pillars)
+    assert out.shape == (pillars.features.shape[0], 8)
+    bn = pfn.norm
+    for k in range(out.shape[0]):
+        n = int(pillars.num_points[k])
+        p = pillars.features[k, :n].double()
+        _, row, col = pillars.coords[k].tolist()
+        centre = torch.tensor([pc_range[0] + (col + 0.5) * size[0], pc_range[1] + (row + 0.5) * size[1], -1.0])
+        x = torch.cat([p, p[:, :3] - p[:, :3].mean(0), p[:, :3] - centre.double()], 1) @ pfn.linear.weight.double().T
+        x = (x - bn.running_mean.double()) / (bn.running_var.double() + bn.eps).sqrt() * bn.weight.double() \
+            + bn.bias.double()
+        torch.testing.assert_close(out[k].double(), x.clamp(min=0).amax(0), atol=1e-5, rtol=1e-5)
+    assert (pillars.num_points < 5).any() and (pillars.num_points == 5).any()   # padded and full pillars
 
 
 def test_strided_voxelizer_keeps_every_sweep_of_a_dense_pillar():
