@@ -63,21 +63,15 @@ def make_case(size: str, mode: str, device: str, dtype: torch.dtype, seed: int =
 def run_method(method: str, q, k, v, mask, aqr):
     from torch.nn import functional as F
 
-    from aqr_perception.model import dense_flash, segment_attention
     from aqr_perception.model.attention import aqr_cross_attention
+    from aqr_perception.model.fused_attention import forced_route
 
     if method == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    # "segment" and "folded": the fused routes that small inference or the CPU would skip
-    off = {"segment": [dense_flash], "folded": [dense_flash, segment_attention]}.get(method, [])
-    saved = [m.usable for m in off]
-    for m in off:
-        m.usable = lambda *a: False
-    try:
-        return aqr_cross_attention(q, k, v, mask, aqr, impl="fused" if off else method)
-    finally:
-        for m, usable in zip(off, saved):
-            m.usable = usable
+    if method in ("segment", "folded"):       # the fused routes that small inference or the CPU would skip
+        with forced_route(method):
+            return aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
+    return aqr_cross_attention(q, k, v, mask, aqr, impl=method)
 
 
 def run_train_step(method: str, q, k, v, mask, aqr, grad_out) -> list:

@@ -16,8 +16,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,6 +32,7 @@ def main() -> None:
     from aqr_perception.cli import DEFAULT_BAG
     from aqr_perception.config import load_config
     from aqr_perception.evaluation.answers import predict_offline
+    from aqr_perception.evaluation.compare import match_detections
     from aqr_perception.evaluation.robustness import ensure_drives, evaluate_condition
     from aqr_perception.model.runtime import DetectorRuntime
 
@@ -69,42 +68,13 @@ def main() -> None:
         if name == "torch":
             continue
         answers[name] = predict_offline(DEFAULT_BAG, cfg, rt)
-        print(f"bundled drive, {name} vs torch: " + detection_difference(answers["torch"], answers[name]))
+        print(f"bundled drive, {name} vs torch: " + match_detections(answers["torch"], answers[name]).summary())
 
     # NDS on the held-out drives
     pairs = ensure_drives(cfg, "clean", list(range(1100, 1100 + args.drives)), args.data)
     for name, rt in runtimes.items():
         res, _ = evaluate_condition(cfg, pairs, rt)
         print(f"held-out drives 1100-{1099 + args.drives} pooled, {name}: NDS {res.NDS:.4f}, mAP {res.mAP:.4f}")
-
-
-def detection_difference(a: dict, b: dict, confident: float = 0.1, near_m: float = 0.5) -> str:
-    """Eager's detections scoring >= ``confident`` matched one to one (Hungarian, by centre
-    distance) to the other runtime's scoring >= half that (a score near the cut may cross
-    it); a pair further apart than ``near_m`` counts as unmatched. Ranks are not compared:
-    a small score change reorders detections of similar scores."""
-    from scipy.optimize import linear_sum_assignment
-
-    total = unmatched = 0
-    worst_box = worst_score = 0.0
-    for token, x in a.items():
-        y = b[token]
-        nx, ny = int((x.scores >= confident).sum()), int((y.scores >= confident / 2).sum())
-        total += nx
-        if nx == 0:
-            continue
-        dist = np.linalg.norm(x.boxes[:nx, None, :3] - y.boxes[None, :ny, :3], axis=-1)
-        other = np.array(x.names[:nx])[:, None] != np.array(y.names[:ny])[None, :]
-        dist = np.where(other, 1e6, dist)                       # same class only
-        rows, cols = linear_sum_assignment(dist)
-        near = dist[rows, cols] < near_m
-        unmatched += nx - int(near.sum())
-        rows, cols = rows[near], cols[near]
-        if len(rows):
-            worst_box = max(worst_box, float(np.abs(x.boxes[rows, :6] - y.boxes[cols, :6]).max()))
-            worst_score = max(worst_score, float(np.abs(x.scores[rows] - y.scores[cols]).max()))
-    return (f"{total} detections scoring >= {confident}, {unmatched} without a match within {near_m} m; "
-            f"largest centre/size difference {worst_box:.2e} m, score difference {worst_score:.2e}")
 
 
 class Recorder:

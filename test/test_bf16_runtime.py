@@ -8,15 +8,14 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 from model_helpers import random_inputs
-from scipy.optimize import linear_sum_assignment
 
 from aqr_perception.cli import DEFAULT_BAG
 from aqr_perception.config import load_config
 from aqr_perception.evaluation.answers import predict_offline
+from aqr_perception.evaluation.compare import match_detections
 from aqr_perception.model.bf16_runtime import Bf16BranchDetector, native_bf16_cpu
 from aqr_perception.model.checkpoint import load_checkpoint
 from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, DetectorRuntime
@@ -38,24 +37,11 @@ def test_same_detections_on_the_bundled_drive_within_bf16_rounding(runtimes):
     cfg = load_config("tiny")
     a, b = predict_offline(DEFAULT_BAG, cfg, eager), predict_offline(DEFAULT_BAG, cfg, bf16)
     assert a.keys() == b.keys() and len(a) >= 10
-    total = 0
-    score_diffs = []
-    for token in a:
-        x, y = a[token], b[token]
-        nx, ny = int((x.scores >= 0.1).sum()), int((y.scores >= 0.05).sum())
-        if nx == 0:
-            continue
-        total += nx
-        dist = np.linalg.norm(x.boxes[:nx, None, :3] - y.boxes[None, :ny, :3], axis=-1)
-        other = np.array(x.names[:nx])[:, None] != np.array(y.names[:ny])[None, :]
-        dist = np.where(other, 1e6, dist)                       # same class only
-        rows, cols = linear_sum_assignment(dist)
-        assert len(rows) == nx and (dist[rows, cols] < 0.5).all(), token
-        assert np.allclose(x.boxes[rows, 3:6], y.boxes[cols, 3:6], atol=0.5)          # l, w, h in metres
-        score_diffs.append(np.abs(x.scores[rows] - y.scores[cols]))
-    assert total > 500
-    diffs = np.concatenate(score_diffs)
-    print(f"{total} matched; score difference max {diffs.max():.4f}, mean {diffs.mean():.5f}")
+    match = match_detections(a, b, confident=0.1, near_m=0.5)
+    print(match.summary())
+    assert match.total > 500 and match.unmatched == 0, match.unmatched_frames
+    assert match.box_diff[:, 3:6].max() <= 0.5                                    # l, w, h in metres
+    diffs = match.score_diff
     assert diffs.max() <= 0.06 and diffs.mean() <= 0.01, (diffs.max(), diffs.mean())
 
 

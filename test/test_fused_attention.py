@@ -1,12 +1,12 @@
 """The fused AQR attention equals the dense reference (values and gradients), without
 ever building the (B, heads, Q, K) bias."""
-import contextlib
 
 import pytest
 import torch
 
 from aqr_perception.model.aqr import AqrBias, MemoryLayout, QueryProjection
 from aqr_perception.model.attention import aqr_cross_attention
+from aqr_perception.model.fused_attention import forced_route
 
 TOL = 1e-5
 
@@ -39,29 +39,9 @@ def _case(mode, seed, b=2, h=3, q=11, d=8, layout=(6, 7, 3, 4, 5), pad="none", w
     return qq, kk, vv, mask, aqr
 
 
-@contextlib.contextmanager
-def _route(path):
-    """The fused attention's routes: "dense_flash" (the dense bias as the flash kernel's mask:
-    small inference on CPU, taken here without autograd), "segment" (per-segment log-sum-exp
-    merge: CPU training and larger inference), "folded" (biases folded into one SDPA call:
-    CUDA, dropout, tracing, unstructured padding); each forced here on CPU by declaring the
-    routes before it unusable."""
-    from aqr_perception.model import dense_flash, segment_attention
-
-    off = {"dense_flash": [], "segment": [dense_flash], "folded": [dense_flash, segment_attention]}[path]
-    saved = [m.usable for m in off]
-    for m in off:
-        m.usable = lambda *args: False
-    try:
-        yield
-    finally:
-        for m, u in zip(off, saved):
-            m.usable = u
-
-
 def _fused(q, k, v, mask, aqr, path, grad=False):
     grad = grad and path != "dense_flash"          # the dense_flash route is inference only
-    with _route(path), torch.set_grad_enabled(grad):
+    with forced_route(path), torch.set_grad_enabled(grad):
         q = q.clone().requires_grad_(grad)
         return aqr_cross_attention(q, k, v, mask, aqr, impl="fused").detach()
 
@@ -124,6 +104,30 @@ def test_dense_flash_route_only_for_small_inference(mode, monkeypatch):
         assert taken == [route] and (out - dense).abs().max() <= TOL
 
 
+def test_forced_route_takes_the_route_the_route_tests_name(monkeypatch):
+    """The route tests above and bench/attention.py compare routes through forced_route: in
+    local-mode inference each named route runs, and only it."""
+    from aqr_perception.model import dense_flash, fused_attention, segment_attention
+
+    taken = []
+    for module, name in ((dense_flash, "dense_flash_attention"), (segment_attention, "segment_lse_attention"),
+                         (fused_attention, "_window_part")):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, fn=fn, name=name: taken.append(name) or fn(*a))
+    q, k, v, mask, aqr = _case("local", 5, pad="views")
+    want = {"dense_flash": ["dense_flash_attention"], "segment": ["segment_lse_attention"],
+            "folded": ["_window_part"]}
+    for path in fused_attention.ROUTES:
+        taken.clear()
+        _fused(q, k, v, mask, aqr, path)
+        assert taken == want[path], path
+    taken.clear()
+    _fused(q, k, v, mask, aqr, "dense_flash")
+    with pytest.raises(ValueError):
+        forced_route("sdpa").__enter__()
+    assert taken == ["dense_flash_attention"]             # the switch is reset after the block
+
+
 @pytest.mark.parametrize("pad", ["lidar", "views", "everything", "random"])
 def test_dense_flash_over_several_key_tiles_with_padding(pad):
     """More keys than the CPU flash kernel's tile (512): a dropped LiDAR masks whole tiles."""
@@ -179,7 +183,7 @@ def test_gradients_equal_dense(mode, pad, path, batch):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v, aqr.lidar_weight, aqr.camera_weight)]
         a = AqrBias(aqr.mode, aqr.strength, leaves[3], leaves[4], aqr.layout, aqr.projection, aqr.bev_window,
                     aqr.camera_window)
-        with _route(path):
+        with forced_route(path):
             out = aqr_cross_attention(leaves[0], leaves[1], leaves[2], mask, a, impl=impl)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         grads[impl] = [t.grad for t in leaves]
@@ -251,7 +255,7 @@ def test_low_precision_inputs_forward_and_backward(dtype, mode, path):
         leaves = [t.to(dt).clone().requires_grad_(True) for t in low]   # fresh leaves: no shared .grad
         a = AqrBias(aqr.mode, aqr.strength, leaves[3], leaves[4], aqr.layout, aqr.projection, aqr.bev_window,
                     aqr.camera_window)
-        with _route(path):
+        with forced_route(path):
             out = aqr_cross_attention(*leaves[:3], mask, a, impl="dense" if impl == "reference" else impl)
         out.float().sum().backward()
         assert out.dtype == dt and all(t.grad.dtype == dt for t in leaves)

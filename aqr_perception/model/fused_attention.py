@@ -31,6 +31,8 @@ gathered window logits/values in chunks of queries.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -38,6 +40,11 @@ from torch.nn import functional as F
 
 from aqr_perception.model import dense_flash, segment_attention
 from aqr_perception.model.aqr import PAD, AqrBias, MemoryLayout, global_biases, local_window_entries, segment_index
+
+#: the routes in the order :func:`fused_aqr_attention` tries them
+ROUTES = ("dense_flash", "segment", "folded")
+#: routes skipped within :func:`forced_route`
+_skipped: tuple[str, ...] = ()
 
 WINDOW_CHUNK = 32       # queries per gather chunk in local mode on CPU (measured: 32 beats 8..128)
 #: on CUDA the gather is memory-bound too but wide chunks keep the GPU busy: per chunk
@@ -99,6 +106,22 @@ def _window_part(q: Tensor, k: Tensor, v: Tensor, aqr: AqrBias, pad: Tensor | No
     return lse, torch.cat(out_parts, 2)
 
 
+@contextmanager
+def forced_route(route: str) -> Iterator[None]:
+    """Within the block the routes tried before ``route`` are skipped, so that ``route`` is
+    taken where it can run (it falls through to the next one where it cannot): tests and
+    benchmarks compare the routes on inputs the dispatcher would send elsewhere. For one
+    thread at a time (it sets a module-level switch)."""
+    global _skipped
+    if route not in ROUTES:
+        raise ValueError(f"unknown route {route!r} (one of {', '.join(ROUTES)})")
+    saved, _skipped = _skipped, ROUTES[:ROUTES.index(route)]
+    try:
+        yield
+    finally:
+        _skipped = saved
+
+
 def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
                         aqr: AqrBias | None, dropout_p: float = 0.0) -> Tensor:
     """Same result as the dense reference, (B, h, Q, d); see the module docstring.
@@ -116,13 +139,13 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
             out = out.masked_fill(key_padding_mask.all(1)[:, None, None, None], 0.0)
         return out
     lay = aqr.layout
-    if dense_flash.usable(q, k, v, aqr, dropout_p):
+    if "dense_flash" not in _skipped and dense_flash.usable(q, k, v, aqr, dropout_p):
         return dense_flash.dense_flash_attention(q, k, v, key_padding_mask, aqr, scale)
     # queries of a sample whose keys are all masked: the reference defines their output as 0
     all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
                   else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]
     seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
-    if segment_attention.usable(q, dropout_p, seg_pad):
+    if "segment" not in _skipped and segment_attention.usable(q, dropout_p, seg_pad):
         return segment_attention.segment_lse_attention(q, k, v, aqr, seg_pad, scale)
     general_mask = None
     if seg_pad is None:      # unstructured padding: SDPA takes it as a broadcast (B, 1, 1, K) mask
