@@ -122,7 +122,7 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
         if how == "torch.compile":
             predict = compiled_predict(model)
         try:
-            totals, stages = time_stages(model, inputs, runs, device, dtype, predict)
+            totals, stages = time_stages(model, inputs, runs, device, dtype, predict, stages=predict is None)
         except Exception as exc:                     # report and go on: the run must finish
             skipped.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
             continue

@@ -97,15 +97,16 @@ def autocast_for(device: str, dtype: str):
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
-def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None
+def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None, stages: bool = True
                 ) -> tuple[list[float], dict[str, float]]:
     """Seconds of each of ``runs`` predicts (after one warm-up) and the median ms per stage.
-    ``predict`` replaces ``model.predict`` (a compiled callable, say); stages are timed by
-    hooks on ``model``'s modules, so a compiled callable reports no stages."""
+    ``predict`` replaces ``model.predict`` (a runtime's forward, say). Stages are timed by
+    hooks on ``model``'s modules; ``stages=False`` times the whole call only, as a compiled
+    callable needs (dynamo would trace the hooks into its graph: graph breaks and recompiles)."""
     spent: dict[str, list[float]] = defaultdict(list)
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     hooks = []
-    for label, names in STAGES.items():
+    for label, names in STAGES.items() if stages else ():
         for name in (names if isinstance(names, tuple) else (names,)):
             try:
                 mod = model.get_submodule(name)

@@ -95,3 +95,19 @@ def test_the_dense_part_after_the_canvas_computes_the_eager_model():
     assert torch.allclose(cls_logits, want.cls_logits[-1], atol=1e-5)
     assert torch.allclose(code, want.bbox_code[-1], atol=1e-4)
     assert torch.allclose(lw, want.lidar_weight, atol=1e-6) and torch.allclose(cw, want.camera_weight, atol=1e-6)
+
+
+def test_the_dense_part_traces_as_one_graph():
+    """bench/model_gpu.py compiles ``DenseDetector`` with CUDA graphs (``torch.compile``,
+    mode "reduce-overhead"), which need one graph: dynamo traces it without a break."""
+    from aqr_perception.model.onnx_runtime import DenseDetector
+
+    model, _ = load_checkpoint(BUNDLED_CHECKPOINT)
+    inputs = random_inputs(model.cfg, points=3000, seed=6)
+    with torch.inference_mode():
+        canvas = model.lidar.canvas(inputs.points)
+        explained = torch._dynamo.explain(DenseDetector(model))(
+            canvas, inputs.images, inputs.lidar2img, torch.linalg.inv(inputs.lidar2img), inputs.camera_valid,
+            inputs.lidar_valid)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+        [r.reason for r in explained.break_reasons]
