@@ -59,9 +59,12 @@ def resize(rgb: np.ndarray, new_hw: tuple[int, int]) -> np.ndarray:
 
     Large reductions first halve the image with exact 2x2 INTER_AREA steps while both sides
     are even and the result still covers ``new_hw`` (OpenCV's SIMD fast path: 1600x900 ->
-    352x198 in two halvings + one small step costs about half of one direct 4x step), then
-    INTER_AREA to the exact size; every step maps pixel centres the same way, so the
-    composition does too.
+    352x198 in two halvings + one small step costs about a fifth of one direct 4.5x step).
+    The last step to the exact size is bilinear where it reduces by less than 2x (bilinear's
+    2-pixel footprint then still reads every source pixel: the result is as close to one
+    direct INTER_AREA reduction as an INTER_AREA last step is, at a sixth of its cost,
+    0.11 vs 0.71 ms for 400x225 -> 352x198), else INTER_AREA. Every step maps pixel centres
+    the same way, so the composition does too.
     """
     h, w = rgb.shape[:2]
     nh, nw = new_hw
@@ -72,7 +75,8 @@ def resize(rgb: np.ndarray, new_hw: tuple[int, int]) -> np.ndarray:
         rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
     if (h, w) == (nh, nw):
         return rgb
-    return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
+    area = nh < h and (h >= 2 * nh or w >= 2 * nw)
+    return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
 
 
 def prepare_camera(rgb: np.ndarray, K: np.ndarray, lidar_to_camera: np.ndarray, dst_hw: tuple[int, int]
