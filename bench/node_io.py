@@ -196,7 +196,7 @@ def main() -> None:
     jpg_bytes = [ser(M.compressed_image(0, c.name, im, 85), "sensor_msgs/msg/CompressedImage")
                  for c, im in zip(cams, images)]
     # the same content with less noise: JPEGs of the size of nuScenes' camera images (~200 kB
-    # at 1600x900), where the noisy ones above (~690 kB) are a worst case for the entropy decoder
+    # at 1600x900), where the noisy ones above (~361 kB) are a worst case for the entropy decoder
     typical = [np.clip(base.astype(np.int16) + rng.integers(-TYPICAL_NOISE, TYPICAL_NOISE, base.shape), 0, 255)
                .astype(np.uint8) for _ in cams]
     typ_bytes = [ser(M.compressed_image(0, c.name, im, 85), "sensor_msgs/msg/CompressedImage")
@@ -283,8 +283,9 @@ def main() -> None:
                                                                    np.linalg.inv(c.lidar_to_camera)) for c in cams]),
                                  "tf2_msgs/msg/TFMessage"), TFMessage)
     node_paths = {}
-    for name, transport, msgs in (("raw", "raw", raw_msgs), (f"JPEG {kb['noisy']:.0f} kB", "compressed", jpg_msgs),
-                                  (f"JPEG {kb['typical']:.0f} kB", "compressed", typ_msgs)):
+    for name, transport, msgs in (("raw", "raw", raw_msgs),
+                                  (f"JPEG noisy, {kb['noisy']:.0f} kB", "compressed", jpg_msgs),
+                                  (f"JPEG typical, {kb['typical']:.0f} kB", "compressed", typ_msgs)):
         p = FramePipeline(NodeConfig(image_transport=transport, camera_names=names), input_hw=hw)
         p.on_tf_static(tf)
         for c, info, m in zip(names, infos, msgs):
@@ -307,7 +308,8 @@ def main() -> None:
         print(f"{k:<{width}}  {v:8.2f} ms")
     out_ms = res["output messages (100 detections), serialised directly"]
     raw_path = res["node path: sync + decode + model input (raw)"] + out_ms
-    jpg_paths = {k: res[f"node path: sync + decode + model input (JPEG {v:.0f} kB)"] + out_ms for k, v in kb.items()}
+    jpg_paths = {k: res[f"node path: sync + decode + model input (JPEG {k}, {v:.0f} kB)"] + out_ms
+                 for k, v in kb.items()}
     print("\nnode paths, glibc's default malloc (another process) / freed memory kept (this one, as the node):")
     for line, (ms, faults) in zip(default_lines, node_res.values()):
         print(f"  {line}  /  {ms:.2f} ms, {faults:.0f} page faults / frame")

@@ -182,6 +182,7 @@ def test_every_decoder_layer_gets_the_spec_bias_of_its_own_router_weights():
         decoder(torch.randn(b, q, c), torch.randn(b, lay.num_keys, c), torch.randn(b, lay.num_keys, c), lay,
                 a.projection, None, None, torch.ones(b, dtype=torch.bool), a.projection.cam_visible)
     assert len(seen) == len(decoder.layers)
+    assert seen[0].windows is not None and all(s.windows is seen[0].windows for s in seen)   # computed once
     assert not torch.allclose(seen[0].lidar_weight, seen[1].lidar_weight)
     for aqr in seen:
         torch.testing.assert_close(dense_bias(aqr).double(), _loop_bias(aqr), atol=1e-6, rtol=0)

@@ -51,6 +51,12 @@ def test_matching_finds_the_optimal_one_to_one_assignment():
         assert m.unmatched == unmatched
         assert np.isclose(np.linalg.norm(m.box_diff[:, :3], axis=1).sum(), matched_distance)
         assert len(m.box_diff) == len(m.score_diff) == m.total - m.unmatched
+        # detections in any order, not only by falling score: the same match
+        sx, sy = rng.permutation(n), rng.permutation(n)
+        shuffled = match_detections({"t": _answer(x.boxes[sx], x.scores[sx], [x.names[i] for i in sx])},
+                                    {"t": _answer(y.boxes[sy], y.scores[sy], [y.names[i] for i in sy])}, 0.3, 0.5)
+        assert (shuffled.total, shuffled.unmatched) == (m.total, m.unmatched)
+        np.testing.assert_allclose(np.sort(shuffled.score_diff), np.sort(m.score_diff))
 
 
 def test_another_class_or_a_far_box_is_no_match_and_its_frame_is_named():

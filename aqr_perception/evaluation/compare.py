@@ -10,11 +10,13 @@ as unmatched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from aqr_perception.evaluation.answers import FrameAnswer
+if TYPE_CHECKING:
+    from aqr_perception.evaluation.answers import FrameAnswer
 
 
 @dataclass
@@ -24,7 +26,8 @@ class DetectionMatch:
     total: the reference's confident detections; unmatched: those without a partner
     within ``near_m`` (per frame token in ``unmatched_frames``);
     box_diff: (M, 6) |difference| of x, y, z, l, w, h in metres of the M matched pairs;
-    score_diff: (M,) |difference| of their scores.
+    score_diff: (M,) |difference| of their scores;
+    confident, near_m: the thresholds they were matched with.
     """
 
     total: int
@@ -32,8 +35,11 @@ class DetectionMatch:
     unmatched_frames: list[str]
     box_diff: np.ndarray
     score_diff: np.ndarray
+    confident: float
+    near_m: float
 
-    def summary(self, confident: float = 0.1, near_m: float = 0.5) -> str:
+    def summary(self) -> str:
+        confident, near_m = self.confident, self.near_m
         worst_box = float(self.box_diff.max()) if len(self.box_diff) else 0.0
         worst_score = float(self.score_diff.max()) if len(self.score_diff) else 0.0
         return (f"{self.total} detections scoring >= {confident}, {self.unmatched} without a match within "
@@ -48,12 +54,14 @@ def match_detections(reference: dict[str, FrameAnswer], other: dict[str, FrameAn
     box_diffs, score_diffs = [np.zeros((0, 6))], [np.zeros(0)]
     for token, x in reference.items():
         y = other[token]
-        nx, ny = int((x.scores >= confident).sum()), int((y.scores >= confident / 2).sum())
+        keep_x, keep_y = x.scores >= confident, y.scores >= confident / 2      # any order of detections
+        bx, by = x.boxes[keep_x], y.boxes[keep_y]
+        nx = len(bx)
         total += nx
         if nx == 0:
             continue
-        dist = np.linalg.norm(x.boxes[:nx, None, :3] - y.boxes[None, :ny, :3], axis=-1)
-        other_class = np.array(x.names[:nx])[:, None] != np.array(y.names[:ny])[None, :]
+        dist = np.linalg.norm(bx[:, None, :3] - by[None, :, :3], axis=-1)
+        other_class = (np.array(x.names)[keep_x][:, None] != np.array(y.names)[keep_y][None, :])
         dist = np.where(other_class, 1e6, dist)                     # same class only
         rows, cols = linear_sum_assignment(dist)
         near = dist[rows, cols] < near_m
@@ -62,6 +70,7 @@ def match_detections(reference: dict[str, FrameAnswer], other: dict[str, FrameAn
             unmatched += missed
             frames.append(token)
         rows, cols = rows[near], cols[near]
-        box_diffs.append(np.abs(x.boxes[rows, :6] - y.boxes[cols, :6]))
-        score_diffs.append(np.abs(x.scores[rows] - y.scores[cols]))
-    return DetectionMatch(total, unmatched, frames, np.concatenate(box_diffs), np.concatenate(score_diffs))
+        box_diffs.append(np.abs(bx[rows, :6] - by[cols, :6]))
+        score_diffs.append(np.abs(x.scores[keep_x][rows] - y.scores[keep_y][cols]))
+    return DetectionMatch(total, unmatched, frames, np.concatenate(box_diffs), np.concatenate(score_diffs),
+                          confident, near_m)

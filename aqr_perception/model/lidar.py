@@ -139,7 +139,9 @@ class PillarFeatureNet(nn.Module):
         if p > 0:
             x = self.norm(x.reshape(p * m, -1)).reshape(p, m, -1)
         x = F.relu(x, inplace=True).masked_fill(~valid, 0.0)  # padded points never win the max
-        return x.amax(dim=1)          # max without its indices: the same values, 15x faster here
+        # inference: the max without its indices (the same values, 15x faster here); training
+        # keeps max's gradient, which goes to one of tied points where amax's splits between them
+        return x.max(dim=1).values if x.requires_grad else x.amax(dim=1)
 
 
 def scatter_to_bev(pillar_feats: Tensor, coords: Tensor, batch: int, ny: int, nx: int) -> Tensor:
