@@ -188,19 +188,23 @@ def main() -> None:
     # realistic-looking content (gradients + noise) so that JPEG sizes are typical
     yy, xx = np.mgrid[0:900, 0:1600]
     base = np.stack([(xx / 7) % 255, (yy / 4) % 255, (xx + yy) / 10 % 255], -1).astype(np.uint8)
-    images = [np.clip(base.astype(np.int16) + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
-              for _ in cams]
-    pts = np.concatenate([rng.normal(0, 20, (args.points, 3)), rng.uniform(0, 255, (args.points, 1))], 1)
     ser = lambda msg, t: bytes(store.serialize_cdr(msg, t))  # noqa: E731
+
+    def with_noise(amplitude: int) -> list[np.ndarray]:
+        return [np.clip(base.astype(np.int16) + rng.integers(-amplitude, amplitude, base.shape), 0, 255)
+                .astype(np.uint8) for _ in cams]
+
+    def jpegs(imgs: list[np.ndarray]) -> list[bytes]:
+        return [ser(M.compressed_image(0, c.name, im, 85), "sensor_msgs/msg/CompressedImage")
+                for c, im in zip(cams, imgs)]
+
+    images = with_noise(20)
+    pts = np.concatenate([rng.normal(0, 20, (args.points, 3)), rng.uniform(0, 255, (args.points, 1))], 1)
     raw_bytes = [ser(M.raw_image(0, c.name, im), "sensor_msgs/msg/Image") for c, im in zip(cams, images)]
-    jpg_bytes = [ser(M.compressed_image(0, c.name, im, 85), "sensor_msgs/msg/CompressedImage")
-                 for c, im in zip(cams, images)]
+    jpg_bytes = jpegs(images)
     # the same content with less noise: JPEGs of the size of nuScenes' camera images (~200 kB
     # at 1600x900), where the noisy ones above (~361 kB) are a worst case for the entropy decoder
-    typical = [np.clip(base.astype(np.int16) + rng.integers(-TYPICAL_NOISE, TYPICAL_NOISE, base.shape), 0, 255)
-               .astype(np.uint8) for _ in cams]
-    typ_bytes = [ser(M.compressed_image(0, c.name, im, 85), "sensor_msgs/msg/CompressedImage")
-                 for c, im in zip(cams, typical)]
+    typ_bytes = jpegs(with_noise(TYPICAL_NOISE))
     kb = {"noisy": np.mean([len(b) for b in jpg_bytes]) / 1e3, "typical": np.mean([len(b) for b in typ_bytes]) / 1e3}
     cloud_bytes = ser(M.pointcloud2(0, "LIDAR_TOP", pts.astype(np.float32), np.zeros(args.points, np.uint16)),
                       "sensor_msgs/msg/PointCloud2")
