@@ -8,16 +8,21 @@ mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
 * pre-processing: 6 camera images at 1600x900 resized and cropped to the model input with
   lidar2img folded in, the cloud to the model's points, and the copy to the device
   (``frames.preprocess.build_model_arrays`` + ``make_inputs``, what the node does);
-* post-processing: decoded detections to the output messages (Detection3DArray,
-  velocities, routing);
+* post-processing: decoded detections to the serialised output messages (Detection3DArray,
+  velocities, routing), as the node publishes them (data/detection_cdr.py);
 * the node path: the three together;
+* camera input from JPEG (six ~200 kB 1600x900 images, nuScenes' size): decoded on the
+  CPU as the node does (reduced DCT decode, the camera thread pool) against a batch decoded
+  on the GPU by nvJPEG (``torchvision.io.decode_jpeg``) and resized there; the node has no
+  GPU decoding yet, so this row says whether it should;
 
 then the same with ``torch.compile`` (``mode="reduce-overhead"``: CUDA graphs) of the
 dense part (everything after the BEV canvas), and TensorRT through ONNX when
 ``tensorrt`` or onnxruntime's TensorRT provider is installed (reported as missing
 otherwise). The run keeps to ``--budget-s`` (default 420 s: it fits one 8-minute device
-call) and lists what it skipped. ``--tiny`` runs the tiny config, two runs each, for a
-CPU check (``test/test_bench_gpu.py``).
+call) and lists what it skipped. It imports no ROS package (the GPU machine has none):
+bench/gpu_run.sh is the whole device command, with the wheels it carries. ``--tiny`` runs
+the tiny config, two runs each, for a CPU check (``test/test_bench_gpu.py``).
 
     python bench/model_gpu.py --device cuda [--json runs/bench/gpu.json]
     python bench/model_gpu.py --tiny --device cpu --dtypes fp32 bf16
@@ -57,6 +62,69 @@ def camera_frames(n: int = 6) -> tuple[list[np.ndarray], list[np.ndarray], list[
             [c.lidar_to_camera for c in rig])
 
 
+#: +- grey levels of noise on gradients: ~200 kB JPEGs at quality 85 (as bench/node_io.py's "typical")
+JPEG_NOISE = 11
+
+
+def typical_jpegs(n: int = 6) -> list[bytes]:
+    """``n`` 1600x900 JPEGs (quality 85) of gradients with a little noise, ~200 kB each."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:900, 0:1600]
+    base = np.stack([(xx / 7) % 255, (yy / 4) % 255, (xx + yy) / 10 % 255], -1).astype(np.int16)
+    return [cv2.imencode(".jpg", np.clip(base + rng.integers(-JPEG_NOISE, JPEG_NOISE, base.shape), 0, 255)
+                         .astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes() for _ in range(n)]
+
+
+def jpeg_rows(cfg, device: str, runs: int, sync, skipped: list[str]) -> list[dict]:
+    """Six JPEGs to the model's image tensor on ``device``: the node's CPU decoding against
+    nvJPEG (CUDA only). The lidar2img matrices are the same arithmetic either way (not timed)."""
+    from types import SimpleNamespace
+
+    from aqr_perception.frames.conversions import compressed_to_rgb_reduced, jpeg_reduction
+    from aqr_perception.frames.preprocess import camera_pool, prepare_camera, resize_crop_matrix
+
+    data = typical_jpegs(cfg.num_views)
+    kb = statistics.mean(len(d) for d in data) / 1e3
+    hw = (cfg.image.input_height, cfg.image.input_width)
+    eye = np.eye(4)
+    r = jpeg_reduction((900, 1600), hw)
+    msgs = [SimpleNamespace(format="jpeg", data=d) for d in data]
+
+    def cpu() -> torch.Tensor:
+        def one(m):
+            return prepare_camera(compressed_to_rgb_reduced(m, r)[0], eye[:3, :3], eye, hw)[0]
+        return torch.from_numpy(np.stack(list(camera_pool().map(one, msgs)))).to(device).float()
+
+    rows = [{"what": f"6 JPEGs ({kb:.0f} kB) -> model images, CPU (node: 1/{r} DCT decode, thread pool)",
+             "device": device, **percentiles(timed(cpu, runs, sync))}]
+    if not device.startswith("cuda"):
+        skipped.append("JPEG on the GPU (nvJPEG): needs CUDA")
+        return rows
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except Exception as exc:                          # noqa: BLE001  (a torchvision that does not load)
+        skipped.append(f"JPEG on the GPU (nvJPEG): torchvision: {type(exc).__name__}: {exc}"[:200])
+        return rows
+    (nh, nw), cx, cy = resize_crop_matrix((900, 1600), hw)
+    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]
+
+    def gpu() -> torch.Tensor:
+        imgs = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)).float()   # (V, 3, 900, 1600)
+        imgs = torch.nn.functional.interpolate(imgs, size=(nh, nw), mode="bilinear", antialias=True,
+                                               align_corners=False)
+        return imgs[:, :, cy:cy + hw[0], cx:cx + hw[1]].round().clamp(0, 255)
+
+    try:
+        diff = (gpu() - cpu()).abs().mean().item()
+        rows.append({"what": f"6 JPEGs ({kb:.0f} kB) -> model images, GPU (nvJPEG batch, antialiased resize)",
+                     "device": device, "mean_abs_diff_vs_cpu": round(diff, 3), **percentiles(timed(gpu, runs, sync))})
+    except Exception as exc:                          # noqa: BLE001  (report and go on: the run must finish)
+        skipped.append(f"JPEG on the GPU (nvJPEG): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    return rows
+
+
 def timed(fn, runs: int, sync) -> list[float]:
     fn()
     out = []
@@ -71,14 +139,14 @@ def timed(fn, runs: int, sync) -> list[float]:
 
 def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_: bool, tensorrt: bool,
                  deadline: float, skipped: list[str], overrides: list[str]) -> list[dict]:
-    from std_msgs.msg import Header
+    from types import SimpleNamespace
 
     from aqr_perception.config import load_config
+    from aqr_perception.data.detection_cdr import detection_array_cdr, routing_cdr, velocity_cdr
     from aqr_perception.detections import FrameDetections
     from aqr_perception.frames.preprocess import build_model_arrays
     from aqr_perception.model import build_detector
     from aqr_perception.model.batching import make_inputs
-    from aqr_perception.ros.detection_msgs import to_detection_array, to_routing_msg, to_velocity_msg
 
     cfg = load_config(path, overrides).model
     try:
@@ -98,12 +166,12 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     det = FrameDetections(d.boxes.float().cpu().numpy(), d.scores.float().cpu().numpy(), d.labels.cpu().numpy(),
                           d.query_index.cpu().numpy(), pred.lidar_weight.float().cpu().numpy(),
                           pred.camera_weight.float().cpu().numpy())
-    header = Header(frame_id="LIDAR_TOP")
+    header = SimpleNamespace(stamp=SimpleNamespace(sec=0, nanosec=0), frame_id="LIDAR_TOP")   # std_msgs/Header's fields
 
     def post() -> None:
-        to_detection_array(header, det, list(cfg.classes))
-        to_velocity_msg(header, det)
-        to_routing_msg(header, det, True, [f"CAM_{i}" for i in range(cfg.num_views)], [])
+        detection_array_cdr(header, det, list(cfg.classes))
+        velocity_cdr(header, det)
+        routing_cdr(header, det, True, [f"CAM_{i}" for i in range(cfg.num_views)], [])
 
     post_t = timed(post, runs, sync)
     rows = []
@@ -219,15 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the tiny config, 2 runs (a CPU check of the script)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
+    from aqr_perception.config import load_config
 
-    apply_loopback_dds_defaults()
     configs, runs = (["tiny"], 2) if args.tiny else (args.configs, args.runs)
     t0 = time.monotonic()
     deadline = t0 + args.budget_s
     rows, skipped = [], []
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row")
+    sync = (lambda: torch.cuda.synchronize()) if args.device.startswith("cuda") else (lambda: None)
+    jpeg = jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync, skipped)
     for path in configs:
         rows += bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny),
                              not args.no_tensorrt, deadline, skipped, args.overrides)
@@ -240,12 +309,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{n['p50_ms']:8.1f} / {n['p99_ms']:6.1f} {n['fps']:9.2f}")
         if r["stages_ms"]:
             print("    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()))
+    for j in jpeg:
+        extra = f", mean |GPU - CPU| {j['mean_abs_diff_vs_cpu']} grey levels" if "mean_abs_diff_vs_cpu" in j else ""
+        print(f"{j['what']}: p50 {j['p50_ms']:.1f} / p99 {j['p99_ms']:.1f} ms{extra}")
     for s in skipped:
         print(f"skipped: {s}")
     print(f"total {time.monotonic() - t0:.0f} s (budget {args.budget_s:.0f} s)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": name, "rows": rows, "skipped": skipped}, indent=1))
+        args.json.write_text(json.dumps({"device": name, "rows": rows, "jpeg": jpeg, "skipped": skipped}, indent=1))
     return 0
 
 

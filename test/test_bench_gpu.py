@@ -1,27 +1,88 @@
-"""``bench/model_gpu.py`` (the GPU run prepared for a lent device) runs end to end on the
-CPU at tiny size, so that the first task with a GPU finds it working."""
+"""The GPU run prepared for a lent device (bench/gpu_run.sh, bench/model_gpu.py) runs end
+to end on the CPU at tiny size, so that the first task with a GPU finds it working; and it
+runs where no ROS is installed, as on the GPU machine: the ROS packages are made
+unimportable for it here."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: what the GPU machine lacks and cannot be carried there (compiled for this Python, or ROS itself)
+ROS_PACKAGES = ("rclpy", "rmw", "rosidl_parser", "rosidl_runtime_py", "rpyutils", "builtin_interfaces",
+                "std_msgs", "geometry_msgs", "sensor_msgs", "vision_msgs", "visualization_msgs",
+                "diagnostic_msgs", "tf2_msgs", "rosgraph_msgs", "rosbags", "aqr_perception.msg")
 
-def test_the_gpu_benchmark_runs_at_tiny_size_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "model_gpu.py"), "--tiny", "--device", "cpu",
-                        "--dtypes", "fp32", "bf16", "fp16", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(out.read_text())
+NO_ROS = f'''
+import sys
+BLOCKED = {ROS_PACKAGES!r}
+
+def _blocked(name):
+    return any(name == b or name.startswith(b + ".") for b in BLOCKED)
+
+class NoRos:
+    """Import hook: the ROS packages are missing, as on the GPU machine."""
+    def find_spec(self, name, path=None, target=None):
+        if _blocked(name):
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: no ROS on the GPU machine)", name=name)
+        return None
+
+for _name in [m for m in sys.modules if _blocked(m)]:
+    del sys.modules[_name]
+sys.meta_path.insert(0, NoRos())
+'''
+
+
+def _no_ros_env(tmp_path: Path) -> dict:
+    site = tmp_path / "no_ros"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_ROS)
+    env = dict(os.environ, PYTHONPATH=str(site), PYTHON=sys.executable, OUT=str(tmp_path / "out"))
+    return env
+
+
+def test_the_blocker_hides_ros(tmp_path):
+    env = _no_ros_env(tmp_path)
+    for module in ("std_msgs.msg", "vision_msgs.msg", "rclpy", "aqr_perception.msg"):
+        r = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode != 0 and "blocked: no ROS" in r.stderr, module
+    r = subprocess.run([sys.executable, "-c", "import aqr_perception.data.detection_cdr, torch"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_gpu_run_checks_out_at_tiny_size_on_the_cpu_without_ros(tmp_path):
+    env = _no_ros_env(tmp_path)
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_run.sh"), "--check"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "out"
+    report = json.loads((out / "gpu.json").read_text())
     rows = {(row["config"], row["dtype"], row["variant"]): row for row in report["rows"]}
-    assert set(rows) == {("cmt_aqr_tiny", "fp32", "eager"), ("cmt_aqr_tiny", "bf16", "eager")}
+    assert set(rows) == {("cmt_aqr_tiny", "fp32", "eager")}
     for row in rows.values():
         for part in ("model", "pre", "post", "node_path"):
             assert 0 < row[part]["p50_ms"] <= row[part]["p99_ms"]
         assert row["node_path"]["p50_ms"] >= row["model"]["p50_ms"]
         assert {"image backbone", "decoder", "LiDAR voxelize"} <= set(row["stages_ms"])
-    assert any("fp16 autocast is for CUDA" in s for s in report["skipped"])
+    (jpeg,) = report["jpeg"]
+    assert "CPU" in jpeg["what"] and 0 < jpeg["p50_ms"] <= jpeg["p99_ms"]
+    assert any("JPEG on the GPU" in s and "needs CUDA" in s for s in report["skipped"])
     assert any("TensorRT" in s for s in report["skipped"])
-    assert "cmt_aqr_tiny" in r.stdout and "node p50/p99" in r.stdout
+    log = (out / "model_gpu.log").read_text()
+    assert "cmt_aqr_tiny" in log and "node p50/p99" in log and "6 JPEGs" in log
+
+
+def test_model_gpu_reports_every_precision_it_can_run_here(tmp_path):
+    """bf16 runs on the CPU; fp16 autocast is CUDA's and is reported as skipped."""
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "model_gpu.py"), "--tiny", "--device", "cpu",
+                        "--dtypes", "bf16", "fp16", "--no-tensorrt", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(row["dtype"], row["variant"]) for row in report["rows"]] == [("bf16", "eager")]
+    assert any("fp16 autocast is for CUDA" in s for s in report["skipped"])

@@ -135,7 +135,8 @@ def test_the_cdr_twins_are_the_bytes_rclpy_serialises(n, layers):
     message objects, byte for byte except the alignment padding (which rclpy leaves
     uninitialised: both are compared through a rosbags round trip, which writes zeros);
     rclpy and rosbags decode it to the frame's values."""
-    from aqr_perception.ros.detection_msgs import detection_array_cdr, routing_cdr, to_velocity_msg, velocity_cdr
+    from aqr_perception.data.detection_cdr import detection_array_cdr, routing_cdr, velocity_cdr
+    from aqr_perception.ros.detection_msgs import to_velocity_msg
 
     frame, header = _frame(n=n, layers=layers, seed=n), _header()
     header.frame_id = "lidar_top_\u00e9"                       # a non-ASCII frame id: UTF-8 lengths

@@ -27,9 +27,11 @@ def _cloud(n: int, seed: int, spread: float) -> torch.Tensor:
 @pytest.mark.parametrize("spread,max_voxels", [(4.0, 160000), (120.0, 160000), (0.3, 200)])
 def test_hard_voxelizer_equals_spconv_point_to_voxel(spread, max_voxels):
     """Same voxels in the same order, same kept points (first 10 per voxel, first
-    max_voxels voxels), the mean of the kept points as the feature."""
+    max_voxels voxels), the mean of the kept points as the feature; NaN and inf points dropped."""
     pts = _cloud(30000, seed=int(spread), spread=spread)
     pts[::997, 0] = float("nan")
+    pts[::991, 1] = float("inf")
+    pts[::983, 2] = float("-inf")
     ours = HardVoxelizer(RANGE, SIZE, 10, max_voxels)([pts])
     ref = PointToVoxel(vsize_xyz=SIZE, coors_range_xyz=RANGE, num_point_features=5, max_num_voxels=max_voxels,
                        max_num_points_per_voxel=10)

@@ -49,7 +49,8 @@ class HardVoxelizer(nn.Module):
         f = pts.shape[1]
         cell = ((pts[:, :3] - self.pc_min) / self.size).floor()
         grid = cell.new_tensor(self.grid)
-        ok = torch.isfinite(pts[:, :3]).all(dim=1) & (cell >= 0).all(dim=1) & (cell < grid).all(dim=1)
+        # NaN fails both comparisons and +-inf one of them: no separate finiteness pass
+        ok = (cell >= 0).all(dim=1) & (cell < grid).all(dim=1)
         pts, cell = pts[ok], cell[ok].long()
         if pts.shape[0] == 0:
             return pts.new_zeros(0, f), pts.new_zeros(0, dtype=torch.long), pts.new_zeros(0, 4, dtype=torch.int32)

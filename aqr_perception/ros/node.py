@@ -22,7 +22,7 @@ counted.
 
 Path of a frame: ``_on_cloud`` -> ``_worker`` -> ``_process`` ->
 ``FramePipeline.process`` (frames/pipeline.py: conversions, sync, calibration,
-preprocess, ``DetectorRuntime.infer``) -> ``_publish`` (ros/detection_msgs.py,
+preprocess, ``DetectorRuntime.infer``) -> ``_publish`` (data/detection_cdr.py,
 ros/markers.py).
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ from visualization_msgs.msg import MarkerArray
 
 from aqr_perception.allocator import keep_freed_memory
 from aqr_perception.config import NODE_NAME, ConfigError, NodeConfig, format_validation_error, load_config
+from aqr_perception.data.detection_cdr import detection_array_cdr, routing_cdr, velocity_cdr
 from aqr_perception.detections import FrameDetections
 from aqr_perception.frames.cdr import parse_compressed_image, parse_image, parse_pointcloud2
 from aqr_perception.frames.conversions import ConversionError
@@ -60,7 +61,6 @@ from aqr_perception.msg import DetectionVelocityArray, QueryRouting
 from aqr_perception.ros.counted_subscription import counted_subscription
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
-from aqr_perception.ros.detection_msgs import detection_array_cdr, routing_cdr, velocity_cdr
 from aqr_perception.ros.diagnostics import NodeDiagnostics
 from aqr_perception.ros.markers import detection_markers, detection_markers_cdr, marker_cdr_matches
 from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters, set_refusal
@@ -435,7 +435,7 @@ class AqrPerceptionNode(LifecycleNode):
 
     def _publish(self, header: Header, det: FrameDetections, lidar_valid: bool, used: list[str],
                  masked: list[str]) -> None:
-        # serialised directly (detection_msgs: the same bytes as the built messages, a fraction of the time)
+        # serialised directly (detection_cdr: the same bytes as the built messages, a fraction of the time)
         self.pub_det.publish(detection_array_cdr(header, det, self.class_names))
         self.pub_vel.publish(velocity_cdr(header, det))
         self.pub_routing.publish(routing_cdr(header, det, lidar_valid, used, masked))

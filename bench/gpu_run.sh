@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 24's GPU run as one device command (about 7 minutes; one device call allows 10):
+#
+#   1. bench/model_gpu.py: the R50 800x320 vehicle model (and the VoV one where spconv is
+#      installed) per stage in fp32 / bf16 / fp16, eager and torch.compile (CUDA graphs),
+#      TensorRT where installed; pre- and post-processing and the node path; JPEG decoding
+#      on the CPU (the node's) against nvJPEG. -> $OUT/gpu.json, $OUT/model_gpu.log
+#   2. bench/attention.py --train: forward + backward of the fused AQR attention (the
+#      folded route on CUDA) against the dense reference, CMT's size. -> $OUT/attention_train.log
+#
+# On the GPU machine (its python3 holds a CUDA torch; no ROS there, none needed), with the
+# wheels of bench/gpu_wheels.sh carried in .whl/:
+#     bash bench/gpu_run.sh
+# Here, a quick CPU check of the same steps at tiny size (test/test_bench_gpu.py runs it):
+#     bash bench/gpu_run.sh --check
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-runs/bench/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+check=0
+[[ ${1:-} == --check ]] && check=1
+if [[ $check == 0 ]] && compgen -G ".whl/*.whl" > /dev/null; then     # cp312 wheels, for the GPU machine's Python
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/aqr_site \
+        .whl/*.whl || { echo "gpu_run: installing .whl/ failed" >&2; exit 2; }
+    export PYTHONPATH=/tmp/aqr_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}      # the package from this tree, not installed
+
+rc=0
+step() {   # step NAME TIMEOUT_S COMMAND...: run it, keep its log, go on if it fails
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (at most $limit s)"
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    local code=${PIPESTATUS[0]}
+    [[ $code == 0 ]] || { echo "== $name: exit code $code"; rc=1; }
+}
+
+if [[ $check == 1 ]]; then
+    step model_gpu 300 "$PY" bench/model_gpu.py --tiny --device cpu --dtypes fp32 --json "$OUT/gpu.json"
+    echo "== attention_train: not in --check (30 s on this CPU; test/test_fused_attention.py covers the routes)"
+    exit $rc
+fi
+{ nvidia-smi -L; "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } 2>&1 | tee "$OUT/machine.log"
+step model_gpu 400 "$PY" bench/model_gpu.py --device cuda --budget-s 360 --json "$OUT/gpu.json"
+step attention_train 150 "$PY" bench/attention.py --device cuda --train --sizes cmt --runs 5
+exit $rc
