@@ -43,6 +43,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_stages import model_arrays, time_stages  # noqa: E402
 
 CONFIGS = ["config/cmt_aqr_r50_800x320.yaml", "config/cmt_aqr_vov_1600x640.yaml"]
+#: a torch.compile row is started only with this much of the budget left (compiling the
+#: dense part took about a minute on the CPU; a row cut off by the device call's limit is lost)
+COMPILE_MIN_LEFT_S = 120.0
+
+
+class Report:
+    """The rows so far, printed as they come and rewritten to ``--json`` after each one, so
+    that a run stopped from outside (the device call's time limit) keeps what it measured."""
+
+    HEADER = (f"{'config':24s} {'dtype':5s} {'variant':14s} {'model p50/p99 ms':>18s} {'FPS':>7s} "
+              f"{'pre p50':>8s} {'post p50':>9s} {'node p50/p99 ms':>17s} {'node FPS':>9s}")
+
+    def __init__(self, device_name: str, json_path: Path | None) -> None:
+        self.device_name, self.json_path = device_name, json_path
+        self.rows: list[dict] = []
+        self.jpeg: list[dict] = []
+        self.skipped: list[str] = []
+
+    def add(self, r: dict) -> None:
+        if not self.rows:
+            print(self.HEADER)
+        self.rows.append(r)
+        m, n = r["model"], r["node_path"]
+        print(f"{r['config']:24s} {r['dtype']:5s} {r['variant']:14s} {m['p50_ms']:8.1f} / {m['p99_ms']:7.1f} "
+              f"{m['fps']:7.2f} {r['pre']['p50_ms']:8.1f} {r['post']['p50_ms']:9.2f} "
+              f"{n['p50_ms']:8.1f} / {n['p99_ms']:6.1f} {n['fps']:9.2f}", flush=True)
+        if r["stages_ms"]:
+            print("    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()), flush=True)
+        self.save()
+
+    def add_jpeg(self, rows: list[dict]) -> None:
+        for j in rows:
+            self.jpeg.append(j)
+            extra = f", mean |GPU - CPU| {j['mean_abs_diff_vs_cpu']} grey levels" if "mean_abs_diff_vs_cpu" in j else ""
+            print(f"{j['what']}: p50 {j['p50_ms']:.1f} / p99 {j['p99_ms']:.1f} ms{extra}", flush=True)
+        self.save()
+
+    def save(self) -> None:
+        if self.json_path:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.json_path.write_text(json.dumps({"device": self.device_name, "rows": self.rows, "jpeg": self.jpeg,
+                                                  "skipped": self.skipped}, indent=1))
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -138,7 +180,7 @@ def timed(fn, runs: int, sync) -> list[float]:
 
 
 def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_: bool, tensorrt: bool,
-                 deadline: float, skipped: list[str], overrides: list[str]) -> list[dict]:
+                 deadline: float, report: Report, overrides: list[str]) -> None:
     from types import SimpleNamespace
 
     from aqr_perception.config import load_config
@@ -148,12 +190,13 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     from aqr_perception.model import build_detector
     from aqr_perception.model.batching import make_inputs
 
+    skipped = report.skipped
     cfg = load_config(path, overrides).model
     try:
         model = build_detector(cfg).eval().to(device)
     except ImportError as exc:                       # a voxel model without spconv
         skipped.append(f"{cfg.name}: {exc}")
-        return []
+        return
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     sample = model_arrays(cfg, cfg.lidar.sweeps)
     inputs = make_inputs([sample], device)
@@ -174,14 +217,14 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
         routing_cdr(header, det, True, [f"CAM_{i}" for i in range(cfg.num_views)], [])
 
     post_t = timed(post, runs, sync)
-    rows = []
     variants = [(dt, None) for dt in dtypes]
     if compile_:
         variants += [(dt, "torch.compile") for dt in dtypes]
     for dtype, how in variants:
         label = f"{cfg.name} {dtype}" + (f" {how}" if how else "")
-        if time.monotonic() > deadline:
-            skipped.append(f"{label}: over the time budget")
+        left = deadline - time.monotonic()
+        if left <= 0 or (how == "torch.compile" and left < COMPILE_MIN_LEFT_S):
+            skipped.append(f"{label}: over the time budget ({max(left, 0):.0f} s left)")
             continue
         if dtype == "fp16" and device == "cpu":
             skipped.append(f"{label}: fp16 autocast is for CUDA")
@@ -196,15 +239,15 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
             continue
         model_p = percentiles(totals)
         node = [a + b + c for a, b, c in zip(pre, totals, post_t)]
-        rows.append({"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
-                     "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
-                     "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)})
+        report.add({"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
+                    "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
+                    "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)})
     if tensorrt:
-        rows += tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped)
+        for row in tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped):
+            report.add(row)
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return rows
 
 
 def compiled_predict(model):
@@ -292,32 +335,18 @@ def main(argv: list[str] | None = None) -> int:
     configs, runs = (["tiny"], 2) if args.tiny else (args.configs, args.runs)
     t0 = time.monotonic()
     deadline = t0 + args.budget_s
-    rows, skipped = [], []
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
-    print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row")
+    report = Report(name, args.json)
+    print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row", flush=True)
     sync = (lambda: torch.cuda.synchronize()) if args.device.startswith("cuda") else (lambda: None)
-    jpeg = jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync, skipped)
+    report.add_jpeg(jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync, report.skipped))
     for path in configs:
-        rows += bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny),
-                             not args.no_tensorrt, deadline, skipped, args.overrides)
-    print(f"{'config':24s} {'dtype':5s} {'variant':14s} {'model p50/p99 ms':>18s} {'FPS':>7s} "
-          f"{'pre p50':>8s} {'post p50':>9s} {'node p50/p99 ms':>17s} {'node FPS':>9s}")
-    for r in rows:
-        m, n = r["model"], r["node_path"]
-        print(f"{r['config']:24s} {r['dtype']:5s} {r['variant']:14s} {m['p50_ms']:8.1f} / {m['p99_ms']:7.1f} "
-              f"{m['fps']:7.2f} {r['pre']['p50_ms']:8.1f} {r['post']['p50_ms']:9.2f} "
-              f"{n['p50_ms']:8.1f} / {n['p99_ms']:6.1f} {n['fps']:9.2f}")
-        if r["stages_ms"]:
-            print("    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()))
-    for j in jpeg:
-        extra = f", mean |GPU - CPU| {j['mean_abs_diff_vs_cpu']} grey levels" if "mean_abs_diff_vs_cpu" in j else ""
-        print(f"{j['what']}: p50 {j['p50_ms']:.1f} / p99 {j['p99_ms']:.1f} ms{extra}")
-    for s in skipped:
+        bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny), not args.no_tensorrt,
+                     deadline, report, args.overrides)
+    for s in report.skipped:
         print(f"skipped: {s}")
     print(f"total {time.monotonic() - t0:.0f} s (budget {args.budget_s:.0f} s)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": name, "rows": rows, "jpeg": jpeg, "skipped": skipped}, indent=1))
+    report.save()
     return 0
 
 

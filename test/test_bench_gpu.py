@@ -86,3 +86,14 @@ def test_model_gpu_reports_every_precision_it_can_run_here(tmp_path):
     report = json.loads(out.read_text())
     assert [(row["dtype"], row["variant"]) for row in report["rows"]] == [("bf16", "eager")]
     assert any("fp16 autocast is for CUDA" in s for s in report["skipped"])
+
+
+def test_model_gpu_keeps_to_its_budget_and_still_writes_its_report(tmp_path):
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "model_gpu.py"), "--tiny", "--device", "cpu",
+                        "--dtypes", "fp32", "bf16", "--budget-s", "0", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["rows"] == [] and len(report["jpeg"]) == 1
+    assert sum("over the time budget" in s for s in report["skipped"]) == 2
