@@ -226,11 +226,16 @@ def test_decoder_is_mmcv_post_norm_layers_with_post_norm_not_fed_back(imported, 
     assert torch.allclose(got, torch.stack(want), atol=1e-4)
 
 
-def test_global_aqr_at_import_is_exactly_cmt(imported, official):
+#: half the range per axis (a 90x90 BEV for 180x180, the same weights): a quarter of the BEV keys and convolutions
+HALF_RANGE = ["model.point_cloud_range=[-27.0,-27.0,-5.0,27.0,27.0,3.0]", "model.bev_size=90"]
+
+
+def test_global_aqr_at_import_is_exactly_cmt(official):
     """Routers left at init (zeroed output weight): lidar_weight == camera_weight for
     every query, one bias over all keys, the softmax unchanged: AQR on == AQR off."""
-    on, _ = imported
-    off = build_detector(load_config(VOV, SMALL + ["model.aqr.enabled=false"]).model).eval()
+    on = build_detector(load_config(VOV, SMALL + HALF_RANGE).model).eval()
+    assert import_state_dict(on, official, ["aqr"]).ok
+    off = build_detector(load_config(VOV, SMALL + HALF_RANGE + ["model.aqr.enabled=false"]).model).eval()
     assert import_state_dict(off, official).ok
     inputs = random_inputs(on.cfg, points=4000, seed=3)
     with torch.no_grad():
