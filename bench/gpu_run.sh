@@ -14,7 +14,7 @@
 # Here, a quick CPU check of the same steps at tiny size (test/test_bench_gpu.py runs it):
 #     bash bench/gpu_run.sh --check
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/bench/gpu}
 mkdir -p "$OUT"
