@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Issue 24's GPU run as one device command (about 7 minutes; one device call allows 10):
+# Issue 24's GPU run, as device commands (one device call allows 10 minutes; the two parts
+# fit one each, back to back on the warm machine):
 #
-#   1. bench/model_gpu.py: the R50 800x320 vehicle model (and the VoV one where spconv is
-#      installed) per stage in fp32 / bf16 / fp16, eager and torch.compile (CUDA graphs),
-#      TensorRT where installed; pre- and post-processing and the node path; JPEG decoding
-#      on the CPU (the node's) against nvJPEG. -> $OUT/gpu.json, $OUT/model_gpu.log
-#   2. bench/attention.py --train: forward + backward of the fused AQR attention (the
-#      folded route on CUDA) against the dense reference, CMT's size. -> $OUT/attention_train.log
+#   model:    bench/model_gpu.py: the R50 800x320 vehicle model (and the VoV one where spconv
+#             is installed) per stage in fp32 / bf16 / fp16, eager and torch.compile (CUDA
+#             graphs), TensorRT where installed; pre- and post-processing and the node path;
+#             JPEG decoding on the CPU (the node's) against nvJPEG.
+#             -> $OUT/gpu.json, $OUT/model_gpu.log (about 6 minutes)
+#   training: bench/train_step.py: a batch-4 training step of the R50 model in local AQR mode,
+#             the fused attention (the folded route on CUDA) against the dense reference;
+#             bench/attention.py --train: the attention alone at CMT size.
+#             -> $OUT/train_step.json, $OUT/train_step.log, $OUT/attention_train.log (about 4 minutes)
 #
 # On the GPU machine (its python3 holds a CUDA torch; no ROS there, none needed), with the
 # wheels of bench/gpu_wheels.sh carried in .whl/:
-#     bash bench/gpu_run.sh
+#     bash bench/gpu_run.sh model          then          bash bench/gpu_run.sh training
 # Here, a quick CPU check of the same steps at tiny size (test/test_bench_gpu.py runs it):
 #     bash bench/gpu_run.sh --check
 set -uo pipefail
@@ -40,10 +44,18 @@ step() {   # step NAME TIMEOUT_S COMMAND...: run it, keep its log, go on if it f
 
 if [[ $check == 1 ]]; then
     step model_gpu 300 "$PY" bench/model_gpu.py --tiny --device cpu --dtypes fp32 --json "$OUT/gpu.json"
+    step train_step 300 "$PY" bench/train_step.py --tiny --device cpu --json "$OUT/train_step.json"
     echo "== attention_train: not in --check (30 s on this CPU; test/test_fused_attention.py covers the routes)"
     exit $rc
 fi
-{ nvidia-smi -L; "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } 2>&1 | tee "$OUT/machine.log"
-step model_gpu 400 "$PY" bench/model_gpu.py --device cuda --budget-s 360 --json "$OUT/gpu.json"
-step attention_train 150 "$PY" bench/attention.py --device cuda --train --sizes cmt --runs 5
+part=${1:-}
+[[ $part == model || $part == training ]] || { echo "usage: bench/gpu_run.sh model|training|--check" >&2; exit 2; }
+{ nvidia-smi -L; "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } 2>&1 \
+    | tee "$OUT/machine.log"
+if [[ $part == model ]]; then
+    step model_gpu 420 "$PY" bench/model_gpu.py --device cuda --budget-s 360 --json "$OUT/gpu.json"
+else
+    step train_step 240 "$PY" bench/train_step.py --device cuda --json "$OUT/train_step.json"
+    step attention_train 240 "$PY" bench/attention.py --device cuda --train --sizes cmt --runs 5
+fi
 exit $rc

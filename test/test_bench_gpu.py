@@ -74,6 +74,12 @@ def test_the_gpu_run_checks_out_at_tiny_size_on_the_cpu_without_ros(tmp_path):
     assert any("TensorRT" in s for s in report["skipped"])
     log = (out / "model_gpu.log").read_text()
     assert "cmt_aqr_tiny" in log and "node p50/p99" in log and "6 JPEGs" in log
+    # the training step, fused against dense, from the same weights and the same DN noise
+    train = json.loads((out / "train_step.json").read_text())
+    assert train["config"] == "cmt_aqr_tiny" and train["mode"] == "local"
+    fused, dense = train["rows"]["fused"], train["rows"]["dense"]
+    assert fused["step_s"] > 0 and dense["step_s"] > 0
+    assert abs(fused["first_loss"] - dense["first_loss"]) <= 1e-3 * abs(dense["first_loss"])   # no dropout in tiny
 
 
 def test_model_gpu_reports_every_precision_it_can_run_here(tmp_path):

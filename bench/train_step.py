@@ -1,0 +1,136 @@
+"""One training step of the vehicle model, the fused AQR attention against the dense reference.
+
+Issue 24: local-mode training takes the fused attention's folded route on CUDA (its window
+gather once ran per sample: 0.38 s against 0.14 s for dense per batch-4 step on an H100).
+This times the whole step as training/engine.py's ``train_step`` runs it, without the
+augmentations (random, and not what is compared): the forward in training mode with the
+denoising queries, ``detection_loss``, the backward, gradient clipping and one AdamW step, on
+a batch of LiDAR-like clouds (bench/model_stages.py's) with random images and ten random
+GT boxes per sample. The two attentions start from the same weights and take turns step
+by step, so that the machine's drift hits both alike; reported: the median step time and
+the peak memory of each (CUDA), and the two first-step losses (the same seed for both:
+equal but for dropout, whose masks the two routes draw differently).
+
+    python bench/train_step.py --device cuda [--config config/cmt_aqr_r50_800x320.yaml] [--batch 4]
+    python bench/train_step.py --tiny --device cpu        (a CPU check: tiny config, batch 1)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_stages import model_arrays  # noqa: E402
+
+#: GT boxes per sample, inside the inner half of the range (the assigner sees real matches)
+GT_PER_SAMPLE = 10
+
+
+def random_targets(cfg, batch: int, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(batch) x (GT_PER_SAMPLE, 9) boxes ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` and labels."""
+    g = torch.Generator().manual_seed(seed)
+    r = cfg.point_cloud_range
+    boxes, labels = [], []
+    for _ in range(batch):
+        n = GT_PER_SAMPLE
+        xy = (torch.rand(n, 2, generator=g) - 0.5) * torch.tensor([r[3] - r[0], r[4] - r[1]]) * 0.5
+        z = torch.rand(n, 1, generator=g) - 1.0
+        size = torch.rand(n, 3, generator=g) * torch.tensor([4.0, 2.0, 1.5]) + 0.5
+        yaw = (torch.rand(n, 1, generator=g) - 0.5) * 2 * np.pi
+        vel = torch.randn(n, 2, generator=g)
+        boxes.append(torch.cat([xy, z, size, yaw, vel], 1))
+        labels.append(torch.randint(0, len(cfg.classes), (n,), generator=g))
+    return boxes, labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config/cmt_aqr_r50_800x320.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--mode", choices=["local", "global"], default="local", help="the AQR bias mode trained")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of each attention (after one warm-up)")
+    parser.add_argument("--tiny", action="store_true", help="tiny config, batch 1, one timed step (a CPU check)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from aqr_perception.config import load_config
+    from aqr_perception.model import build_detector
+    from aqr_perception.model.batching import make_inputs
+    from aqr_perception.model.losses import detection_loss
+
+    config, batch, steps = ("tiny", 1, 1) if args.tiny else (args.config, args.batch, args.steps)
+    base = load_config(config, args.overrides + [f"model.aqr.mode={args.mode}"])
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    runs = {}
+    for attention in ("fused", "dense"):
+        torch.manual_seed(0)                       # the attention has no parameters: the same weights
+        model = build_detector(base.model.model_copy(update={"attention": attention})).to(device).train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=base.train.lr,
+                                weight_decay=base.train.weight_decay)
+        runs[attention] = {"model": model, "opt": opt, "times": [], "losses": []}
+    same = all(torch.equal(a, b) for a, b in zip(runs["fused"]["model"].state_dict().values(),
+                                                 runs["dense"]["model"].state_dict().values()))
+    assert same, "the two models must start from the same weights"
+    sample = model_arrays(base.model, base.model.lidar.sweeps)
+    inputs = make_inputs([sample] * batch, device)
+    gt_boxes, gt_labels = random_targets(base.model, batch)
+    gt_boxes = [b.to(device) for b in gt_boxes]
+    gt_labels = [lab.to(device) for lab in gt_labels]
+
+    def step(run: dict, seed: int) -> float:
+        model, opt = run["model"], run["opt"]
+        torch.manual_seed(seed)                    # the same DN noise for both attentions
+        sync()
+        t0 = time.perf_counter()
+        losses = detection_loss(model(inputs, gt_boxes, gt_labels), gt_boxes, gt_labels, model.cfg)
+        opt.zero_grad(set_to_none=True)
+        losses.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), base.train.grad_clip)
+        opt.step()
+        sync()
+        run["losses"].append(float(losses.total.detach()))
+        return time.perf_counter() - t0
+
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    print(f"bench/train_step.py on {name}: {base.model.name}, AQR {args.mode} mode, batch {batch}, "
+          f"{steps} timed steps each (+1 warm-up), torch {torch.__version__}", flush=True)
+    for i in range(steps + 1):                     # taking turns; step 0 is the warm-up
+        for run in runs.values():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            t = step(run, seed=i)
+            if i > 0:
+                run["times"].append(t)
+            if cuda:
+                run["peak_mib"] = max(run.get("peak_mib", 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
+    rows = {}
+    for attention, run in runs.items():
+        rows[attention] = {"step_s": round(statistics.median(run["times"]), 4),
+                           "first_loss": round(run["losses"][0], 5),
+                           **({"peak_mib": round(run["peak_mib"], 1)} if cuda else {})}
+        mem = f", peak {rows[attention]['peak_mib']:.0f} MiB" if cuda else ""
+        print(f"  {attention:5s}: {rows[attention]['step_s']:.3f} s per step{mem}, first loss "
+              f"{rows[attention]['first_loss']:.5f}", flush=True)
+    ratio = rows["fused"]["step_s"] / rows["dense"]["step_s"]
+    print(f"  fused / dense step time {ratio:.2f}x (target <= 1.0x on CUDA)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": name, "config": base.model.name, "mode": args.mode,
+                                         "batch": batch, "steps": steps, "rows": rows,
+                                         "fused_over_dense": round(ratio, 3)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
