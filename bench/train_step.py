@@ -2,11 +2,12 @@
 
 Issue 24: local-mode training takes the fused attention's folded route on CUDA (its window
 gather once ran per sample: 0.38 s against 0.14 s for dense per batch-4 step on an H100).
-This times the whole step as training/engine.py's ``train_step`` runs it, without the
-augmentations (random, and not what is compared): the forward in training mode with the
-denoising queries, ``detection_loss``, the backward, gradient clipping and one AdamW step, on
-a batch of LiDAR-like clouds (bench/model_stages.py's) with random images and ten random
-GT boxes per sample. The two attentions start from the same weights and take turns step
+This times training/engine.py's ``train_step`` itself (the copy to the device, the
+forward in training mode with the denoising queries, ``detection_loss``, the backward,
+gradient clipping and one AdamW step) with the augmentations and modality drops turned off
+(random, and not what is compared: a dropped LiDAR changes a step's cost), on a batch of
+LiDAR-like clouds (bench/model_stages.py's) with random images and ten random GT boxes per
+sample. The two attentions start from the same weights and take turns step
 by step, so that the machine's drift hits both alike; reported: the median step time and
 the peak memory of each (CUDA), and the two first-step losses (the same seed for both:
 equal but for dropout, whose masks the two routes draw differently).
@@ -31,6 +32,10 @@ from model_stages import model_arrays  # noqa: E402
 
 #: GT boxes per sample, inside the inner half of the range (the assigner sees real matches)
 GT_PER_SAMPLE = 10
+#: training's random augmentations and modality drops, off (train_step then draws nothing for them)
+NO_AUGMENTATION = ["train.aug_rotation=0.0", "train.aug_scale=[1.0,1.0]", "train.aug_flip_p=0.0",
+                   "train.drop_images_p=0.0", "train.drop_lidar_p=0.0", "train.drop_view_p=0.0",
+                   "train.drop_intensity_p=0.0"]
 
 
 def random_targets(cfg, batch: int, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -65,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     from aqr_perception.config import load_config
     from aqr_perception.model import build_detector
     from aqr_perception.model.batching import make_inputs
-    from aqr_perception.model.losses import detection_loss
+    from aqr_perception.training.engine import TrainRun, train_step
 
     config, batch, steps = ("tiny", 1, 1) if args.tiny else (args.config, args.batch, args.steps)
-    base = load_config(config, args.overrides + [f"model.aqr.mode={args.mode}"])
+    base = load_config(config, args.overrides + [f"model.aqr.mode={args.mode}", *NO_AUGMENTATION])
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -78,47 +83,42 @@ def main(argv: list[str] | None = None) -> int:
         model = build_detector(base.model.model_copy(update={"attention": attention})).to(device).train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=base.train.lr,
                                 weight_decay=base.train.weight_decay)
-        runs[attention] = {"model": model, "opt": opt, "times": [], "losses": []}
-    same = all(torch.equal(a, b) for a, b in zip(runs["fused"]["model"].state_dict().values(),
-                                                 runs["dense"]["model"].state_dict().values()))
+        run = TrainRun(base, model, model, opt, device, Path("."), rank=0, world=1, step=0, total=steps + 1, meta={},
+                       aug_gen=torch.Generator(), t0=time.monotonic())
+        runs[attention] = {"run": run, "times": [], "losses": []}
+    same = all(torch.equal(a, b) for a, b in zip(runs["fused"]["run"].model.state_dict().values(),
+                                                 runs["dense"]["run"].model.state_dict().values()))
     assert same, "the two models must start from the same weights"
     sample = model_arrays(base.model, base.model.lidar.sweeps)
-    inputs = make_inputs([sample] * batch, device)
+    inputs = make_inputs([sample] * batch)         # on the CPU, as the loader gives them: train_step moves them
     gt_boxes, gt_labels = random_targets(base.model, batch)
-    gt_boxes = [b.to(device) for b in gt_boxes]
-    gt_labels = [lab.to(device) for lab in gt_labels]
 
-    def step(run: dict, seed: int) -> float:
-        model, opt = run["model"], run["opt"]
+    def step(entry: dict, seed: int) -> float:
         torch.manual_seed(seed)                    # the same DN noise for both attentions
         sync()
         t0 = time.perf_counter()
-        losses = detection_loss(model(inputs, gt_boxes, gt_labels), gt_boxes, gt_labels, model.cfg)
-        opt.zero_grad(set_to_none=True)
-        losses.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), base.train.grad_clip)
-        opt.step()
+        losses = train_step(entry["run"], inputs, gt_boxes, gt_labels)
         sync()
-        run["losses"].append(float(losses.total.detach()))
+        entry["losses"].append(float(losses.total.detach()))
         return time.perf_counter() - t0
 
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"bench/train_step.py on {name}: {base.model.name}, AQR {args.mode} mode, batch {batch}, "
           f"{steps} timed steps each (+1 warm-up), torch {torch.__version__}", flush=True)
     for i in range(steps + 1):                     # taking turns; step 0 is the warm-up
-        for run in runs.values():
+        for entry in runs.values():
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            t = step(run, seed=i)
+            t = step(entry, seed=i)
             if i > 0:
-                run["times"].append(t)
+                entry["times"].append(t)
             if cuda:
-                run["peak_mib"] = max(run.get("peak_mib", 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
+                entry["peak_mib"] = max(entry.get("peak_mib", 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
     rows = {}
-    for attention, run in runs.items():
-        rows[attention] = {"step_s": round(statistics.median(run["times"]), 4),
-                           "first_loss": round(run["losses"][0], 5),
-                           **({"peak_mib": round(run["peak_mib"], 1)} if cuda else {})}
+    for attention, entry in runs.items():
+        rows[attention] = {"step_s": round(statistics.median(entry["times"]), 4),
+                           "first_loss": round(entry["losses"][0], 5),
+                           **({"peak_mib": round(entry["peak_mib"], 1)} if cuda else {})}
         mem = f", peak {rows[attention]['peak_mib']:.0f} MiB" if cuda else ""
         print(f"  {attention:5s}: {rows[attention]['step_s']:.3f} s per step{mem}, first loss "
               f"{rows[attention]['first_loss']:.5f}", flush=True)
