@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from camera_images import TYPICAL_NOISE, gradient_images  # noqa: E402
 from model_stages import model_arrays, time_stages  # noqa: E402
 
 CONFIGS = ["config/cmt_aqr_r50_800x320.yaml", "config/cmt_aqr_vov_1600x640.yaml"]
@@ -104,19 +105,12 @@ def camera_frames(n: int = 6) -> tuple[list[np.ndarray], list[np.ndarray], list[
             [c.lidar_to_camera for c in rig])
 
 
-#: +- grey levels of noise on gradients: ~200 kB JPEGs at quality 85 (as bench/node_io.py's "typical")
-JPEG_NOISE = 11
-
-
 def typical_jpegs(n: int = 6) -> list[bytes]:
-    """``n`` 1600x900 JPEGs (quality 85) of gradients with a little noise, ~200 kB each."""
+    """``n`` 1600x900 JPEGs (quality 85) of bench/node_io.py's typical content, ~200 kB each."""
     import cv2
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:900, 0:1600]
-    base = np.stack([(xx / 7) % 255, (yy / 4) % 255, (xx + yy) / 10 % 255], -1).astype(np.int16)
-    return [cv2.imencode(".jpg", np.clip(base + rng.integers(-JPEG_NOISE, JPEG_NOISE, base.shape), 0, 255)
-                         .astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes() for _ in range(n)]
+    return [cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+            for img in gradient_images(np.random.default_rng(0), TYPICAL_NOISE, n)]
 
 
 def jpeg_rows(cfg, device: str, runs: int, sync, skipped: list[str]) -> list[dict]:

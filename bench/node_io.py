@@ -23,6 +23,7 @@ import statistics
 import time
 
 import numpy as np
+from camera_images import TYPICAL_NOISE, gradient_images
 
 
 def median_ms(fn, runs: int) -> float:
@@ -46,8 +47,6 @@ def median_ms_and_faults(fn, runs: int) -> tuple[float, float]:
 
 
 TAKE_TOPIC = "/aqr_bench/take"
-#: +- grey levels of noise on the "typical" JPEGs' content: ~200 kB at quality 85, nuScenes' size
-TYPICAL_NOISE = 11
 
 
 def publish_for_take(kind: str, count: int) -> None:
@@ -179,14 +178,10 @@ def main() -> None:
     store = project_typestore()
     rng = np.random.default_rng(0)
     cams = nuscenes_like_rig(1600, 900)
-    # realistic-looking content (gradients + noise) so that JPEG sizes are typical
-    yy, xx = np.mgrid[0:900, 0:1600]
-    base = np.stack([(xx / 7) % 255, (yy / 4) % 255, (xx + yy) / 10 % 255], -1).astype(np.uint8)
     ser = lambda msg, t: bytes(store.serialize_cdr(msg, t))  # noqa: E731
 
-    def with_noise(amplitude: int) -> list[np.ndarray]:
-        return [np.clip(base.astype(np.int16) + rng.integers(-amplitude, amplitude, base.shape), 0, 255)
-                .astype(np.uint8) for _ in cams]
+    def with_noise(amplitude: int) -> list[np.ndarray]:      # realistic-looking content: typical JPEG sizes
+        return gradient_images(rng, amplitude, len(cams))
 
     def jpegs(imgs: list[np.ndarray]) -> list[bytes]:
         return [ser(M.compressed_image(0, c.name, im, 85), "sensor_msgs/msg/CompressedImage")
