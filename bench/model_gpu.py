@@ -161,6 +161,11 @@ def jpeg_rows(cfg, device: str, runs: int, sync, skipped: list[str]) -> list[dic
     return rows
 
 
+def device_sync(device: str):
+    """What waits for the device's queued work before a clock is read (nothing on the CPU)."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
 def timed(fn, runs: int, sync) -> list[float]:
     fn()
     out = []
@@ -191,7 +196,7 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     except ImportError as exc:                       # a voxel model without spconv
         skipped.append(f"{cfg.name}: {exc}")
         return
-    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    sync = device_sync(device)
     sample = model_arrays(cfg, cfg.lidar.sweeps)
     inputs = make_inputs([sample], device)
     images, Ks, exts = camera_frames(cfg.num_views)
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     report = Report(name, args.json)
     print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row", flush=True)
-    sync = (lambda: torch.cuda.synchronize()) if args.device.startswith("cuda") else (lambda: None)
+    sync = device_sync(args.device)
     report.add_jpeg(jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync, report.skipped))
     for path in configs:
         bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny), not args.no_tensorrt,

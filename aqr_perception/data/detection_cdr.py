@@ -8,8 +8,9 @@ through raw publishers. Building and converting ~100 Python Detection3D objects 
 cost more than the rest of the node's output path.
 
 No ROS message packages here (numpy and frames/cdr.py only), so the output path also
-runs where no ROS is installed: bench/model_gpu.py times it on the GPU machine. The box
-convention is ros/detection_msgs.py's.
+runs where no ROS is installed: bench/model_gpu.py times it on the GPU machine. Boxes are
+``FrameDetections.boxes`` (detections.py), ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` in the
+LiDAR frame: the pose is the gravity centre and the yaw quaternion, the size (dx, dy, dz).
 """
 from __future__ import annotations
 
