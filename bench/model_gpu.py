@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_images import TYPICAL_NOISE, gradient_images  # noqa: E402
-from model_stages import model_arrays, time_stages  # noqa: E402
+from model_stages import device_sync, model_arrays, time_stages  # noqa: E402
 
 CONFIGS = ["config/cmt_aqr_r50_800x320.yaml", "config/cmt_aqr_vov_1600x640.yaml"]
 #: a torch.compile row is started only with this much of the budget left (compiling the
@@ -159,11 +159,6 @@ def jpeg_rows(cfg, device: str, runs: int, sync, skipped: list[str]) -> list[dic
     except Exception as exc:                          # noqa: BLE001  (report and go on: the run must finish)
         skipped.append(f"JPEG on the GPU (nvJPEG): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     return rows
-
-
-def device_sync(device: str):
-    """What waits for the device's queued work before a clock is read (nothing on the CPU)."""
-    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
 def timed(fn, runs: int, sync) -> list[float]:

@@ -97,6 +97,11 @@ def autocast_for(device: str, dtype: str):
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
+def device_sync(device: str):
+    """What waits for the device's queued work before a clock is read (nothing on the CPU)."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
 def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None, stages: bool = True
                 ) -> tuple[list[float], dict[str, float]]:
     """Seconds of each of ``runs`` predicts (after one warm-up) and the median ms per stage.
@@ -104,7 +109,7 @@ def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None,
     hooks on ``model``'s modules; ``stages=False`` times the whole call only, as a compiled
     callable needs (dynamo would trace the hooks into its graph: graph breaks and recompiles)."""
     spent: dict[str, list[float]] = defaultdict(list)
-    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    sync = device_sync(device)
     hooks = []
     for label, names in STAGES.items() if stages else ():
         for name in (names if isinstance(names, tuple) else (names,)):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_stages import model_arrays  # noqa: E402
+from model_stages import device_sync, model_arrays  # noqa: E402
 
 #: GT boxes per sample, inside the inner half of the range (the assigner sees real matches)
 GT_PER_SAMPLE = 10
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(config, args.overrides + [f"model.aqr.mode={args.mode}", *NO_AUGMENTATION])
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = device_sync(args.device)
     runs = {}
     for attention in ("fused", "dense"):
         torch.manual_seed(0)                       # the attention has no parameters: the same weights
