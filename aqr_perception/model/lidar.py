@@ -63,21 +63,24 @@ class PillarVoxelizer(nn.Module):
         self.sampling = sampling
 
     def _single(self, pts: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor]:
+        # The point rows are gathered once, at the end: the kept points' source rows are an
+        # index composed through the inside / sort / keep steps (each whole-cloud gather of
+        # the (N, F) rows cost ~1 ms at 167k points; 1-D index gathers are a fifth of that).
         # NaN and +-inf fail these comparisons: non-finite points drop out with the outside ones
         xyz = pts[:, :3]
         inside = ((xyz >= self.pc_min) & (xyz < self.pc_max)).all(dim=1)
-        pts = pts[inside]
+        src = inside.nonzero().squeeze(1)                                  # (N_in,) rows inside
         f = pts.shape[1]
-        if pts.shape[0] == 0:
+        if src.shape[0] == 0:
             return pts.new_zeros(0, self.max_points, f), pts.new_zeros(0, dtype=torch.long), \
                 pts.new_zeros(0, 3, dtype=torch.long)
-        cell = ((pts[:, :2] - self.pc_min[:2]) / self.size).floor().long()
+        cell = ((pts[src, :2] - self.pc_min[:2]) / self.size).floor().long()
         cell[:, 0].clamp_(0, self.nx - 1)
         cell[:, 1].clamp_(0, self.ny - 1)
         pid = cell[:, 1] * self.nx + cell[:, 0]
         # the same stable order; int32 keys sort faster (65k points: 0.8 vs 1.2 ms)
         order = torch.argsort(pid.int() if self.nx * self.ny < 2**31 else pid, stable=True)
-        pid, pts = pid[order], pts[order]
+        pid, src = pid[order], src[order]
         uniq, inverse, counts = torch.unique_consecutive(pid, return_inverse=True, return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(pid.shape[0], device=pid.device) - starts[inverse]
@@ -97,11 +100,11 @@ class PillarVoxelizer(nn.Module):
             k = torch.div(rank * m + n - 1, n, rounding_mode="floor")
             hit = torch.div(k * n, m, rounding_mode="floor") == rank
             slot = torch.where(n > m, torch.where(hit, k, torch.full_like(k, m)), rank)
-        keep = (inverse >= 0) & (slot < m)
-        feats = pts.new_zeros(uniq.shape[0], m, f)
-        feats[inverse[keep], slot[keep]] = pts[keep]
+        keep = ((inverse >= 0) & (slot < m)).nonzero().squeeze(1)
+        feats = pts.new_zeros(uniq.shape[0] * m, f)
+        feats[inverse[keep] * m + slot[keep]] = pts[src[keep]]
         coords = torch.stack([torch.full_like(uniq, b), uniq // self.nx, uniq % self.nx], dim=1)
-        return feats, counts.clamp(max=self.max_points), coords
+        return feats.view(-1, m, f), counts.clamp(max=self.max_points), coords
 
     @torch.no_grad()
     def forward(self, points: list[Tensor]) -> Pillars:

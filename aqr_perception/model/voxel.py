@@ -50,14 +50,14 @@ class HardVoxelizer(nn.Module):
         cell = ((pts[:, :3] - self.pc_min) / self.size).floor()
         grid = cell.new_tensor(self.grid)
         # NaN fails both comparisons and +-inf one of them: no separate finiteness pass
-        ok = (cell >= 0).all(dim=1) & (cell < grid).all(dim=1)
-        pts, cell = pts[ok], cell[ok].long()
-        if pts.shape[0] == 0:
+        src = ((cell >= 0).all(dim=1) & (cell < grid).all(dim=1)).nonzero().squeeze(1)   # rows inside
+        cell = cell[src].long()
+        if src.shape[0] == 0:
             return pts.new_zeros(0, f), pts.new_zeros(0, dtype=torch.long), pts.new_zeros(0, 4, dtype=torch.int32)
         nx, ny, _ = self.grid
         vid = (cell[:, 2] * ny + cell[:, 1]) * nx + cell[:, 0]
         uniq, inverse = torch.unique(vid, return_inverse=True)
-        n = pts.shape[0]
+        n = src.shape[0]
         order_idx = torch.arange(n, device=pts.device)
         first = torch.full((uniq.shape[0],), n, dtype=torch.long, device=pts.device)
         first = first.scatter_reduce(0, inverse, order_idx, reduce="amin")
@@ -71,9 +71,10 @@ class HardVoxelizer(nn.Module):
         starts = torch.cumsum(counts, 0) - counts
         rank_in_voxel = torch.empty_like(sort)
         rank_in_voxel[sort] = torch.arange(n, device=pts.device) - starts[slot_voxel[sort]]
-        keep = (rank_in_voxel < self.max_points) & (slot_voxel < self.max_voxels)
+        keep = ((rank_in_voxel < self.max_points) & (slot_voxel < self.max_voxels)).nonzero().squeeze(1)
         nv = min(first.shape[0], self.max_voxels)
-        sums = pts.new_zeros(nv, f).index_add_(0, slot_voxel[keep], pts[keep])
+        # the kept rows in one gather from the input (not the inside rows first, then these)
+        sums = pts.new_zeros(nv, f).index_add_(0, slot_voxel[keep], pts[src[keep]])
         num = counts[:nv].clamp(max=self.max_points)
         # the cell of voxel k is the cell of its first point
         first_point = first[by_first[:nv]]
