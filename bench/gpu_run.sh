@@ -6,11 +6,12 @@
 #             is installed) per stage in fp32 / bf16 / fp16, eager and torch.compile (CUDA
 #             graphs), TensorRT where installed; pre- and post-processing and the node path;
 #             JPEG decoding on the CPU (the node's) against nvJPEG.
-#             -> $OUT/gpu.json, $OUT/model_gpu.log (about 6 minutes)
+#             -> $OUT/gpu.json, $OUT/model_gpu.log (at most 400 s)
 #   training: bench/train_step.py: a batch-4 training step of the R50 model in local AQR mode,
 #             the fused attention (the folded route on CUDA) against the dense reference;
 #             bench/attention.py --train: the attention alone at CMT size.
-#             -> $OUT/train_step.json, $OUT/train_step.log, $OUT/attention_train.log (about 4 minutes)
+#             -> $OUT/train_step.json, $OUT/train_step.log, $OUT/attention_train.log (at most 330 s)
+# The two together, with the machine's start, fit the 15 device minutes a task is lent.
 #
 # On the GPU machine (its python3 holds a CUDA torch; no ROS there, none needed), with the
 # wheels of bench/gpu_wheels.sh carried in .whl/:
@@ -31,6 +32,11 @@ if [[ $check == 0 ]] && compgen -G ".whl/*.whl" > /dev/null; then     # cp312 wh
     export PYTHONPATH=/tmp/aqr_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}      # the package from this tree, not installed
+if [[ $check == 0 ]]; then      # before the long steps: a missing wheel would fail each of them at its first import
+    "$PY" -c "import pydantic, simplejpeg, aqr_perception.config, aqr_perception.model" 2>&1 | tail -3
+    [[ ${PIPESTATUS[0]} == 0 ]] || { echo "gpu_run: the package does not import here (run bench/gpu_wheels.sh" \
+        "on the dev machine and carry .whl/)" >&2; exit 2; }
+fi
 
 rc=0
 step() {   # step NAME TIMEOUT_S COMMAND...: run it, keep its log, go on if it fails
@@ -53,9 +59,9 @@ part=${1:-}
 { nvidia-smi -L; "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } 2>&1 \
     | tee "$OUT/machine.log"
 if [[ $part == model ]]; then
-    step model_gpu 420 "$PY" bench/model_gpu.py --device cuda --budget-s 360 --json "$OUT/gpu.json"
+    step model_gpu 400 "$PY" bench/model_gpu.py --device cuda --budget-s 330 --json "$OUT/gpu.json"
 else
-    step train_step 240 "$PY" bench/train_step.py --device cuda --json "$OUT/train_step.json"
-    step attention_train 240 "$PY" bench/attention.py --device cuda --train --sizes cmt --runs 5
+    step train_step 180 "$PY" bench/train_step.py --device cuda --json "$OUT/train_step.json"
+    step attention_train 150 "$PY" bench/attention.py --device cuda --train --sizes cmt --runs 5
 fi
 exit $rc

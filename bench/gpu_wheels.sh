@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-.venv/bin/python}
-PACKAGES=(pydantic pydantic_core annotated_types typing_inspection simplejpeg)
+# typing_extensions too: pydantic 2.14 needs a recent one (4.12/4.13 lack Sentinel) and the image's version is unknown
+PACKAGES=(pydantic pydantic_core annotated_types typing_inspection typing_extensions simplejpeg)
 pins=()
 for p in "${PACKAGES[@]}"; do
     pins+=("$p==$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$p")")

@@ -4,7 +4,8 @@ For each config (default: the R50 800x320 vehicle model and the published VoV 16
 and each precision (fp32, bf16, fp16 autocast; the position encodings stay in fp32, as
 mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
 
-* the model alone (``predict``), with its stages (image backbone, LiDAR, decoder, ...);
+* the model alone (``predict``, timed without hooks), with its stages (image backbone,
+  LiDAR, decoder, ...; from a separate short run whose hooks synchronise at every stage);
 * pre-processing: 6 camera images at 1600x900 resized and cropped to the model input with
   lidar2img folded in, the cloud to the model's points, and the copy to the device
   (``frames.preprocess.build_model_arrays`` + ``make_inputs``, what the node does);
@@ -14,7 +15,8 @@ mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
 * camera input from JPEG (six ~200 kB 1600x900 images, nuScenes' size): decoded on the
   CPU as the node does (reduced DCT decode, the camera thread pool) against a batch decoded
   on the GPU by nvJPEG (``torchvision.io.decode_jpeg``) and resized there; the node has no
-  GPU decoding yet, so this row says whether it should;
+  GPU decoding yet, so this row says whether it should (measured last: a CUDA error there
+  would spoil the rows after it);
 
 then the same with ``torch.compile`` (``mode="reduce-overhead"``: CUDA graphs) of the
 dense part (everything after the BEV canvas), and TensorRT through ONNX when
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -45,8 +48,16 @@ from model_stages import device_sync, model_arrays, time_stages  # noqa: E402
 
 CONFIGS = ["config/cmt_aqr_r50_800x320.yaml", "config/cmt_aqr_vov_1600x640.yaml"]
 #: a torch.compile row is started only with this much of the budget left (compiling the
-#: dense part took about a minute on the CPU; a row cut off by the device call's limit is lost)
+#: dense part took about a minute on the CPU; a row cut off by the device call's limit is lost),
+#: and after the first compiled row, with COMPILE_MARGIN times that row's time left
 COMPILE_MIN_LEFT_S = 120.0
+COMPILE_MARGIN = 1.3
+#: untimed calls before a compiled row is timed: compiling, then CUDA graph trees warm up
+#: and record (mode="reduce-overhead"), which would otherwise land in the timed runs' p99
+COMPILE_WARMUP = 3
+#: runs of the hooked pass that gives an eager row its stages (its totals come from a pass
+#: without hooks: on CUDA each hook synchronises, which the model alone does not)
+STAGE_RUNS = 5
 
 
 class Report:
@@ -56,8 +67,9 @@ class Report:
     HEADER = (f"{'config':24s} {'dtype':5s} {'variant':14s} {'model p50/p99 ms':>18s} {'FPS':>7s} "
               f"{'pre p50':>8s} {'post p50':>9s} {'node p50/p99 ms':>17s} {'node FPS':>9s}")
 
-    def __init__(self, device_name: str, json_path: Path | None) -> None:
+    def __init__(self, device_name: str, json_path: Path | None, settings: dict | None = None) -> None:
         self.device_name, self.json_path = device_name, json_path
+        self.settings = settings or {}
         self.rows: list[dict] = []
         self.jpeg: list[dict] = []
         self.skipped: list[str] = []
@@ -82,10 +94,13 @@ class Report:
         self.save()
 
     def save(self) -> None:
+        """Written whole and renamed over the old file: a run killed mid-write keeps the last one."""
         if self.json_path:
             self.json_path.parent.mkdir(parents=True, exist_ok=True)
-            self.json_path.write_text(json.dumps({"device": self.device_name, "rows": self.rows, "jpeg": self.jpeg,
-                                                  "skipped": self.skipped}, indent=1))
+            tmp = self.json_path.with_name(self.json_path.name + ".tmp")
+            tmp.write_text(json.dumps({"device": self.device_name, "settings": self.settings, "rows": self.rows,
+                                       "jpeg": self.jpeg, "skipped": self.skipped}, indent=1))
+            os.replace(tmp, self.json_path)
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -214,22 +229,33 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     variants = [(dt, None) for dt in dtypes]
     if compile_:
         variants += [(dt, "torch.compile") for dt in dtypes]
+    compile_need_s, compile_failed = COMPILE_MIN_LEFT_S, None
     for dtype, how in variants:
         label = f"{cfg.name} {dtype}" + (f" {how}" if how else "")
         left = deadline - time.monotonic()
-        if left <= 0 or (how == "torch.compile" and left < COMPILE_MIN_LEFT_S):
-            skipped.append(f"{label}: over the time budget ({max(left, 0):.0f} s left)")
+        if left <= 0 or (how == "torch.compile" and left < compile_need_s):
+            skipped.append(f"{label}: over the time budget ({max(left, 0):.0f} s left"
+                           + (f", a compiled row needs {compile_need_s:.0f} s)" if how else ")"))
+            continue
+        if how == "torch.compile" and compile_failed:
+            skipped.append(f"{label}: not tried, compiling failed for {compile_failed}")
             continue
         if dtype == "fp16" and device == "cpu":
             skipped.append(f"{label}: fp16 autocast is for CUDA")
             continue
-        predict = None
-        if how == "torch.compile":
-            predict = compiled_predict(model)
+        t_row = time.monotonic()
         try:
-            totals, stages = time_stages(model, inputs, runs, device, dtype, predict, stages=predict is None)
+            if how == "torch.compile":
+                totals, stages = time_stages(model, inputs, runs, device, dtype, compiled_predict(model),
+                                             stages=False, warmup=COMPILE_WARMUP)
+                compile_need_s = max(compile_need_s, COMPILE_MARGIN * (time.monotonic() - t_row))
+            else:
+                totals, _ = time_stages(model, inputs, runs, device, dtype, stages=False)
+                _, stages = time_stages(model, inputs, min(runs, STAGE_RUNS), device, dtype)
         except Exception as exc:                     # report and go on: the run must finish
             skipped.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            if how == "torch.compile":
+                compile_failed = dtype
             continue
         model_p = percentiles(totals)
         node = [a + b + c for a, b, c in zip(pre, totals, post_t)]
@@ -330,13 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     deadline = t0 + args.budget_s
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
-    report = Report(name, args.json)
-    print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row", flush=True)
+    settings = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    report = Report(name, args.json, settings)
+    print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row; "
+          f"TF32 matmul {settings['tf32_matmul']}, convolutions {settings['tf32_cudnn']}", flush=True)
     sync = device_sync(args.device)
-    report.add_jpeg(jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync, report.skipped))
     for path in configs:
         bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny), not args.no_tensorrt,
                      deadline, report, args.overrides)
+    # last: a sticky CUDA error in nvJPEG would spoil every row measured after it
+    report.add_jpeg(jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync, report.skipped))
     for s in report.skipped:
         print(f"skipped: {s}")
     print(f"total {time.monotonic() - t0:.0f} s (budget {args.budget_s:.0f} s)")

@@ -102,11 +102,12 @@ def device_sync(device: str):
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
-def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None, stages: bool = True
-                ) -> tuple[list[float], dict[str, float]]:
-    """Seconds of each of ``runs`` predicts (after one warm-up) and the median ms per stage.
-    ``predict`` replaces ``model.predict`` (a runtime's forward, say). Stages are timed by
-    hooks on ``model``'s modules; ``stages=False`` times the whole call only, as a compiled
+def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None, stages: bool = True,
+                warmup: int = 1) -> tuple[list[float], dict[str, float]]:
+    """Seconds of each of ``runs`` predicts (after ``warmup`` untimed ones) and the median ms
+    per stage. ``predict`` replaces ``model.predict`` (a runtime's forward, say). Stages are
+    timed by hooks on ``model``'s modules (on CUDA each hook synchronises: the totals of such
+    a run include those waits); ``stages=False`` times the whole call only, as a compiled
     callable needs (dynamo would trace the hooks into its graph: graph breaks and recompiles)."""
     spent: dict[str, list[float]] = defaultdict(list)
     sync = device_sync(device)
@@ -129,7 +130,7 @@ def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None,
     predict = predict or model.predict
     totals, per_stage = [], defaultdict(list)
     try:
-        for run in range(runs + 1):                     # the first run warms up
+        for run in range(runs + warmup):                # the first ``warmup`` runs are not timed
             for k in [k for k in spent if k.endswith("#acc")]:
                 spent[k] = []
             sync()
@@ -137,7 +138,7 @@ def time_stages(model, inputs, runs: int, device: str, dtype: str, predict=None,
             with torch.inference_mode(), autocast_for(device, dtype):
                 predict(inputs)
             sync()
-            if run == 0:
+            if run < warmup:
                 continue
             totals.append(time.perf_counter() - t0)
             for label in STAGES:

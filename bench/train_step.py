@@ -10,7 +10,9 @@ LiDAR-like clouds (bench/model_stages.py's) with random images and ten random GT
 sample. The two attentions start from the same weights and take turns step
 by step, so that the machine's drift hits both alike; reported: the median step time and
 the peak memory of each (CUDA), and the two first-step losses (the same seed for both:
-equal but for dropout, whose masks the two routes draw differently).
+equal but for dropout, whose masks the two routes draw differently). The JSON is rewritten
+after every step (a run stopped by the device call's limit keeps what it measured), and an
+attention that runs out of GPU memory is reported as such while the other goes on.
 
     python bench/train_step.py --device cuda [--config config/cmt_aqr_r50_800x320.yaml] [--batch 4]
     python bench/train_step.py --tiny --device cpu        (a CPU check: tiny config, batch 1)
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -105,31 +108,65 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"bench/train_step.py on {name}: {base.model.name}, AQR {args.mode} mode, batch {batch}, "
           f"{steps} timed steps each (+1 warm-up), torch {torch.__version__}", flush=True)
+
+    def summary() -> dict:
+        rows = {}
+        for attention, entry in runs.items():
+            row = {"steps_timed": len(entry["times"])}
+            if entry["times"]:
+                row["step_s"] = round(statistics.median(entry["times"]), 4)
+            if entry["losses"]:
+                row["first_loss"] = round(entry["losses"][0], 5)
+            if "peak_mib" in entry:
+                row["peak_mib"] = round(entry["peak_mib"], 1)
+            if "error" in entry:
+                row["error"] = entry["error"]
+            rows[attention] = row
+        out = {"device": name, "config": base.model.name, "mode": args.mode, "batch": batch, "steps": steps,
+               "rows": rows}
+        if "step_s" in rows["fused"] and "step_s" in rows["dense"]:
+            out["fused_over_dense"] = round(rows["fused"]["step_s"] / rows["dense"]["step_s"], 3)
+        return out
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.json.with_name(args.json.name + ".tmp")
+            tmp.write_text(json.dumps(summary(), indent=1))
+            os.replace(tmp, args.json)
+
     for i in range(steps + 1):                     # taking turns; step 0 is the warm-up
-        for entry in runs.values():
+        for attention, entry in runs.items():
+            if "error" in entry:
+                continue
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            t = step(entry, seed=i)
+            try:
+                t = step(entry, seed=i)
+            except torch.OutOfMemoryError as exc:
+                entry["error"] = f"out of GPU memory at step {i}: {str(exc).splitlines()[0][:160]}"
+            if "error" in entry:                   # outside the except: its traceback holds the step's tensors
+                print(f"  {attention}: {entry['error']}", flush=True)
+                del entry["run"]                   # its model, gradients and optimizer state: room for the other
+                torch.cuda.empty_cache()
+                continue
             if i > 0:
                 entry["times"].append(t)
             if cuda:
                 entry["peak_mib"] = max(entry.get("peak_mib", 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
-    rows = {}
-    for attention, entry in runs.items():
-        rows[attention] = {"step_s": round(statistics.median(entry["times"]), 4),
-                           "first_loss": round(entry["losses"][0], 5),
-                           **({"peak_mib": round(entry["peak_mib"], 1)} if cuda else {})}
-        mem = f", peak {rows[attention]['peak_mib']:.0f} MiB" if cuda else ""
-        print(f"  {attention:5s}: {rows[attention]['step_s']:.3f} s per step{mem}, first loss "
-              f"{rows[attention]['first_loss']:.5f}", flush=True)
-    ratio = rows["fused"]["step_s"] / rows["dense"]["step_s"]
-    print(f"  fused / dense step time {ratio:.2f}x (target <= 1.0x on CUDA)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": name, "config": base.model.name, "mode": args.mode,
-                                         "batch": batch, "steps": steps, "rows": rows,
-                                         "fused_over_dense": round(ratio, 3)}, indent=1))
-    return 0
+        save()
+    result = summary()
+    for attention, row in result["rows"].items():
+        if "step_s" not in row:
+            print(f"  {attention:5s}: no timed step ({row.get('error', 'none ran')})")
+            continue
+        mem = f", peak {row['peak_mib']:.0f} MiB" if "peak_mib" in row else ""
+        print(f"  {attention:5s}: {row['step_s']:.3f} s per step{mem}, first loss {row['first_loss']:.5f}",
+              flush=True)
+    if "fused_over_dense" in result:
+        print(f"  fused / dense step time {result['fused_over_dense']:.2f}x (target <= 1.0x on CUDA)")
+    save()
+    return 0 if "fused_over_dense" in result else 1
 
 
 if __name__ == "__main__":

@@ -103,3 +103,48 @@ def test_model_gpu_keeps_to_its_budget_and_still_writes_its_report(tmp_path):
     report = json.loads(out.read_text())
     assert report["rows"] == [] and len(report["jpeg"]) == 1
     assert sum("over the time budget" in s for s in report["skipped"]) == 2
+
+
+def test_train_step_reports_an_attention_that_runs_out_of_memory_and_times_the_other(tmp_path, monkeypatch):
+    """On the GPU the dense reference may not fit at batch 4: that attention is reported as
+    out of memory, the fused one is still timed, and the JSON says so."""
+    import importlib.util
+
+    import torch
+
+    from aqr_perception.training import engine
+
+    real = engine.train_step
+
+    def dense_runs_out(run, *args, **kwargs):
+        if run.model.cfg.attention == "dense":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.69 GiB")
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", dense_runs_out)
+    monkeypatch.setattr(sys, "path", list(sys.path))       # the bench puts bench/ first: undone after
+    spec = importlib.util.spec_from_file_location("train_step_bench", REPO / "bench" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "train_step.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--json", str(out)]) == 1      # no ratio to give
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["fused"]["step_s"] > 0 and rows["fused"]["steps_timed"] == 1 and "error" not in rows["fused"]
+    assert rows["dense"]["steps_timed"] == 0 and "out of GPU memory at step 0" in rows["dense"]["error"]
+
+
+def test_gpu_run_stops_at_once_when_the_package_does_not_import(tmp_path):
+    """On the GPU machine without the carried wheels, gpu_run.sh says so and exits 2 before
+    its long steps (each would fail at its first import and the device call be spent)."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python3"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n'
+                    'if [[ $1 == -c && $2 == *pydantic* ]]; then\n'
+                    '    echo "ModuleNotFoundError: No module named \'pydantic\'" >&2; exit 1\nfi\nexit 0\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), OUT=str(tmp_path / "out"))
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_run.sh"), "model"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "No module named 'pydantic'" in r.stdout and "gpu_wheels.sh" in r.stderr
+    assert not any("bench/" in line for line in calls.read_text().splitlines())   # no step started
