@@ -32,8 +32,6 @@ the tiny config, two runs each, for a CPU check (``test/test_bench_gpu.py``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -44,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_images import TYPICAL_NOISE, gradient_images  # noqa: E402
-from model_stages import device_sync, model_arrays, time_stages  # noqa: E402
+from model_stages import device_sync, model_arrays, time_stages, write_json  # noqa: E402
 
 CONFIGS = ["config/cmt_aqr_r50_800x320.yaml", "config/cmt_aqr_vov_1600x640.yaml"]
 #: a torch.compile row is started only with this much of the budget left (compiling the
@@ -96,11 +94,8 @@ class Report:
     def save(self) -> None:
         """Written whole and renamed over the old file: a run killed mid-write keeps the last one."""
         if self.json_path:
-            self.json_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.json_path.with_name(self.json_path.name + ".tmp")
-            tmp.write_text(json.dumps({"device": self.device_name, "settings": self.settings, "rows": self.rows,
-                                       "jpeg": self.jpeg, "skipped": self.skipped}, indent=1))
-            os.replace(tmp, self.json_path)
+            write_json(self.json_path, {"device": self.device_name, "settings": self.settings, "rows": self.rows,
+                                        "jpeg": self.jpeg, "skipped": self.skipped})
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:

@@ -18,10 +18,13 @@ force_fp32 does: the projections are cast back).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,6 +98,15 @@ def autocast_for(device: str, dtype: str):
     if dtype == "fp32":
         return torch.autocast("cpu", enabled=False)
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` as JSON at ``path``, written to a temporary file and renamed over it: a run
+    killed mid-write (a device call's time limit) leaves the previous complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def device_sync(device: str):

@@ -20,8 +20,6 @@ attention that runs out of GPU memory is reported as such while the other goes o
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_stages import device_sync, model_arrays  # noqa: E402
+from model_stages import device_sync, model_arrays, write_json  # noqa: E402
 
 #: GT boxes per sample, inside the inner half of the range (the assigner sees real matches)
 GT_PER_SAMPLE = 10
@@ -130,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_name(args.json.name + ".tmp")
-            tmp.write_text(json.dumps(summary(), indent=1))
-            os.replace(tmp, args.json)
+            write_json(args.json, summary())
 
     for i in range(steps + 1):                     # taking turns; step 0 is the warm-up
         for attention, entry in runs.items():
