@@ -6,7 +6,7 @@
 # checkout's .venv. They go to .whl/ (ignored by git; about 3 MB), which a device call carries:
 #
 #   bash bench/gpu_wheels.sh
-#   device run: carry [".whl"], command "bash bench/gpu_run.sh"
+#   device run: carry [".whl"], command "bash bench/gpu_run.sh model", then "bash bench/gpu_run.sh training"
 #
 # spconv (the voxel branch of the VoV model) is not among them: its CUDA wheel alone is 70 MB,
 # over the 64 MiB a device call carries, so bench/model_gpu.py reports the VoV rows as skipped.

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         run = TrainRun(base, model, model, opt, device, Path("."), rank=0, world=1, step=0, total=steps + 1, meta={},
                        aug_gen=torch.Generator(), t0=time.monotonic())
         runs[attention] = {"run": run, "times": [], "losses": []}
+    del model, opt, run                            # runs[...] holds them: an entry dropped after an OOM frees its model
     same = all(torch.equal(a, b) for a, b in zip(runs["fused"]["run"].model.state_dict().values(),
                                                  runs["dense"]["run"].model.state_dict().values()))
     assert same, "the two models must start from the same weights"
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[attention] = row
         out = {"device": name, "config": base.model.name, "mode": args.mode, "batch": batch, "steps": steps,
                "rows": rows}
-        if "step_s" in rows["fused"] and "step_s" in rows["dense"]:
+        if all("step_s" in r and "error" not in r for r in rows.values()):    # the same steps timed for both
             out["fused_over_dense"] = round(rows["fused"]["step_s"] / rows["dense"]["step_s"], 3)
         return out
 

@@ -108,26 +108,39 @@ def test_model_gpu_keeps_to_its_budget_and_still_writes_its_report(tmp_path):
 def test_train_step_reports_an_attention_that_runs_out_of_memory_and_times_the_other(tmp_path, monkeypatch):
     """On the GPU the dense reference may not fit at batch 4: that attention is reported as
     out of memory, the fused one is still timed, and the JSON says so."""
+    import gc
     import importlib.util
+    import weakref
 
     import torch
 
     from aqr_perception.training import engine
 
     real = engine.train_step
+    dense_model, freed_before_next_fused_step = [], []
 
     def dense_runs_out(run, *args, **kwargs):
         if run.model.cfg.attention == "dense":
+            dense_model.append(weakref.ref(run.model))
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.69 GiB")
+        if dense_model:                                    # the steps after the OOM: its model is gone
+            gc.collect()
+            freed_before_next_fused_step.append(dense_model[0]() is None)
         return real(run, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", dense_runs_out)
     monkeypatch.setattr(sys, "path", list(sys.path))       # the bench puts bench/ first: undone after
+    for name in ("model_stages", "camera_images"):         # and imports its helpers by these names
+        monkeypatch.delitem(sys.modules, name, raising=False)
     spec = importlib.util.spec_from_file_location("train_step_bench", REPO / "bench" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / "train_step.json"
-    assert bench.main(["--tiny", "--device", "cpu", "--json", str(out)]) == 1      # no ratio to give
+    with torch.random.fork_rng():                          # it seeds torch's global generator
+        spec.loader.exec_module(bench)
+        assert bench.main(["--tiny", "--device", "cpu", "--json", str(out)]) == 1  # no ratio to give
+    for name in ("model_stages", "camera_images"):
+        sys.modules.pop(name, None)
+    assert freed_before_next_fused_step == [True]
     rows = json.loads(out.read_text())["rows"]
     assert rows["fused"]["step_s"] > 0 and rows["fused"]["steps_timed"] == 1 and "error" not in rows["fused"]
     assert rows["dense"]["steps_timed"] == 0 and "out of GPU memory at step 0" in rows["dense"]["error"]

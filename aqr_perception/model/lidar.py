@@ -104,7 +104,7 @@ class PillarVoxelizer(nn.Module):
         feats = pts.new_zeros(uniq.shape[0] * m, f)
         feats[inverse[keep] * m + slot[keep]] = pts[src[keep]]
         coords = torch.stack([torch.full_like(uniq, b), uniq // self.nx, uniq % self.nx], dim=1)
-        return feats.view(-1, m, f), counts.clamp(max=self.max_points), coords
+        return feats.view(uniq.shape[0], m, f), counts.clamp(max=self.max_points), coords
 
     @torch.no_grad()
     def forward(self, points: list[Tensor]) -> Pillars:
