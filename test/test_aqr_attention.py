@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aqr_perception.model.aqr import AqrBias, MemoryLayout, QueryProjection, dense_bias
-from aqr_perception.model.attention import MultiheadAttention
+from aqr_perception.model.attention import MultiheadAttention, masked_attention
 
 TOL = 1e-5
 
@@ -137,17 +137,46 @@ def test_fully_masked_query_gives_zeros_not_nan():
     torch.testing.assert_close(out, attn.out_proj.bias.expand_as(out))
 
 
-def test_self_attention_with_dn_mask_matches_torch_mha():
+@pytest.mark.parametrize("impl", ["dense", "fused"])
+def test_self_attention_with_dn_mask_matches_torch_mha(impl):
     torch.manual_seed(1)
     c, heads, t = 16, 4, 9
     mask = torch.rand(t, t) > 0.6
     mask.fill_diagonal_(False)
-    x = torch.randn(2, t, c)
+    pad = torch.zeros(2, t, dtype=torch.bool)
+    pad[1, -2:] = True
+    x = torch.randn(2, t, c, requires_grad=True)
     ours = MultiheadAttention(c, heads)
     ref = torch.nn.MultiheadAttention(c, heads, batch_first=True)
     ref.load_state_dict(ours.state_dict())
-    expected, _ = ref(x, x, x, attn_mask=mask, need_weights=False)
-    assert (ours(x, x, x, attn_mask=mask) - expected).abs().max() <= TOL
+    for attn_mask in (mask, None):
+        for key_padding_mask in (None, pad):
+            expected, _ = ref(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False)
+            out = ours(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, impl=impl)
+            assert (out - expected).abs().max() <= TOL
+            g_ref, = torch.autograd.grad((expected * expected).sum(), x)
+            g, = torch.autograd.grad((out * out).sum(), x)
+            assert (g - g_ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("impl", ["dense", "fused"])
+def test_self_attention_query_with_every_key_masked_gives_zeros_and_finite_grads(impl):
+    torch.manual_seed(2)
+    c, heads, t = 8, 2, 5
+    mask = torch.zeros(t, t, dtype=torch.bool)
+    mask[3] = True                                    # query 3 sees no key
+    x = torch.randn(1, t, c, requires_grad=True)
+    attn = MultiheadAttention(c, heads)
+    q, k, v = (attn._heads(torch.nn.functional.linear(x, w, b))
+               for w, b in zip(attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)))
+    out = masked_attention(q, k, v, mask, None, impl)
+    assert (out[:, :, 3] == 0).all()
+    keep = torch.arange(t) != 3                        # the other queries: the formula written out
+    m = torch.zeros(t, t).masked_fill(mask, -math.inf)[keep]
+    expected = torch.softmax(q[:, :, keep] @ k.transpose(-2, -1) / math.sqrt(k.shape[-1]) + m, -1) @ v
+    assert (out[:, :, keep] - expected).abs().max() <= TOL
+    g, = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(g).all()
 
 
 def test_bias_only_moves_attention_not_values():

@@ -2,7 +2,9 @@
 
 :func:`aqr_cross_attention` is the single entry point for the decoder's
 cross-attention; the implementation is chosen by name (``ModelConfig.attention``) so a
-faster exact one can replace the dense reference without touching the decoder.
+faster exact one can replace the dense reference without touching the decoder. The
+decoder's self-attention follows the same name (:func:`masked_attention`: "fused" is
+PyTorch's SDPA; measured on the tiny model's 200 queries on CPU: 0.2 vs 0.4-0.7 ms a call).
 
 Layouts: batch first. q: (B, h, Q, d), k and v: (B, h, K, d); masks are additive float
 tensors (0 = attend, -inf = masked) or boolean (True = masked, as in
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from aqr_perception.model.aqr import AqrBias, dense_bias
+from aqr_perception.model.aqr import PAD, AqrBias, dense_bias
 
 
 def to_float_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -67,7 +69,28 @@ def _fused(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, aqr
     return fused_aqr_attention(q, k, v, key_padding_mask, aqr, dropout_p)
 
 
-#: "dense" is the reference (builds the (B, Q, K) bias); "fused" is exact without it.
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, key_padding_mask: Tensor | None,
+                     impl: str = "dense", dropout_p: float = 0.0) -> Tensor:
+    """Attention with a (Q, K) mask shared by every sample and head (the DN mask of
+    self-attention; bool, True = masked, or additive float) and key padding: (B, h, Q, d).
+    Queries whose keys are all masked get 0. "dense": :func:`attention_reference`;
+    "fused": PyTorch's fused SDPA kernels, the masked logits at -PAD (``exp`` is exactly 0
+    there too; a row of -inf gives NaN in some CUDA kernels, a row of -PAD a finite mean
+    that is then zeroed)."""
+    mask = to_float_mask(attn_mask, q.dtype)
+    pad = padding_to_float(key_padding_mask, q.dtype)
+    mask = mask if pad is None else mask + pad
+    if impl == "dense":
+        return attention_reference(q, k, v, mask, dropout_p)
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {impl!r}; known: {sorted(IMPLEMENTATIONS)}")
+    dead = torch.isneginf(mask).all(-1, keepdim=True)            # (B or 1, 1, Q, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.clamp(min=-PAD), dropout_p=dropout_p)
+    return out.masked_fill(dead, 0.0)
+
+
+#: "dense" is the reference (builds the (B, Q, K) bias); "fused" is exact without it
+#: (cross-attention: fused_attention.py; self-attention: PyTorch's SDPA).
 IMPLEMENTATIONS = {"dense": _dense, "fused": _fused}
 
 
@@ -126,8 +149,6 @@ class MultiheadAttention(nn.Module):
         else:
             if aqr is not None:
                 raise ValueError("the AQR bias belongs to cross-attention, attn_mask to self-attention")
-            mask = to_float_mask(attn_mask, q.dtype)
-            pad = padding_to_float(key_padding_mask, q.dtype)
-            out = attention_reference(q, k, v, mask if pad is None else mask + pad, drop)
+            out = masked_attention(q, k, v, attn_mask, key_padding_mask, impl, drop)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.embed_dims))

@@ -34,7 +34,7 @@ class DecoderLayer(nn.Module):
                 impl: str) -> Tensor:
         """query/query_pos (B, T, C); memory (B, K, C) values; memory_key = memory + key PE."""
         q = query + query_pos
-        x = self.norms[0](query + self.dropout(self.self_attn(q, q, query, attn_mask=self_mask)))
+        x = self.norms[0](query + self.dropout(self.self_attn(q, q, query, attn_mask=self_mask, impl=impl)))
         x = self.norms[1](x + self.dropout(self.cross_attn(x + query_pos, memory_key, memory,
                                                              key_padding_mask=key_padding_mask, aqr=aqr,
                                                              impl=impl)))
