@@ -15,8 +15,10 @@ At a size whose bias is small enough (dense_flash.MAX_BIAS_ENTRIES: the tiny mod
 inference hands the dense bias to the flash kernel; the segment route it replaced is timed
 beside it. ``--train`` times forward + backward instead (gradients to q, k, v and the router
 weights, as in training), for the fused route taken (on CPU: the segment route with its
-own backward), the folded route (CUDA's; forced here) and the dense reference; the
-error column is then the max abs gradient error vs dense.
+own backward; on CUDA in local mode: dense_sdpa), dense_sdpa and the folded route (forced
+here: the dense bias as SDPA's mask with gradients, and the window gather that CUDA took
+before it) and the dense reference; the error column is then the max abs gradient error
+vs dense.
 
     python bench/attention.py [--device cpu|cuda] [--runs 5] [--sizes cmt tiny] [--dtype float32] [--train]
 """
@@ -68,7 +70,7 @@ def run_method(method: str, q, k, v, mask, aqr):
 
     if method == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    if method in ("segment", "folded"):       # the fused routes that small inference or the CPU would skip
+    if method in ("segment", "dense_sdpa", "folded"):   # fused routes that small inference or the CPU would skip
         with forced_route(method):
             return aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
     return aqr_cross_attention(q, k, v, mask, aqr, impl=method)
@@ -170,7 +172,7 @@ def main() -> None:
             # segment route beside it
             small = (not args.train and args.device == "cpu" and mode == "local"
                      and b * nq * nk <= MAX_BIAS_ENTRIES)
-            methods = ("sdpa", "fused", "folded", "dense") if args.train else (
+            methods = ("sdpa", "fused", "dense_sdpa", "folded", "dense") if args.train else (
                 ("sdpa", "fused", "segment", "dense") if small else ("sdpa", "fused", "dense"))
             res = {}
             for method in methods:
@@ -189,7 +191,8 @@ def main() -> None:
                   f"{dense_bias_bytes / 2**20:.0f} MiB")
             print(f"  unbiased SDPA : {t['sdpa'] * 1e3:8.1f} ms  peak extra {mem['sdpa']:8.1f} MiB")
             fused = "fused exact (dense_flash)" if small else "fused exact  "
-            for m, label in (("fused", fused), ("segment", "segment route"), ("folded", "folded route ")):
+            for m, label in (("fused", fused), ("segment", "segment route"), ("dense_sdpa", "dense_sdpa   "),
+                             ("folded", "folded route ")):
                 if m in t:
                     print(f"  {label}: {t[m] * 1e3:8.1f} ms  peak extra {mem[m]:8.1f} MiB  "
                           f"max |err| vs dense {err[m]:.2e}")

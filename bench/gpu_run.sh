@@ -8,8 +8,9 @@
 #             JPEG decoding on the CPU (the node's) against nvJPEG.
 #             -> $OUT/gpu.json, $OUT/model_gpu.log (at most 400 s)
 #   training: bench/train_step.py: a batch-4 training step of the R50 model in local AQR mode,
-#             the fused attention (the folded route on CUDA) against the dense reference;
-#             bench/attention.py --train: the attention alone at CMT size.
+#             the fused attention (the dense_sdpa route on CUDA) against the dense reference;
+#             bench/attention.py --train: the attention alone at CMT size, local mode (dense_sdpa,
+#             the route CUDA takes, against the folded route it replaced and the dense reference).
 #             -> $OUT/train_step.json, $OUT/train_step.log, $OUT/attention_train.log (at most 270 s)
 # The two together, with the machine's start, fit the 15 device minutes a task is lent.
 #
@@ -63,6 +64,7 @@ if [[ $part == model ]]; then
     step model_gpu 400 "$PY" bench/model_gpu.py --device cuda --budget-s 320 --json "$OUT/gpu.json"
 else
     step train_step 150 "$PY" bench/train_step.py --device cuda --json "$OUT/train_step.json"
-    step attention_train 120 "$PY" bench/attention.py --device cuda --train --sizes cmt --runs 5
+    # local mode only (where the CUDA routes differ; a fresh process per method, 5 of them)
+    step attention_train 120 "$PY" bench/attention.py --device cuda --train --sizes cmt --modes local --runs 5
 fi
 exit $rc

@@ -1,7 +1,8 @@
 """One training step of the vehicle model, the fused AQR attention against the dense reference.
 
-Issue 24: local-mode training takes the fused attention's folded route on CUDA (its window
-gather once ran per sample: 0.38 s against 0.14 s for dense per batch-4 step on an H100).
+Issue 24: local-mode training on CUDA took the fused attention's folded route (its window
+gather once ran per sample: 0.38 s against 0.14 s for dense per batch-4 step on an H100);
+it now takes dense_sdpa (model/dense_sdpa.py), the dense bias as SDPA's mask.
 This times training/engine.py's ``train_step`` itself (the copy to the device, the
 forward in training mode with the denoising queries, ``detection_loss``, the backward,
 gradient clipping and one AdamW step) with the augmentations and modality drops turned off

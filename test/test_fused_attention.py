@@ -46,7 +46,7 @@ def _fused(q, k, v, mask, aqr, path, grad=False):
         return aqr_cross_attention(q, k, v, mask, aqr, impl="fused").detach()
 
 
-@pytest.mark.parametrize("path", ["dense_flash", "segment", "folded"])
+@pytest.mark.parametrize("path", ["dense_flash", "segment", "dense_sdpa", "folded"])
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("pad", ["none", "lidar", "views", "everything", "random"])
 @pytest.mark.parametrize("seed", [0, 1])
@@ -107,16 +107,16 @@ def test_dense_flash_route_only_for_small_inference(mode, monkeypatch):
 def test_forced_route_takes_the_route_the_route_tests_name(monkeypatch):
     """The route tests above and bench/attention.py compare routes through forced_route: in
     local-mode inference each named route runs, and only it."""
-    from aqr_perception.model import dense_flash, fused_attention, segment_attention
+    from aqr_perception.model import dense_flash, dense_sdpa, fused_attention, segment_attention
 
     taken = []
     for module, name in ((dense_flash, "dense_flash_attention"), (segment_attention, "segment_lse_attention"),
-                         (fused_attention, "_window_part")):
+                         (dense_sdpa, "dense_sdpa_attention"), (fused_attention, "_window_part")):
         fn = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, fn=fn, name=name: taken.append(name) or fn(*a))
     q, k, v, mask, aqr = _case("local", 5, pad="views")
     want = {"dense_flash": ["dense_flash_attention"], "segment": ["segment_lse_attention"],
-            "folded": ["_window_part"]}
+            "dense_sdpa": ["dense_sdpa_attention"], "folded": ["_window_part"]}
     for path in fused_attention.ROUTES:
         taken.clear()
         _fused(q, k, v, mask, aqr, path)
@@ -127,6 +127,47 @@ def test_forced_route_takes_the_route_the_route_tests_name(monkeypatch):
     with torch.no_grad():                                 # no forced route: the dispatcher's own choice
         aqr_cross_attention(q, k, v, mask, aqr, impl="fused")
     assert taken == ["dense_flash_attention"]             # the switch is reset after each block
+
+
+def test_dense_sdpa_route_where_the_cpu_routes_cannot_run(monkeypatch):
+    """Local-mode training that the segment route cannot take (dropout, padding that is not
+    constant per segment; on CUDA every call) hands SDPA the dense bias as a mask with
+    gradients: exact values and gradients; above MAX_SCORE_ENTRIES, and in global mode, the
+    folded route."""
+    from aqr_perception.model import dense_sdpa, fused_attention
+
+    taken = []
+    for module, name in ((dense_sdpa, "dense_sdpa_attention"), (fused_attention, "_window_part")):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, fn=fn, name=name: taken.append(name) or fn(*a))
+
+    def grads(impl, q, k, v, mask, aqr, dropout_p=0.0):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, aqr.lidar_weight, aqr.camera_weight)]
+        a = AqrBias(aqr.mode, aqr.strength, leaves[3], leaves[4], aqr.layout, aqr.projection, aqr.bev_window,
+                    aqr.camera_window)
+        out = aqr_cross_attention(*leaves[:3], mask, a, impl=impl, dropout_p=dropout_p)
+        out.square().sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    q, k, v, mask, aqr = _case("local", 12, pad="random")         # unstructured padding: no segment route
+    dense = grads("dense", q, k, v, mask, aqr)
+    taken.clear()
+    fused = grads("fused", q, k, v, mask, aqr)
+    assert taken == ["dense_sdpa_attention"]
+    for name, d, f in zip(["out", "q", "k", "v", "lidar_weight", "camera_weight"], dense, fused):
+        assert (d - f).abs().max() <= 1e-6, name
+    q, k, v, mask, aqr = _case("local", 13, pad="views")
+    taken.clear()
+    out = grads("fused", q, k, v, mask, aqr, dropout_p=0.5)[0]    # dropout: no segment route either
+    assert taken == ["dense_sdpa_attention"] and torch.isfinite(out).all()
+    b, h, nq, _ = q.shape
+    monkeypatch.setattr(dense_sdpa, "MAX_SCORE_ENTRIES", b * h * nq * k.shape[2] - 1)
+    for mode in ("local", "global"):
+        q, k, v, mask, aqr = _case(mode, 14, pad="random")
+        taken.clear()
+        fused = grads("fused", q, k, v, mask, aqr)
+        assert taken == (["_window_part"] if mode == "local" else [])
+        assert (grads("dense", q, k, v, mask, aqr)[0] - fused[0]).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("pad", ["lidar", "views", "everything", "random"])
@@ -145,11 +186,11 @@ def test_fp32_error_within_target(mode):
     q, k, v = q.float(), k.float(), v.float()
     aqr.lidar_weight, aqr.camera_weight = aqr.lidar_weight.float(), aqr.camera_weight.float()
     dense = aqr_cross_attention(q, k, v, None, aqr, impl="dense")
-    for path in ("dense_flash", "segment", "folded"):
+    for path in ("dense_flash", "segment", "dense_sdpa", "folded"):
         assert (dense - _fused(q, k, v, None, aqr, path)).abs().max() <= TOL, path
 
 
-@pytest.mark.parametrize("path", ["dense_flash", "segment", "folded"])
+@pytest.mark.parametrize("path", ["dense_flash", "segment", "dense_sdpa", "folded"])
 def test_queries_without_window_and_windows_at_the_border(path):
     q, k, v, mask, aqr = _case("local", 4, pad="lidar")
     aqr.projection.cam_visible[:] = False                 # no camera windows at all
@@ -160,7 +201,7 @@ def test_queries_without_window_and_windows_at_the_border(path):
     assert (dense - fused).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("path", ["segment", "folded"])
+@pytest.mark.parametrize("path", ["segment", "dense_sdpa", "folded"])
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("pad", ["none", "views", "lidar", "everything"])
 @pytest.mark.parametrize("batch", [1, 2])
@@ -242,7 +283,7 @@ def test_fused_attention_exports_to_onnx_and_runs_in_onnxruntime(mode, tmp_path)
     assert out.shape == dense.shape and (out - dense).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("path", ["segment", "folded"])
+@pytest.mark.parametrize("path", ["segment", "dense_sdpa", "folded"])
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_inputs_forward_and_backward(dtype, mode, path):

@@ -20,8 +20,10 @@ the local-mode windows. Two exact identities remove the dense bias:
 On CPU (inference and training) a faster exact route is taken instead, without the
 extra columns: per-segment attention merged by log-sum-exp, with its own backward
 (segment_attention.py); small local-mode inference (the tiny model), whatever its padding,
-hands the flash kernel the dense bias as its mask instead (dense_flash.py). This folded
-route serves CUDA, dropout, tracing and padding that is not constant per segment.
+hands the flash kernel the dense bias as its mask instead (dense_flash.py). Local mode
+where those cannot run (CUDA, dropout, padding that is not constant per segment) hands
+SDPA the dense bias as a mask that carries gradients (dense_sdpa.py), up to a size. This
+folded route serves the rest: global mode off the CPU, tracing, and larger local-mode calls.
 
 Everything here is ordinary differentiable torch, so autograd gives exact gradients; SDPA
 picks its fused kernels (flash on CPU and CUDA). Memory beyond the unbiased attention:
@@ -38,11 +40,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from aqr_perception.model import dense_flash, segment_attention
+from aqr_perception.model import dense_flash, dense_sdpa, segment_attention
 from aqr_perception.model.aqr import PAD, AqrBias, MemoryLayout, global_biases, local_window_entries, segment_index
 
 #: the routes in the order :func:`fused_aqr_attention` tries them
-ROUTES = ("dense_flash", "segment", "folded")
+ROUTES = ("dense_flash", "segment", "dense_sdpa", "folded")
 #: routes skipped within :func:`forced_route`
 _skipped: tuple[str, ...] = ()
 
@@ -147,6 +149,8 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
     if "segment" not in _skipped and segment_attention.usable(q, dropout_p, seg_pad):
         return segment_attention.segment_lse_attention(q, k, v, aqr, seg_pad, scale)
+    if "dense_sdpa" not in _skipped and dense_sdpa.usable(q, k, aqr):
+        return dense_sdpa.dense_sdpa_attention(q, k, v, key_padding_mask, aqr, dropout_p, scale)
     general_mask = None
     if seg_pad is None:      # unstructured padding: SDPA takes it as a broadcast (B, 1, 1, K) mask
         general_mask = ~key_padding_mask[:, None, None, :]
