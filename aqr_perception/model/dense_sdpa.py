@@ -2,7 +2,8 @@
 
 ``scaled_dot_product_attention`` takes an additive float mask and, where it requires
 gradients, gives its gradient too: on CUDA PyTorch's memory-efficient kernel computes it
-in its backward (since PyTorch 2.1), elsewhere the math kernel does. So the (B, 1, Q, K)
+in its backward (since PyTorch 2.1; flash takes no mask, and cuDNN is not chosen for a
+mask that requires gradients), elsewhere the math kernel does. So the (B, 1, Q, K)
 bias of :func:`aqr_perception.model.aqr.dense_bias` (a scatter of the window entries,
 differentiable in the router weights) handed to SDPA is the whole attention, forward and
 backward, with no gathered copy of the window keys and values.
@@ -25,16 +26,17 @@ from torch.nn import functional as F
 
 from aqr_perception.model.aqr import PAD, AqrBias, dense_bias
 
-#: the largest B x h x Q x K this route takes (the per-head bias gradient of the backward:
-#: 8 GiB in fp32); R50 800x320 training at batch 4 needs 1.1 G, the VoV model's 1.6 G
+#: this route takes fewer B x h x Q x K scores than this (the per-head bias gradient of the
+#: backward: 8 GiB in fp32; and below it every offset in the CUDA kernels fits 32 bits);
+#: R50 800x320 training at batch 4 needs 1.1 G, the VoV model's 1.6 G
 MAX_SCORE_ENTRIES = 1 << 31
 
 
 def usable(q: Tensor, k: Tensor, aqr: AqrBias) -> bool:
     """Local mode, not tracing (exported graphs keep the folded route: no Q x K tensor in
-    them), and at most :data:`MAX_SCORE_ENTRIES` scores."""
+    them), and fewer than :data:`MAX_SCORE_ENTRIES` scores."""
     b, h, nq, _ = q.shape
-    return aqr.mode == "local" and not torch.compiler.is_compiling() and b * h * nq * k.shape[2] <= MAX_SCORE_ENTRIES
+    return aqr.mode == "local" and not torch.compiler.is_compiling() and b * h * nq * k.shape[2] < MAX_SCORE_ENTRIES
 
 
 def dense_sdpa_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, aqr: AqrBias,
