@@ -308,7 +308,8 @@ class ModelConfig(_Section):
     transformer: TransformerConfig = TransformerConfig()
     aqr: AqrRouterConfig = AqrRouterConfig()
     attention: Literal["dense", "fused"] = Field(
-        "fused", description="cross-attention: fused (exact, no dense bias) or dense (the reference)")
+        "fused", description="decoder attention: fused (exact; cross-attention without the dense bias, "
+                             "self-attention through PyTorch's SDPA) or dense (the reference, written out)")
     heads: HeadConfig = HeadConfig()
     decode: DecodeConfig = DecodeConfig()
     denoise: DenoiseConfig = DenoiseConfig()

@@ -165,18 +165,24 @@ def test_self_attention_query_with_every_key_masked_gives_zeros_and_finite_grads
     c, heads, t = 8, 2, 5
     mask = torch.zeros(t, t, dtype=torch.bool)
     mask[3] = True                                    # query 3 sees no key
-    x = torch.randn(1, t, c, requires_grad=True)
+    x = torch.randn(2, t, c, requires_grad=True)
     attn = MultiheadAttention(c, heads)
     q, k, v = (attn._heads(torch.nn.functional.linear(x, w, b))
                for w, b in zip(attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)))
-    out = masked_attention(q, k, v, mask, None, impl)
-    assert (out[:, :, 3] == 0).all()
     keep = torch.arange(t) != 3                        # the other queries: the formula written out
     m = torch.zeros(t, t).masked_fill(mask, -math.inf)[keep]
     expected = torch.softmax(q[:, :, keep] @ k.transpose(-2, -1) / math.sqrt(k.shape[-1]) + m, -1) @ v
-    assert (out[:, :, keep] - expected).abs().max() <= TOL
-    g, = torch.autograd.grad(out.sum(), x)
-    assert torch.isfinite(g).all()
+    pad = torch.zeros(2, t, dtype=torch.bool)
+    pad[1] = True                                      # and with key padding: sample 1 has no key at all
+    for key_padding_mask in (None, pad):
+        out = masked_attention(q, k, v, mask, key_padding_mask, impl)
+        assert (out[:, :, 3] == 0).all()
+        live = slice(0, 1) if key_padding_mask is not None else slice(None)
+        assert (out[live][:, :, keep] - expected[live]).abs().max() <= TOL
+        if key_padding_mask is not None:
+            assert (out[1] == 0).all()
+        g, = torch.autograd.grad(out.sum(), x, retain_graph=True)     # q, k, v serve both cases
+        assert torch.isfinite(g).all()
 
 
 def test_bias_only_moves_attention_not_values():

@@ -132,7 +132,7 @@ def test_forced_route_takes_the_route_the_route_tests_name(monkeypatch):
 def test_dense_sdpa_route_where_the_cpu_routes_cannot_run(monkeypatch):
     """Local-mode training that the segment route cannot take (dropout, padding that is not
     constant per segment; on CUDA every call) hands SDPA the dense bias as a mask with
-    gradients: exact values and gradients; above MAX_SCORE_ENTRIES, and in global mode, the
+    gradients: exact values and gradients; from MAX_SCORES on, and in global mode, the
     folded route."""
     from aqr_perception.model import dense_sdpa, fused_attention
 
@@ -161,7 +161,7 @@ def test_dense_sdpa_route_where_the_cpu_routes_cannot_run(monkeypatch):
     out = grads("fused", q, k, v, mask, aqr, dropout_p=0.5)[0]    # dropout: no segment route either
     assert taken == ["dense_sdpa_attention"] and torch.isfinite(out).all()
     b, h, nq, _ = q.shape
-    monkeypatch.setattr(dense_sdpa, "MAX_SCORE_ENTRIES", b * h * nq * k.shape[2])
+    monkeypatch.setitem(dense_sdpa.MAX_SCORES, "cpu", b * h * nq * k.shape[2])
     for mode in ("local", "global"):
         q, k, v, mask, aqr = _case(mode, 14, pad="random")
         taken.clear()
@@ -259,20 +259,31 @@ def _export_case(mode):
     return Wrapper().eval(), args, dense
 
 
+def _no_dense_sdpa(monkeypatch):
+    """Exported graphs keep the folded route (no Q x K tensor in them): dense_sdpa must not run."""
+    from aqr_perception.model import dense_sdpa
+
+    def forbidden(*args):
+        raise AssertionError("dense_sdpa traced into an exported graph")
+    monkeypatch.setattr(dense_sdpa, "dense_sdpa_attention", forbidden)
+
+
 @pytest.mark.parametrize("mode", ["global", "local"])
-def test_fused_attention_exports_with_torch_export(mode):
+def test_fused_attention_exports_with_torch_export(mode, monkeypatch):
     module, args, dense = _export_case(mode)
+    _no_dense_sdpa(monkeypatch)
     exported = torch.export.export(module, args)
     assert (exported.module()(*args) - dense).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
-def test_fused_attention_exports_to_onnx_and_runs_in_onnxruntime(mode, tmp_path):
+def test_fused_attention_exports_to_onnx_and_runs_in_onnxruntime(mode, tmp_path, monkeypatch):
     """torch.onnx (dynamo exporter) takes the folded route (tracing); onnxruntime's result
     is compared with the dense reference computed by torch."""
     import onnxruntime
 
     module, args, dense = _export_case(mode)
+    _no_dense_sdpa(monkeypatch)
     path = tmp_path / f"aqr_attention_{mode}.onnx"
     torch.onnx.export(module, args, str(path), dynamo=True, verbose=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -74,9 +74,9 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, key_pad
     """Attention with a (Q, K) mask shared by every sample and head (the DN mask of
     self-attention; bool, True = masked, or additive float) and key padding: (B, h, Q, d).
     Queries whose keys are all masked get 0. "dense": :func:`attention_reference`;
-    "fused": PyTorch's fused SDPA kernels, the masked logits at -PAD (``exp`` is exactly 0
-    there too; a row of -inf gives NaN in some CUDA kernels, a row of -PAD a finite mean
-    that is then zeroed)."""
+    "fused": PyTorch's fused SDPA kernels, the masked (-inf) logits at -PAD instead (``exp``
+    is exactly 0 there too; a row of -inf can give NaN in CUDA kernels, a row of -PAD a
+    finite mean that is then zeroed)."""
     mask = to_float_mask(attn_mask, q.dtype)
     pad = padding_to_float(key_padding_mask, q.dtype)
     mask = mask if pad is None else mask + pad
@@ -84,8 +84,9 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, key_pad
         return attention_reference(q, k, v, mask, dropout_p)
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {impl!r}; known: {sorted(IMPLEMENTATIONS)}")
-    dead = torch.isneginf(mask).all(-1, keepdim=True)            # (B or 1, 1, Q, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.clamp(min=-PAD), dropout_p=dropout_p)
+    masked = torch.isneginf(mask)
+    dead = masked.all(-1, keepdim=True)                           # (B, 1, Q, 1) with padding, else (Q, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.masked_fill(masked, -PAD), dropout_p=dropout_p)
     return out.masked_fill(dead, 0.0)
 
 

@@ -17,8 +17,9 @@ unbiased attention of the queries over one contiguous run of unpadded segments, 
 The run outputs come from PyTorch's CPU flash-attention kernel, the one SDPA dispatches
 to, called through its aten op because only that returns the log-sum-exp; the backward
 calls the kernel's own backward op per run (see ``_SegmentLseAttention``), so training
-takes this path too. CUDA and tracing (``torch.export``) use dense_sdpa.py (local mode)
-or the folded formulation in fused_attention.py. Both are tested against the dense reference, values and gradients.
+takes this path too. CUDA uses dense_sdpa.py (local mode) or the folded formulation in
+fused_attention.py; tracing (``torch.export``) the folded one. All are tested against the
+dense reference, values and gradients.
 """
 from __future__ import annotations
 
