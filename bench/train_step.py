@@ -10,7 +10,8 @@ gradient clipping and one AdamW step) with the augmentations and modality drops 
 LiDAR-like clouds (bench/model_stages.py's) with random images and ten random GT boxes per
 sample. The two attentions start from the same weights and take turns step
 by step, so that the machine's drift hits both alike; reported: the median step time and
-the peak memory of each (CUDA), and the two first-step losses (the same seed for both:
+the peak memory of each (CUDA), the fused attention's routes (calls per route in its first
+step: what its time measures), and the two first-step losses (the same seed for both:
 equal but for dropout, whose masks the two routes draw differently). The JSON is rewritten
 after every step (a run stopped by the device call's limit keeps what it measured), and an
 attention that runs out of GPU memory is reported as such while the other goes on.
@@ -24,6 +25,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,40 @@ def random_targets(cfg, batch: int, seed: int = 0) -> tuple[list[torch.Tensor], 
         boxes.append(torch.cat([xy, z, size, yaw, vel], 1))
         labels.append(torch.randint(0, len(cfg.classes), (n,), generator=g))
     return boxes, labels
+
+
+@contextmanager
+def spy_on_routes() -> Iterator[dict[str, int]]:
+    """Within the block: the fused cross-attention calls per route that
+    ``fused_attention.fused_aqr_attention`` takes ("folded": none of the others)."""
+    from aqr_perception.model import dense_flash, dense_sdpa, fused_attention, segment_attention
+
+    counts: dict[str, int] = {}
+    saved = [(fused_attention, "fused_aqr_attention", fused_attention.fused_aqr_attention)]
+    for module, name, route in ((dense_flash, "dense_flash_attention", "dense_flash"),
+                                (segment_attention, "segment_lse_attention", "segment"),
+                                (dense_sdpa, "dense_sdpa_attention", "dense_sdpa")):
+        fn = getattr(module, name)
+        saved.append((module, name, fn))
+
+        def spy(*args, fn=fn, route=route):
+            counts[route] = counts.get(route, 0) + 1
+            return fn(*args)
+        setattr(module, name, spy)
+    entry = saved[0][2]
+
+    def counted(q, k, v, key_padding_mask, aqr, dropout_p=0.0):
+        before = sum(counts.values())
+        out = entry(q, k, v, key_padding_mask, aqr, dropout_p)
+        if aqr is not None and sum(counts.values()) == before:
+            counts["folded"] = counts.get("folded", 0) + 1
+        return out
+    fused_attention.fused_aqr_attention = counted   # attention._fused imports it at each call
+    try:
+        yield counts
+    finally:
+        for module, name, fn in saved:
+            setattr(module, name, fn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def step(entry: dict, seed: int) -> float:
         torch.manual_seed(seed)                    # the same DN noise for both attentions
-        sync()
-        t0 = time.perf_counter()
-        losses = train_step(entry["run"], inputs, gt_boxes, gt_labels)
-        sync()
+        # the cross-attention routes of its first step
+        with spy_on_routes() if "routes" not in entry else nullcontext({}) as routes:
+            sync()
+            t0 = time.perf_counter()
+            losses = train_step(entry["run"], inputs, gt_boxes, gt_labels)
+            sync()
+        entry.setdefault("routes", routes)
         entry["losses"].append(float(losses.total.detach()))
         return time.perf_counter() - t0
 
@@ -119,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["first_loss"] = round(entry["losses"][0], 5)
             if "peak_mib" in entry:
                 row["peak_mib"] = round(entry["peak_mib"], 1)
+            if entry.get("routes"):
+                row["fused_routes"] = entry["routes"]
             if "error" in entry:
                 row["error"] = entry["error"]
             rows[attention] = row
@@ -158,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {attention:5s}: no timed step ({row.get('error', 'none ran')})")
             continue
         mem = f", peak {row['peak_mib']:.0f} MiB" if "peak_mib" in row else ""
-        print(f"  {attention:5s}: {row['step_s']:.3f} s per step{mem}, first loss {row['first_loss']:.5f}",
+        taken = f", routes {row['fused_routes']}" if "fused_routes" in row else ""
+        print(f"  {attention:5s}: {row['step_s']:.3f} s per step{mem}, first loss {row['first_loss']:.5f}{taken}",
               flush=True)
     if "fused_over_dense" in result:
         print(f"  fused / dense step time {result['fused_over_dense']:.2f}x (target <= 1.0x on CUDA)")

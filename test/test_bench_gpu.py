@@ -79,6 +79,7 @@ def test_the_gpu_run_checks_out_at_tiny_size_on_the_cpu_without_ros(tmp_path):
     assert train["config"] == "cmt_aqr_tiny" and train["mode"] == "local"
     fused, dense = train["rows"]["fused"], train["rows"]["dense"]
     assert fused["step_s"] > 0 and dense["step_s"] > 0
+    assert fused["fused_routes"] == {"segment": 3} and "fused_routes" not in dense    # CPU training: 3 layers
     assert abs(fused["first_loss"] - dense["first_loss"]) <= 1e-3 * abs(dense["first_loss"])   # no dropout in tiny
 
 
@@ -114,8 +115,11 @@ def test_train_step_reports_an_attention_that_runs_out_of_memory_and_times_the_o
 
     import torch
 
+    from aqr_perception.model import dense_sdpa, fused_attention, segment_attention
     from aqr_perception.training import engine
 
+    routes = [fused_attention.fused_aqr_attention, dense_sdpa.dense_sdpa_attention,
+              segment_attention.segment_lse_attention]
     real = engine.train_step
     dense_model, freed_before_next_fused_step = [], []
 
@@ -141,8 +145,11 @@ def test_train_step_reports_an_attention_that_runs_out_of_memory_and_times_the_o
     for name in ("model_stages", "camera_images"):
         sys.modules.pop(name, None)
     assert freed_before_next_fused_step == [True]
+    assert routes == [fused_attention.fused_aqr_attention, dense_sdpa.dense_sdpa_attention,
+                      segment_attention.segment_lse_attention]      # its route spies are undone
     rows = json.loads(out.read_text())["rows"]
     assert rows["fused"]["step_s"] > 0 and rows["fused"]["steps_timed"] == 1 and "error" not in rows["fused"]
+    assert rows["fused"]["fused_routes"] == {"segment": 3}
     assert rows["dense"]["steps_timed"] == 0 and "out of GPU memory at step 0" in rows["dense"]["error"]
 
 
