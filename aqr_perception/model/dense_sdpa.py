@@ -35,7 +35,7 @@ from aqr_perception.model.aqr import PAD, AqrBias, dense_bias
 #: per-head bias gradient of the backward, 8 GiB in fp32, and below it every offset in the
 #: memory-efficient kernels fits 32 bits (R50 800x320 training at batch 4 needs 1.1 G, the
 #: VoV model's 1.6 G). Elsewhere the math kernel keeps that many weights per layer: 256 MiB
-#: (the tiny model's training batch of 4 needs 18 M)
+#: (a training sample of the tiny model with its DN queries needs about 6 M)
 MAX_SCORES = {"cuda": 1 << 31, "cpu": 1 << 26}
 
 
@@ -51,8 +51,8 @@ def dense_sdpa_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tens
                          dropout_p: float, scale: float) -> Tensor:
     """Same result as the dense reference, (B, h, Q, d), for q (B, h, Q, d), k, v (B, h, K, d),
     key_padding_mask (B, K) bool (True = masked). Padded keys get -PAD (``exp`` is exactly 0
-    next to any real logit; -inf would give NaN where a sample has no key left); a sample
-    whose keys are all masked gets 0."""
+    next to any real logit; -inf can give NaN in CUDA kernels where a sample has no key
+    left); a sample whose keys are all masked gets 0."""
     mask = dense_bias(aqr).to(q.dtype)[:, None]               # (B, 1, Q, K), shared by the heads
     if key_padding_mask is not None:
         mask = mask.masked_fill(key_padding_mask[:, None, None, :], -PAD)

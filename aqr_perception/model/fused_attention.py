@@ -23,8 +23,8 @@ extra columns: per-segment attention merged by log-sum-exp, with its own backwar
 hands the flash kernel the dense bias as its mask instead (dense_flash.py). Local mode
 where those cannot run (CUDA, dropout, fp16/bf16 on CPU, padding that is not constant per
 segment) hands SDPA the dense bias as a mask that carries gradients (dense_sdpa.py), up
-to a size. This
-folded route serves the rest: global mode off the CPU, tracing, and larger local-mode calls.
+to a size. This folded route serves the rest: global mode off the CPU, tracing, and
+larger local-mode calls.
 
 Everything here is ordinary differentiable torch, so autograd gives exact gradients; SDPA
 picks its fused kernels (flash on CPU and CUDA). Memory beyond the unbiased attention:
