@@ -25,8 +25,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -60,40 +59,6 @@ def random_targets(cfg, batch: int, seed: int = 0) -> tuple[list[torch.Tensor], 
     return boxes, labels
 
 
-@contextmanager
-def spy_on_routes() -> Iterator[dict[str, int]]:
-    """Within the block: the fused cross-attention calls per route that
-    ``fused_attention.fused_aqr_attention`` takes ("folded": none of the others)."""
-    from aqr_perception.model import dense_flash, dense_sdpa, fused_attention, segment_attention
-
-    counts: dict[str, int] = {}
-    saved = [(fused_attention, "fused_aqr_attention", fused_attention.fused_aqr_attention)]
-    for module, name, route in ((dense_flash, "dense_flash_attention", "dense_flash"),
-                                (segment_attention, "segment_lse_attention", "segment"),
-                                (dense_sdpa, "dense_sdpa_attention", "dense_sdpa")):
-        fn = getattr(module, name)
-        saved.append((module, name, fn))
-
-        def spy(*args, fn=fn, route=route):
-            counts[route] = counts.get(route, 0) + 1
-            return fn(*args)
-        setattr(module, name, spy)
-    entry = saved[0][2]
-
-    def counted(q, k, v, key_padding_mask, aqr, dropout_p=0.0):
-        before = sum(counts.values())
-        out = entry(q, k, v, key_padding_mask, aqr, dropout_p)
-        if aqr is not None and sum(counts.values()) == before:
-            counts["folded"] = counts.get("folded", 0) + 1
-        return out
-    fused_attention.fused_aqr_attention = counted   # attention._fused imports it at each call
-    try:
-        yield counts
-    finally:
-        for module, name, fn in saved:
-            setattr(module, name, fn)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config/cmt_aqr_r50_800x320.yaml")
@@ -109,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from aqr_perception.config import load_config
     from aqr_perception.model import build_detector
     from aqr_perception.model.batching import make_inputs
+    from aqr_perception.model.fused_attention import observed_routes
     from aqr_perception.training.engine import TrainRun, train_step
 
     config, batch, steps = ("tiny", 1, 1) if args.tiny else (args.config, args.batch, args.steps)
@@ -136,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     def step(entry: dict, seed: int) -> float:
         torch.manual_seed(seed)                    # the same DN noise for both attentions
         # the cross-attention routes of its first step
-        with spy_on_routes() if "routes" not in entry else nullcontext({}) as routes:
+        with observed_routes() if "routes" not in entry else nullcontext({}) as routes:
             sync()
             t0 = time.perf_counter()
             losses = train_step(entry["run"], inputs, gt_boxes, gt_labels)
             sync()
-        entry.setdefault("routes", routes)
+        entry.setdefault("routes", dict(routes))
         entry["losses"].append(float(losses.total.detach()))
         return time.perf_counter() - t0
 

@@ -6,7 +6,7 @@ import torch
 
 from aqr_perception.model.aqr import AqrBias, MemoryLayout, QueryProjection
 from aqr_perception.model.attention import aqr_cross_attention
-from aqr_perception.model.fused_attention import forced_route
+from aqr_perception.model.fused_attention import forced_route, observed_routes
 
 TOL = 1e-5
 
@@ -119,8 +119,9 @@ def test_forced_route_takes_the_route_the_route_tests_name(monkeypatch):
             "dense_sdpa": ["dense_sdpa_attention"], "folded": ["_window_part"]}
     for path in fused_attention.ROUTES:
         taken.clear()
-        _fused(q, k, v, mask, aqr, path)
-        assert taken == want[path], path
+        with observed_routes() as seen:
+            _fused(q, k, v, mask, aqr, path)
+        assert taken == want[path] and seen == {path: 1}, path     # the dispatcher reports what ran
     with pytest.raises(ValueError):
         forced_route("sdpa").__enter__()
     taken.clear()
@@ -134,12 +135,7 @@ def test_dense_sdpa_route_where_the_cpu_routes_cannot_run(monkeypatch):
     constant per segment; on CUDA every call) hands SDPA the dense bias as a mask with
     gradients: exact values and gradients; from MAX_SCORES on, and in global mode, the
     folded route."""
-    from aqr_perception.model import dense_sdpa, fused_attention
-
-    taken = []
-    for module, name in ((dense_sdpa, "dense_sdpa_attention"), (fused_attention, "_window_part")):
-        fn = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, fn=fn, name=name: taken.append(name) or fn(*a))
+    from aqr_perception.model import dense_sdpa
 
     def grads(impl, q, k, v, mask, aqr, dropout_p=0.0):
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v, aqr.lidar_weight, aqr.camera_weight)]
@@ -151,22 +147,22 @@ def test_dense_sdpa_route_where_the_cpu_routes_cannot_run(monkeypatch):
 
     q, k, v, mask, aqr = _case("local", 12, pad="random")         # unstructured padding: no segment route
     dense = grads("dense", q, k, v, mask, aqr)
-    taken.clear()
-    fused = grads("fused", q, k, v, mask, aqr)
-    assert taken == ["dense_sdpa_attention"]
+    with observed_routes() as seen:
+        fused = grads("fused", q, k, v, mask, aqr)
+    assert seen == {"dense_sdpa": 1}
     for name, d, f in zip(["out", "q", "k", "v", "lidar_weight", "camera_weight"], dense, fused):
         assert (d - f).abs().max() <= 1e-6, name
     q, k, v, mask, aqr = _case("local", 13, pad="views")
-    taken.clear()
-    out = grads("fused", q, k, v, mask, aqr, dropout_p=0.5)[0]    # dropout: no segment route either
-    assert taken == ["dense_sdpa_attention"] and torch.isfinite(out).all()
+    with observed_routes() as seen:
+        out = grads("fused", q, k, v, mask, aqr, dropout_p=0.5)[0]    # dropout: no segment route either
+    assert seen == {"dense_sdpa": 1} and torch.isfinite(out).all()
     b, h, nq, _ = q.shape
     monkeypatch.setitem(dense_sdpa.MAX_SCORES, "cpu", b * h * nq * k.shape[2])
     for mode in ("local", "global"):
         q, k, v, mask, aqr = _case(mode, 14, pad="random")
-        taken.clear()
-        fused = grads("fused", q, k, v, mask, aqr)
-        assert taken == (["_window_part"] if mode == "local" else [])
+        with observed_routes() as seen:
+            fused = grads("fused", q, k, v, mask, aqr)
+        assert seen == {"folded": 1}
         assert (grads("dense", q, k, v, mask, aqr)[0] - fused[0]).abs().max() <= TOL
 
 

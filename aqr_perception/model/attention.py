@@ -80,10 +80,8 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, key_pad
     mask = to_float_mask(attn_mask, q.dtype)
     pad = padding_to_float(key_padding_mask, q.dtype)
     mask = mask if pad is None else mask + pad
-    if impl == "dense":
+    if _implementation(impl) is _dense:
         return attention_reference(q, k, v, mask, dropout_p)
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention implementation {impl!r}; known: {sorted(IMPLEMENTATIONS)}")
     masked = torch.isneginf(mask)
     dead = masked.all(-1, keepdim=True)                           # (B, 1, Q, 1) with padding, else (Q, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.masked_fill(masked, -PAD), dropout_p=dropout_p)
@@ -102,11 +100,14 @@ def aqr_cross_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     Equals ``softmax(q k^T / sqrt(d) + padding + bias) v`` with the bias of
     :func:`aqr_perception.model.aqr.dense_bias`; queries whose keys are all masked get 0.
     """
+    return _implementation(impl)(q, k, v, key_padding_mask, aqr, dropout_p)
+
+
+def _implementation(impl: str):
     try:
-        fn = IMPLEMENTATIONS[impl]
+        return IMPLEMENTATIONS[impl]
     except KeyError:
         raise ValueError(f"unknown attention implementation {impl!r}; known: {sorted(IMPLEMENTATIONS)}") from None
-    return fn(q, k, v, key_padding_mask, aqr, dropout_p)
 
 
 class MultiheadAttention(nn.Module):

@@ -34,6 +34,7 @@ gathered window logits/values in chunks of queries.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,6 +49,8 @@ from aqr_perception.model.aqr import PAD, AqrBias, MemoryLayout, global_biases, 
 ROUTES = ("dense_flash", "segment", "dense_sdpa", "folded")
 #: routes skipped within :func:`forced_route`
 _skipped: tuple[str, ...] = ()
+#: the counters of the :func:`observed_routes` blocks now open
+_observers: list[Counter] = []
 
 WINDOW_CHUNK = 32       # queries per gather chunk in local mode on CPU (measured: 32 beats 8..128)
 #: on CUDA the gather is memory-bound too but wide chunks keep the GPU busy: per chunk
@@ -125,6 +128,24 @@ def forced_route(route: str) -> Iterator[None]:
         _skipped = saved
 
 
+@contextmanager
+def observed_routes() -> Iterator[Counter]:
+    """Within the block, the calls with an AQR bias per route taken (a Counter by route
+    name), so that a benchmark can say what it timed. For one thread at a time, as
+    :func:`forced_route`."""
+    counts: Counter = Counter()
+    _observers.append(counts)
+    try:
+        yield counts
+    finally:
+        _observers.remove(counts)
+
+
+def _taking(route: str) -> None:
+    for counts in _observers:
+        counts[route] += 1
+
+
 def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
                         aqr: AqrBias | None, dropout_p: float = 0.0) -> Tensor:
     """Same result as the dense reference, (B, h, Q, d); see the module docstring.
@@ -143,15 +164,19 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
         return out
     lay = aqr.layout
     if "dense_flash" not in _skipped and dense_flash.usable(q, k, v, aqr, dropout_p):
+        _taking("dense_flash")
         return dense_flash.dense_flash_attention(q, k, v, key_padding_mask, aqr, scale)
     # queries of a sample whose keys are all masked: the reference defines their output as 0
     all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
                   else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]
     seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
     if "segment" not in _skipped and segment_attention.usable(q, dropout_p, seg_pad):
+        _taking("segment")
         return segment_attention.segment_lse_attention(q, k, v, aqr, seg_pad, scale)
     if "dense_sdpa" not in _skipped and dense_sdpa.usable(q, k, aqr):
+        _taking("dense_sdpa")
         return dense_sdpa.dense_sdpa_attention(q, k, v, key_padding_mask, aqr, dropout_p, scale)
+    _taking("folded")
     general_mask = None
     if seg_pad is None:      # unstructured padding: SDPA takes it as a broadcast (B, 1, 1, K) mask
         general_mask = ~key_padding_mask[:, None, None, :]
