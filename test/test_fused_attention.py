@@ -166,6 +166,31 @@ def test_dense_sdpa_route_where_the_cpu_routes_cannot_run(monkeypatch):
         assert (grads("dense", q, k, v, mask, aqr)[0] - fused[0]).abs().max() <= TOL
 
 
+def test_padding_checked_per_segment_once_and_only_where_a_route_needs_it(monkeypatch):
+    """Whether the padding is constant within segments is a host sync on CUDA: the dispatcher
+    finds it out once per call, and not at all on the dense_sdpa route (every local-mode call
+    on CUDA; here, dropout), which takes the key padding as it is."""
+    from aqr_perception.model import fused_attention
+
+    calls = []
+    real = fused_attention.segment_padding
+    monkeypatch.setattr(fused_attention, "segment_padding", lambda *a: calls.append(1) or real(*a))
+    for mode, pad, dropout_p, route, checks in (("local", "views", 0.5, "dense_sdpa", 0),
+                                                ("local", "views", 0.0, "segment", 1),
+                                                ("local", "random", 0.0, "dense_sdpa", 1),
+                                                ("global", "views", 0.0, "segment", 1),
+                                                ("global", "views", 0.5, "folded", 1),
+                                                ("global", "random", 0.0, "folded", 1)):
+        q, k, v, mask, aqr = _case(mode, 13, pad=pad)
+        calls.clear()
+        with observed_routes() as seen:           # with gradients: the dense_flash route is inference only
+            out = aqr_cross_attention(q.clone().requires_grad_(True), k, v, mask, aqr, impl="fused",
+                                      dropout_p=dropout_p).detach()
+        assert seen == {route: 1} and len(calls) == checks, (mode, pad, dropout_p)
+        if dropout_p == 0.0:
+            assert (out - aqr_cross_attention(q, k, v, mask, aqr, impl="dense")).abs().max() <= TOL
+
+
 @pytest.mark.parametrize("pad", ["lidar", "views", "everything", "random"])
 def test_dense_flash_over_several_key_tiles_with_padding(pad):
     """More keys than the CPU flash kernel's tile (512): a dropped LiDAR masks whole tiles."""

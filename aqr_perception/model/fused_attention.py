@@ -166,17 +166,23 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     if "dense_flash" not in _skipped and dense_flash.usable(q, k, v, aqr, dropout_p):
         _taking("dense_flash")
         return dense_flash.dense_flash_attention(q, k, v, key_padding_mask, aqr, scale)
-    # queries of a sample whose keys are all masked: the reference defines their output as 0
-    all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
-                  else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]
-    seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
-    if "segment" not in _skipped and segment_attention.usable(q, dropout_p, seg_pad):
-        _taking("segment")
-        return segment_attention.segment_lse_attention(q, k, v, aqr, seg_pad, scale)
+    # the per-segment padding is found out only for the routes that need it: checking that
+    # the padding is constant within segments is a host sync, six a forward on CUDA
+    seg_pad, seg_pad_known = None, False
+    if "segment" not in _skipped and segment_attention.usable(q, dropout_p):
+        seg_pad, seg_pad_known = segment_padding(key_padding_mask, lay, b, q.device), True
+        if seg_pad is not None:
+            _taking("segment")
+            return segment_attention.segment_lse_attention(q, k, v, aqr, seg_pad, scale)
     if "dense_sdpa" not in _skipped and dense_sdpa.usable(q, k, aqr):
         _taking("dense_sdpa")
         return dense_sdpa.dense_sdpa_attention(q, k, v, key_padding_mask, aqr, dropout_p, scale)
     _taking("folded")
+    if not seg_pad_known:
+        seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
+    # queries of a sample whose keys are all masked: the reference defines their output as 0
+    all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
+                  else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]
     general_mask = None
     if seg_pad is None:      # unstructured padding: SDPA takes it as a broadcast (B, 1, 1, K) mask
         general_mask = ~key_padding_mask[:, None, None, :]

@@ -43,12 +43,13 @@ def _csr_beta_quiet():
         yield
 
 
-def usable(q: Tensor, dropout_p: float, segment_pad: Tensor | None) -> bool:
-    """Whether this path applies: CPU, fp32/fp64, no dropout, no tracing, padding constant
-    within segments (``segment_pad`` from ``fused_attention.segment_padding``)."""
+def usable(q: Tensor, dropout_p: float) -> bool:
+    """Whether this path can run: CPU, fp32/fp64, no dropout, no tracing. It also needs the
+    padding constant within segments (``fused_attention.segment_padding`` not None), which
+    the caller checks after this: finding it out costs a host sync."""
     return (q.device.type == "cpu" and q.dtype in SUPPORTED_DTYPES
             and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
-            and dropout_p == 0.0 and segment_pad is not None and not torch.compiler.is_compiling())
+            and dropout_p == 0.0 and not torch.compiler.is_compiling())
 
 
 def _runs(layout: MemoryLayout, padded: list[bool], split_bev: bool) -> list[tuple[int, int, int]]:
