@@ -103,3 +103,32 @@ def test_the_foxglove_layout_shows_what_the_recording_has(recording):
         return [node] if isinstance(node, str) else leaves(node["first"]) + leaves(node["second"])
 
     assert sorted(leaves(layout["layout"])) == sorted(panels)    # every panel placed, once
+
+
+def test_the_recorder_names_its_unmatched_topics_and_the_replay_waits_for_them(ros_context, tmp_path):
+    """A message published before discovery is lost (volatile): under sim time the node's
+    only /diagnostics of the short bundled drive comes at the first /clock, so the replay
+    starts playing only once the recorder's subscriptions are matched (the demo's recording
+    once came out without /diagnostics when discovery was slow). Real DDS, loopback."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    from aqr_perception.evaluation.replay import wait_for_recorded_outputs
+    from aqr_perception.ros.node_process import Probe
+    from aqr_perception.ros.recorder import Recorder
+
+    with Probe("recorder_probe", ros_context) as probe, Probe("diagnostics_peer", ros_context) as peer:
+        recorder = Recorder(tmp_path / "rec", lambda: 1_000)
+        recorder.subscribe(probe.node, "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
+        probe.spin(0.3)
+        assert recorder.unmatched() == ["/diagnostics"]
+        pub = peer.node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        wait_for_recorded_outputs(recorder, probe, log=False)
+        assert recorder.unmatched() == []
+        msg = DiagnosticArray(status=[DiagnosticStatus(name="aqr: test", message="the first and only one")])
+        pub.publish(msg)                               # at once, as the node's first diagnostics
+        probe.spin_until(lambda: recorder.counts.get("/diagnostics", 0) == 1, 10)
+        recorder.close()
+    types, raw = _read(tmp_path / "rec")
+    assert types["/diagnostics"] == "diagnostic_msgs/msg/DiagnosticArray" and len(raw["/diagnostics"]) == 1
+    got = project_typestore().deserialize_cdr(raw["/diagnostics"][0], types["/diagnostics"])
+    assert got.status[0].message == "the first and only one"

@@ -102,6 +102,19 @@ def wait_for_node_inputs(player: BagPlayer, probe: Probe, node_cfg: NodeConfig, 
                                "node.camera_names, node.image_transport, node.extrinsics_source)")
 
 
+def wait_for_recorded_outputs(recorder: Recorder, probe: Probe, log: bool) -> None:
+    """Spin until the recorder's subscriptions are matched with the node's publishers (at
+    most ``NODE_SUBSCRIBE_GRACE_S``; then the topics still unmatched are named and the
+    replay goes on). Under sim time the node's first /diagnostics comes at the first /clock
+    the player sends, and a drive shorter than the diagnostics period has no other."""
+    deadline = time.monotonic() + NODE_SUBSCRIBE_GRACE_S
+    while recorder.unmatched() and time.monotonic() < deadline:
+        probe.spin(0.05)
+    if recorder.unmatched() and log:
+        print(f"recording without a publisher on {', '.join(recorder.unmatched())} yet: what the node "
+              "publishes there before discovery ends is not recorded", flush=True)
+
+
 def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cpu",
                    log: bool = True, record: Path | None = None) -> dict[str, FrameAnswer]:
     """Play the bag to the node process over DDS, stepwise (or at ``cfg.eval.replay_rate``
@@ -141,6 +154,8 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
                 player.on_publish = recorder.write
             # every played input must be matched: a message published before discovery is lost
             wait_for_node_inputs(player, probe, node_cfg, node)
+            if recorder is not None:
+                wait_for_recorded_outputs(recorder, probe, log)
             outstanding: list[str] = []
 
             def gate(topic: str, stamp: int) -> None:

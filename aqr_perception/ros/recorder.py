@@ -28,6 +28,7 @@ class Recorder:
         self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
         self._conns: dict[str, object] = {}
+        self._subscriptions: dict[str, object] = {}
         self.counts: dict[str, int] = {}
 
     def write(self, topic: str, msgtype: str, stamp_ns: int, raw: bytes) -> None:
@@ -40,8 +41,13 @@ class Recorder:
     def subscribe(self, node, topic: str, msgtype: str, depth: int = 100) -> None:
         """Record ``topic`` as received by ``node`` (reliable, keep-last ``depth``)."""
         qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
-        node.create_subscription(get_message(msgtype), topic,
-                                 lambda raw: self.write(topic, msgtype, self.clock(), raw), qos, raw=True)
+        self._subscriptions[topic] = node.create_subscription(
+            get_message(msgtype), topic, lambda raw: self.write(topic, msgtype, self.clock(), raw), qos, raw=True)
+
+    def unmatched(self) -> list[str]:
+        """The subscribed topics no publisher is matched with yet: what is published on them
+        now is lost (volatile durability), as ``ros2 bag record`` loses it before discovery."""
+        return [t for t, sub in self._subscriptions.items() if sub.get_publisher_count() == 0]
 
     def close(self) -> None:
         self._writer.close()
