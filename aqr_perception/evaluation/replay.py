@@ -107,10 +107,7 @@ def wait_for_recorded_outputs(recorder: Recorder, probe: Probe, log: bool) -> No
     most ``NODE_SUBSCRIBE_GRACE_S``; then the topics still unmatched are named and the
     replay goes on). Under sim time the node's first /diagnostics comes at the first /clock
     the player sends, and a drive shorter than the diagnostics period has no other."""
-    deadline = time.monotonic() + NODE_SUBSCRIBE_GRACE_S
-    while recorder.unmatched() and time.monotonic() < deadline:
-        probe.spin(0.05)
-    if recorder.unmatched() and log:
+    if not probe.spin_until(lambda: not recorder.unmatched(), NODE_SUBSCRIBE_GRACE_S) and log:
         print(f"recording without a publisher on {', '.join(recorder.unmatched())} yet: what the node "
               "publishes there before discovery ends is not recorded", flush=True)
 
