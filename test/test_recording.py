@@ -39,6 +39,12 @@ def _read(bag: Path) -> tuple[dict[str, str], dict[str, list[bytes]]]:
     return types, raw
 
 
+def _frames_published(diag) -> int:
+    """The node's frames_published counter in a DiagnosticArray (its processing status)."""
+    (status,) = [st for st in diag.status if st.name.endswith(": processing")]
+    return int({kv.key: kv.value for kv in status.values}.get("frames_published", 0))
+
+
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
@@ -68,6 +74,10 @@ def test_the_recording_holds_the_inputs_and_every_output(recording):
         assert types[topic] == msgtype and len(raw[topic]) == sweeps, (topic, len(raw.get(topic, [])))
     assert types["/diagnostics"] == "diagnostic_msgs/msg/DiagnosticArray" and raw["/diagnostics"]
     store = project_typestore()
+    published = [_frames_published(store.deserialize_cdr(m, types["/diagnostics"])) for m in raw["/diagnostics"]]
+    # the diagnostics follow the drive: several, counting the frames as they are published
+    assert len(published) >= 4 and published == sorted(published), published
+    assert published[0] == 0 and published[-1] >= sweeps // 2, published
     det = store.deserialize_cdr(raw["/aqr_perception/detections"][-1], OUTPUTS["/aqr_perception/detections"])
     assert det.header.frame_id == "LIDAR_TOP" and len(det.detections) > 0
 
