@@ -264,3 +264,32 @@ def test_resnet_trunk_computes_what_timm_resnet_computes(depth):
     assert len(want) == len(got) == 2
     for w, o in zip(want, got):
         assert o.shape == w.shape and torch.allclose(o, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("route", ["segment", "folded"])
+def test_the_detector_hands_the_attention_its_padding_per_segment(mode, route, monkeypatch):
+    """The detector builds the key padding from lidar_valid / camera_valid and hands it to
+    the attention per segment, so the routes that need it per segment never check the key
+    padding for it (a host sync per layer on CUDA); the outputs equal the dense reference,
+    with a camera missing in one sample and the LiDAR in the other."""
+    from aqr_perception.model import fused_attention
+
+    cfg = load_config("tiny").model
+    cfg = cfg.model_copy(update={"aqr": cfg.aqr.model_copy(update={"mode": mode})})
+    torch.manual_seed(3)
+    model = build_detector(cfg).eval()
+    camera_valid = torch.ones(2, cfg.num_views, dtype=torch.bool)
+    camera_valid[0, 2] = False
+    inputs = random_inputs(cfg, batch=2, lidar_valid=torch.tensor([True, False]), camera_valid=camera_valid)
+    checks = []
+    real = fused_attention.segment_padding
+    monkeypatch.setattr(fused_attention, "segment_padding", lambda *a: checks.append(1) or real(*a))
+    outs = {}
+    for impl in ("dense", "fused"):
+        model.decoder.impl = impl
+        with torch.no_grad(), fused_attention.forced_route(route), fused_attention.observed_routes() as seen:
+            outs[impl] = model(inputs)
+    assert seen == {route: cfg.transformer.num_layers} and not checks
+    for name in ("cls_logits", "bbox_code", "lidar_weight", "camera_weight"):
+        torch.testing.assert_close(getattr(outs["fused"], name), getattr(outs["dense"], name), atol=1e-4, rtol=1e-4)

@@ -340,3 +340,54 @@ def test_low_precision_inputs_forward_and_backward(dtype, mode, path):
         err_fused = float((fused - ref).abs().max() / scale)
         err_dense = float((dense - ref).abs().max() / scale)
         assert err_fused <= max(3 * err_dense, 2e-2 if dtype == torch.bfloat16 else 3e-3), (name, err_fused, err_dense)
+
+
+def test_head_dim_decides_whether_the_folded_route_looks_for_padding():
+    """On CUDA the folded call's head dim is a multiple of 8: for CMT's d = 32 with six views
+    one column per segment fits the same 40 as the fewest columns (none in local mode, two in
+    global mode), so there the route does not look whether there is padding (a host sync).
+    On the CPU, and for a width that crosses a multiple of 8, fewer columns are narrower."""
+    from aqr_perception.model.fused_attention import fewer_columns_narrower, head_dim
+
+    assert [head_dim(w, True) for w in (33, 39, 40, 41)] == [40, 40, 40, 48]
+    assert head_dim(39, False) == 39
+    for local in (False, True):
+        assert not fewer_columns_narrower(32, 6, local, cuda=True)
+        assert fewer_columns_narrower(32, 6, local, cuda=False)
+    assert fewer_columns_narrower(32, 12, False, cuda=True)     # 34 -> 40 against 45 -> 48
+    assert not fewer_columns_narrower(8, 6, True, cuda=True)    # 9 and 16 -> 16
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("pad", ["none", "views"])
+@pytest.mark.parametrize("narrower", [False, True])
+def test_folded_route_without_the_padding_look_where_it_would_not_narrow(mode, pad, narrower, monkeypatch):
+    """Where fewer columns would not narrow the call (as on CUDA at d = 32), the folded route
+    takes one column per segment without looking at the padding, and still equals dense."""
+    from aqr_perception.model import fused_attention
+
+    looks = []
+    real = fused_attention.any_padding
+    monkeypatch.setattr(fused_attention, "fewer_columns_narrower", lambda *a: narrower)
+    monkeypatch.setattr(fused_attention, "any_padding", lambda p: looks.append(1) or real(p))
+    q, k, v, mask, aqr = _case(mode, 5, pad=pad)
+    out = _fused(q, k, v, mask, aqr, "folded")
+    assert len(looks) == int(narrower)
+    assert (out - aqr_cross_attention(q, k, v, mask, aqr, impl="dense")).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("route", ["segment", "folded"])
+def test_a_callers_segment_padding_is_taken_without_a_check(mode, route, monkeypatch):
+    """AqrBias.segment_padding (the detector gives it) replaces finding the padding out."""
+    from aqr_perception.model import fused_attention
+
+    checks = []
+    real = fused_attention.segment_padding
+    monkeypatch.setattr(fused_attention, "segment_padding", lambda *a: checks.append(1) or real(*a))
+    q, k, v, mask, aqr = _case(mode, 7, pad="views")
+    aqr.segment_padding = real(mask, aqr.layout, q.shape[0], q.device)
+    assert aqr.segment_padding is not None and not checks
+    out = _fused(q, k, v, mask, aqr, route)
+    assert not checks
+    assert (out - aqr_cross_attention(q, k, v, mask, aqr, impl="dense")).abs().max() <= TOL

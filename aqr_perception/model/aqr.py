@@ -66,6 +66,10 @@ class AqrBias:
 
     lidar_weight, camera_weight: (B, Q) in (0, 1)
     projection: needed in local mode
+    segment_padding: (B, 1 + V) bool, the key padding per segment (0 = BEV, 1 + v = view
+        v) when the caller built the key padding that way (the detector does, from
+        ``lidar_valid`` / ``camera_valid``); None: the attention finds it out from the key
+        padding, which costs a host sync on CUDA
     """
 
     mode: str
@@ -79,6 +83,7 @@ class AqrBias:
     #: local mode: the windows of ``projection`` (:func:`local_windows`), when the caller
     #: computed them once for several calls (the decoder's layers); None: computed per call
     windows: LocalWindows | None = None
+    segment_padding: Tensor | None = None
 
 
 @dataclass

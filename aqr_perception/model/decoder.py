@@ -73,12 +73,15 @@ class AqrDecoder(nn.Module):
 
     def forward(self, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, layout: MemoryLayout,
                 projection: QueryProjection, key_padding_mask: Tensor | None, self_mask: Tensor | None,
-                lidar_available: Tensor, camera_available: Tensor) -> DecoderOutput:
+                lidar_available: Tensor, camera_available: Tensor,
+                segment_padding: Tensor | None = None) -> DecoderOutput:
         """
         Args:
             query_pos: (B, T, C) query position encodings (content queries start at 0).
             memory, memory_pos: (B, K, C).  key_padding_mask: (B, K) bool.
             projection: router inputs per query (B, T); lidar_available (B,), camera_available (B, T).
+            segment_padding: (B, 1 + V) bool, ``key_padding_mask`` per segment when the
+                caller knows it (:attr:`AqrBias.segment_padding`).
         """
         query = torch.zeros_like(query_pos)
         memory_key = memory + memory_pos
@@ -97,7 +100,7 @@ class AqrDecoder(nn.Module):
                     lw = cw = query_pos.new_full(query_pos.shape[:2], self.fixed_weight)
                 aqr = AqrBias(mode=a.mode, strength=a.strength, lidar_weight=lw, camera_weight=cw, layout=layout,
                               projection=projection, bev_window=a.bev_window, camera_window=a.camera_window,
-                              windows=windows)
+                              windows=windows, segment_padding=segment_padding)
             else:
                 lw = cw = query_pos.new_full(query_pos.shape[:2], 0.5)
             query = layer(query, query_pos, memory, memory_key, self_mask, key_padding_mask, aqr, self.impl)

@@ -172,7 +172,8 @@ class CmtAqrDetector(nn.Module):
     def decode_queries(self, memory: Tensor, memory_pos: Tensor, pad: Tensor, lidar2img: Tensor,
                        camera_valid: Tensor, lidar_valid: Tensor, gt_boxes: list[Tensor] | None = None,
                        gt_labels: list[Tensor] | None = None, img2lidar: Tensor | None = None) -> DetectorOutput:
-        """Queries (+ DN queries in training) through the decoder and heads, over ``memory``."""
+        """Queries (+ DN queries in training) through the decoder and heads, over ``memory``.
+        ``pad`` is :meth:`assemble_memory`'s, made of the same ``lidar_valid`` / ``camera_valid``."""
         cfg, b = self.cfg, memory.shape[0]
         base_ref = self.reference_points.weight
         dn = None
@@ -187,8 +188,10 @@ class CmtAqrDetector(nn.Module):
         uv, visible = self.position.project_reference_points(ref, lidar2img, pad_h, pad_w)
         visible = visible & camera_valid[:, :, None]
         proj = query_projection(ref, uv, visible, self.layout, cfg.image.feature_stride, pad_h, pad_w)
+        # pad per segment, handed to the attention so that it need not check it (a host sync on CUDA)
+        segment_pad = torch.cat([~lidar_valid[:, None], ~camera_valid], dim=1)
         dec = self.decoder(query_pos, memory, memory_pos, self.layout, proj, pad, self_mask,
-                           lidar_valid, proj.cam_visible)
+                           lidar_valid, proj.cam_visible, segment_pad)
         cls_logits, bbox_code = self.heads(dec.features, ref)
         p = dn.pad_size if dn is not None else 0
         has_input = lidar_valid | camera_valid.any(dim=1)

@@ -146,6 +146,34 @@ def _taking(route: str) -> None:
         counts[route] += 1
 
 
+def _known_segment_padding(key_padding_mask: Tensor | None, aqr: AqrBias, batch: int, device) -> Tensor | None:
+    """The caller's :attr:`AqrBias.segment_padding` where it gave one, else :func:`segment_padding`."""
+    if aqr.segment_padding is not None:
+        return aqr.segment_padding.to(device)
+    return segment_padding(key_padding_mask, aqr.layout, batch, device)
+
+
+def head_dim(width: int, cuda: bool) -> int:
+    """The head dim of the folded call for ``width`` used columns: on CUDA the fused
+    kernels need one head dim for q, k and v, a multiple of 8."""
+    return -(-width // 8) * 8 if cuda else width
+
+
+def fewer_columns_narrower(d: int, num_views: int, local: bool, cuda: bool) -> bool:
+    """Whether the folded call gets a narrower head dim when there is no padding (no
+    segment columns in local mode, two in global mode) than with one column per segment.
+    Where it does not (CUDA, d = 32, six views: 40 either way), the folded route does not
+    look whether there is padding, a host sync."""
+    sentinel = 1 if local else 0
+    fewest = 0 if local else 2
+    return head_dim(d + fewest + sentinel, cuda) < head_dim(d + 1 + num_views + sentinel, cuda)
+
+
+def any_padding(seg_pad: Tensor) -> bool:
+    """Whether any segment of any sample is padded (a host sync on CUDA)."""
+    return bool(seg_pad.any())
+
+
 def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
                         aqr: AqrBias | None, dropout_p: float = 0.0) -> Tensor:
     """Same result as the dense reference, (B, h, Q, d); see the module docstring.
@@ -166,11 +194,12 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     if "dense_flash" not in _skipped and dense_flash.usable(q, k, v, aqr, dropout_p):
         _taking("dense_flash")
         return dense_flash.dense_flash_attention(q, k, v, key_padding_mask, aqr, scale)
-    # the per-segment padding is found out only for the routes that need it: checking that
-    # the padding is constant within segments is a host sync, six a forward on CUDA
+    # the per-segment padding is found out only for the routes that need it, and only where
+    # the caller did not give it: checking that the padding is constant within segments is a
+    # host sync, six a forward on CUDA
     seg_pad, seg_pad_known = None, False
     if "segment" not in _skipped and segment_attention.usable(q, dropout_p):
-        seg_pad, seg_pad_known = segment_padding(key_padding_mask, lay, b, q.device), True
+        seg_pad, seg_pad_known = _known_segment_padding(key_padding_mask, aqr, b, q.device), True
         if seg_pad is not None:
             _taking("segment")
             return segment_attention.segment_lse_attention(q, k, v, aqr, seg_pad, scale)
@@ -179,7 +208,7 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
         return dense_sdpa.dense_sdpa_attention(q, k, v, key_padding_mask, aqr, dropout_p, scale)
     _taking("folded")
     if not seg_pad_known:
-        seg_pad = segment_padding(key_padding_mask, lay, b, q.device)
+        seg_pad = _known_segment_padding(key_padding_mask, aqr, b, q.device)
     # queries of a sample whose keys are all masked: the reference defines their output as 0
     all_masked = (key_padding_mask.all(1) if key_padding_mask is not None
                   else torch.zeros(b, dtype=torch.bool, device=q.device))[:, None, None]
@@ -198,8 +227,9 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     seg = segment_index(lay, q.device)
     # fewest extra columns that carry the per-segment logits: none in local mode without
     # padding, [BEV, cameras] in global mode without padding, else one per segment (always
-    # when tracing: the check is data-dependent)
-    if torch.compiler.is_compiling() or bool(seg_pad.any()):
+    # when tracing, the check being data-dependent, and where fewer would not narrow the call)
+    if (torch.compiler.is_compiling() or not fewer_columns_narrower(d, lay.num_views, local, q.is_cuda)
+            or any_padding(seg_pad)):
         cols = seg_logit
     elif local:
         cols, seg = seg_logit[..., :0], None
@@ -210,7 +240,7 @@ def fused_aqr_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     # fused kernels need one head dim for q, k and v (a multiple of 8 on CUDA); each wide
     # tensor is written once: [original | segment columns | sentinel column | zero padding]
     width = d + n_seg + (1 if local else 0)
-    dim = -(-width // 8) * 8 if q.is_cuda else width
+    dim = head_dim(width, q.is_cuda)
     extra_key = 1 if local else 0
     q2 = q.new_zeros(b, h, nq, dim)
     q2[..., :d] = q
