@@ -12,6 +12,8 @@ mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
 * post-processing: decoded detections to the serialised output messages (Detection3DArray,
   velocities, routing), as the node publishes them (data/detection_cdr.py);
 * the node path: the three together;
+* with the fp32 eager row on CUDA, the host syncs of one ``predict``: how many, and the
+  source lines that make them (each stalls the host until the GPU catches up);
 * camera input from JPEG (six ~200 kB 1600x900 images, nuScenes' size): decoded on the
   CPU as the node does (reduced DCT decode, the camera thread pool) against a batch decoded
   on the GPU by nvJPEG (``torchvision.io.decode_jpeg``) and resized there; the node has no
@@ -35,6 +37,9 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
+from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +61,8 @@ COMPILE_WARMUP = 3
 #: runs of the hooked pass that gives an eager row its stages (its totals come from a pass
 #: without hooks: on CUDA each hook synchronises, which the model alone does not)
 STAGE_RUNS = 5
+#: the fp32 eager row lists the source lines that synchronise with the host most, this many
+SYNC_SITES = 15
 
 
 class Report:
@@ -82,6 +89,10 @@ class Report:
               f"{n['p50_ms']:8.1f} / {n['p99_ms']:6.1f} {n['fps']:9.2f}", flush=True)
         if r["stages_ms"]:
             print("    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()), flush=True)
+        if "host_syncs" in r:
+            s = r["host_syncs"]
+            print(f"    host syncs per predict: {s['count']} (" + ", ".join(f"{k} x{v}" for k, v in s["sites"].items())
+                  + ")", flush=True)
         self.save()
 
     def add_jpeg(self, rows: list[dict]) -> None:
@@ -171,6 +182,25 @@ def jpeg_rows(cfg, device: str, runs: int, sync, skipped: list[str]) -> list[dic
     return rows
 
 
+def host_syncs(fn, device: str, debug_mode=None) -> dict | None:
+    """The synchronising CUDA calls of one ``fn()``: their count and the source lines
+    (``package/file.py:line``) that made most. ``torch.cuda.set_sync_debug_mode("warn")``
+    warns at each, from the Python line that called the op. None off CUDA."""
+    if not device.startswith("cuda"):
+        return None
+    set_mode = debug_mode or torch.cuda.set_sync_debug_mode
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        set_mode("warn")
+        try:
+            fn()
+        finally:
+            set_mode("default")
+    sites = Counter("/".join(Path(w.filename).parts[-2:]) + f":{w.lineno}" for w in caught
+                    if "synchronizing" in str(w.message))
+    return {"count": sum(sites.values()), "sites": dict(sites.most_common(SYNC_SITES))}
+
+
 def timed(fn, runs: int, sync) -> list[float]:
     fn()
     out = []
@@ -221,6 +251,12 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
         routing_cdr(header, det, True, [f"CAM_{i}" for i in range(cfg.num_views)], [])
 
     post_t = timed(post, runs, sync)
+    try:
+        with torch.inference_mode():
+            syncs = host_syncs(partial(model.predict, inputs), device)
+    except Exception as exc:                         # evidence, not a row: never worth the run
+        syncs = None
+        skipped.append(f"{cfg.name} host syncs: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     variants = [(dt, None) for dt in dtypes]
     if compile_:
         variants += [(dt, "torch.compile") for dt in dtypes]
@@ -254,9 +290,12 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
             continue
         model_p = percentiles(totals)
         node = [a + b + c for a, b, c in zip(pre, totals, post_t)]
-        report.add({"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
-                    "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
-                    "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)})
+        row = {"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
+               "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
+               "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)}
+        if syncs is not None and dtype == "fp32" and how is None:
+            row["host_syncs"] = syncs
+        report.add(row)
     if tensorrt:
         for row in tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped):
             report.add(row)

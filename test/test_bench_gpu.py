@@ -165,3 +165,27 @@ def test_gpu_run_stops_at_once_when_the_package_does_not_import(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "No module named 'pydantic'" in r.stdout and "gpu_wheels.sh" in r.stderr
     assert not any("bench/" in line for line in calls.read_text().splitlines())   # no step started
+
+
+def test_host_syncs_are_counted_by_the_line_that_makes_them():
+    """model_gpu's sync count on CUDA: every "synchronizing CUDA operation" warning that
+    torch.cuda.set_sync_debug_mode("warn") raises during one call, grouped by source line,
+    with the mode set back afterwards (here a stand-in for the mode setter, which needs CUDA)."""
+    import warnings
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from model_gpu import host_syncs
+
+    modes = []
+
+    def syncing():
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation", stacklevel=1)      # one line, three times
+        warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+        warnings.warn("something else", stacklevel=1)
+
+    result = host_syncs(syncing, "cuda:0", modes.append)
+    assert modes == ["warn", "default"] and result["count"] == 4
+    assert sorted(result["sites"].values()) == [1, 3]
+    assert all(site.startswith("test/test_bench_gpu.py:") for site in result["sites"])
+    assert host_syncs(syncing, "cpu", modes.append) is None and modes == ["warn", "default"]
