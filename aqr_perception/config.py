@@ -565,9 +565,9 @@ class EvalConfig(_Section):
                          "r > 0 plays at the bag's pace times r with the node's own queue depth, as on a vehicle: "
                          "sweeps the node has no time for go unanswered, are counted, and are not scored")
     replay_diagnostics_period_s: PositiveFloat = Field(
-        0.1, description="replay with a recording (demo, eval --record): the node publishes /diagnostics this often "
-                         "in the bag's time, so that a drive of a few seconds (the bundled one: 0.75 s) shows its "
-                         "diagnostics as it goes; the node's own default is node.diagnostics_period_s")
+        0.1, description="replay with a recording (demo, eval --record): the node publishes /diagnostics at least "
+                         "this often in the bag's time, so that a drive of a few seconds (the bundled one: 0.75 s) "
+                         "shows its diagnostics as it goes; the node's own default is node.diagnostics_period_s")
     replay_step_timeout_s: PositiveFloat = Field(
         60.0, description="replay: the longest wait for the node's answer to a sweep before the next is played")
     routing_score_threshold: Probability = Field(

@@ -12,7 +12,7 @@ mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
 * post-processing: decoded detections to the serialised output messages (Detection3DArray,
   velocities, routing), as the node publishes them (data/detection_cdr.py);
 * the node path: the three together;
-* with the fp32 eager row on CUDA, the host syncs of one ``predict``: how many, and the
+* on CUDA, per config, the host syncs of one eager fp32 ``predict``: how many, and the
   source lines that make them (each stalls the host until the GPU catches up);
 * camera input from JPEG (six ~200 kB 1600x900 images, nuScenes' size): decoded on the
   CPU as the node does (reduced DCT decode, the camera thread pool) against a batch decoded
@@ -37,6 +37,7 @@ import argparse
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from collections import Counter
 from functools import partial
@@ -47,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_images import TYPICAL_NOISE, gradient_images  # noqa: E402
-from model_stages import device_sync, model_arrays, time_stages, write_json  # noqa: E402
+from model_stages import device_sync, first_line, model_arrays, time_stages, write_json  # noqa: E402
 
 CONFIGS = ["config/cmt_aqr_r50_800x320.yaml", "config/cmt_aqr_vov_1600x640.yaml"]
 #: a torch.compile row is started only with this much of the budget left (compiling the
@@ -61,7 +62,7 @@ COMPILE_WARMUP = 3
 #: runs of the hooked pass that gives an eager row its stages (its totals come from a pass
 #: without hooks: on CUDA each hook synchronises, which the model alone does not)
 STAGE_RUNS = 5
-#: the fp32 eager row lists the source lines that synchronise with the host most, this many
+#: the host syncs of a config name the source lines that synchronise most, this many
 SYNC_SITES = 15
 
 
@@ -78,6 +79,7 @@ class Report:
         self.rows: list[dict] = []
         self.jpeg: list[dict] = []
         self.skipped: list[str] = []
+        self.host_syncs: dict[str, dict] = {}
 
     def add(self, r: dict) -> None:
         if not self.rows:
@@ -89,10 +91,12 @@ class Report:
               f"{n['p50_ms']:8.1f} / {n['p99_ms']:6.1f} {n['fps']:9.2f}", flush=True)
         if r["stages_ms"]:
             print("    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()), flush=True)
-        if "host_syncs" in r:
-            s = r["host_syncs"]
-            print(f"    host syncs per predict: {s['count']} (" + ", ".join(f"{k} x{v}" for k, v in s["sites"].items())
-                  + ")", flush=True)
+        self.save()
+
+    def add_host_syncs(self, config: str, syncs: dict) -> None:
+        self.host_syncs[config] = syncs
+        print(f"{config}: {syncs['count']} host syncs in one eager fp32 predict ("
+              + ", ".join(f"{k} x{v}" for k, v in syncs["sites"].items()) + ")", flush=True)
         self.save()
 
     def add_jpeg(self, rows: list[dict]) -> None:
@@ -106,7 +110,8 @@ class Report:
         """Written whole and renamed over the old file: a run killed mid-write keeps the last one."""
         if self.json_path:
             write_json(self.json_path, {"device": self.device_name, "settings": self.settings, "rows": self.rows,
-                                        "jpeg": self.jpeg, "skipped": self.skipped})
+                                        "jpeg": self.jpeg, "host_syncs": self.host_syncs,
+                                        "skipped": self.skipped})
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -178,26 +183,38 @@ def jpeg_rows(cfg, device: str, runs: int, sync, skipped: list[str]) -> list[dic
         rows.append({"what": f"6 JPEGs ({kb:.0f} kB) -> model images, GPU (nvJPEG batch, antialiased resize)",
                      "device": device, "mean_abs_diff_vs_cpu": round(diff, 3), **percentiles(timed(gpu, runs, sync))})
     except Exception as exc:                          # noqa: BLE001  (report and go on: the run must finish)
-        skipped.append(f"JPEG on the GPU (nvJPEG): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        skipped.append(f"JPEG on the GPU (nvJPEG): {type(exc).__name__}: {first_line(exc)}")
     return rows
 
 
 def host_syncs(fn, device: str, debug_mode=None) -> dict | None:
     """The synchronising CUDA calls of one ``fn()``: their count and the source lines
-    (``package/file.py:line``) that made most. ``torch.cuda.set_sync_debug_mode("warn")``
-    warns at each, from the Python line that called the op. None off CUDA."""
+    (``package/file.py:line``, the innermost frame outside torch) that made most.
+    ``torch.cuda.set_sync_debug_mode("warn")`` warns at each. ``debug_mode``: the (get, set)
+    pair of that mode (torch.cuda's by default). None off CUDA."""
     if not device.startswith("cuda"):
         return None
-    set_mode = debug_mode or torch.cuda.set_sync_debug_mode
-    with warnings.catch_warnings(record=True) as caught:
+    get_mode, set_mode = debug_mode or (torch.cuda.get_sync_debug_mode, torch.cuda.set_sync_debug_mode)
+    torch_dir = str(Path(torch.__file__).parent)
+    sites: Counter = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchronizing" not in str(message):
+            return
+        for frame in reversed(traceback.extract_stack()[:-1]):    # past warnings.py and torch's wrappers
+            if not frame.filename.startswith(torch_dir) and Path(frame.filename).name != "warnings.py":
+                break
+        sites["/".join(Path(frame.filename).parts[-2:]) + f":{frame.lineno}"] += 1
+
+    previous = get_mode()
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         set_mode("warn")
         try:
             fn()
         finally:
-            set_mode("default")
-    sites = Counter("/".join(Path(w.filename).parts[-2:]) + f":{w.lineno}" for w in caught
-                    if "synchronizing" in str(w.message))
+            set_mode(previous)
     return {"count": sum(sites.values()), "sites": dict(sites.most_common(SYNC_SITES))}
 
 
@@ -254,9 +271,10 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     try:
         with torch.inference_mode():
             syncs = host_syncs(partial(model.predict, inputs), device)
+        if syncs is not None:
+            report.add_host_syncs(cfg.name, syncs)
     except Exception as exc:                         # evidence, not a row: never worth the run
-        syncs = None
-        skipped.append(f"{cfg.name} host syncs: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        skipped.append(f"{cfg.name} host syncs: {type(exc).__name__}: {first_line(exc)}")
     variants = [(dt, None) for dt in dtypes]
     if compile_:
         variants += [(dt, "torch.compile") for dt in dtypes]
@@ -284,18 +302,15 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
                 totals, _ = time_stages(model, inputs, runs, device, dtype, stages=False)
                 _, stages = time_stages(model, inputs, min(runs, STAGE_RUNS), device, dtype)
         except Exception as exc:                     # report and go on: the run must finish
-            skipped.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            skipped.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
             if how == "torch.compile":
                 compile_failed = dtype
             continue
         model_p = percentiles(totals)
         node = [a + b + c for a, b, c in zip(pre, totals, post_t)]
-        row = {"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
-               "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
-               "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)}
-        if syncs is not None and dtype == "fp32" and how is None:
-            row["host_syncs"] = syncs
-        report.add(row)
+        report.add({"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
+                    "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
+                    "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)})
     if tensorrt:
         for row in tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped):
             report.add(row)
@@ -366,7 +381,7 @@ def tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped) -> list[d
                              "post": percentiles([0.0]), "node_path": percentiles(totals),
                              "note": "dense part only (canvas and decoding excluded), host copies included"})
         except Exception as exc:
-            skipped.append(f"{cfg.name} TensorRT: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            skipped.append(f"{cfg.name} TensorRT: {type(exc).__name__}: {first_line(exc)}")
     model.to(device)
     return rows
 

@@ -100,6 +100,11 @@ def autocast_for(device: str, dtype: str):
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters ('' for an empty one)."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
 def write_json(path: Path, obj) -> None:
     """``obj`` as JSON at ``path``, written to a temporary file and renamed over it: a run
     killed mid-write (a device call's time limit) leaves the previous complete file."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_stages import device_sync, model_arrays, write_json  # noqa: E402
+from model_stages import device_sync, first_line, model_arrays, write_json  # noqa: E402
 
 #: GT boxes per sample, inside the inner half of the range (the assigner sees real matches)
 GT_PER_SAMPLE = 10
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 t = step(entry, seed=i)
             except torch.OutOfMemoryError as exc:
-                entry["error"] = f"out of GPU memory at step {i}: {str(exc).splitlines()[0][:160]}"
+                entry["error"] = f"out of GPU memory at step {i}: {first_line(exc)}"
             if "error" in entry:                   # outside the except: its traceback holds the step's tensors
                 print(f"  {attention}: {entry['error']}", flush=True)
                 del entry["run"]                   # its model, gradients and optimizer state: room for the other

@@ -167,25 +167,51 @@ def test_gpu_run_stops_at_once_when_the_package_does_not_import(tmp_path):
     assert not any("bench/" in line for line in calls.read_text().splitlines())   # no step started
 
 
-def test_host_syncs_are_counted_by_the_line_that_makes_them():
+
+def test_host_syncs_are_counted_by_the_line_that_makes_them(monkeypatch):
     """model_gpu's sync count on CUDA: every "synchronizing CUDA operation" warning that
-    torch.cuda.set_sync_debug_mode("warn") raises during one call, grouped by source line,
-    with the mode set back afterwards (here a stand-in for the mode setter, which needs CUDA)."""
+    torch.cuda.set_sync_debug_mode("warn") raises during one call, grouped by the innermost
+    source line outside torch, with the previous mode set back afterwards, also when the
+    call fails (here a stand-in for the mode, which needs CUDA)."""
     import warnings
 
-    sys.path.insert(0, str(REPO / "bench"))
+    import pytest
+    import torch
+
+    monkeypatch.setattr(sys, "path", [str(REPO / "bench"), *sys.path])   # undone after, as model_gpu's own insert
+    for name in ("model_gpu", "model_stages", "camera_images"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     from model_gpu import host_syncs
 
-    modes = []
+    for name in ("model_gpu", "model_stages", "camera_images"):
+        sys.modules.pop(name, None)
+    torch_op = {}          # a function that torch's own Python code would hold, raising the sync warning
+    exec(compile("import warnings\ndef op():\n    warnings.warn('called a synchronizing CUDA operation')\n",
+                 str(Path(torch.__file__).parent / "fake_op.py"), "exec"), torch_op)
+    modes = ["sync_previous"]
+
+    def mode():
+        return modes[-1]
 
     def syncing():
         for _ in range(3):
             warnings.warn("called a synchronizing CUDA operation", stacklevel=1)      # one line, three times
-        warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+        torch_op["op"]()                                                             # counted at this line
         warnings.warn("something else", stacklevel=1)
 
-    result = host_syncs(syncing, "cuda:0", modes.append)
-    assert modes == ["warn", "default"] and result["count"] == 4
+    result = host_syncs(syncing, "cuda:0", (mode, modes.append))
+    assert modes == ["sync_previous", "warn", "sync_previous"] and result["count"] == 4
     assert sorted(result["sites"].values()) == [1, 3]
-    assert all(site.startswith("test/test_bench_gpu.py:") for site in result["sites"])
-    assert host_syncs(syncing, "cpu", modes.append) is None and modes == ["warn", "default"]
+    assert all(site.startswith("test/test_bench_gpu.py:") for site in result["sites"]), result
+
+    def failing():
+        raise RuntimeError()
+
+    with pytest.raises(RuntimeError):
+        host_syncs(failing, "cuda:0", (mode, modes.append))
+    assert modes[-2:] == ["warn", "sync_previous"]
+    assert host_syncs(syncing, "cpu", (mode, modes.append)) is None and len(modes) == 5
+    with warnings.catch_warnings(record=True) as caught:      # the warnings filter and display are restored
+        warnings.simplefilter("always")
+        warnings.warn("after", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["after"]

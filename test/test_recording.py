@@ -142,3 +142,17 @@ def test_the_recorder_names_its_unmatched_topics_and_the_replay_waits_for_them(r
     assert types["/diagnostics"] == "diagnostic_msgs/msg/DiagnosticArray" and len(raw["/diagnostics"]) == 1
     got = project_typestore().deserialize_cdr(raw["/diagnostics"][0], types["/diagnostics"])
     assert got.status[0].message == "the first and only one"
+
+
+def test_a_recorded_replay_publishes_diagnostics_at_least_every_replay_period():
+    """Recorded replays shorten the node's diagnostics period to eval.replay_diagnostics_period_s
+    (a shorter node setting is kept); a replay without a recording keeps the node's."""
+    from aqr_perception.config import load_config
+    from aqr_perception.evaluation.replay import replay_node_config
+
+    cfg = load_config("tiny")
+    assert cfg.node.diagnostics_period_s > cfg.eval.replay_diagnostics_period_s
+    assert replay_node_config(cfg, "", "cpu", record=True).diagnostics_period_s == cfg.eval.replay_diagnostics_period_s
+    assert replay_node_config(cfg, "", "cpu", record=False).diagnostics_period_s == cfg.node.diagnostics_period_s
+    fast = load_config("tiny", ["node.diagnostics_period_s=0.02"])
+    assert replay_node_config(fast, "", "cpu", record=True).diagnostics_period_s == 0.02

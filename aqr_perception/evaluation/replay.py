@@ -52,13 +52,14 @@ def replay_node_config(cfg: AqrConfig, checkpoint: str, device: str, record: boo
     """The node settings of a replay: the user's (``cfg.node``: topics, frames, cameras...)
     with every detection the metric may use, lossless QoS, the evaluated checkpoint (empty:
     the bundled one) and waits that let a cloud's inputs, which precede it in the bag, land
-    before it is used. A recorded replay also publishes markers and diagnostics at
-    ``cfg.eval.replay_diagnostics_period_s``."""
+    before it is used. A recorded replay also publishes markers, and diagnostics at least
+    every ``cfg.eval.replay_diagnostics_period_s``."""
     node_cfg = eval_node_config(cfg)
     sync = node_cfg.sync.model_copy(update={
         "calibration_wait_s": cfg.eval.replay_calibration_wait_s, "camera_wait_s": cfg.eval.replay_camera_wait_s})
     real_time = cfg.eval.replay_rate > 0          # the vehicle's queue: what the node cannot take is dropped
-    recorded = {"diagnostics_period_s": cfg.eval.replay_diagnostics_period_s} if record else {}
+    recorded = ({"diagnostics_period_s": min(cfg.node.diagnostics_period_s, cfg.eval.replay_diagnostics_period_s)}
+                if record else {})
     return node_cfg.model_copy(update={"qos_depth": cfg.node.qos_depth if real_time else 20, "device": device,
                                        "publish_markers": record, "sync": sync, "checkpoint": checkpoint,
                                        **recorded})

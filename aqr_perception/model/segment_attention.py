@@ -45,8 +45,8 @@ def _csr_beta_quiet():
 
 def usable(q: Tensor, dropout_p: float) -> bool:
     """Whether this path can run: CPU, fp32/fp64, no dropout, no tracing. It also needs the
-    padding constant within segments (``fused_attention.segment_padding`` not None), which
-    the caller checks after this: finding it out costs a host sync."""
+    padding constant within segments, which the caller finds out after this (from the
+    key padding, a host sync on CUDA, unless ``AqrBias.segment_padding`` gives it)."""
     return (q.device.type == "cpu" and q.dtype in SUPPORTED_DTYPES
             and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
             and dropout_p == 0.0 and not torch.compiler.is_compiling())
