@@ -44,6 +44,9 @@ def test_a_cloud_waits_for_its_images_and_uses_them():
     assert 0.15 < waited < 2.5                                   # woke on arrival, not at the bound
     assert np.all(p.runtime.calls[-1].images == 240)             # the model saw the T1 images
     assert p.input_waits.clouds_waited == 1 and p.input_waits.wait_timeouts == 0
+    # the wait is reported apart from the processing stages
+    assert 150 < out.stage_ms["input_wait_ms"] <= 1e3 * waited
+    assert out.stage_ms["preprocess_ms"] + out.stage_ms["inference_ms"] < 1e3 * waited - 100
 
 
 def test_at_startup_the_first_cloud_waits_for_every_camera_and_its_calibration():
@@ -129,6 +132,7 @@ def test_offline_processing_never_waits():
         p.on_image(c.name, _image(c.name, T0))
     out, waited = _timed(lambda: p.process(cloud))
     assert out.status == "ok" and out.inputs.masked == {} and waited < 1.0 and p.input_waits.clouds_waited == 0
+    assert out.stage_ms["input_wait_ms"] < 1.0
 
 
 def _ego_tf(t_ns, x):

@@ -88,6 +88,8 @@ class NodeDiagnostics:
             level, text = WARN, f"processing {ms:.0f} ms > {cfg.max_processing_time_ms:.0f} ms"
         else:
             level, text = OK, f"processing {ms:.0f} ms"
+        if (wait := rep.stage_ms.get("input_wait_ms", 0.0)) >= 1.0:
+            text += f"; the cloud waited {wait:.0f} ms before for inputs in transport"
         return DiagnosticStatus(
             level=level, name=f"{node.get_name()}: processing", message=text, hardware_id=node.get_name(),
             values=[_kv(k, f"{v:.1f}") for k, v in rep.stage_ms.items()]
