@@ -130,3 +130,30 @@ def test_a_failed_configure_leaves_the_node_unconfigured_with_the_reason(ros_con
             errors = [line for line in node.output().splitlines() if "configure failed" in line]
             assert len(errors) == 1 and str(missing) in errors[0] and "no such file" in errors[0], node.output()
             assert node.stop() == 0, node.output()[-3000:]
+
+
+def test_a_destroyed_node_leaves_no_lifecycle_service_behind(ros_context):
+    """rclpy's LifecycleNode keeps its lifecycle services until the node object is
+    garbage-collected, so after destroy_node other processes would still see a change_state /
+    get_state server that no one answers (a lifecycle manager's request then waits forever:
+    seen as this file's tests timing out after test_node_params' in-process nodes). The
+    node's destroy_node removes them; the node object is kept alive here on purpose."""
+    import rclpy
+    from rclpy.context import Context
+
+    from aqr_perception.ros.node import AqrPerceptionNode
+
+    node = AqrPerceptionNode(context=ros_context, cli_args=["--ros-args", "-r", "__node:=destroyed_lifecycle"])
+    other = Context()
+    rclpy.init(context=other)
+    try:
+        with Probe("lifecycle_watcher", other) as probe:
+            clients = [probe.node.create_client(srv, f"/destroyed_lifecycle/{name}")
+                       for srv, name in ((GetState, "get_state"), (ChangeState, "change_state"))]
+            assert all(c.wait_for_service(timeout_sec=30) for c in clients)
+            node.destroy_node()
+            assert probe.spin_until(lambda: not any(c.service_is_ready() for c in clients), 20), \
+                "the destroyed node's lifecycle services are still served"
+            assert node is not None                       # not collected before this point
+    finally:
+        rclpy.shutdown(context=other)

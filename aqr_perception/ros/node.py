@@ -497,8 +497,13 @@ class AqrPerceptionNode(LifecycleNode):
             self._worker_thread = None
 
     def destroy_node(self) -> None:
+        """Stop the worker and destroy the node, its lifecycle services included: rclpy's
+        LifecycleNode leaves them to its state machine, which lives until the node object is
+        garbage-collected, and until then other processes still see a ``change_state`` /
+        ``get_state`` server that no one answers (a request sent to it waits forever)."""
         self.stop_worker()
         super().destroy_node()
+        self._state_machine.destroy_when_not_in_use()
 
 
 def start_node(node: AqrPerceptionNode) -> None:
