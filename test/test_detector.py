@@ -268,7 +268,7 @@ def test_resnet_trunk_computes_what_timm_resnet_computes(depth):
 
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("route", ["segment", "folded"])
-def test_the_detector_hands_the_attention_its_padding_per_segment(mode, route, monkeypatch):
+def test_the_detector_hands_the_attention_its_padding_per_segment(mode, route, segment_padding_checks):
     """The detector builds the key padding from lidar_valid / camera_valid and hands it to
     the attention per segment, so the routes that need it per segment never check the key
     padding for it (a host sync per layer on CUDA); the outputs equal the dense reference,
@@ -282,9 +282,7 @@ def test_the_detector_hands_the_attention_its_padding_per_segment(mode, route, m
     camera_valid = torch.ones(2, cfg.num_views, dtype=torch.bool)
     camera_valid[0, 2] = False
     inputs = random_inputs(cfg, batch=2, lidar_valid=torch.tensor([True, False]), camera_valid=camera_valid)
-    checks = []
-    real = fused_attention.segment_padding
-    monkeypatch.setattr(fused_attention, "segment_padding", lambda *a: checks.append(1) or real(*a))
+    checks = segment_padding_checks
     outs = {}
     for impl in ("dense", "fused"):
         model.decoder.impl = impl

@@ -166,15 +166,11 @@ def test_dense_sdpa_route_where_the_cpu_routes_cannot_run(monkeypatch):
         assert (grads("dense", q, k, v, mask, aqr)[0] - fused[0]).abs().max() <= TOL
 
 
-def test_padding_checked_per_segment_once_and_only_where_a_route_needs_it(monkeypatch):
+def test_padding_checked_per_segment_once_and_only_where_a_route_needs_it(segment_padding_checks):
     """Whether the padding is constant within segments is a host sync on CUDA: the dispatcher
     finds it out once per call, and not at all on the dense_sdpa route (every local-mode call
     on CUDA; here, dropout), which takes the key padding as it is."""
-    from aqr_perception.model import fused_attention
-
-    calls = []
-    real = fused_attention.segment_padding
-    monkeypatch.setattr(fused_attention, "segment_padding", lambda *a: calls.append(1) or real(*a))
+    calls = segment_padding_checks
     for mode, pad, dropout_p, route, checks in (("local", "views", 0.5, "dense_sdpa", 0),
                                                 ("local", "views", 0.0, "segment", 1),
                                                 ("local", "random", 0.0, "dense_sdpa", 1),
@@ -378,16 +374,15 @@ def test_folded_route_without_the_padding_look_where_it_would_not_narrow(mode, p
 
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("route", ["segment", "folded"])
-def test_a_callers_segment_padding_is_taken_without_a_check(mode, route, monkeypatch):
+def test_a_callers_segment_padding_is_taken_without_a_check(mode, route, segment_padding_checks):
     """AqrBias.segment_padding (the detector gives it) replaces finding the padding out."""
     from aqr_perception.model import fused_attention
 
-    checks = []
-    real = fused_attention.segment_padding
-    monkeypatch.setattr(fused_attention, "segment_padding", lambda *a: checks.append(1) or real(*a))
+    checks = segment_padding_checks
     q, k, v, mask, aqr = _case(mode, 7, pad="views")
-    aqr.segment_padding = real(mask, aqr.layout, q.shape[0], q.device)
-    assert aqr.segment_padding is not None and not checks
+    aqr.segment_padding = fused_attention.segment_padding(mask, aqr.layout, q.shape[0], q.device)
+    checks.clear()
+    assert aqr.segment_padding is not None
     out = _fused(q, k, v, mask, aqr, route)
     assert not checks
     assert (out - aqr_cross_attention(q, k, v, mask, aqr, impl="dense")).abs().max() <= TOL
