@@ -123,25 +123,36 @@ class CmtAqrDetector(nn.Module):
             x = x.flip(1)
         return (x - self.pixel_mean) / self.pixel_std
 
-    def image_features(self, images: Tensor, camera_valid: Tensor) -> Tensor:
-        """(B, V, 3, H, W) -> (B*V, C, h, w); skipped (zeros) when no view is valid."""
-        b, v = images.shape[:2]
-        if not bool(camera_valid.any()):
-            fh, fw = self.cfg.feature_hw
-            return images.new_zeros(b * v, self.cfg.transformer.embed_dims, fh, fw)
+    def image_branch(self, images: Tensor) -> Tensor:
+        """(B, V, 3, H, W) RGB 0-255 -> image features (B*V, C, h, w)."""
         return self.img_neck(self.img_backbone(self.normalised_images(images)))
 
-    def bev_features(self, points: list[Tensor], lidar_valid: Tensor, ref: Tensor) -> Tensor:
-        """Points -> (B, C, Hb, Wb); skipped (zeros) when no sample has LiDAR."""
-        if not bool(lidar_valid.any()):
+    def branch_features(self, inputs: DetectorInputs, image_branch: Callable[[Tensor], Tensor],
+                        lidar_branch: Callable[[list[Tensor]], Tensor]) -> tuple[Tensor, Tensor]:
+        """Image features (B*V, C, h, w) and BEV features (B, C, Hb, Wb); a modality that no
+        sample has skips its branch (zeros).
+
+        On CUDA a look at a flag on the host waits for all the work queued before it, and so
+        do the LiDAR branch's voxelisation and sparse-convolution rules. So both flags are
+        read before anything is queued, and the LiDAR branch runs before the image branch,
+        whose convolutions then queue behind it without a wait. The two are independent:
+        the order changes no output."""
+        b, v = inputs.images.shape[:2]
+        any_camera, any_lidar = bool(inputs.camera_valid.any()), bool(inputs.lidar_valid.any())
+        bev = lidar_branch(inputs.points) if any_lidar else None
+        if any_camera:
+            img = image_branch(inputs.images)
+        else:
+            fh, fw = self.cfg.feature_hw
+            img = inputs.images.new_zeros(b * v, self.cfg.transformer.embed_dims, fh, fw)
+        if bev is None:
             n = self.cfg.bev_size
-            return ref.new_zeros(len(points), self.cfg.transformer.embed_dims, n, n)
-        return self.lidar(points)
+            bev = img.new_zeros(b, self.cfg.transformer.embed_dims, n, n)
+        return img, bev
 
     def memory(self, inputs: DetectorInputs) -> tuple[Tensor, Tensor, Tensor]:
         """memory (B, K, C), its position encodings (B, K, C), key padding mask (B, K) bool."""
-        img = self.image_features(inputs.images, inputs.camera_valid)
-        bev = self.bev_features(inputs.points, inputs.lidar_valid, img)
+        img, bev = self.branch_features(inputs, self.image_branch, self.lidar)
         return self.assemble_memory(img, bev, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
 
     def assemble_memory(self, img: Tensor, bev: Tensor, lidar2img: Tensor, camera_valid: Tensor,
@@ -208,10 +219,7 @@ class CmtAqrDetector(nn.Module):
         onnxruntime session, a bf16 copy): ``image_branch`` images (B, V, 3, H, W) RGB 0-255
         -> (B*V, C, h, w) fp32; ``bev_dense`` BEV canvas (B, C0, H, W) -> (B, C, Hb, Wb) fp32.
         A modality no sample has skips its branch (zeros), as :meth:`forward` does."""
-        img = (image_branch(inputs.images) if bool(inputs.camera_valid.any())
-               else self.image_features(inputs.images, inputs.camera_valid))
-        bev = (bev_dense(self.lidar.canvas(inputs.points)) if bool(inputs.lidar_valid.any())
-               else self.bev_features(inputs.points, inputs.lidar_valid, img))
+        img, bev = self.branch_features(inputs, image_branch, lambda points: bev_dense(self.lidar.canvas(points)))
         memory, pos, pad = self.assemble_memory(img, bev, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
         return self.decode_queries(memory, pos, pad, inputs.lidar2img, inputs.camera_valid, inputs.lidar_valid)
 
