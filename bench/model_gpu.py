@@ -64,6 +64,10 @@ COMPILE_WARMUP = 3
 STAGE_RUNS = 5
 #: the host syncs of a config name the source lines that synchronise most, this many
 SYNC_SITES = 15
+#: a TensorRT precision is started only with this much of the budget left (its engine build)
+TENSORRT_BUILD_S = 120.0
+#: the pre- and post-processing of a row that does not time them (the TensorRT rows)
+NOT_TIMED = {"p50_ms": 0.0, "p99_ms": 0.0, "fps": None}
 
 
 class Report:
@@ -308,9 +312,13 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
             continue
         model_p = percentiles(totals)
         node = [a + b + c for a, b, c in zip(pre, totals, post_t)]
-        report.add({"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
-                    "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
-                    "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)})
+        row = {"config": cfg.name, "dtype": dtype, "variant": how or "eager", "device": device,
+               "model": model_p, "stages_ms": {k: round(v, 2) for k, v in stages.items()},
+               "pre": percentiles(pre), "post": percentiles(post_t), "node_path": percentiles(node)}
+        if how == "torch.compile":
+            row["note"] = ("the position encodings computed in every call: the eager rows reuse them from frame "
+                           "to frame (positional.InferenceCache, off while compiling), as the node does")
+        report.add(row)
     if tensorrt:
         for row in tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped):
             report.add(row)
@@ -371,14 +379,20 @@ def tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped) -> list[d
             with torch.no_grad():
                 torch.onnx.export(DenseDetector(cpu_model).eval(), feeds, str(path), dynamo=True, input_names=names)
             for precision in ("fp32", "fp16"):
+                if time.monotonic() > deadline - TENSORRT_BUILD_S:       # an engine build takes minutes
+                    skipped.append(f"{cfg.name} TensorRT {precision}: over the time budget")
+                    break
                 trt = {"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": False}
                 sess = onnxruntime.InferenceSession(str(path), providers=[("TensorrtExecutionProvider", trt),
                                                                            "CUDAExecutionProvider"])
+                if sess.get_providers()[0] != "TensorrtExecutionProvider":      # onnxruntime fell back silently
+                    skipped.append(f"{cfg.name} TensorRT {precision}: the session runs on {sess.get_providers()[0]}")
+                    continue
                 np_feeds = {n: t.numpy() for n, t in zip(names, feeds)}
                 totals = timed(lambda s=sess, f=np_feeds: s.run(None, f), runs, lambda: None)
                 rows.append({"config": cfg.name, "dtype": precision, "variant": "TensorRT (ORT)", "device": device,
-                             "model": percentiles(totals), "stages_ms": {}, "pre": percentiles([0.0]),
-                             "post": percentiles([0.0]), "node_path": percentiles(totals),
+                             "model": percentiles(totals), "stages_ms": {}, "pre": NOT_TIMED,
+                             "post": NOT_TIMED, "node_path": percentiles(totals),
                              "note": "dense part only (canvas and decoding excluded), host copies included"})
         except Exception as exc:
             skipped.append(f"{cfg.name} TensorRT: {type(exc).__name__}: {first_line(exc)}")
@@ -410,16 +424,26 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(name, args.json, settings)
     print(f"bench/model_gpu.py on {name} ({args.device}), torch {torch.__version__}, {runs} runs per row; "
           f"TF32 matmul {settings['tf32_matmul']}, convolutions {settings['tf32_cudnn']}", flush=True)
+    report.save()                                    # a JSON exists however far the run gets
     sync = device_sync(args.device)
-    for path in configs:
-        bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny), not args.no_tensorrt,
-                     deadline, report, args.overrides)
-    # last: a sticky CUDA error in nvJPEG would spoil every row measured after it
-    report.add_jpeg(jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync, report.skipped))
-    for s in report.skipped:
-        print(f"skipped: {s}")
-    print(f"total {time.monotonic() - t0:.0f} s (budget {args.budget_s:.0f} s)")
-    report.save()
+    try:
+        for path in configs:
+            try:      # one config failing (a CUDA error in its first predict, say) leaves the others their rows
+                bench_config(path, args.device, args.dtypes, runs, not (args.no_compile or args.tiny),
+                             not args.no_tensorrt, deadline, report, args.overrides)
+            except Exception as exc:                 # noqa: BLE001
+                report.skipped.append(f"{path}: {type(exc).__name__}: {first_line(exc)}")
+        # last: a sticky CUDA error in nvJPEG would spoil every row measured after it
+        try:
+            report.add_jpeg(jpeg_rows(load_config(configs[0], args.overrides).model, args.device, runs, sync,
+                                      report.skipped))
+        except Exception as exc:                     # noqa: BLE001
+            report.skipped.append(f"JPEG rows: {type(exc).__name__}: {first_line(exc)}")
+    finally:
+        for s in report.skipped:
+            print(f"skipped: {s}")
+        print(f"total {time.monotonic() - t0:.0f} s (budget {args.budget_s:.0f} s)")
+        report.save()
     return 0
 
 

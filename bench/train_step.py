@@ -140,25 +140,33 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(args.json, summary())
 
-    for i in range(steps + 1):                     # taking turns; step 0 is the warm-up
-        for attention, entry in runs.items():
-            if "error" in entry:
-                continue
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            try:
-                t = step(entry, seed=i)
-            except torch.OutOfMemoryError as exc:
-                entry["error"] = f"out of GPU memory at step {i}: {first_line(exc)}"
-            if "error" in entry:                   # outside the except: its traceback holds the step's tensors
-                print(f"  {attention}: {entry['error']}", flush=True)
-                del entry["run"]                   # its model, gradients and optimizer state: room for the other
-                torch.cuda.empty_cache()
-                continue
-            if i > 0:
-                entry["times"].append(t)
-            if cuda:
-                entry["peak_mib"] = max(entry.get("peak_mib", 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
+    save()                                         # a JSON exists however far the steps get
+    try:
+        for i in range(steps + 1):                 # taking turns; step 0 is the warm-up
+            for attention, entry in runs.items():
+                if "error" in entry:
+                    continue
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    t = step(entry, seed=i)
+                except torch.OutOfMemoryError as exc:
+                    entry["error"] = f"out of GPU memory at step {i}: {first_line(exc)}"
+                except Exception as exc:           # noqa: BLE001  (a kernel error: the other attention still runs)
+                    entry["error"] = f"step {i} failed: {type(exc).__name__}: {first_line(exc)}"
+                if "error" in entry:               # outside the except: its traceback holds the step's tensors
+                    print(f"  {attention}: {entry['error']}", flush=True)
+                    del entry["run"]               # its model, gradients and optimizer state: room for the other
+                    if cuda:
+                        torch.cuda.empty_cache()
+                    continue
+                if i > 0:
+                    entry["times"].append(t)
+                if cuda:
+                    entry["peak_mib"] = max(entry.get("peak_mib", 0.0),
+                                            torch.cuda.max_memory_allocated(device) / 2**20)
+            save()
+    finally:
         save()
     result = summary()
     for attention, row in result["rows"].items():

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: what the GPU machine lacks and cannot be carried there (compiled for this Python, or ROS itself)
@@ -106,9 +108,10 @@ def test_model_gpu_keeps_to_its_budget_and_still_writes_its_report(tmp_path):
     assert sum("over the time budget" in s for s in report["skipped"]) == 2
 
 
-def test_train_step_reports_an_attention_that_runs_out_of_memory_and_times_the_other(tmp_path, monkeypatch):
-    """On the GPU the dense reference may not fit at batch 4: that attention is reported as
-    out of memory, the fused one is still timed, and the JSON says so."""
+@pytest.mark.parametrize("failure", ["out of memory", "kernel error"])
+def test_train_step_reports_an_attention_that_fails_and_times_the_other(tmp_path, monkeypatch, failure):
+    """On the GPU the dense reference may not fit at batch 4, or a kernel may fail: that
+    attention is reported with the reason, the fused one is still timed, and the JSON says so."""
     import gc
     import importlib.util
     import weakref
@@ -124,7 +127,9 @@ def test_train_step_reports_an_attention_that_runs_out_of_memory_and_times_the_o
     def dense_runs_out(run, *args, **kwargs):
         if run.model.cfg.attention == "dense":
             dense_model.append(weakref.ref(run.model))
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.69 GiB")
+            if failure == "out of memory":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.69 GiB")
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if dense_model:                                    # the steps after the OOM: its model is gone
             gc.collect()
             freed_before_next_fused_step.append(dense_model[0]() is None)
@@ -147,7 +152,42 @@ def test_train_step_reports_an_attention_that_runs_out_of_memory_and_times_the_o
     rows = json.loads(out.read_text())["rows"]
     assert rows["fused"]["step_s"] > 0 and rows["fused"]["steps_timed"] == 1 and "error" not in rows["fused"]
     assert rows["fused"]["fused_routes"] == {"segment": 3}
-    assert rows["dense"]["steps_timed"] == 0 and "out of GPU memory at step 0" in rows["dense"]["error"]
+    assert rows["dense"]["steps_timed"] == 0
+    assert rows["dense"]["error"].startswith("out of GPU memory at step 0" if failure == "out of memory" else
+                                             "step 0 failed: RuntimeError: CUDA error: an illegal memory access")
+
+
+def test_model_gpu_goes_on_after_a_config_or_the_jpeg_rows_fail(tmp_path, monkeypatch):
+    """A config whose run raises (a CUDA error in its first predict, say) and JPEG rows that
+    raise are reported as skipped with the reason; the other config keeps its rows and the
+    JSON is written."""
+    monkeypatch.setattr(sys, "path", [str(REPO / "bench"), *sys.path])
+    for name in ("model_gpu", "model_stages", "camera_images"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import model_gpu
+
+    for name in ("model_gpu", "model_stages", "camera_images"):
+        sys.modules.pop(name, None)
+    real, calls = model_gpu.bench_config, []
+
+    def first_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return real(*args, **kwargs)
+
+    def jpeg_fails(*args, **kwargs):
+        raise RuntimeError("nvJPEG: decode failed")
+
+    monkeypatch.setattr(model_gpu, "bench_config", first_fails)
+    monkeypatch.setattr(model_gpu, "jpeg_rows", jpeg_fails)
+    out = tmp_path / "gpu.json"
+    assert model_gpu.main(["--configs", "tiny", "tiny", "--device", "cpu", "--dtypes", "fp32", "--runs", "2",
+                           "--no-compile", "--no-tensorrt", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["config"], r["dtype"], r["variant"]) for r in report["rows"]] == [("cmt_aqr_tiny", "fp32", "eager")]
+    assert "tiny: RuntimeError: CUDA error: device-side assert triggered" in report["skipped"]
+    assert "JPEG rows: RuntimeError: nvJPEG: decode failed" in report["skipped"]
 
 
 def test_gpu_run_stops_at_once_when_the_package_does_not_import(tmp_path):
