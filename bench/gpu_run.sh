@@ -11,7 +11,9 @@
 #             the fused attention (the dense_sdpa route on CUDA) against the dense reference;
 #             bench/attention.py --train: the attention alone at CMT size, local mode (dense_sdpa,
 #             the route CUDA takes, against the folded route it replaced and the dense reference).
-#             -> $OUT/train_step.json, $OUT/train_step.log, $OUT/attention_train.log (at most 270 s)
+#             -> $OUT/train_step.json, $OUT/train_step.log, $OUT/attention_train.log (at most 270 s;
+#             where the dense reference runs out of memory at batch 4, also train_step_batch2.*, in
+#             the time its steps did not take)
 # The two together, with the machine's start, fit the 15 device minutes a task is lent.
 #
 # On the GPU machine (its python3 holds a CUDA torch; no ROS there, none needed), with the
@@ -64,6 +66,13 @@ if [[ $part == model ]]; then
     step model_gpu 400 "$PY" bench/model_gpu.py --device cuda --budget-s 320 --json "$OUT/gpu.json"
 else
     step train_step 150 "$PY" bench/train_step.py --device cuda --json "$OUT/train_step.json"
+    # the dense reference may not fit at batch 4 (~11 GB of scores per layer): then the ratio
+    # at batch 2, in the time the dense steps did not take
+    if "$PY" -c "import json, sys; r = json.load(open(sys.argv[1]))['rows']['dense']
+sys.exit(0 if 'out of GPU memory' in r.get('error', '') else 1)" "$OUT/train_step.json" 2> /dev/null; then
+        step train_step_batch2 60 "$PY" bench/train_step.py --device cuda --batch 2 --steps 3 \
+            --json "$OUT/train_step_batch2.json"
+    fi
     # local mode only (where the CUDA routes differ; a fresh process per method, 5 of them)
     step attention_train 120 "$PY" bench/attention.py --device cuda --train --sizes cmt --modes local --runs 5
 fi
