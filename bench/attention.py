@@ -184,7 +184,12 @@ def main() -> None:
                     failed[method] = out.stderr.strip()[-2000:] or f"exit code {out.returncode}"
                     print(f"{size} {mode} {method}: failed (exit code {out.returncode}):\n{failed[method]}", flush=True)
                     continue
-                res[method] = json.loads(out.stdout.strip().splitlines()[-1])
+                try:
+                    res[method] = json.loads(out.stdout.strip().splitlines()[-1])
+                except (IndexError, json.JSONDecodeError):
+                    failed[method] = f"no result line in its output: {out.stdout.strip()[-500:]!r}"
+                    print(f"{size} {mode} {method}: failed: {failed[method]}", flush=True)
+                    continue
                 print(f"{size} {mode} {method}: {json.dumps(res[method])}", flush=True)
             load = lambda m, size=size, mode=mode: torch.load(  # noqa: E731
                 f"/tmp/aqr_bench_{size}_{mode}_{m}_{int(args.train)}.pt")

@@ -67,7 +67,7 @@ SYNC_SITES = 15
 #: a TensorRT precision is started only with this much of the budget left (its engine build)
 TENSORRT_BUILD_S = 120.0
 #: the pre- and post-processing of a row that does not time them (the TensorRT rows)
-NOT_TIMED = {"p50_ms": 0.0, "p99_ms": 0.0, "fps": None}
+NOT_TIMED = {"p50_ms": None, "p99_ms": None, "fps": None}
 
 
 class Report:
@@ -90,8 +90,10 @@ class Report:
             print(self.HEADER)
         self.rows.append(r)
         m, n = r["model"], r["node_path"]
+        pre, post = r["pre"]["p50_ms"], r["post"]["p50_ms"]
         print(f"{r['config']:24s} {r['dtype']:5s} {r['variant']:14s} {m['p50_ms']:8.1f} / {m['p99_ms']:7.1f} "
-              f"{m['fps']:7.2f} {r['pre']['p50_ms']:8.1f} {r['post']['p50_ms']:9.2f} "
+              f"{m['fps']:7.2f} {'-' if pre is None else f'{pre:.1f}':>8s} "
+              f"{'-' if post is None else f'{post:.2f}':>9s} "
               f"{n['p50_ms']:8.1f} / {n['p99_ms']:6.1f} {n['fps']:9.2f}", flush=True)
         if r["stages_ms"]:
             print("    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()), flush=True)
@@ -391,9 +393,10 @@ def tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped) -> list[d
                 np_feeds = {n: t.numpy() for n, t in zip(names, feeds)}
                 totals = timed(lambda s=sess, f=np_feeds: s.run(None, f), runs, lambda: None)
                 rows.append({"config": cfg.name, "dtype": precision, "variant": "TensorRT (ORT)", "device": device,
-                             "model": percentiles(totals), "stages_ms": {}, "pre": NOT_TIMED,
-                             "post": NOT_TIMED, "node_path": percentiles(totals),
-                             "note": "dense part only (canvas and decoding excluded), host copies included"})
+                             "model": percentiles(totals), "stages_ms": {}, "pre": dict(NOT_TIMED),
+                             "post": dict(NOT_TIMED), "node_path": percentiles(totals),
+                             "note": "dense part only (canvas and decoding excluded), host copies included; "
+                                     "nodes TensorRT does not take run on onnxruntime's CUDA provider"})
         except Exception as exc:
             skipped.append(f"{cfg.name} TensorRT: {type(exc).__name__}: {first_line(exc)}")
     model.to(device)

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["fused_routes"] = entry["routes"]
             if "error" in entry:
                 row["error"] = entry["error"]
+                row["out_of_memory"] = entry.get("out_of_memory", False)
             rows[attention] = row
         out = {"device": name, "config": base.model.name, "mode": args.mode, "batch": batch, "steps": steps,
                "rows": rows}
@@ -151,14 +152,20 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     t = step(entry, seed=i)
                 except torch.OutOfMemoryError as exc:
-                    entry["error"] = f"out of GPU memory at step {i}: {first_line(exc)}"
+                    entry["error"], entry["out_of_memory"] = f"out of GPU memory at step {i}: {first_line(exc)}", True
                 except Exception as exc:           # noqa: BLE001  (a kernel error: the other attention still runs)
                     entry["error"] = f"step {i} failed: {type(exc).__name__}: {first_line(exc)}"
+                    entry["out_of_memory"] = "out of memory" in str(exc)      # cuBLAS / cuDNN allocations
                 if "error" in entry:               # outside the except: its traceback holds the step's tensors
                     print(f"  {attention}: {entry['error']}", flush=True)
                     del entry["run"]               # its model, gradients and optimizer state: room for the other
                     if cuda:
-                        torch.cuda.empty_cache()
+                        try:
+                            torch.cuda.empty_cache()
+                        except Exception as exc:   # noqa: BLE001  (a kernel error spoils the context for the rest)
+                            for other in runs.values():
+                                other.setdefault("error", f"the CUDA context is unusable after step {i}: "
+                                                          f"{type(exc).__name__}: {first_line(exc)}")
                     continue
                 if i > 0:
                     entry["times"].append(t)

@@ -153,6 +153,7 @@ def test_train_step_reports_an_attention_that_fails_and_times_the_other(tmp_path
     assert rows["fused"]["step_s"] > 0 and rows["fused"]["steps_timed"] == 1 and "error" not in rows["fused"]
     assert rows["fused"]["fused_routes"] == {"segment": 3}
     assert rows["dense"]["steps_timed"] == 0
+    assert rows["dense"]["out_of_memory"] is (failure == "out of memory")     # gpu_run.sh reruns at batch 2 on it
     assert rows["dense"]["error"].startswith("out of GPU memory at step 0" if failure == "out of memory" else
                                              "step 0 failed: RuntimeError: CUDA error: an illegal memory access")
 
@@ -255,3 +256,25 @@ def test_host_syncs_are_counted_by_the_line_that_makes_them(monkeypatch):
         warnings.simplefilter("always")
         warnings.warn("after", stacklevel=1)
     assert [str(w.message) for w in caught] == ["after"]
+
+
+def test_a_row_without_pre_and_post_times_prints_and_saves_them_as_not_timed(tmp_path, monkeypatch, capsys):
+    """The TensorRT rows time the dense part only: their pre- and post-processing print as '-'
+    and are null in gpu.json, not 0 ms."""
+    monkeypatch.setattr(sys, "path", [str(REPO / "bench"), *sys.path])
+    for name in ("model_gpu", "model_stages", "camera_images"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import model_gpu
+
+    for name in ("model_gpu", "model_stages", "camera_images"):
+        sys.modules.pop(name, None)
+    out = tmp_path / "gpu.json"
+    report = model_gpu.Report("a GPU", out)
+    timed = model_gpu.percentiles([0.010, 0.012, 0.011])
+    report.add({"config": "cmt_aqr_r50_800x320", "dtype": "fp16", "variant": "TensorRT (ORT)", "device": "cuda",
+                "model": timed, "stages_ms": {}, "pre": dict(model_gpu.NOT_TIMED), "post": dict(model_gpu.NOT_TIMED),
+                "node_path": timed})
+    line = capsys.readouterr().out.splitlines()[-1].split()
+    assert line[:4] == ["cmt_aqr_r50_800x320", "fp16", "TensorRT", "(ORT)"] and line[8:10] == ["-", "-"]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["pre"]["p50_ms"] is None and row["post"]["p99_ms"] is None and row["model"]["p50_ms"] == 11.0
