@@ -174,28 +174,30 @@ def main() -> None:
                      and b * nq * nk <= MAX_BIAS_ENTRIES)
             methods = ("sdpa", "fused", "dense_sdpa", "folded", "dense") if args.train else (
                 ("sdpa", "fused", "segment", "dense") if small else ("sdpa", "fused", "dense"))
-            res, failed = {}, {}
+            res, failed = {}, []
             for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--device", args.device, "--dtype", args.dtype,
                                       "--runs", str(args.runs), "--child", size, mode, method]
                                      + (["--train"] if args.train else []),
                                      capture_output=True, text=True, check=False)
-                if out.returncode != 0:      # one method failing (out of memory, a kernel error) leaves the others
-                    failed[method] = out.stderr.strip()[-2000:] or f"exit code {out.returncode}"
-                    print(f"{size} {mode} {method}: failed (exit code {out.returncode}):\n{failed[method]}", flush=True)
-                    continue
-                try:
-                    res[method] = json.loads(out.stdout.strip().splitlines()[-1])
-                except (IndexError, json.JSONDecodeError):
-                    failed[method] = f"no result line in its output: {out.stdout.strip()[-500:]!r}"
-                    print(f"{size} {mode} {method}: failed: {failed[method]}", flush=True)
+                reason = None                # one method failing (out of memory, a kernel error) leaves the others
+                if out.returncode != 0:
+                    reason = f"exit code {out.returncode}:\n{out.stderr.strip()[-2000:]}"
+                else:
+                    try:
+                        res[method] = json.loads(out.stdout.strip().splitlines()[-1])
+                    except (IndexError, json.JSONDecodeError):
+                        reason = f"no result line in its output: {out.stdout.strip()[-500:]!r}"
+                if reason is not None:
+                    failed.append(method)
+                    print(f"{size} {mode} {method}: failed, {reason}", flush=True)
                     continue
                 print(f"{size} {mode} {method}: {json.dumps(res[method])}", flush=True)
             load = lambda m, size=size, mode=mode: torch.load(  # noqa: E731
                 f"/tmp/aqr_bench_{size}_{mode}_{m}_{int(args.train)}.pt")
             ref = load("dense") if "dense" in res else None
-            err = {m: (load(m) - ref).abs().max().item() for m in res
-                   if m not in ("sdpa", "dense") and ref is not None}
+            err = {} if ref is None else {m: (load(m) - ref).abs().max().item() for m in res
+                                          if m not in ("sdpa", "dense")}
             t = {m: r["time_s"] for m, r in res.items()}
             mem = {m: r["peak_extra_bytes"] / 2**20 for m, r in res.items()}
             print(f"\n{size} ({nq} queries x {nk} keys, {h} heads), {mode} mode, {what}; dense bias would be "

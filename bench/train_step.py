@@ -141,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(args.json, summary())
 
+    def drop(attention: str, entry: dict, i: int) -> None:
+        """After a failed step: say why and free the run (its model, gradients and optimizer
+        state: room for the other attention); a CUDA context the failure spoiled ends the other's steps too."""
+        print(f"  {attention}: {entry['error']}", flush=True)
+        del entry["run"]
+        if not cuda:
+            return
+        try:
+            torch.cuda.empty_cache()
+        except Exception as exc:                   # noqa: BLE001  (a kernel error spoils the context for the rest)
+            for other in runs.values():
+                other.setdefault("error", f"the CUDA context is unusable after step {i}: "
+                                          f"{type(exc).__name__}: {first_line(exc)}")
+
     save()                                         # a JSON exists however far the steps get
     try:
         for i in range(steps + 1):                 # taking turns; step 0 is the warm-up
@@ -157,15 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry["error"] = f"step {i} failed: {type(exc).__name__}: {first_line(exc)}"
                     entry["out_of_memory"] = "out of memory" in str(exc)      # cuBLAS / cuDNN allocations
                 if "error" in entry:               # outside the except: its traceback holds the step's tensors
-                    print(f"  {attention}: {entry['error']}", flush=True)
-                    del entry["run"]               # its model, gradients and optimizer state: room for the other
-                    if cuda:
-                        try:
-                            torch.cuda.empty_cache()
-                        except Exception as exc:   # noqa: BLE001  (a kernel error spoils the context for the rest)
-                            for other in runs.values():
-                                other.setdefault("error", f"the CUDA context is unusable after step {i}: "
-                                                          f"{type(exc).__name__}: {first_line(exc)}")
+                    drop(attention, entry, i)
                     continue
                 if i > 0:
                     entry["times"].append(t)
@@ -186,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     if "fused_over_dense" in result:
         print(f"  fused / dense step time {result['fused_over_dense']:.2f}x (target <= 1.0x on CUDA)")
-    save()
     return 0 if "fused_over_dense" in result else 1
 
 

@@ -37,6 +37,21 @@ sys.meta_path.insert(0, NoRos())
 '''
 
 
+@pytest.fixture
+def model_gpu(monkeypatch):
+    """bench/model_gpu.py as a module: bench/ on sys.path (model_gpu puts it there too) and
+    its helpers imported under their own names, both for this test only."""
+    modules = ("model_gpu", "model_stages", "camera_images")
+    monkeypatch.setattr(sys, "path", [str(REPO / "bench"), *sys.path])
+    for name in modules:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import model_gpu
+
+    for name in modules:
+        sys.modules.pop(name, None)
+    return model_gpu
+
+
 def _no_ros_env(tmp_path: Path) -> dict:
     site = tmp_path / "no_ros"
     site.mkdir()
@@ -158,17 +173,10 @@ def test_train_step_reports_an_attention_that_fails_and_times_the_other(tmp_path
                                              "step 0 failed: RuntimeError: CUDA error: an illegal memory access")
 
 
-def test_model_gpu_goes_on_after_a_config_or_the_jpeg_rows_fail(tmp_path, monkeypatch):
+def test_model_gpu_goes_on_after_a_config_or_the_jpeg_rows_fail(tmp_path, monkeypatch, model_gpu):
     """A config whose run raises (a CUDA error in its first predict, say) and JPEG rows that
     raise are reported as skipped with the reason; the other config keeps its rows and the
     JSON is written."""
-    monkeypatch.setattr(sys, "path", [str(REPO / "bench"), *sys.path])
-    for name in ("model_gpu", "model_stages", "camera_images"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    import model_gpu
-
-    for name in ("model_gpu", "model_stages", "camera_images"):
-        sys.modules.pop(name, None)
     real, calls = model_gpu.bench_config, []
 
     def first_fails(*args, **kwargs):
@@ -209,23 +217,16 @@ def test_gpu_run_stops_at_once_when_the_package_does_not_import(tmp_path):
 
 
 
-def test_host_syncs_are_counted_by_the_line_that_makes_them(monkeypatch):
+def test_host_syncs_are_counted_by_the_line_that_makes_them(model_gpu):
     """model_gpu's sync count on CUDA: every "synchronizing CUDA operation" warning that
     torch.cuda.set_sync_debug_mode("warn") raises during one call, grouped by the innermost
     source line outside torch, with the previous mode set back afterwards, also when the
     call fails (here a stand-in for the mode, which needs CUDA)."""
     import warnings
 
-    import pytest
     import torch
 
-    monkeypatch.setattr(sys, "path", [str(REPO / "bench"), *sys.path])   # undone after, as model_gpu's own insert
-    for name in ("model_gpu", "model_stages", "camera_images"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    from model_gpu import host_syncs
-
-    for name in ("model_gpu", "model_stages", "camera_images"):
-        sys.modules.pop(name, None)
+    host_syncs = model_gpu.host_syncs
     torch_op = {}          # a function that torch's own Python code would hold, raising the sync warning
     exec(compile("import warnings\ndef op():\n    warnings.warn('called a synchronizing CUDA operation')\n",
                  str(Path(torch.__file__).parent / "fake_op.py"), "exec"), torch_op)
@@ -258,16 +259,9 @@ def test_host_syncs_are_counted_by_the_line_that_makes_them(monkeypatch):
     assert [str(w.message) for w in caught] == ["after"]
 
 
-def test_a_row_without_pre_and_post_times_prints_and_saves_them_as_not_timed(tmp_path, monkeypatch, capsys):
+def test_a_row_without_pre_and_post_times_prints_and_saves_them_as_not_timed(tmp_path, model_gpu, capsys):
     """The TensorRT rows time the dense part only: their pre- and post-processing print as '-'
     and are null in gpu.json, not 0 ms."""
-    monkeypatch.setattr(sys, "path", [str(REPO / "bench"), *sys.path])
-    for name in ("model_gpu", "model_stages", "camera_images"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    import model_gpu
-
-    for name in ("model_gpu", "model_stages", "camera_images"):
-        sys.modules.pop(name, None)
     out = tmp_path / "gpu.json"
     report = model_gpu.Report("a GPU", out)
     timed = model_gpu.percentiles([0.010, 0.012, 0.011])
