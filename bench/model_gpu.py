@@ -4,7 +4,8 @@ For each config (default: the R50 800x320 vehicle model and the published VoV 16
 and each precision (fp32, bf16, fp16 autocast; the position encodings stay in fp32, as
 mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
 
-* the model alone (``predict``, timed without hooks), with its stages (image backbone,
+* the model alone (the forward and the node's decode, one copy to the host: ``node_predict``;
+  timed without hooks), with its stages (image backbone,
   LiDAR, decoder, ...; from a separate short run whose hooks synchronise at every stage);
 * pre-processing: 6 camera images at 1600x900 resized and cropped to the model input with
   lidar2img folded in, the cloud to the model's points, and the copy to the device
@@ -12,7 +13,7 @@ mmdet's ``force_fp32`` keeps them), it reports p50 / p99 latency and FPS of
 * post-processing: decoded detections to the serialised output messages (Detection3DArray,
   velocities, routing), as the node publishes them (data/detection_cdr.py);
 * the node path: the three together;
-* on CUDA, per config, the host syncs of one eager fp32 ``predict``: how many, and the
+* on CUDA, per config, the host syncs of one eager fp32 ``node_predict``: how many, and the
   source lines that make them (each stalls the host until the GPU catches up);
 * camera input from JPEG (six ~200 kB 1600x900 images, nuScenes' size): decoded on the
   CPU as the node does (reduced DCT decode, the camera thread pool) against a batch decoded
@@ -242,7 +243,6 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
 
     from aqr_perception.config import load_config
     from aqr_perception.data.detection_cdr import detection_array_cdr, routing_cdr, velocity_cdr
-    from aqr_perception.detections import FrameDetections
     from aqr_perception.frames.preprocess import build_model_arrays
     from aqr_perception.model import build_detector
     from aqr_perception.model.batching import make_inputs
@@ -260,12 +260,10 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     images, Ks, exts = camera_frames(cfg.num_views)
     hw = (cfg.image.input_height, cfg.image.input_width)
     pre = timed(lambda: make_inputs([build_model_arrays(sample.points, images, Ks, exts, hw)], device), runs, sync)
+
+    predict = partial(node_predict, model)
     with torch.inference_mode():
-        pred = model.predict(inputs)[0]
-    d = pred.detections
-    det = FrameDetections(d.boxes.float().cpu().numpy(), d.scores.float().cpu().numpy(), d.labels.cpu().numpy(),
-                          d.query_index.cpu().numpy(), pred.lidar_weight.float().cpu().numpy(),
-                          pred.camera_weight.float().cpu().numpy())
+        det = predict(inputs).frames[0]
     header = SimpleNamespace(stamp=SimpleNamespace(sec=0, nanosec=0), frame_id="LIDAR_TOP")   # std_msgs/Header's fields
 
     def post() -> None:
@@ -276,7 +274,7 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     post_t = timed(post, runs, sync)
     try:
         with torch.inference_mode():
-            syncs = host_syncs(partial(model.predict, inputs), device)
+            syncs = host_syncs(partial(predict, inputs), device)
         if syncs is not None:
             report.add_host_syncs(cfg.name, syncs)
     except Exception as exc:                         # evidence, not a row: never worth the run
@@ -305,8 +303,8 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
                                              stages=False, warmup=COMPILE_WARMUP)
                 compile_need_s = max(compile_need_s, COMPILE_MARGIN * (time.monotonic() - t_row))
             else:
-                totals, _ = time_stages(model, inputs, runs, device, dtype, stages=False)
-                _, stages = time_stages(model, inputs, min(runs, STAGE_RUNS), device, dtype)
+                totals, _ = time_stages(model, inputs, runs, device, dtype, predict, stages=False)
+                _, stages = time_stages(model, inputs, min(runs, STAGE_RUNS), device, dtype, predict)
         except Exception as exc:                     # report and go on: the run must finish
             skipped.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
             if how == "torch.compile":
@@ -324,14 +322,22 @@ def bench_config(path: str, device: str, dtypes: list[str], runs: int, compile_:
     if tensorrt:
         for row in tensorrt_rows(cfg, model, inputs, runs, device, deadline, skipped):
             report.add(row)
-    del model
+    del model, predict
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+def node_predict(model, inputs):
+    """``model.predict`` with the node's decode (``DetectorRuntime.infer``'s: one copy to the host)."""
+    from aqr_perception.model.host_decode import decode_to_host
+
+    return decode_to_host(model(inputs), model.cfg.decode)
 
 
 def compiled_predict(model):
     """``predict`` with the dense part (image branch, BEV convolutions, encodings, decoder,
     heads) under ``torch.compile(mode="reduce-overhead")``; the canvas and decoding eager."""
+    from aqr_perception.model.host_decode import decode_to_host
     from aqr_perception.model.onnx_runtime import DenseDetector
 
     dense = torch.compile(DenseDetector(model), mode="reduce-overhead", dynamic=False)
@@ -345,7 +351,7 @@ def compiled_predict(model):
                                          inputs.lidar_valid)
         out = DetectorOutput(cls_logits[None], code[None], lw, cw, model.reference_points.weight[None],
                              inputs.lidar_valid | inputs.camera_valid.any(dim=1))
-        return model.decode(out)
+        return decode_to_host(out, model.cfg.decode)
     return predict
 
 

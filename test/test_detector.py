@@ -332,3 +332,81 @@ def test_the_flags_are_read_before_any_branch_and_the_image_branch_queues_withou
     lidar, image, decoder = (events.index(n) for n in ("lidar.voxelizer", "img_backbone", "decoder"))
     assert events[:2] == ["read", "read"] and lidar < image < decoder
     assert "read" not in events[image:decoder]
+
+
+def test_the_host_decode_equals_the_detector_decode():
+    """model/host_decode.py's one-copy decode gives what ``CmtAqrDetector.decode`` gives, sample
+    by sample: a sample without input decodes to nothing, and the threshold and range filters
+    drop the same candidates (some are dropped, some kept)."""
+    import numpy as np
+
+    from aqr_perception.model.host_decode import decode_to_host
+
+    cfg = load_config("tiny").model
+    torch.manual_seed(5)
+    model = build_detector(cfg).eval()
+    camera_valid = torch.ones(3, cfg.num_views, dtype=torch.bool)
+    camera_valid[1] = False
+    inputs = random_inputs(cfg, batch=3, lidar_valid=torch.tensor([True, False, True]), camera_valid=camera_valid)
+    with torch.no_grad():
+        out = model(inputs)
+    scores = out.cls_logits[-1, 0].sigmoid().flatten().topk(cfg.decode.topk).values
+    decode = cfg.decode.model_copy(update={"score_threshold": float(scores.median()),
+                                           "post_center_range": [-20.0, -61.2, -10.0, 61.2, 61.2, 10.0]})
+    model.cfg = model.cfg.model_copy(update={"decode": decode})
+    expected, host = model.decode(out), decode_to_host(out, decode)
+    assert host.finite and host.has_input.tolist() == [True, False, True]
+    assert len(host.frames[1]) == 0
+    for want, got in zip(expected, host.frames):
+        d = want.detections
+        assert got.labels.dtype == np.int64 and got.query_index.dtype == np.int64
+        np.testing.assert_array_equal(got.boxes, d.boxes.numpy())
+        np.testing.assert_array_equal(got.scores, d.scores.numpy())
+        np.testing.assert_array_equal(got.labels, d.labels.numpy())
+        np.testing.assert_array_equal(got.query_index, d.query_index.numpy())
+        np.testing.assert_array_equal(got.lidar_weight, want.lidar_weight.numpy())
+        np.testing.assert_array_equal(got.camera_weight, want.camera_weight.numpy())
+    assert 0 < len(host.frames[0]) < cfg.decode.topk and 0 < len(host.frames[2]) < cfg.decode.topk
+
+
+def test_the_runtime_brings_its_result_to_the_host_in_one_copy(monkeypatch):
+    """After the decoder, ``DetectorRuntime.infer`` reads the device once: one ``cpu()`` and
+    its ``numpy()``, no flag read and no boolean-mask index (on CUDA each is a wait for the
+    GPU; the previous decode made ~10). Fails with ``decode`` + per-array copies."""
+    import threading
+
+    import numpy as np
+
+    from aqr_perception.model.runtime import DetectorRuntime
+
+    rt = DetectorRuntime(None, None, "cpu")
+    (h, w), v = rt.input_hw, rt.cfg.num_views
+    rng = np.random.default_rng(0)
+    arrays = SimpleNamespace(points=rng.uniform(-20, 20, (500, 4)).astype(np.float32),
+                             images=np.zeros((v, 3, h, w), np.uint8),
+                             lidar2img=np.tile(np.eye(4, dtype=np.float32), (v, 1, 1)),
+                             camera_valid=np.ones(v, dtype=bool), lidar_valid=True)
+    events, me = [], threading.get_ident()
+
+    def read(name, real):
+        def spy(t, *a, **k):
+            if threading.get_ident() == me:
+                events.append(name)
+            return real(t, *a, **k)
+        return spy
+
+    real_getitem = torch.Tensor.__getitem__
+
+    def getitem(t, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        if threading.get_ident() == me and any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+            events.append("mask")
+        return real_getitem(t, index)
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, read(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    rt.model.decoder.register_forward_hook(lambda m, a, o: events.append("decoder done"))
+    pred = rt.infer(arrays)
+    assert len(pred.detections) > 0 and pred.has_input
+    assert events[events.index("decoder done") + 1:] == ["cpu", "numpy"]

@@ -39,14 +39,16 @@ class Detections:
     query_index: Tensor
 
 
-def topk_decode(cls_logits: Tensor, bbox_code: Tensor, topk: int, score_threshold: float,
-                post_center_range: list[float]) -> Detections:
-    """NMS-free decoding of one sample's last-layer outputs.
+def topk_candidates(cls_logits: Tensor, bbox_code: Tensor, topk: int, score_threshold: float,
+                    post_center_range: list[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The top-k of one sample before the filters, and which of them pass (no host read).
 
     Args:
         cls_logits: (Q, num_classes) raw logits; bbox_code: (Q, 10).
-    Takes the top-k of all Q*num_classes sigmoid scores (a query may yield several
-    classes), then keeps centres inside ``post_center_range`` and scores >= threshold.
+    Returns boxes (K, 9), scores (K,), labels (K,) long, query (K,) long and keep (K,) bool,
+    K = min(topk, Q * num_classes): the top-k of all Q*num_classes sigmoid scores (a query
+    may yield several classes); ``keep`` marks centres inside ``post_center_range`` with
+    scores >= threshold.
     """
     q, ncls = cls_logits.shape
     scores, idx = cls_logits.sigmoid().reshape(-1).topk(min(topk, q * ncls))
@@ -54,4 +56,16 @@ def topk_decode(cls_logits: Tensor, bbox_code: Tensor, topk: int, score_threshol
     boxes = decode_boxes(bbox_code[query])
     r = boxes.new_tensor(post_center_range)
     keep = (boxes[:, :3] >= r[:3]).all(1) & (boxes[:, :3] <= r[3:]).all(1) & (scores >= score_threshold)
+    return boxes, scores, labels, query, keep
+
+
+def topk_decode(cls_logits: Tensor, bbox_code: Tensor, topk: int, score_threshold: float,
+                post_center_range: list[float]) -> Detections:
+    """NMS-free decoding of one sample's last-layer outputs: :func:`topk_candidates`, filtered.
+
+    Args:
+        cls_logits: (Q, num_classes) raw logits; bbox_code: (Q, 10).
+    """
+    boxes, scores, labels, query, keep = topk_candidates(cls_logits, bbox_code, topk, score_threshold,
+                                                         post_center_range)
     return Detections(boxes[keep], scores[keep], labels[keep], query[keep])

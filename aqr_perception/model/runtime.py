@@ -19,6 +19,7 @@ from aqr_perception.detections import FrameDetections
 from aqr_perception.model.batching import make_inputs
 from aqr_perception.model.checkpoint import load_checkpoint, resolve_device
 from aqr_perception.model.detector import CmtAqrDetector
+from aqr_perception.model.host_decode import decode_to_host
 
 PACKAGE_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 BUNDLED_CHECKPOINT = PACKAGE_RESOURCES / "cmt_aqr_tiny.pt"
@@ -127,18 +128,12 @@ class DetectorRuntime:
         return self.infer(sample).inference_ms
 
     def infer(self, arrays) -> Prediction:
-        """Run one sample (``frames.preprocess.ModelArrays``); raises ModelOutputError on NaN/inf."""
+        """Run one sample (``frames.preprocess.ModelArrays``); raises ModelOutputError on NaN/inf.
+        The result comes to the host in one copy (model/host_decode.py)."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             inputs = make_inputs([arrays], self.device)
-            out = self._forward(inputs)
-            if not (torch.isfinite(out.cls_logits[-1]).all() and torch.isfinite(out.bbox_code[-1]).all()):
-                raise ModelOutputError("non-finite detector outputs")
-            pred = self.model.decode(out)[0]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        d = pred.detections
-        det = FrameDetections(d.boxes.float().cpu().numpy(), d.scores.float().cpu().numpy(), d.labels.cpu().numpy(),
-                              d.query_index.cpu().numpy(), pred.lidar_weight.float().cpu().numpy(),
-                              pred.camera_weight.float().cpu().numpy())
-        return Prediction(det, pred.has_input, 1e3 * (time.perf_counter() - t0))
+            host = decode_to_host(self._forward(inputs), self.cfg.decode)
+        if not host.finite:
+            raise ModelOutputError("non-finite detector outputs")
+        return Prediction(host.frames[0], bool(host.has_input[0]), 1e3 * (time.perf_counter() - t0))
