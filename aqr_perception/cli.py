@@ -43,7 +43,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         for f in args.files:
             try:
                 text = yaml.safe_load(Path(f).read_text()) or {}
-                if any(isinstance(v, dict) and "ros__parameters" in v for v in text.values()):
+                if cfgmod.holds_ros_parameters(text):
                     cfgmod.node_config_from_param_file(f)
                     kind = "node parameter file"
                 else:
@@ -51,9 +51,10 @@ def cmd_config(args: argparse.Namespace) -> int:
                     kind = "config"
                 print(f"ok: {f} ({kind})")
             except (cfgmod.ConfigError, OSError, yaml.YAMLError) as exc:
-                print(f"error: {f}: {exc}", file=sys.stderr)
+                msg = cfgmod.one_line(str(exc))
+                print(f"error: {msg if str(f) in msg else f'{f}: {msg}'}", file=sys.stderr)
                 bad += 1
-        return 1 if bad else 0
+        return 2 if bad else 0
     # schema
     schema = json.dumps(cfgmod.node_param_schema(), indent=2) + "\n"
     if args.check:
@@ -103,10 +104,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     rate = [f"eval.replay_rate={args.rate}"] if args.rate is not None else []
     cfg = cfgmod.load_config(args.config, args.overrides + rate)
-    if args.node_params:   # the node's own ROS parameter file: its topics, frames, cameras
+    if args.node_params:   # the node's own ROS parameter file: its topics, frames, cameras, checkpoint
         cfg = cfg.model_copy(update={"node": cfgmod.node_config_from_param_file(args.node_params)})
+    # --checkpoint, else the node settings' (a vehicle's parameter file names its model); empty: bundled
+    checkpoint = args.checkpoint if args.checkpoint is not None else cfg.node.checkpoint
     process_settings(cfg)
     paths = [Path(b).resolve() for b in args.bag]
+    for given, path in [(b, p) for b, p in zip(args.bag, paths)] + ([(args.gt, Path(args.gt))] if args.gt else []):
+        if not path.exists():
+            raise cfgmod.ConfigError(f"{given}: no such file or folder")
     single = len(paths) == 1 and (args.gt or paths[0].with_name(paths[0].name + ".gt.json").is_file()) \
         and int(os.environ.get("WORLD_SIZE", "1")) == 1
     if args.gt and not single:
@@ -124,10 +130,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if single:
             bag = paths[0]
             gt = Path(args.gt) if args.gt else bag.with_name(bag.name + ".gt.json")
-            result, report = run_eval(bag, gt, cfg, args.checkpoint or "", args.mode, out, args.device, args.quiet,
+            result, report = run_eval(bag, gt, cfg, checkpoint, args.mode, out, args.device, args.quiet,
                                       submission, record)
         else:
-            done = run_pooled_eval(drive_pairs(paths), cfg, args.checkpoint or "", args.mode, out, args.device,
+            done = run_pooled_eval(drive_pairs(paths), cfg, checkpoint, args.mode, out, args.device,
                                    args.quiet, submission)
             if done is None:      # a torchrun rank other than 0: its answers went to rank 0
                 return 0
@@ -180,6 +186,7 @@ def baseline_models(specs: list[str]) -> dict[str, str]:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     """The robustness table: held-out drives under corruptions, AQR vs baseline."""
+    from aqr_perception.data.corruptions import CONDITIONS as ALL_CONDITIONS
     from aqr_perception.evaluation.robustness import CONDITIONS, run_robustness
 
     cfg = cfgmod.load_config(args.config, args.overrides + [f"synth.frames_per_drive={args.frames}"])
@@ -202,6 +209,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
             check_bag_condition(c)
     else:
         conditions = tuple(args.conditions or CONDITIONS)
+        unknown = [c for c in conditions if c not in ALL_CONDITIONS]
+        if unknown:        # before any work: a typo would otherwise score clean drives under its name
+            raise cfgmod.ConfigError(f"--conditions: unknown {', '.join(unknown)} (the synthetic drives' "
+                                     f"conditions: {', '.join(ALL_CONDITIONS)})")
     report = run_robustness(cfg, models, seeds, Path(args.out), conditions, args.device, bags=bags)
     from aqr_perception.evaluation.robustness import robustness_table
 
@@ -232,7 +243,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result, report = run_eval(DEFAULT_BAG, DEFAULT_BAG.with_name(DEFAULT_BAG.name + ".gt.json"), cfg, "",
                               args.mode, out, "cpu", quiet=True, record=record)
     _print_result(DEFAULT_BAG.name, result, report)
-    print(f"\n{report['frames_with_output']}/{report['frames']} frames answered by the node; "
+    by = "by the node" if args.mode == "replay" else "offline (the node's pipeline in this process)"
+    print(f"\n{report['frames_with_output']}/{report['frames']} frames answered {by}; "
           f"report, PR curves and pictures in {out}/ ({time.monotonic() - t0:.1f} s)")
     if record is not None:
         print(f"the run as a rosbag2 MCAP (inputs, detections, markers, routing, diagnostics, GT markers): {record}")
@@ -351,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drives", dest="num_drives", type=int, help="number of drives (synth.num_drives)")
     p.add_argument("--frames", dest="frames_per_drive", type=int, help="LiDAR sweeps per drive")
     p.add_argument("--seed", type=int, help="seed of the first drive (drive i uses seed + i)")
-    p.add_argument("--corruption", help="clean, no_lidar, reduced_lidar, no_cameras, one_camera_missing, "
-                                        "dark, fog, time_offset")
+    p.add_argument("--corruption", help="clean, no_lidar, reduced_lidar, no_intensity, no_cameras, "
+                                        "one_camera_missing, dark, fog, time_offset")
     p.add_argument("--out", help="output folder (default synth.output_dir)")
     p.add_argument("--no-pictures", action="store_true", help="skip the PNG per drive")
     p.add_argument("--format", choices=["bag", "nuscenes"], default="bag",
@@ -420,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except cfgmod.ConfigError as exc:
-        print(f"aqr-perception: {exc}", file=sys.stderr)
+        print(f"aqr-perception: {cfgmod.one_line(str(exc))}", file=sys.stderr)
         return 2
 
 

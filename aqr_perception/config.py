@@ -63,6 +63,12 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names every bad key."""
 
 
+def one_line(text: str) -> str:
+    """A multi-line error (one line per bad key) as the one line a start-up error gets."""
+    head, *rest = [line.strip() for line in text.strip().splitlines() if line.strip()] or [""]
+    return " ".join([head, "; ".join(rest)]) if rest else head
+
+
 class _Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments re-validated."""
 
@@ -665,7 +671,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = _read_yaml_with_base(p)
     for text in overrides or []:
         data = _deep_merge(data, parse_override(text))
-    return config_from_dict(data, str(p))
+    return config_from_dict(data, str(p) + (f" with the overrides {', '.join(overrides)}" if overrides else ""))
 
 
 def resolve_config_path(path: str | Path | None) -> Path:
@@ -691,6 +697,8 @@ def node_param_schema() -> dict[str, Any]:
     """JSON schema of the node's ROS parameter file (Autoware-style ``/**: ros__parameters``)."""
     inner = NodeConfig.model_json_schema()
     defs = inner.pop("$defs", {})
+    inner["properties"].update({name: {"type": "boolean", "description": text}
+                                for name, text in PROCESS_PARAMETERS.items()})
     node_ref = {"type": "object", "properties": {"ros__parameters": {"$ref": "#/$defs/NodeConfig"}},
                 "required": ["ros__parameters"], "additionalProperties": False}
     return {
@@ -706,12 +714,82 @@ def node_param_schema() -> dict[str, Any]:
     }
 
 
-def node_config_from_param_file(path: str | Path) -> NodeConfig:
-    """Read the ``ros__parameters`` of this node from a ROS parameter YAML file."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+def _ros_value_problems(key: str, value: Any) -> list[str]:
+    """What rcl's parameter-file parser refuses in ``value`` (rcl_yaml_param_parser: a list
+    holds one type, true/false, integer, double or string, and holds no lists)."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _ros_value_problems(f"{key}.{k}", v)]
+    if not isinstance(value, list):
+        return []
+    if any(isinstance(v, list) for v in value):
+        return [f"{key}: a list of lists (a ROS parameter list holds plain values)"]
+    kinds = {type(v).__name__ for v in value}
+    if len(kinds) > 1:
+        return [f"{key}: the list mixes {' and '.join(sorted(kinds))} (a ROS parameter list holds one type"
+                + ("; write integers as 0.0" if kinds == {"int", "float"} else "") + f"): {value!r}"]
+    return []
+
+
+def read_param_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``ros__parameters`` of each node name of a ROS parameter YAML file. Refused
+    (:class:`ConfigError`) where ``--params-file`` would be: missing, not YAML, not ``node:
+    ros__parameters:`` mappings, or a list rcl cannot type."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"parameter file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"parameter file {path}: not valid YAML: {one_line(str(exc))}") from None
+    sections = _param_sections(data, "", path)
+    problems = [p for params in sections.values() for k, x in params.items() for p in _ros_value_problems(k, x)]
+    if problems:
+        raise ConfigError("\n".join([f"parameter file {path}: ROS cannot read it:", *problems]))
+    return sections
+
+
+def holds_ros_parameters(data: Any) -> bool:
+    """Whether a YAML mapping is a ROS parameter file (some node, at any namespace depth,
+    holds ``ros__parameters``) rather than an :class:`AqrConfig` file."""
+    return isinstance(data, dict) and ("ros__parameters" in data or any(map(holds_ros_parameters, data.values())))
+
+
+def _param_sections(data: Any, prefix: str, path: str | Path) -> dict[str, dict[str, Any]]:
+    """``{"/**": {"ros__parameters": {...}}, "ns": {"node": {"ros__parameters": ...}}}`` ->
+    ``{"/**": {...}, "ns/node": {...}}``: the parameters of each node name (namespaces nest)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"parameter file {path}: {prefix or 'the top level'} must map node names to "
+                          "'ros__parameters'")
+    out: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict) and "ros__parameters" in value:
+            params = value["ros__parameters"]
+            if not isinstance(params, dict):
+                raise ConfigError(f"parameter file {path}: {name}: ros__parameters must be a mapping of parameters")
+            out[name] = params
+        else:
+            out.update(_param_sections(value, name, path))
+    return out
+
+
+#: parameters of the node process that are not NodeConfig's (rclpy's own, and ``autostart``),
+#: with their descriptions; a parameter file may set them
+PROCESS_PARAMETERS: dict[str, str] = {
+    "use_sim_time": "rclpy: follow /clock instead of the system clock",
+    "start_type_description_service": "rclpy: offer the type description service",
+    "autostart": "configure and activate at start-up (false: wait for `ros2 lifecycle set`)",
+}
+
+
+def node_config_from_param_file(path: str | Path) -> NodeConfig:
+    """Read the ``ros__parameters`` of this node from a ROS parameter YAML file (the process
+    parameters of :data:`PROCESS_PARAMETERS`, booleans, are checked and left out)."""
+    for key, value in read_param_file(path).items():
         if key == "/**" or key.strip("/").split("/")[-1] == NODE_NAME:
-            params = (value or {}).get("ros__parameters", {})
+            params = {k: v for k, v in value.items() if k not in PROCESS_PARAMETERS}
+            not_bool = [k for k in PROCESS_PARAMETERS if k in value and not isinstance(value[k], bool)]
+            if not_bool:
+                raise ConfigError(f"{path}: {', '.join(not_bool)} must be true or false")
             try:
                 return NodeConfig.model_validate(params)
             except ValidationError as exc:

@@ -71,6 +71,27 @@ def test_bad_parameters_are_one_line_and_exit_code_2(params, words):
     assert lines[0].startswith("aqr_perception_node: ") and words in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("case, words", [
+    ("mixed_list", "sync.camera_time_offsets_s: the list mixes float and int"),
+    ("missing_file", "No such file or directory"),
+    ("not_yaml", "not valid YAML"),
+    ("unknown_ros_argument", "unknown ROS arguments ['--no-such-flag']"),
+])
+def test_a_parameter_file_or_argument_rcl_refuses_is_one_line_and_exit_code_2(case, words, tmp_path):
+    """rcl refuses these in rclpy.init with a traceback (after a log line of its own); the node
+    says what is wrong in one line."""
+    params = tmp_path / "vehicle.param.yaml"
+    if case == "mixed_list":
+        params.write_text("/**:\n  ros__parameters:\n    sync:\n      camera_time_offsets_s: [0, 0.1, 0.0]\n")
+    elif case == "not_yaml":
+        params.write_text("/**: [\n")
+    ros_args = ["--no-such-flag"] if case == "unknown_ros_argument" else ["--params-file", str(params)]
+    out = subprocess.run([*NODE, "--ros-args", *ros_args], capture_output=True, text=True, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith("aqr_perception_node: ") and words in lines[0], lines[0]
+
+
 def test_unknown_parameters_are_named_in_a_warning(tmp_path):
     """A typo'd key in the parameter file and an unknown -p start the node, with a warning
     naming both (rclpy alone ignores them silently)."""

@@ -20,6 +20,7 @@ from vision_msgs.msg import Detection3DArray
 
 from aqr_perception.config import AqrConfig, ConfigError, NodeConfig
 from aqr_perception.data.bag_order import node_pose_wait
+from aqr_perception.data.bag_reader import check_bag_topics
 from aqr_perception.data.typestore import project_typestore
 from aqr_perception.evaluation.answers import FrameAnswer, answer_from_messages, eval_node_config
 from aqr_perception.msg import DetectionVelocityArray, QueryRouting
@@ -70,20 +71,6 @@ def write_node_params(node_cfg: NodeConfig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": node_cfg.model_dump(mode="json")}}, sort_keys=False))
     return path
-
-
-def check_bag_topics(bag: Path, node_cfg: NodeConfig) -> None:
-    """Fail at once when the bag has no cloud on the node's LiDAR topic (the usual cause:
-    a bag recorded with other topic names than the node settings)."""
-    from rosbags.rosbag2 import Reader
-
-    with Reader(bag) as reader:
-        topics = {c.topic: c.msgtype for c in reader.connections}
-    if node_cfg.lidar_topic not in topics:
-        clouds = sorted(t for t, ty in topics.items() if ty == "sensor_msgs/msg/PointCloud2")
-        raise ConfigError(f"{bag}: no messages on the node's lidar_topic {node_cfg.lidar_topic}; the bag's "
-                           f"PointCloud2 topics: {', '.join(clouds) or 'none'} (set node.lidar_topic with --set or "
-                           "the node's parameter file with --node-params)")
 
 
 def wait_for_node_inputs(player: BagPlayer, probe: Probe, node_cfg: NodeConfig, node: NodeProcess) -> None:

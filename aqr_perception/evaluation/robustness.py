@@ -36,7 +36,9 @@ assert set(CONDITIONS) <= set(ALL_CONDITIONS)
 
 def ensure_drives(cfg: AqrConfig, condition: str, seeds: list[int], out: Path) -> list[tuple[Path, Path]]:
     """Generate (once) the drives of one condition; returns (bag, gt) pairs."""
-    c = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"corruption": condition})})
+    synth = cfg.synth.model_copy()
+    synth.corruption = condition                  # validated (model_copy(update=...) would not check it)
+    c = cfg.model_copy(update={"synth": synth})
     pairs = []
     for seed in seeds:
         name = f"drive_{seed:04d}_{condition}"

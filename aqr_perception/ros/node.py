@@ -39,6 +39,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from pydantic import ValidationError
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -51,7 +52,16 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from aqr_perception.allocator import keep_freed_memory
-from aqr_perception.config import NODE_NAME, ConfigError, NodeConfig, format_validation_error, load_config
+from aqr_perception.config import (
+    NODE_NAME,
+    PROCESS_PARAMETERS,
+    ConfigError,
+    NodeConfig,
+    format_validation_error,
+    load_config,
+    one_line,
+    read_param_file,
+)
 from aqr_perception.data.detection_cdr import detection_array_cdr, routing_cdr, velocity_cdr
 from aqr_perception.detections import FrameDetections
 from aqr_perception.frames.cdr import parse_compressed_image, parse_image, parse_pointcloud2
@@ -91,12 +101,6 @@ class FrameReport:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
-def one_line(text: str) -> str:
-    """A multi-line error (one line per bad key) as the one line a start-up error gets."""
-    head, *rest = [line.strip() for line in text.strip().splitlines() if line.strip()] or [""]
-    return " ".join([head, "; ".join(rest)]) if rest else head
-
-
 def _architecture(model_cfg) -> dict:
     """A ModelConfig without the choice of attention kernel (same weights, same outputs)."""
     return model_cfg.model_dump(mode="json", exclude={"attention"})
@@ -108,8 +112,7 @@ class AqrPerceptionNode(LifecycleNode):
     def __init__(self, runtime=None, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.declare_parameter("autostart", True, ParameterDescriptor(
-            description="drive the node to active at start-up (false: wait for `ros2 lifecycle set`)",
-            read_only=True))
+            description=PROCESS_PARAMETERS["autostart"], read_only=True))
         self._given_runtime = runtime
         self.cfg: NodeConfig | None = None
         self.runtime = None
@@ -520,6 +523,19 @@ def start_node(node: AqrPerceptionNode) -> None:
         raise RuntimeError("the node did not activate")
 
 
+def params_files(argv: list[str]) -> list[str]:
+    """The ``--params-file`` paths among the ``--ros-args`` of ``argv``."""
+    files, in_ros = [], False
+    for i, arg in enumerate(argv):
+        if arg == "--ros-args":
+            in_ros = True
+        elif arg == "--":
+            in_ros = False
+        elif in_ros and arg == "--params-file" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the node until Ctrl-C / SIGTERM (ROS arguments such as --ros-args are honoured).
 
@@ -527,8 +543,22 @@ def main(argv: list[str] | None = None) -> int:
     stderr and exit code 2. A stop signal lets the frame in inference finish and publish
     before the context goes away (:mod:`aqr_perception.ros.shutdown`)."""
     dds = apply_loopback_dds_defaults()
+    args = sys.argv if argv is None else argv
+    try:
+        for path in params_files(args):    # rcl's own refusal is a traceback after an rcl log line
+            read_param_file(path)
+    except ConfigError as exc:
+        print(f"aqr_perception_node: {one_line(str(exc))}", file=sys.stderr)
+        return 2
     with StopSignals() as stop:
-        rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
+        try:
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        except _rclpy.UnknownROSArgsError as exc:
+            print(f"aqr_perception_node: unknown ROS arguments {exc}", file=sys.stderr)
+            return 2
+        except _rclpy.RCLError as exc:      # any other argument rcl refuses
+            print(f"aqr_perception_node: {one_line(str(exc))}", file=sys.stderr)
+            return 2
         node = None
         executor = SingleThreadedExecutor()
         try:

@@ -163,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt-markers", default=gt.gt_markers_topic,
                         help="draw the ground truth as RViz markers on this topic ('' : not drawn)")
     args = parser.parse_args(argv)
+    from rosbags.rosbag2 import Reader, ReaderError
+
+    try:                                 # a bad path is one line and exit code 2, before any DDS
+        with Reader(args.bag) as reader:
+            topics = {c.topic for c in reader.connections}
+    except (OSError, ReaderError) as exc:
+        print(f"play: {args.bag}: not a readable rosbag2 ({exc})", file=sys.stderr)
+        return 2
+    for topic in sorted(set(args.exclude) - topics):
+        print(f"play: --exclude {topic}: the bag has no such topic (its topics: {', '.join(sorted(topics))})",
+              file=sys.stderr)
     apply_loopback_dds_defaults()
     import rclpy
     from rclpy.executors import SingleThreadedExecutor

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from aqr_perception.config import AqrConfig, ConfigError, config_to_dict, load_config
+from aqr_perception.config import AqrConfig, ConfigError, config_to_dict, load_config, one_line
 from aqr_perception.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from aqr_perception.model.detector import CmtAqrDetector
 from aqr_perception.training.cbgs import CbgsDataset
@@ -181,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides)
     try:
+        cfg = load_config(args.config, args.overrides)
         meta = train(cfg, args.data, args.out or Path(cfg.train.output_dir), args.resume, args.device,
                      args.max_steps, progress=not args.quiet,
                      time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget, init=args.init)
     except (FileNotFoundError, ConfigError) as exc:
-        print(f"aqr-perception train: {exc}", file=sys.stderr)
+        print(f"aqr-perception train: {one_line(str(exc))}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {meta['step']} steps on {meta['frames']} frames in {meta['train_seconds']} s; "

@@ -1,0 +1,172 @@
+"""A user's mistake on the command line: one line on stderr naming it, exit code 2, no
+traceback, before any work; and the parameter-file checks agree with rcl's own parser."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aqr_perception.config import ConfigError, node_config_from_param_file, node_param_schema, read_param_file
+from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, PACKAGE_RESOURCES
+
+DRIVE = PACKAGE_RESOURCES / "default_drive"
+CLI = Path(sys.executable).parent / "aqr-perception"
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_exit_2(out, *words):
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def _params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    return path
+
+
+#: parameter files, and whether rcl reads them (its verdict is what the test compares with)
+PARAM_FILES = {
+    "mixed_int_float": "/**:\n  ros__parameters:\n    a: [0, 0.1]\n",
+    "mixed_bool_int": "/**:\n  ros__parameters:\n    a: [true, 1]\n",
+    "mixed_str_int": "/**:\n  ros__parameters:\n    a: [ab, 1]\n",
+    "list_of_lists": "/**:\n  ros__parameters:\n    a: [[1, 2], [3]]\n",
+    "doubles": "/**:\n  ros__parameters:\n    a: [0.0, 0.1]\n",
+    "strings": "/**:\n  ros__parameters:\n    a: [ab, cd]\n",
+    "bools": "/**:\n  ros__parameters:\n    a: [true, false]\n",
+    "empty_list": "/**:\n  ros__parameters:\n    a: []\n",
+    "namespaced": "ns:\n  aqr_perception:\n    ros__parameters:\n      sync:\n        b: [1, 2]\n",
+    "namespaced_mixed": "ns:\n  aqr_perception:\n    ros__parameters:\n      sync:\n        b: [1, 2.0]\n",
+    "a_list": "- a\n- b\n",
+    "no_node": "a: 3\n",
+    "no_ros_parameters": "/**:\n  foo: 1\n",
+    "empty_ros_parameters": "/**:\n  ros__parameters:\n",
+    "not_yaml": "/**: [\n",
+}
+
+
+def test_the_parameter_file_check_refuses_what_rcl_refuses(tmp_path):
+    """``read_param_file`` (used by the node before rclpy.init, by ``config validate`` and by
+    ``eval --node-params``) refuses a file exactly where rcl's parser does, on a real rcl."""
+    import rclpy
+    import rclpy.context
+
+    verdicts = {}
+    for name, text in PARAM_FILES.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        try:
+            read_param_file(path)
+            ours = "reads"
+        except ConfigError:
+            ours = "refuses"
+        ctx = rclpy.context.Context()
+        try:
+            rclpy.init(args=["x", "--ros-args", "--params-file", str(path)], context=ctx)
+            rcl = "reads"
+            rclpy.shutdown(context=ctx)
+        except Exception:
+            rcl = "refuses"
+        verdicts[name] = (ours, rcl)
+    assert all(ours == rcl for ours, rcl in verdicts.values()), verdicts
+    assert sum(rcl == "refuses" for _, rcl in verdicts.values()) >= 8       # both kinds well represented
+
+
+def test_process_parameters_are_accepted_in_a_parameter_file(tmp_path):
+    """``autostart`` and ``use_sim_time`` (the node's and rclpy's, not NodeConfig's) pass the
+    file reader and the JSON schema; a non-boolean one is named."""
+    import jsonschema
+
+    path = _params(tmp_path / "p.yaml", {"autostart": False, "use_sim_time": True, "score_threshold": 0.4})
+    assert node_config_from_param_file(path).score_threshold == 0.4
+    jsonschema.validate(yaml.safe_load(path.read_text()), node_param_schema())
+    with pytest.raises(ConfigError, match="autostart must be true or false"):
+        node_config_from_param_file(_params(tmp_path / "q.yaml", {"autostart": "yes please"}))
+
+
+def test_config_validate_is_one_line_per_bad_file_and_exit_2(tmp_path):
+    mixed = tmp_path / "mixed.param.yaml"
+    mixed.write_text(PARAM_FILES["mixed_int_float"].replace(" a:", " sync:\n      camera_time_offsets_s:"))
+    unknown = _params(tmp_path / "unknown.param.yaml", {"score_treshold": 0.5})
+    out = _cli("config", "validate", "config/aqr_perception.param.yaml", str(mixed), str(unknown))
+    assert out.returncode == 2 and "ok: config/aqr_perception.param.yaml" in out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in out.stderr, out.stderr
+    assert str(mixed) in lines[0] and "camera_time_offsets_s" in lines[0] and "mixes float and int" in lines[0]
+    assert str(unknown) in lines[1] and "score_treshold: unknown key" in lines[1]
+
+
+def test_a_bad_override_names_the_command_line_not_the_file():
+    line = _one_line_exit_2(_cli("config", "show", "--set", "model.bogus=1"), "model.bogus: unknown key")
+    assert "with the overrides model.bogus=1" in line
+
+
+def test_train_with_a_bad_config_is_one_line_and_exit_2(tmp_path):
+    _one_line_exit_2(_cli("train", "--data", str(tmp_path), "--set", "train.bogus=1"), "aqr-perception train: ",
+                     "train.bogus: unknown key")
+    _one_line_exit_2(_cli("train", "--data", str(tmp_path), "--config", str(tmp_path / "none.yaml")),
+                     "config file not found")
+
+
+def test_robustness_refuses_an_unknown_condition_before_any_work(tmp_path):
+    out = _cli("robustness", "--conditions", "clean", "nolidar", "--out", str(tmp_path / "r"))
+    _one_line_exit_2(out, "unknown nolidar", "no_lidar")
+    assert not (tmp_path / "r").exists()
+
+
+def test_play_of_a_missing_bag_is_one_line_and_exit_2(tmp_path):
+    _one_line_exit_2(_cli("play", str(tmp_path / "nothing")), "not a readable rosbag2")
+
+
+def test_eval_of_missing_files_is_one_line_and_exit_2(tmp_path):
+    _one_line_exit_2(_cli("eval", "--bag", str(tmp_path / "nothing")), "nothing: no such file or folder")
+    _one_line_exit_2(_cli("eval", "--bag", str(DRIVE), "--gt", str(tmp_path / "gt.json")),
+                     "gt.json: no such file or folder")
+    _one_line_exit_2(_cli("eval", "--bag", str(DRIVE), "--node-params", str(tmp_path / "v.yaml")),
+                     "parameter file", "v.yaml")
+
+
+@pytest.mark.parametrize("mode", ["offline", "replay"])
+def test_eval_of_a_bag_whose_camera_topics_the_node_does_not_read_fails_naming_them(mode, tmp_path):
+    """Without the check the node runs on LiDAR alone and scores lower, exit code 0."""
+    out = _cli("eval", "--bag", str(DRIVE), "--mode", mode, "--set",
+               "node.image_topic_format=/{camera}/image/compressed", "--out", str(tmp_path / "out"), "--quiet")
+    _one_line_exit_2(out, "/CAM_FRONT/image/compressed", "/CAM_FRONT/image_rect_compressed")
+
+
+def test_offline_eval_of_a_bag_without_the_lidar_topic_fails_naming_it(tmp_path):
+    out = _cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--set", "node.lidar_topic=/velodyne_points",
+               "--out", str(tmp_path / "out"), "--quiet")
+    _one_line_exit_2(out, "/velodyne_points", "/LIDAR_TOP")
+
+
+def test_eval_uses_the_checkpoint_of_the_node_parameter_file(tmp_path):
+    """A vehicle's parameter file names its model: eval scores that one, and --checkpoint wins."""
+    import json
+
+    missing = _params(tmp_path / "missing.param.yaml", {"checkpoint": str(tmp_path / "vehicle.pt")})
+    _one_line_exit_2(_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
+                          "--out", str(tmp_path / "o1"), "--quiet"), "vehicle.pt: no such file")
+    shutil.copy(BUNDLED_CHECKPOINT, tmp_path / "vehicle.pt")
+    out = _cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
+               "--out", str(tmp_path / "o2"), "--quiet", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "o2" / "report.json").read_text())["checkpoint"] == str(tmp_path / "vehicle.pt")
+    out = _cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
+               "--checkpoint", str(BUNDLED_CHECKPOINT), "--out", str(tmp_path / "o3"), "--quiet", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "o3" / "report.json").read_text())["checkpoint"] == str(BUNDLED_CHECKPOINT)
+
+
+def test_play_names_an_excluded_topic_the_bag_lacks_and_plays_on():
+    out = _cli("play", str(DRIVE), "--rate", "0", "--linger", "0", "--exclude", "/CAM_FRONT/image_rect_compresed")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "--exclude /CAM_FRONT/image_rect_compresed: the bag has no such topic" in out.stderr
+    assert "/CAM_FRONT/image_rect_compressed" in out.stderr            # the bag's topics, to pick from
