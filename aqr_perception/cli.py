@@ -122,6 +122,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise cfgmod.ConfigError("--record writes the replay of one bag (--mode replay, one --bag)")
     if record is not None and record.exists():
         raise cfgmod.ConfigError(f"--record {record}: it exists (a recording is never overwritten)")
+    from aqr_perception.data.bag_reader import check_bag_topics
+
+    for bag in [paths[0]] if single else [b for b, _ in drive_pairs(paths)]:   # every bag, before any work
+        check_bag_topics(bag, cfg.node)
     name = paths[0].name if single else "pooled"
     out = Path(args.out or Path(cfg.eval.output_dir) / name)
     submission = Path(args.submission) if args.submission else (out / "results_nusc.json" if args.devkit_eval
@@ -200,13 +204,16 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     seeds = [args.seed + i for i in range(args.drives)]
     bags = None
     if args.bag:                # the user's own bags, corrupted copies per condition
+        from aqr_perception.data.bag_reader import check_bag_topics
         from aqr_perception.data.corrupt_bag import BAG_CONDITIONS, check_bag_condition
         from aqr_perception.evaluation.pooled import drive_pairs
 
         bags = drive_pairs([Path(b) for b in args.bag])
         conditions = tuple(args.conditions or (c for c in CONDITIONS if c in BAG_CONDITIONS))
-        for c in conditions:          # before any work: a refused condition costs nothing
+        for c in conditions:          # before any work: a refused condition or bag costs nothing
             check_bag_condition(c)
+        for bag, _ in bags:
+            check_bag_topics(bag, cfg.node)
     else:
         conditions = tuple(args.conditions or CONDITIONS)
         unknown = [c for c in conditions if c not in ALL_CONDITIONS]

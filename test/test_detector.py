@@ -371,8 +371,9 @@ def test_the_host_decode_equals_the_detector_decode():
 
 def test_the_runtime_brings_its_result_to_the_host_in_one_copy(monkeypatch):
     """After the decoder, ``DetectorRuntime.infer`` reads the device once: one ``cpu()`` and
-    its ``numpy()``, no flag read and no boolean-mask index (on CUDA each is a wait for the
-    GPU; the previous decode made ~10). Fails with ``decode`` + per-array copies."""
+    its ``numpy()``, no flag read, no boolean-mask index and no new tensor from host values
+    (on CUDA each is a wait for the GPU; the previous decode made ~10). Fails with
+    ``decode`` + per-array copies, and with a range tensor in ``topk_candidates``."""
     import threading
 
     import numpy as np
@@ -406,6 +407,10 @@ def test_the_runtime_brings_its_result_to_the_host_in_one_copy(monkeypatch):
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, read(name, getattr(torch.Tensor, name)))
     monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    # on CUDA a host-to-device copy of a new tensor blocks too (copy, then stream synchronize)
+    monkeypatch.setattr(torch.Tensor, "new_tensor", read("new_tensor", torch.Tensor.new_tensor))
+    for name in ("tensor", "as_tensor"):
+        monkeypatch.setattr(torch, name, read(name, getattr(torch, name)))
     rt.model.decoder.register_forward_hook(lambda m, a, o: events.append("decoder done"))
     pred = rt.infer(arrays)
     assert len(pred.detections) > 0 and pred.has_input

@@ -76,6 +76,7 @@ def test_bad_parameters_are_one_line_and_exit_code_2(params, words):
     ("missing_file", "No such file or directory"),
     ("not_yaml", "not valid YAML"),
     ("unknown_ros_argument", "unknown ROS arguments ['--no-such-flag']"),
+    ("bad_override", "Couldn't parse parameter override rule"),     # rcl's refusal; its own log line held back
 ])
 def test_a_parameter_file_or_argument_rcl_refuses_is_one_line_and_exit_code_2(case, words, tmp_path):
     """rcl refuses these in rclpy.init with a traceback (after a log line of its own); the node
@@ -85,7 +86,8 @@ def test_a_parameter_file_or_argument_rcl_refuses_is_one_line_and_exit_code_2(ca
         params.write_text("/**:\n  ros__parameters:\n    sync:\n      camera_time_offsets_s: [0, 0.1, 0.0]\n")
     elif case == "not_yaml":
         params.write_text("/**: [\n")
-    ros_args = ["--no-such-flag"] if case == "unknown_ros_argument" else ["--params-file", str(params)]
+    ros_args = {"unknown_ros_argument": ["--no-such-flag"], "bad_override": ["-p", "score_threshold:=[1"]}.get(
+        case, ["--params-file", str(params)])
     out = subprocess.run([*NODE, "--ros-args", *ros_args], capture_output=True, text=True, timeout=120)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]

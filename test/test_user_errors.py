@@ -49,6 +49,11 @@ PARAM_FILES = {
     "no_ros_parameters": "/**:\n  foo: 1\n",
     "empty_ros_parameters": "/**:\n  ros__parameters:\n",
     "not_yaml": "/**: [\n",
+    "exponent_doubles": "/**:\n  ros__parameters:\n    a: [0.0, 1e-3, 2E5]\n",
+    "exponent_and_int": "/**:\n  ros__parameters:\n    a: [1e-3, 2]\n",
+    "empty_value": "/**:\n  ros__parameters:\n    checkpoint:\n",
+    "several_sections": "/**:\n  ros__parameters:\n    use_sim_time: true\naqr_perception:\n  ros__parameters:\n"
+                        "    lidar_topic: /my_lidar\n",
 }
 
 
@@ -77,6 +82,30 @@ def test_the_parameter_file_check_refuses_what_rcl_refuses(tmp_path):
         verdicts[name] = (ours, rcl)
     assert all(ours == rcl for ours, rcl in verdicts.values()), verdicts
     assert sum(rcl == "refuses" for _, rcl in verdicts.values()) >= 8       # both kinds well represented
+
+
+def test_the_node_settings_of_a_parameter_file_are_what_rclpy_gives_the_node(ros_context, tmp_path):
+    """Every section naming the node applies, later ones winning (a vehicle's file sets
+    use_sim_time for all nodes under /**, then this node's own): compared with the parameter
+    overrides rclpy hands a node named aqr_perception for the same file."""
+    from rclpy.node import Node
+
+    path = tmp_path / "vehicle.param.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    use_sim_time: true\n    score_threshold: 0.2\n"
+                    "aqr_perception:\n  ros__parameters:\n    lidar_topic: /my_lidar\n    sync:\n"
+                    "      camera_time_offsets_s: [0.0, 1e-3, 0.0, 0.0, 0.0, 0.0]\n"
+                    "/**/aqr_perception:\n  ros__parameters:\n    score_threshold: 0.4\n")
+    node = Node("aqr_perception", context=ros_context, cli_args=["--ros-args", "--params-file", str(path)],
+                automatically_declare_parameters_from_overrides=True)
+    try:
+        given = {name: p.value for name, p in node._parameters.items()}
+    finally:
+        node.destroy_node()
+    cfg = node_config_from_param_file(path)
+    assert given["use_sim_time"] is True
+    assert (cfg.lidar_topic, cfg.score_threshold) == (given["lidar_topic"], given["score_threshold"])
+    assert (cfg.lidar_topic, cfg.score_threshold) == ("/my_lidar", 0.4)
+    assert cfg.sync.camera_time_offsets_s == list(given["sync.camera_time_offsets_s"]) == [0.0, 0.001, 0, 0, 0, 0]
 
 
 def test_process_parameters_are_accepted_in_a_parameter_file(tmp_path):
@@ -170,3 +199,18 @@ def test_play_names_an_excluded_topic_the_bag_lacks_and_plays_on():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "--exclude /CAM_FRONT/image_rect_compresed: the bag has no such topic" in out.stderr
     assert "/CAM_FRONT/image_rect_compressed" in out.stderr            # the bag's topics, to pick from
+
+
+def test_a_bag_missing_one_of_the_node_cameras_beside_other_images_is_evaluated(tmp_path):
+    """One camera dropped out while the bag holds another image topic (a raw copy, another
+    camera): the node's other five cameras are there, so it is no topic mismatch."""
+    from bag_helpers import rename_topic
+
+    from aqr_perception.config import NodeConfig
+    from aqr_perception.data.bag_reader import check_bag_topics
+
+    bag = rename_topic(DRIVE, tmp_path / "drive", "/CAM_FRONT/image_rect_compressed",
+                       "/CAM_FRONT/image_color/compressed")
+    check_bag_topics(bag, NodeConfig())
+    with pytest.raises(ConfigError, match="none of the node's camera image topics"):
+        check_bag_topics(bag, NodeConfig(image_topic_format="/{camera}/image"))

@@ -19,10 +19,10 @@ IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 def check_bag_topics(bag: Path, node_cfg: NodeConfig) -> None:
     """Fail at once (ConfigError naming the topics) when the node settings and the bag's
     topic names disagree, the usual cause being a bag recorded with other names: the bag has
-    no cloud on the node's LiDAR topic, or some of the node's camera image topics are missing
-    from the bag while it has images on topics the node does not read (without this the node
-    would run on LiDAR alone and score lower, silently). A bag without some camera, or with
-    more image topics than the node reads (raw and compressed, say), is fine."""
+    no cloud on the node's LiDAR topic, or none of the node's camera image topics while it
+    has images on others (without this the node would run on LiDAR alone and score lower,
+    silently). A bag without some of the node's cameras, or with more image topics than the
+    node reads (raw and compressed, another camera), is fine; so is one without images."""
     with Reader(bag) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
     if node_cfg.lidar_topic not in topics:
@@ -31,13 +31,12 @@ def check_bag_topics(bag: Path, node_cfg: NodeConfig) -> None:
                           f"PointCloud2 topics: {', '.join(clouds) or 'none'} (set node.lidar_topic with --set or "
                           "the node's parameter file with --node-params)")
     wanted = [node_cfg.image_topic_format.format(camera=c) for c in node_cfg.camera_names]
-    missing = [t for t in wanted if t not in topics]
-    unread = sorted(t for t, ty in topics.items() if ty in IMAGE_TYPES and t not in wanted)
-    if missing and unread:
-        raise ConfigError(f"{bag}: the node reads camera images on {', '.join(missing)}, which the bag lacks, "
-                          f"and the bag's images on {', '.join(unread)} are not the node's inputs (set "
-                          "node.image_topic_format, node.camera_names or node.image_transport, or the node's "
-                          "parameter file with --node-params)")
+    images = sorted(t for t, ty in topics.items() if ty in IMAGE_TYPES)
+    if images and not any(t in topics for t in wanted):
+        raise ConfigError(f"{bag}: none of the node's camera image topics ({', '.join(wanted)}) is in the bag, "
+                          f"whose images are on {', '.join(images)} (set node.image_topic_format, "
+                          "node.camera_names or node.image_transport, or the node's parameter file with "
+                          "--node-params)")
 
 
 def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from aqr_perception.config import AqrConfig, NodeConfig
-from aqr_perception.data.bag_reader import check_bag_topics, feed_bag
+from aqr_perception.data.bag_reader import feed_bag
 from aqr_perception.frames.pipeline import FrameInputs, FrameOutcome, FramePipeline
 from aqr_perception.stamps import header_ns
 
@@ -75,9 +75,7 @@ def predict_offline(bag: Path, cfg: AqrConfig, runtime, keep_inputs: set[str] | 
                     inputs_out: dict[str, FrameInputs] | None = None) -> dict[str, FrameAnswer]:
     """Run the node's FramePipeline over the bag in this process: token (str(stamp_ns)) -> answer.
     The inputs of the frames in ``keep_inputs`` go to ``inputs_out``."""
-    node_cfg = eval_node_config(cfg)
-    check_bag_topics(bag, node_cfg)
-    pipeline = FramePipeline(node_cfg, runtime)
+    pipeline = FramePipeline(eval_node_config(cfg), runtime)
     names = list(runtime.cfg.classes)
     answers: dict[str, FrameAnswer] = {}
 

@@ -20,7 +20,6 @@ from vision_msgs.msg import Detection3DArray
 
 from aqr_perception.config import AqrConfig, ConfigError, NodeConfig
 from aqr_perception.data.bag_order import node_pose_wait
-from aqr_perception.data.bag_reader import check_bag_topics
 from aqr_perception.data.typestore import project_typestore
 from aqr_perception.evaluation.answers import FrameAnswer, answer_from_messages, eval_node_config
 from aqr_perception.msg import DetectionVelocityArray, QueryRouting
@@ -114,7 +113,6 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
     puts it there): whether the node needs ``/tf`` (multi-sweep) is read from it.
     """
     node_cfg = replay_node_config(cfg, checkpoint, device, record is not None)
-    check_bag_topics(bag, node_cfg)
     multi_sweep = cfg.model.lidar.sweeps > 1
     got: dict[str, dict[str, object]] = {key: {} for key in RECORDED}
     with private_domain() as (domain, chosen), tempfile.TemporaryDirectory(prefix="aqr_eval_") as tmp, \

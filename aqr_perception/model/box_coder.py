@@ -54,8 +54,9 @@ def topk_candidates(cls_logits: Tensor, bbox_code: Tensor, topk: int, score_thre
     scores, idx = cls_logits.sigmoid().reshape(-1).topk(min(topk, q * ncls))
     labels, query = idx % ncls, torch.div(idx, ncls, rounding_mode="floor")
     boxes = decode_boxes(bbox_code[query])
-    r = boxes.new_tensor(post_center_range)
-    keep = (boxes[:, :3] >= r[:3]).all(1) & (boxes[:, :3] <= r[3:]).all(1) & (scores >= score_threshold)
+    keep = scores >= score_threshold
+    for j in range(3):       # against Python numbers: a range tensor would be a blocking host-to-device copy
+        keep &= (boxes[:, j] >= post_center_range[j]) & (boxes[:, j] <= post_center_range[j + 3])
     return boxes, scores, labels, query, keep
 
 

@@ -523,6 +523,27 @@ def start_node(node: AqrPerceptionNode) -> None:
         raise RuntimeError("the node did not activate")
 
 
+def init_without_rcl_log(args: list[str]) -> None:
+    """``rclpy.init(args)`` with the process's stderr held back meanwhile: where rcl refuses
+    an argument it logs "Failed to parse global arguments" itself before raising, and the
+    start-up error is to be one line (main's). On success what was held back is written."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        finally:                         # refused: rcl's own line is dropped with the file
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.buffer.write(held.read())
+        sys.stderr.flush()
+
+
 def params_files(argv: list[str]) -> list[str]:
     """The ``--params-file`` paths among the ``--ros-args`` of ``argv``."""
     files, in_ros = [], False
@@ -552,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with StopSignals() as stop:
         try:
-            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+            init_without_rcl_log(args)
         except _rclpy.UnknownROSArgsError as exc:
             print(f"aqr_perception_node: unknown ROS arguments {exc}", file=sys.stderr)
             return 2
