@@ -1,6 +1,7 @@
 """Shared builders for model tests: a calibrated batch on the nuScenes-like rig."""
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from aqr_perception.data.rig import nuscenes_like_rig, resize_intrinsics
 from aqr_perception.model import DetectorInputs
@@ -37,3 +38,32 @@ def randomise_batchnorm(model, kind, gen: torch.Generator, spread: float) -> Non
             m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * spread)
+
+
+#: torch calls that read a tensor's values on the host (on CUDA: a wait for the GPU)
+HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "cpu", "numpy")
+#: torch calls that make a tensor from host values (on CUDA: a blocking host-to-device copy)
+FROM_HOST = ("tensor", "as_tensor", "new_tensor")
+
+
+class HostReadSpy(TorchFunctionMode):
+    """While active, appends to ``events`` the name of every torch call in HOST_READS, "mask"
+    for a boolean-mask index (a nonzero on CUDA) and, with ``from_host``, the FROM_HOST
+    calls; a test adds its own marks (hooks) to the same list. A torch function mode sees
+    only its own thread's calls, and changes no class (monkeypatching
+    ``torch.Tensor.__getitem__`` would leave 0-d tensors looking like sequences)."""
+
+    def __init__(self, from_host: bool = False) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.watched = HOST_READS + (FROM_HOST if from_host else ())
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.watched:
+            self.events.append(name)
+        elif name == "__getitem__":
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index):
+                self.events.append("mask")
+        return func(*args, **(kwargs or {}))

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from model_helpers import random_inputs
+from model_helpers import HOST_READS, HostReadSpy, random_inputs
 
 from aqr_perception.config import load_config
 from aqr_perception.model import build_detector
@@ -293,42 +293,26 @@ def test_the_detector_hands_the_attention_its_padding_per_segment(mode, route, s
         torch.testing.assert_close(getattr(outs["fused"], name), getattr(outs["dense"], name), atol=1e-4, rtol=1e-4)
 
 
-#: the tensor methods that read values on the host (on CUDA: wait for the GPU); boolean-mask
-#: indexing, the other such read, goes through nonzero on CUDA but not on the CPU, so it is not seen here
-HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "cpu", "numpy")
-
-
 @pytest.mark.parametrize("forward", ["forward", "forward_with_branches"])
-def test_the_flags_are_read_before_any_branch_and_the_image_branch_queues_without_a_read(forward, monkeypatch):
+def test_the_flags_are_read_before_any_branch_and_the_image_branch_queues_without_a_read(forward):
     """On CUDA a host read of a tensor waits for all the work queued before it, and so does
     the LiDAR branch's voxelisation: the detector reads both modality flags before any
     branch runs, runs the LiDAR branch first, and reads nothing on the host (HOST_READS)
     from the image backbone's start to the decoder's (fails on the order image branch,
     flag, LiDAR branch)."""
-    import threading
-
     cfg = load_config("tiny").model
     torch.manual_seed(4)
     model = build_detector(cfg).eval()
     inputs = random_inputs(cfg, batch=2)
-    events, me = [], threading.get_ident()
-
-    def read(real):
-        def spy(t, *a, **k):
-            if threading.get_ident() == me:              # not another thread's tensors
-                events.append("read")
-            return real(t, *a, **k)
-        return spy
-
-    for name in HOST_READS:
-        monkeypatch.setattr(torch.Tensor, name, read(getattr(torch.Tensor, name)))
+    spy = HostReadSpy()
     for name in ("lidar.voxelizer", "img_backbone", "decoder"):
-        model.get_submodule(name).register_forward_pre_hook(lambda m, a, name=name: events.append(name))
-    with torch.no_grad():
+        model.get_submodule(name).register_forward_pre_hook(lambda m, a, name=name: spy.events.append(name))
+    with torch.no_grad(), spy:
         if forward == "forward":
             model(inputs)
         else:
             model.forward_with_branches(inputs, model.image_branch, model.lidar.dense)
+    events = ["read" if e in HOST_READS or e == "mask" else e for e in spy.events]
     lidar, image, decoder = (events.index(n) for n in ("lidar.voxelizer", "img_backbone", "decoder"))
     assert events[:2] == ["read", "read"] and lidar < image < decoder
     assert "read" not in events[image:decoder]
@@ -369,13 +353,11 @@ def test_the_host_decode_equals_the_detector_decode():
     assert 0 < len(host.frames[0]) < cfg.decode.topk and 0 < len(host.frames[2]) < cfg.decode.topk
 
 
-def test_the_runtime_brings_its_result_to_the_host_in_one_copy(monkeypatch):
+def test_the_runtime_brings_its_result_to_the_host_in_one_copy():
     """After the decoder, ``DetectorRuntime.infer`` reads the device once: one ``cpu()`` and
     its ``numpy()``, no flag read, no boolean-mask index and no new tensor from host values
     (on CUDA each is a wait for the GPU; the previous decode made ~10). Fails with
     ``decode`` + per-array copies, and with a range tensor in ``topk_candidates``."""
-    import threading
-
     import numpy as np
 
     from aqr_perception.model.runtime import DetectorRuntime
@@ -387,31 +369,9 @@ def test_the_runtime_brings_its_result_to_the_host_in_one_copy(monkeypatch):
                              images=np.zeros((v, 3, h, w), np.uint8),
                              lidar2img=np.tile(np.eye(4, dtype=np.float32), (v, 1, 1)),
                              camera_valid=np.ones(v, dtype=bool), lidar_valid=True)
-    events, me = [], threading.get_ident()
-
-    def read(name, real):
-        def spy(t, *a, **k):
-            if threading.get_ident() == me:
-                events.append(name)
-            return real(t, *a, **k)
-        return spy
-
-    real_getitem = torch.Tensor.__getitem__
-
-    def getitem(t, index):
-        parts = index if isinstance(index, tuple) else (index,)
-        if threading.get_ident() == me and any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
-            events.append("mask")
-        return real_getitem(t, index)
-
-    for name in HOST_READS:
-        monkeypatch.setattr(torch.Tensor, name, read(name, getattr(torch.Tensor, name)))
-    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
-    # on CUDA a host-to-device copy of a new tensor blocks too (copy, then stream synchronize)
-    monkeypatch.setattr(torch.Tensor, "new_tensor", read("new_tensor", torch.Tensor.new_tensor))
-    for name in ("tensor", "as_tensor"):
-        monkeypatch.setattr(torch, name, read(name, getattr(torch, name)))
-    rt.model.decoder.register_forward_hook(lambda m, a, o: events.append("decoder done"))
-    pred = rt.infer(arrays)
+    spy = HostReadSpy(from_host=True)
+    rt.model.decoder.register_forward_hook(lambda m, a, o: spy.events.append("decoder done"))
+    with spy:
+        pred = rt.infer(arrays)
     assert len(pred.detections) > 0 and pred.has_input
-    assert events[events.index("decoder done") + 1:] == ["cpu", "numpy"]
+    assert spy.events[spy.events.index("decoder done") + 1:] == ["cpu", "numpy"]
