@@ -140,7 +140,8 @@ def test_asking_for_what_is_not_there_is_one_line_and_exit_code_2(drives, tmp_pa
 def test_the_readme_eval_of_a_converted_scene_replays_it_through_the_node(drives, tmp_path):
     """``aqr-perception eval --bag <scene> --node-params config/nuscenes.param.yaml``: the node
     reads the converted topics, answers every key frame, and scores as the offline path does;
-    with ``--devkit-eval`` the official DetectionEval scores its submission the same."""
+    with ``--devkit-eval`` the official DetectionEval scores its submission the same, and
+    ``--submission FILE`` writes the same answers from the offline path."""
     import json
     import re
 
@@ -148,7 +149,8 @@ def test_the_readme_eval_of_a_converted_scene_replays_it_through_the_node(drives
     _, _, converted = drives
     scores = {}
     for mode in ("offline", "replay"):
-        official = ["--devkit-eval", str(converted.parent.parent / "nuscenes")] if mode == "replay" else []
+        official = (["--devkit-eval", str(converted.parent.parent / "nuscenes")] if mode == "replay"
+                    else ["--submission", str(tmp_path / "offline_submission.json")])
         out = subprocess.run([str(cli), "eval", "--bag", str(converted), "--node-params",
                               str(REPO / "config" / "nuscenes.param.yaml"), "--mode", mode, *official,
                               "--out", str(tmp_path / mode), "--quiet"], capture_output=True, text=True, timeout=300)
@@ -161,7 +163,10 @@ def test_the_readme_eval_of_a_converted_scene_replays_it_through_the_node(drives
     devkit_map, devkit_nds, map_, nds = map(float, re.findall(r"(?:mAP|NDS) ([0-9.]+)", line))
     # the official pipeline on the replay's submission: the replay's numbers
     assert (devkit_map, devkit_nds) == (map_, nds) == (round(scores["replay"][0], 4), round(scores["replay"][1], 4))
-    assert (tmp_path / "replay" / "results_nusc.json").is_file()
+    replayed = json.loads((tmp_path / "replay" / "results_nusc.json").read_text())["results"]
+    offline = json.loads((tmp_path / "offline_submission.json").read_text())["results"]
+    assert set(offline) == set(replayed) and len(offline) == 3
+    assert all(len(offline[t]) == len(replayed[t]) > 0 for t in offline)
     assert list((tmp_path / "replay" / "devkit" / "plots").glob("*.pdf"))                # DetectionEval's plots
 
 

@@ -61,3 +61,28 @@ def test_a_corrupted_drive_is_scored_against_the_clean_ground_truth(tmp_path):
     clean, reduced = report["results"]["clean"]["aqr"], report["results"]["reduced_lidar"]["aqr"]
     assert clean["num_gt"] == reduced["num_gt"] > 0
     assert GT_RULE in (tmp_path / "robustness.md").read_text()
+
+
+def test_the_readme_robustness_line_scores_each_named_model(tmp_path):
+    """``aqr-perception robustness --checkpoint A.pt --baseline B.pt --baseline fixed=C.pt``, as
+    the README writes it (one short drive): a column per model, each scored with its own
+    checkpoint: the bundled one twice (the same numbers) and untrained weights (far lower)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, UNTRAINED
+
+    cli = Path(sys.executable).parent / "aqr-perception"
+    out = subprocess.run([str(cli), "robustness", "--checkpoint", str(BUNDLED_CHECKPOINT), "--baseline", UNTRAINED,
+                          "--baseline", f"fixed={BUNDLED_CHECKPOINT}", "--drives", "1", "--frames", "3",
+                          "--conditions", "clean", "no_cameras", "--set", "synth.lidar_azimuth_steps=360",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "robustness.json").read_text())["results"]
+    for condition in ("clean", "no_cameras"):
+        scores = {name: r["NDS"] for name, r in results[condition].items()}
+        assert set(scores) == {"aqr", "baseline", "fixed"}
+        assert scores["aqr"] == scores["fixed"] and scores["baseline"] < scores["aqr"] - 0.1, scores
+    assert "fixed" in out.stdout and "baseline" in out.stdout
