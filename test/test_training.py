@@ -149,6 +149,17 @@ def _budget_run(data, tmp_path, monkeypatch, clock, budget_s):
     return meta, load_checkpoint(tmp_path / "run" / "final.pt")[1]["meta"]
 
 
+def test_the_readme_time_budget_flag_is_minutes(data, tmp_path):
+    """``train ... --time-budget 55`` as the README writes it (0.5 here): minutes, stored as
+    seconds in the checkpoint, and the run fits (here: --max-steps, far below the budget)."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, *_train_cmd(data, out, "--time-budget", "0.5", "--max-steps", "2")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, blob = load_checkpoint(out / "final.pt")
+    assert blob["meta"]["time_budget_s"] == 30.0 and blob["meta"]["step"] == 2
+
+
 def test_time_budget_sets_the_step_count_from_the_timed_steps(data, tmp_path, monkeypatch):
     # one clock read per step at 1 s a read: a 12 s budget holds fewer than 12 steps,
     # far fewer than the 1000 allowed; the run ends where it was planned to, or one step
