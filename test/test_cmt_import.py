@@ -282,6 +282,23 @@ def test_cli_refuses_a_checkpoint_of_other_classes(tmp_path, official):
     assert r.returncode == 2 and "classes" in r.stderr and not (tmp_path / "x.pt").exists()
 
 
+def test_a_meta_with_objects_is_refused_and_read_with_trust_file(tmp_path, official):
+    """The safe reader (``weights_only``) refuses a file whose meta holds an object and says
+    how to read it; ``--trust-file`` (``trust=True``) reads it, weights and meta."""
+    import datetime
+
+    from aqr_perception.model.cmt_import import read_mmcv_checkpoint
+
+    path = tmp_path / "with_objects.pth"
+    torch.save({"state_dict": official, "meta": {"CLASSES": CLASSES, "time": datetime.datetime(2023, 3, 1)}}, path)
+    r = _cli("import-cmt", str(path), "--config", VOV, "--out", str(tmp_path / "x.pt"), "--allow-missing", "aqr")
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("aqr-perception:")]
+    assert r.returncode == 2 and len(line) == 1 and "--trust-file reads it" in line[0]
+    assert not (tmp_path / "x.pt").exists()
+    state, meta = read_mmcv_checkpoint(path, trust=True)
+    assert meta["time"] == datetime.datetime(2023, 3, 1) and state.keys() == official.keys()
+
+
 def test_queries_are_encoded_at_their_clamped_reference_points(imported):
     """CMT encodes a query at inverse_sigmoid(ref).sigmoid(): a learned point outside [0, 1]
     is encoded (and decoded) as the nearest point of [1e-5, 1 - 1e-5]^3."""
