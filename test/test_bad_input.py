@@ -204,7 +204,7 @@ def test_invalid_compressed_image_masks_camera():
     for c in cams:
         p.on_image(c.name, CompressedImage(header=_header(NS, c.name), format="jpeg", data=b"\x00garbage"))
     out = p.process(_cloud())
-    assert all("not a decodable" in r for r in out.inputs.masked.values()) and len(out.inputs.masked) == 6
+    assert all("neither JPEG nor PNG" in r for r in out.inputs.masked.values()) and len(out.inputs.masked) == 6
 
 
 def damaged_jpeg(h: int = H, w: int = W) -> bytes:
@@ -487,6 +487,112 @@ def test_images_beyond_max_image_pixels_or_of_absurd_shape_are_refused_before_de
     p.on_image(cams[1].name, _image(cams[1].name, NS, np.zeros((1, 4000, 3), np.uint8)))
     out = p.process(_cloud())
     assert "aspect ratio" in out.inputs.image_errors[cams[1].name]
+
+
+def _jpeg(h=H, w=W, progressive=False) -> bytes:
+    import cv2
+
+    rgb = np.random.default_rng(5).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])[1].tobytes()
+
+
+def _junk_before_frame_header(data: bytes, h: int, w: int) -> bytes:
+    """The JPEG with one stray byte before its frame header (libjpeg skips it and decodes)
+    and the header's size set to h x w."""
+    d = bytearray(data)
+    i = d.find(b"\xff\xc0")
+    d[i + 5:i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    d[i:i] = b"\x00"
+    return bytes(d)
+
+
+def _webp(h: int, w: int) -> bytes:
+    import cv2
+
+    return cv2.imencode(".webp", np.zeros((h, w, 3), np.uint8))[1].tobytes()
+
+
+def _scan_bomb() -> bytes:
+    """A progressive JPEG whose last scan is repeated 1,000 times: each scan is a pass of the
+    decoder over the image (10,000 took 3 s)."""
+    data = _jpeg(progressive=True)
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * 1000 + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("payload, words", [
+    (lambda: b"P5\n40000 40000\n255\n", "neither JPEG nor PNG"),          # cv2.error out of imdecode before
+    (lambda: _webp(H, W), "neither JPEG nor PNG"),                           # decoded whole before any check
+    (lambda: _junk_before_frame_header(_jpeg(), 12000, 12000), "pixels > max_image_pixels"),
+    (lambda: _scan_bomb(), "scans (at most 64 decoded)"),
+    (lambda: b"\xff\xd8" + b"\xff\xd0" * 2_000_000, "without a frame header"),   # 4 MB of markers
+    (lambda: b"\xff\xd8" + b"\xff" * 4_000_000, "without a frame header"),
+])
+def test_compressed_images_the_header_check_missed_mask_their_camera_alone_undecoded(payload, words, monkeypatch):
+    """Found by fuzzing the node's input path: each of these reached the decoder (seconds, or
+    gigabytes, or an exception that lost the whole frame). Now the camera is masked with a
+    reason, from the header alone, and the other cameras are used."""
+    import aqr_perception.frames.conversions as conv
+
+    p, cams = _pipeline(transport="compressed")
+    good = _compressed_msg(_jpeg())
+    for c in cams:
+        p.on_image(c.name, _compressed_msg(payload()) if c is cams[0] else good)
+    decoded = []
+
+    def counted(real):
+        return lambda data, *a, **k: decoded.append(len(data)) or real(data, *a, **k)
+
+    monkeypatch.setattr(conv.cv2, "imdecode", counted(conv.cv2.imdecode))
+    monkeypatch.setattr(conv.simplejpeg, "decode_jpeg", counted(conv.simplejpeg.decode_jpeg))
+    out = p.process(_cloud())
+    assert out.status == "ok" and list(out.inputs.masked) == [cams[0].name], out.inputs.masked
+    assert words in out.inputs.image_errors[cams[0].name]
+    assert decoded == [len(good.data)] * 5                  # only the five good images were decoded
+
+
+def test_a_static_transform_beyond_any_frame_on_earth_is_refused_not_made_inf():
+    """A finite 1e300 m translation became inf in float32 lidar2img and the model's output
+    NaN on every frame; now the transform is refused and that camera masked alone."""
+    p, cams = _pipeline(tf_static=False)
+    tf = _tf_static(cams)
+    tf.transforms[0].transform.translation.x = 1e300
+    rejected = p.on_tf_static(tf)
+    assert [r.child for r in rejected] == [cams[0].name] and "beyond" in rejected[0].reason
+    for c in cams:
+        p.on_image(c.name, _image(c.name, NS))
+    out = p.process(_cloud())
+    assert list(out.inputs.masked) == [cams[0].name] and np.all(np.isfinite(out.inputs.arrays.lidar2img))
+
+
+def test_a_point_step_numpy_cannot_hold_is_a_conversion_error():
+    from sensor_msgs.msg import PointField
+
+    from aqr_perception.frames.conversions import pointcloud2_to_xyzi
+
+    fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate("xyz")]
+    cloud = PointCloud2(height=1, width=1, fields=fields, point_step=2**31, row_step=2**31, data=bytes(12))
+    with pytest.raises(ConversionError, match="point_step 2147483648"):
+        pointcloud2_to_xyzi(cloud)
+
+
+def test_tens_of_thousands_of_point_fields_are_checked_in_linear_time():
+    """The duplicate-name check counted every name in the list for every name: 40,000 fields
+    took 16 s; the cloud is still refused for its duplicate."""
+    import time
+
+    from sensor_msgs.msg import PointField
+
+    from aqr_perception.frames.conversions import pointcloud2_to_xyzi
+
+    fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate("xyz")]
+    fields += [PointField(name=f"extra{i}", offset=12, datatype=PointField.UINT8, count=1) for i in range(40_000)]
+    fields.append(PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1))
+    cloud = PointCloud2(height=1, width=1, fields=fields, point_step=16, row_step=16, data=bytes(16))
+    t0 = time.perf_counter()
+    with pytest.raises(ConversionError, match="declares the field.s. x more than once"):
+        pointcloud2_to_xyzi(cloud)
+    assert time.perf_counter() - t0 < 3.0
 
 
 def test_a_tracker_publishing_hundreds_of_object_frames_does_not_grow_the_pose_buffer():

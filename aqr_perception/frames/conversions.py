@@ -15,6 +15,8 @@ Works on rclpy messages and on rosbags message objects alike (same field names).
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 
 import cv2
@@ -61,7 +63,10 @@ def cloud_dtype(cloud, field_names: Sequence[str]) -> np.dtype:
         names.append(name)
         formats.append(dt)
         offsets.append(f.offset)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": cloud.point_step})
+    try:
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": cloud.point_step})
+    except (ValueError, OverflowError) as exc:      # a point_step numpy cannot hold (>= 2**31)
+        raise ConversionError(f"PointCloud2 point_step {cloud.point_step} cannot describe a point: {exc}") from None
 
 
 def read_points_numpy(cloud, field_names: Sequence[str] | None = None, skip_nans: bool = False) -> np.ndarray:
@@ -105,8 +110,7 @@ def read_points_numpy_fallback(cloud, field_names: Sequence[str] | None = None, 
 def _check_point_fields(cloud, used: Sequence[str]) -> None:
     """Refuse field layouts that would decode to wrong numbers: duplicate names, a used
     field with count != 1, used fields whose bytes overlap."""
-    names = [f.name for f in cloud.fields]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(f.name for f in cloud.fields).items() if k > 1)
     if dupes:
         raise ConversionError(f"PointCloud2 declares the field(s) {', '.join(dupes)} more than once")
     by_name = {f.name: f for f in cloud.fields}
@@ -217,7 +221,11 @@ def compressed_imgmsg_to_cv2(msg, desired_encoding: str = "passthrough") -> np.n
     not decode or decodes to more than 8 bits.
     """
     buf = _buffer(msg.data)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except cv2.error as exc:                         # e.g. a header declaring more than OpenCV's pixel limit
+        raise ConversionError(f"CompressedImage ({msg.format or 'no format'}) does not decode: "
+                              f"{str(exc).strip().splitlines()[-1]}") from None
     if img is None:
         raise ConversionError(f"CompressedImage ({msg.format or 'no format'}) is not a decodable JPEG/PNG "
                               f"({buf.size} bytes)")
@@ -264,37 +272,48 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
-def compressed_image_size(data) -> tuple[int, int] | None:
-    """(height, width) read from a JPEG's frame header or a PNG's IHDR, without decoding;
-    None when the header is not found (the decoder then has the last word)."""
-    buf = _buffer(data)
-    if buf.size >= 24 and bytes(buf[:8]) == _PNG_SIGNATURE and bytes(buf[12:16]) == b"IHDR":
-        w, h = int.from_bytes(bytes(buf[16:20]), "big"), int.from_bytes(bytes(buf[20:24]), "big")
-        return h, w
-    if buf.size < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
-        return None
+#: a JPEG's frame header comes after a few segments (APPn, DQT, DHT: about 10); past this many
+#: the walk stops (a file of 4 MB of markers would otherwise take seconds in Python)
+MAX_JPEG_SEGMENTS = 256
+#: progressive JPEGs have about 10 scans; each scan is a pass of the decoder over the image
+#: (10,000 one-byte scans of a 1600x900 image take 3 s to decode)
+MAX_JPEG_SCANS = 64
+_FILL = re.compile(rb"\xff+")
+
+
+def compressed_image_size(data) -> tuple[int, int]:
+    """(height, width) read from a JPEG's frame header or a PNG's IHDR, without decoding.
+
+    Raises ConversionError for anything else (the compressed image transport carries JPEG
+    or PNG; other formats would be decoded whole before any size check), and for a JPEG
+    whose frame header is not found before its scan data (within MAX_JPEG_SEGMENTS
+    segments; garbage between segments is skipped as libjpeg skips it) or that has more
+    than MAX_JPEG_SCANS scans."""
+    raw = _buffer(data).tobytes()
+    if len(raw) >= 24 and raw[:8] == _PNG_SIGNATURE and raw[12:16] == b"IHDR":
+        return int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")
+    if raw[:2] != b"\xff\xd8":
+        kind = "PNG without its IHDR header" if raw[:8] == _PNG_SIGNATURE else f"{raw[:4]!r}..."
+        raise ConversionError(f"CompressedImage is neither JPEG nor PNG ({kind}, {len(raw)} bytes)")
+    if (scans := raw.count(b"\xff\xda")) > MAX_JPEG_SCANS:      # 0xFF in scan data is stuffed: exact
+        raise ConversionError(f"JPEG has {scans} scans (at most {MAX_JPEG_SCANS} decoded)")
     i = 2
-    while i + 4 <= buf.size:
-        if buf[i] != 0xFF:
-            return None
-        marker = int(buf[i + 1])
-        if marker == 0xFF:                           # fill byte
-            i += 1
+    for _ in range(MAX_JPEG_SEGMENTS):
+        i = raw.find(b"\xff", i)                    # libjpeg skips extraneous bytes before a marker
+        fill = _FILL.match(raw, i) if i >= 0 else None
+        if fill is None or fill.end() + 3 > len(raw):
+            break
+        marker, i = raw[fill.end()], fill.end() + 1
+        if marker in (0x01, *range(0xD0, 0xD8)):     # markers without a length
             continue
-        if marker in (0x01, *range(0xD0, 0xDA)):      # markers without a length
-            i += 2
-            continue
-        length = (int(buf[i + 2]) << 8) | int(buf[i + 3])
         if marker in _JPEG_SOF:
-            if i + 9 > buf.size:
-                return None
-            h = (int(buf[i + 5]) << 8) | int(buf[i + 6])
-            w = (int(buf[i + 7]) << 8) | int(buf[i + 8])
-            return h, w
-        if marker == 0xDA or length < 2:             # scan data before any frame header
-            return None
-        i += 2 + length
-    return None
+            if i + 7 > len(raw):
+                break
+            return int.from_bytes(raw[i + 3:i + 5], "big"), int.from_bytes(raw[i + 5:i + 7], "big")
+        if marker in (0xD8, 0xD9, 0xDA):              # another start, the end, or scan data: no frame header
+            break
+        i += int.from_bytes(raw[i:i + 2], "big")
+    raise ConversionError(f"JPEG without a frame header before its scan data ({len(raw)} bytes); not decoded")
 
 
 def jpeg_reduction(src_hw: tuple[int, int], min_hw: tuple[int, int]) -> int:

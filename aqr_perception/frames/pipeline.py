@@ -389,9 +389,7 @@ class FramePipeline:
         header) exceeds ``max_image_pixels``, differs from its CameraInfo, or has an aspect
         ratio the resize to the model input would blow up (a 4000x1 image -> 192x768000)."""
         hw = ((int(msg.height), int(msg.width)) if self.cfg.image_transport == "raw"
-              else compressed_image_size(msg.data))
-        if hw is None:
-            return
+              else compressed_image_size(msg.data))       # ConversionError unless a JPEG/PNG header gives it
         h, w = hw
         if h * w > self.cfg.max_image_pixels:
             raise ConversionError(f"image declares {w}x{h} = {h * w} pixels > max_image_pixels "

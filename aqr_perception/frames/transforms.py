@@ -19,6 +19,9 @@ from aqr_perception.stamps import header_ns
 #: a quaternion whose norm is this close to 1 is normalised; a farther one is refused
 #: (tf2 refuses denormalised quaternions too; drivers publish norms a few 1e-4 off)
 QUATERNION_NORM_TOLERANCE = 1e-2
+#: a translation farther than this is no frame on Earth (UTM and ECEF stay below 1e7 m); in
+#: float32 (the model's lidar2img) a finite 1e38 m would already be inf
+MAX_TRANSLATION_M = 1e9
 
 
 @dataclass
@@ -35,11 +38,14 @@ class RejectedTransform:
 
 def transform_to_matrix(tf) -> np.ndarray:
     """geometry_msgs/Transform -> (4, 4) child -> parent; ValueError for a transform that
-    is not a rigid motion (non-finite values, a quaternion far from unit norm)."""
+    is not a rigid motion (non-finite values, a quaternion far from unit norm) or lies
+    farther than MAX_TRANSLATION_M."""
     q = np.array([tf.rotation.x, tf.rotation.y, tf.rotation.z, tf.rotation.w], dtype=np.float64)
     t = np.array([tf.translation.x, tf.translation.y, tf.translation.z], dtype=np.float64)
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))):
         raise ValueError("non-finite transform")
+    if np.abs(t).max() > MAX_TRANSLATION_M:
+        raise ValueError(f"translation {t.tolist()} m is beyond {MAX_TRANSLATION_M:g} m")
     scale = np.abs(q).max()
     norm = scale * np.sqrt(np.sum((q / scale) ** 2)) if scale > 0 else 0.0   # no overflow for huge entries
     if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
