@@ -272,48 +272,57 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
-#: a JPEG's frame header comes after a few segments (APPn, DQT, DHT: about 10); past this many
-#: the walk stops (a file of 4 MB of markers would otherwise take seconds in Python)
-MAX_JPEG_SEGMENTS = 256
-#: progressive JPEGs have about 10 scans; each scan is a pass of the decoder over the image
+#: marker segments walked in a JPEG (real files have 10-60: APPn, DQT, DHT, SOF, a SOS per
+#: scan); past this many the walk stops, so that megabytes of markers cost no Python time
+MAX_JPEG_SEGMENTS = 4096
+#: progressive JPEGs have 6-18 scans; each scan is a pass of the decoder over the image
 #: (10,000 one-byte scans of a 1600x900 image take 3 s to decode)
 MAX_JPEG_SCANS = 64
-_FILL = re.compile(rb"\xff+")
+#: the next marker, as libjpeg finds it: an 0xFF (the last of a fill run) then a code that is
+#: not a stuffed zero (0x00) or a restart marker (0xD0-0xD7, inside scan data); everything
+#: skipped on the way (entropy-coded data, stray bytes) is what libjpeg skips. No repetition
+#: in the pattern: a search is linear even over megabytes of 0xFF
+_JPEG_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
 
 
 def compressed_image_size(data) -> tuple[int, int]:
     """(height, width) read from a JPEG's frame header or a PNG's IHDR, without decoding.
 
     Raises ConversionError for anything else (the compressed image transport carries JPEG
-    or PNG; other formats would be decoded whole before any size check), and for a JPEG
-    whose frame header is not found before its scan data (within MAX_JPEG_SEGMENTS
-    segments; garbage between segments is skipped as libjpeg skips it) or that has more
-    than MAX_JPEG_SCANS scans."""
+    or PNG; other formats would be decoded whole before any size check), for a JPEG whose
+    frame header does not come before its scan data, and for one with more than
+    MAX_JPEG_SCANS scans. The JPEG's markers are walked as libjpeg walks them, up to its
+    end of image (what follows, a motion photo's video say, is not read)."""
     raw = _buffer(data).tobytes()
     if len(raw) >= 24 and raw[:8] == _PNG_SIGNATURE and raw[12:16] == b"IHDR":
         return int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")
     if raw[:2] != b"\xff\xd8":
         kind = "PNG without its IHDR header" if raw[:8] == _PNG_SIGNATURE else f"{raw[:4]!r}..."
         raise ConversionError(f"CompressedImage is neither JPEG nor PNG ({kind}, {len(raw)} bytes)")
-    if (scans := raw.count(b"\xff\xda")) > MAX_JPEG_SCANS:      # 0xFF in scan data is stuffed: exact
-        raise ConversionError(f"JPEG has {scans} scans (at most {MAX_JPEG_SCANS} decoded)")
-    i = 2
+    size, scans, pos = None, 0, 2
     for _ in range(MAX_JPEG_SEGMENTS):
-        i = raw.find(b"\xff", i)                    # libjpeg skips extraneous bytes before a marker
-        fill = _FILL.match(raw, i) if i >= 0 else None
-        if fill is None or fill.end() + 3 > len(raw):
+        m = _JPEG_MARKER.search(raw, pos)
+        if m is None or (marker := m.group(1)[0]) in (0xD8, 0xD9):   # the end (or a second start)
             break
-        marker, i = raw[fill.end()], fill.end() + 1
-        if marker in (0x01, *range(0xD0, 0xD8)):     # markers without a length
+        pos = m.end()
+        if marker == 0x01:                            # TEM: no length
             continue
-        if marker in _JPEG_SOF:
-            if i + 7 > len(raw):
-                break
-            return int.from_bytes(raw[i + 3:i + 5], "big"), int.from_bytes(raw[i + 5:i + 7], "big")
-        if marker in (0xD8, 0xD9, 0xDA):              # another start, the end, or scan data: no frame header
+        if pos + 2 > len(raw):
             break
-        i += int.from_bytes(raw[i:i + 2], "big")
-    raise ConversionError(f"JPEG without a frame header before its scan data ({len(raw)} bytes); not decoded")
+        if marker in _JPEG_SOF and size is None:
+            if pos + 7 > len(raw):
+                break
+            size = int.from_bytes(raw[pos + 3:pos + 5], "big"), int.from_bytes(raw[pos + 5:pos + 7], "big")
+        elif marker == 0xDA:
+            if size is None:
+                break                                 # scan data before any frame header
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ConversionError(f"JPEG has more than {MAX_JPEG_SCANS} scans; not decoded")
+        pos += int.from_bytes(raw[pos:pos + 2], "big")
+    if size is None:
+        raise ConversionError(f"JPEG without a frame header before its scan data ({len(raw)} bytes); not decoded")
+    return size
 
 
 def jpeg_reduction(src_hw: tuple[int, int], min_hw: tuple[int, int]) -> int:
