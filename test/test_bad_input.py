@@ -568,6 +568,7 @@ def _scan_bomb() -> bytes:
     (lambda: _scan_bomb(), "more than 64 scans"),
     (lambda: b"\xff\xd8" + b"\xff\xd0" * 2_000_000, "without a frame header"),   # 4 MB of markers
     (lambda: b"\xff\xd8" + b"\xff" * 4_000_000, "without a frame header"),
+    (lambda: _jpeg()[:2] + _segment(0xFE, b"") * 5000 + _jpeg()[2:], "more than 4096 marker segments"),
 ])
 def test_compressed_images_the_header_check_missed_mask_their_camera_alone_undecoded(payload, words, monkeypatch):
     """Found by fuzzing the node's input path: each of these reached the decoder (seconds, or

@@ -272,8 +272,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
-#: marker segments walked in a JPEG (real files have 10-60: APPn, DQT, DHT, SOF, a SOS per
-#: scan); past this many the walk stops, so that megabytes of markers cost no Python time
+#: marker segments a JPEG may have (real files have 10-60: APPn, DQT, DHT, SOF, a SOS per
+#: scan); one with more is refused, so that megabytes of markers cost no Python time
 MAX_JPEG_SEGMENTS = 4096
 #: progressive JPEGs have 6-18 scans; each scan is a pass of the decoder over the image
 #: (10,000 one-byte scans of a 1600x900 image take 3 s to decode)
@@ -320,6 +320,8 @@ def compressed_image_size(data) -> tuple[int, int]:
             if scans > MAX_JPEG_SCANS:
                 raise ConversionError(f"JPEG has more than {MAX_JPEG_SCANS} scans; not decoded")
         pos += int.from_bytes(raw[pos:pos + 2], "big")
+    else:                    # scans hidden behind thousands of segments would not be counted
+        raise ConversionError(f"JPEG has more than {MAX_JPEG_SEGMENTS} marker segments; not decoded")
     if size is None:
         raise ConversionError(f"JPEG without a frame header before its scan data ({len(raw)} bytes); not decoded")
     return size
