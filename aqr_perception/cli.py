@@ -110,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint if args.checkpoint is not None else cfg.node.checkpoint
     process_settings(cfg)
     paths = [Path(b).resolve() for b in args.bag]
-    for given, path in [(b, p) for b, p in zip(args.bag, paths)] + ([(args.gt, Path(args.gt))] if args.gt else []):
+    for given, path in list(zip(args.bag, paths)) + ([(args.gt, Path(args.gt))] if args.gt else []):
         if not path.exists():
             raise cfgmod.ConfigError(f"{given}: no such file or folder")
     single = len(paths) == 1 and (args.gt or paths[0].with_name(paths[0].name + ".gt.json").is_file()) \

@@ -218,21 +218,25 @@ def test_runtime_warm_up_runs_the_model_once_without_state_change():
     assert all(torch.equal(before[k], v) for k, v in rt.model.state_dict().items())
 
 
+def _runtime_sample(rt):
+    """ModelArrays-like input for ``rt.infer``: 500 points within 20 m, six black views."""
+    import numpy as np
+
+    (h, w), v = rt.input_hw, rt.cfg.num_views
+    rng = np.random.default_rng(0)
+    return SimpleNamespace(points=rng.uniform(-20, 20, (500, 4)).astype(np.float32),
+                           images=np.zeros((v, 3, h, w), np.uint8),
+                           lidar2img=np.tile(np.eye(4, dtype=np.float32), (v, 1, 1)),
+                           camera_valid=np.ones(v, dtype=bool), lidar_valid=True)
+
+
 def test_a_nan_inside_the_decoder_reaches_the_runtime_check():
     """Nothing in the forward pass launders NaNs: a diverged decoder weight makes the frame a
     ModelOutputError (counted by the node), not finite garbage."""
-    import numpy as np
-
     from aqr_perception.model.runtime import DetectorRuntime, ModelOutputError
 
     rt = DetectorRuntime(None, None, "cpu")
-    cfg = rt.cfg
-    (h, w), v = rt.input_hw, cfg.num_views
-    rng = np.random.default_rng(0)
-    arrays = SimpleNamespace(points=rng.uniform(-20, 20, (500, 4)).astype(np.float32),
-                             images=np.zeros((v, 3, h, w), np.uint8),
-                             lidar2img=np.tile(np.eye(4, dtype=np.float32), (v, 1, 1)),
-                             camera_valid=np.ones(v, dtype=bool), lidar_valid=True)
+    arrays = _runtime_sample(rt)
     rt.infer(arrays)                                         # finite with the trained weights
     ffn = next(p for n, p in rt.model.decoder.named_parameters() if n.endswith("weight") and p.dim() == 2)
     with torch.no_grad():
@@ -358,17 +362,10 @@ def test_the_runtime_brings_its_result_to_the_host_in_one_copy():
     its ``numpy()``, no flag read, no boolean-mask index and no new tensor from host values
     (on CUDA each is a wait for the GPU; the previous decode made ~10). Fails with
     ``decode`` + per-array copies, and with a range tensor in ``topk_candidates``."""
-    import numpy as np
-
     from aqr_perception.model.runtime import DetectorRuntime
 
     rt = DetectorRuntime(None, None, "cpu")
-    (h, w), v = rt.input_hw, rt.cfg.num_views
-    rng = np.random.default_rng(0)
-    arrays = SimpleNamespace(points=rng.uniform(-20, 20, (500, 4)).astype(np.float32),
-                             images=np.zeros((v, 3, h, w), np.uint8),
-                             lidar2img=np.tile(np.eye(4, dtype=np.float32), (v, 1, 1)),
-                             camera_valid=np.ones(v, dtype=bool), lidar_valid=True)
+    arrays = _runtime_sample(rt)
     spy = HostReadSpy(from_host=True)
     rt.model.decoder.register_forward_hook(lambda m, a, o: spy.events.append("decoder done"))
     with spy:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from bag_helpers import tf_after_clouds
+from cli_helpers import run_cli
 
 from aqr_perception.config import load_config
 from aqr_perception.data.synth.drive import generate_drive
@@ -63,21 +64,12 @@ def _velodyne_bag(tmp_path, clouds=3):
     return bag
 
 
-def _cli(*args, timeout=300):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    exe = Path(sys.executable).parent / "aqr-perception"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout)
-
-
 def test_replay_eval_of_a_bag_with_other_topic_names_fails_at_once_naming_the_topic(tmp_path):
     import time
 
     bag = _velodyne_bag(tmp_path)
     t0 = time.monotonic()
-    out = _cli("eval", "--bag", str(bag), "--out", str(tmp_path / "out"), "--quiet", timeout=120)
+    out = run_cli("eval", "--bag", str(bag), "--out", str(tmp_path / "out"), "--quiet", timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "/LIDAR_TOP" in out.stderr and "/velodyne_points" in out.stderr and "Traceback" not in out.stderr
     assert time.monotonic() - t0 < 60
@@ -92,12 +84,13 @@ def test_replay_eval_passes_the_node_settings_to_the_node(tmp_path):
     bag = _velodyne_bag(tmp_path, clouds=3)
     params = tmp_path / "vehicle.param.yaml"
     params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"lidar_topic": "/velodyne_points"}}}))
-    out = _cli("eval", "--bag", str(bag), "--node-params", str(params), "--out", str(tmp_path / "out"), "--quiet")
+    out = run_cli("eval", "--bag", str(bag), "--node-params", str(params), "--out", str(tmp_path / "out"), "--quiet",
+                  timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["frames_with_output"] == 3, report
     # the same through --set, with a mismatch the node cannot subscribe to: named within seconds
-    out = _cli("eval", "--bag", str(bag), "--set", "node.lidar_topic=/velodyne_points",
-               "--set", "node.image_transport=raw", "--out", str(tmp_path / "out2"), "--quiet", timeout=120)
+    out = run_cli("eval", "--bag", str(bag), "--set", "node.lidar_topic=/velodyne_points",
+                  "--set", "node.image_transport=raw", "--out", str(tmp_path / "out2"), "--quiet", timeout=120)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "did not subscribe to" in out.stderr and "/CAM_FRONT/image_rect_compressed" in out.stderr

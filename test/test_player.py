@@ -1,9 +1,9 @@
 """``aqr-perception play`` (the ros2 bag play stand-in) as the README writes it, received
 over loopback DDS and compared with the bag as rosbags reads it."""
 import subprocess
-import sys
 import time
-from pathlib import Path
+
+from cli_helpers import CLI
 
 from aqr_perception.model.runtime import PACKAGE_RESOURCES
 
@@ -32,8 +32,7 @@ def test_play_with_clock_and_exclude_as_the_readme_writes_it(ros_context):
                              100)
     for topic in (KEPT, EXCLUDED):
         node.create_subscription(CompressedImage, topic, lambda m, t=topic: got[t].append(m), 100)
-    cli = Path(sys.executable).parent / "aqr-perception"
-    play = subprocess.Popen([str(cli), "play", str(DRIVE), "--rate", "1", "--clock", "--exclude", EXCLUDED,
+    play = subprocess.Popen([str(CLI), "play", str(DRIVE), "--rate", "1", "--clock", "--exclude", EXCLUDED,
                              "--wait-for", "/clock", KEPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -68,17 +68,15 @@ def test_the_readme_robustness_line_scores_each_named_model(tmp_path):
     the README writes it (one short drive): a column per model, each scored with its own
     checkpoint: the bundled one twice (the same numbers) and untrained weights (far lower)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    from cli_helpers import run_cli
 
     from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, UNTRAINED
 
-    cli = Path(sys.executable).parent / "aqr-perception"
-    out = subprocess.run([str(cli), "robustness", "--checkpoint", str(BUNDLED_CHECKPOINT), "--baseline", UNTRAINED,
-                          "--baseline", f"fixed={BUNDLED_CHECKPOINT}", "--drives", "1", "--frames", "3",
-                          "--conditions", "clean", "no_cameras", "--set", "synth.lidar_azimuth_steps=360",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    out = run_cli("robustness", "--checkpoint", BUNDLED_CHECKPOINT, "--baseline", UNTRAINED,
+                  "--baseline", f"fixed={BUNDLED_CHECKPOINT}", "--drives", "1", "--frames", "3",
+                  "--conditions", "clean", "no_cameras", "--set", "synth.lidar_azimuth_steps=360",
+                  "--out", tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "robustness.json").read_text())["results"]
     for condition in ("clean", "no_cameras"):

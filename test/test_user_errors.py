@@ -1,22 +1,16 @@
 """A user's mistake on the command line: one line on stderr naming it, exit code 2, no
 traceback, before any work; and the parameter-file checks agree with rcl's own parser."""
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import run_cli
 
 from aqr_perception.config import ConfigError, node_config_from_param_file, node_param_schema, read_param_file
 from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, PACKAGE_RESOURCES
 
 DRIVE = PACKAGE_RESOURCES / "default_drive"
-CLI = Path(sys.executable).parent / "aqr-perception"
-
-
-def _cli(*args, timeout=120):
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _one_line_exit_2(out, *words):
@@ -124,7 +118,7 @@ def test_config_validate_is_one_line_per_bad_file_and_exit_2(tmp_path):
     mixed = tmp_path / "mixed.param.yaml"
     mixed.write_text(PARAM_FILES["mixed_int_float"].replace(" a:", " sync:\n      camera_time_offsets_s:"))
     unknown = _params(tmp_path / "unknown.param.yaml", {"score_treshold": 0.5})
-    out = _cli("config", "validate", "config/aqr_perception.param.yaml", str(mixed), str(unknown))
+    out = run_cli("config", "validate", "config/aqr_perception.param.yaml", str(mixed), str(unknown))
     assert out.returncode == 2 and "ok: config/aqr_perception.param.yaml" in out.stdout
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in out.stderr, out.stderr
@@ -133,46 +127,46 @@ def test_config_validate_is_one_line_per_bad_file_and_exit_2(tmp_path):
 
 
 def test_a_bad_override_names_the_command_line_not_the_file():
-    line = _one_line_exit_2(_cli("config", "show", "--set", "model.bogus=1"), "model.bogus: unknown key")
+    line = _one_line_exit_2(run_cli("config", "show", "--set", "model.bogus=1"), "model.bogus: unknown key")
     assert "with the overrides model.bogus=1" in line
 
 
 def test_train_with_a_bad_config_is_one_line_and_exit_2(tmp_path):
-    _one_line_exit_2(_cli("train", "--data", str(tmp_path), "--set", "train.bogus=1"), "aqr-perception train: ",
+    _one_line_exit_2(run_cli("train", "--data", str(tmp_path), "--set", "train.bogus=1"), "aqr-perception train: ",
                      "train.bogus: unknown key")
-    _one_line_exit_2(_cli("train", "--data", str(tmp_path), "--config", str(tmp_path / "none.yaml")),
+    _one_line_exit_2(run_cli("train", "--data", str(tmp_path), "--config", str(tmp_path / "none.yaml")),
                      "config file not found")
 
 
 def test_robustness_refuses_an_unknown_condition_before_any_work(tmp_path):
-    out = _cli("robustness", "--conditions", "clean", "nolidar", "--out", str(tmp_path / "r"))
+    out = run_cli("robustness", "--conditions", "clean", "nolidar", "--out", str(tmp_path / "r"))
     _one_line_exit_2(out, "unknown nolidar", "no_lidar")
     assert not (tmp_path / "r").exists()
 
 
 def test_play_of_a_missing_bag_is_one_line_and_exit_2(tmp_path):
-    _one_line_exit_2(_cli("play", str(tmp_path / "nothing")), "not a readable rosbag2")
+    _one_line_exit_2(run_cli("play", str(tmp_path / "nothing")), "not a readable rosbag2")
 
 
 def test_eval_of_missing_files_is_one_line_and_exit_2(tmp_path):
-    _one_line_exit_2(_cli("eval", "--bag", str(tmp_path / "nothing")), "nothing: no such file or folder")
-    _one_line_exit_2(_cli("eval", "--bag", str(DRIVE), "--gt", str(tmp_path / "gt.json")),
+    _one_line_exit_2(run_cli("eval", "--bag", str(tmp_path / "nothing")), "nothing: no such file or folder")
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--gt", str(tmp_path / "gt.json")),
                      "gt.json: no such file or folder")
-    _one_line_exit_2(_cli("eval", "--bag", str(DRIVE), "--node-params", str(tmp_path / "v.yaml")),
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--node-params", str(tmp_path / "v.yaml")),
                      "parameter file", "v.yaml")
 
 
 @pytest.mark.parametrize("mode", ["offline", "replay"])
 def test_eval_of_a_bag_whose_camera_topics_the_node_does_not_read_fails_naming_them(mode, tmp_path):
     """Without the check the node runs on LiDAR alone and scores lower, exit code 0."""
-    out = _cli("eval", "--bag", str(DRIVE), "--mode", mode, "--set",
-               "node.image_topic_format=/{camera}/image/compressed", "--out", str(tmp_path / "out"), "--quiet")
+    out = run_cli("eval", "--bag", str(DRIVE), "--mode", mode, "--set",
+                  "node.image_topic_format=/{camera}/image/compressed", "--out", str(tmp_path / "out"), "--quiet")
     _one_line_exit_2(out, "/CAM_FRONT/image/compressed", "/CAM_FRONT/image_rect_compressed")
 
 
 def test_offline_eval_of_a_bag_without_the_lidar_topic_fails_naming_it(tmp_path):
-    out = _cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--set", "node.lidar_topic=/velodyne_points",
-               "--out", str(tmp_path / "out"), "--quiet")
+    out = run_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--set", "node.lidar_topic=/velodyne_points",
+                  "--out", str(tmp_path / "out"), "--quiet")
     _one_line_exit_2(out, "/velodyne_points", "/LIDAR_TOP")
 
 
@@ -181,20 +175,20 @@ def test_eval_uses_the_checkpoint_of_the_node_parameter_file(tmp_path):
     import json
 
     missing = _params(tmp_path / "missing.param.yaml", {"checkpoint": str(tmp_path / "vehicle.pt")})
-    _one_line_exit_2(_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
-                          "--out", str(tmp_path / "o1"), "--quiet"), "vehicle.pt: no such file")
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
+                             "--out", str(tmp_path / "o1"), "--quiet"), "vehicle.pt: no such file")
     shutil.copy(BUNDLED_CHECKPOINT, tmp_path / "vehicle.pt")
-    out = _cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
-               "--out", str(tmp_path / "o2"), "--quiet", timeout=300)
+    out = run_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
+                  "--out", str(tmp_path / "o2"), "--quiet", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "o2" / "report.json").read_text())["checkpoint"] == str(tmp_path / "vehicle.pt")
-    _one_line_exit_2(_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
-                          "--checkpoint", str(tmp_path / "given.pt"), "--out", str(tmp_path / "o3"), "--quiet"),
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
+                             "--checkpoint", str(tmp_path / "given.pt"), "--out", str(tmp_path / "o3"), "--quiet"),
                      "given.pt: no such file")
 
 
 def test_play_names_an_excluded_topic_the_bag_lacks_and_plays_on():
-    out = _cli("play", str(DRIVE), "--rate", "0", "--linger", "0", "--exclude", "/CAM_FRONT/image_rect_compresed")
+    out = run_cli("play", str(DRIVE), "--rate", "0", "--linger", "0", "--exclude", "/CAM_FRONT/image_rect_compresed")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "--exclude /CAM_FRONT/image_rect_compresed: the bag has no such topic" in out.stderr
     assert "/CAM_FRONT/image_rect_compressed" in out.stderr            # the bag's topics, to pick from

@@ -293,10 +293,11 @@ def compressed_image_size(data) -> tuple[int, int]:
     frame header does not come before its scan data, and for one with more than
     MAX_JPEG_SCANS scans. The JPEG's markers are walked as libjpeg walks them, up to its
     end of image (what follows, a motion photo's video say, is not read)."""
-    raw = _buffer(data).tobytes()
+    buf = _buffer(data)
+    raw = buf.tobytes()
     if len(raw) >= 24 and raw[:8] == _PNG_SIGNATURE and raw[12:16] == b"IHDR":
         return int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")
-    if raw[:2] != b"\xff\xd8":
+    if not _is_jpeg(buf):
         kind = "PNG without its IHDR header" if raw[:8] == _PNG_SIGNATURE else f"{raw[:4]!r}..."
         raise ConversionError(f"CompressedImage is neither JPEG nor PNG ({kind}, {len(raw)} bytes)")
     size, scans, pos = None, 0, 2

@@ -523,19 +523,27 @@ def start_node(node: AqrPerceptionNode) -> None:
         raise RuntimeError("the node did not activate")
 
 
-def init_without_rcl_log(args: list[str]) -> None:
-    """``rclpy.init(args)`` with the process's stderr held back meanwhile: where rcl refuses
-    an argument it logs "Failed to parse global arguments" itself before raising, and the
-    start-up error is to be one line (main's). On success what was held back is written."""
+def init_ros(args: list[str]) -> None:
+    """``rclpy.init(args)`` with what it refuses as a ConfigError. The ``--params-file``
+    files are checked first (rcl's own refusal is a traceback), and the process's stderr is
+    held back meanwhile: where rcl refuses an argument it logs "Failed to parse global
+    arguments" itself before raising, and the start-up error is to be one line (main's). On
+    success what was held back is written."""
     import os
     import tempfile
 
+    for path in params_files(args):
+        read_param_file(path)
     with tempfile.TemporaryFile() as held:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(held.fileno(), 2)
         try:
             rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        except _rclpy.UnknownROSArgsError as exc:
+            raise ConfigError(f"unknown ROS arguments {exc}") from None
+        except _rclpy.RCLError as exc:               # any other argument rcl refuses
+            raise ConfigError(str(exc)) from None
         finally:                         # refused: rcl's own line is dropped with the file
             os.dup2(saved, 2)
             os.close(saved)
@@ -564,20 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     stderr and exit code 2. A stop signal lets the frame in inference finish and publish
     before the context goes away (:mod:`aqr_perception.ros.shutdown`)."""
     dds = apply_loopback_dds_defaults()
-    args = sys.argv if argv is None else argv
-    try:
-        for path in params_files(args):    # rcl's own refusal is a traceback after an rcl log line
-            read_param_file(path)
-    except ConfigError as exc:
-        print(f"aqr_perception_node: {one_line(str(exc))}", file=sys.stderr)
-        return 2
     with StopSignals() as stop:
         try:
-            init_without_rcl_log(args)
-        except _rclpy.UnknownROSArgsError as exc:
-            print(f"aqr_perception_node: unknown ROS arguments {exc}", file=sys.stderr)
-            return 2
-        except _rclpy.RCLError as exc:      # any other argument rcl refuses
+            init_ros(sys.argv if argv is None else argv)
+        except ConfigError as exc:
             print(f"aqr_perception_node: {one_line(str(exc))}", file=sys.stderr)
             return 2
         node = None
