@@ -130,9 +130,10 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
 
 
 def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_env):
-    """The node reads clouds and images from raw subscriptions (serialised bytes through
-    zero-copy views): a sample that is not a well-formed message is counted and reported
-    with the reason, and the next good one is processed."""
+    """The node reads every input from raw subscriptions (clouds and images through
+    zero-copy views, CameraInfo and TF deserialised from the bytes): a sample that is not a
+    well-formed message is counted and reported with the reason, and the next good one is
+    processed (here the good TF and CameraInfo after the bad ones give the frame its camera)."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.serialization import serialize_message
@@ -151,8 +152,15 @@ def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_
     probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
     probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     _spin(ex, 1.0)
-    pub_tf.publish(_tf_static(cams))
-    pub_info.publish(_info(cams[0].name, cams[0].K))
+    # typed messages too: a typed subscription's rmw would drop these before any callback, uncounted
+    tf_bytes = serialize_message(_tf_static(cams))
+    pub_tf.publish(tf_bytes[:-8])                               # the last transform cut short
+    info_bytes = serialize_message(_info(cams[0].name, cams[0].K))
+    pub_info.publish(info_bytes[:40])                           # cut inside the header's frame_id
+    _spin_until(ex, lambda: node.counters["messages_malformed./tf_static"]
+                and node.counters[f"messages_malformed./{cams[0].name}/camera_info"], 10.0)
+    pub_tf.publish(tf_bytes)
+    pub_info.publish(info_bytes)
     good = serialize_message(_cloud(t_ns=NS))
     pub_cloud.publish(good[: len(good) // 2])                   # truncated in the point data
     image = serialize_message(_image(cams[0].name, NS))
@@ -161,6 +169,8 @@ def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_
                 and node.counters[f"messages_malformed./{cams[0].name}/image_raw"], 10.0)
     assert node.counters["messages_malformed./LIDAR_TOP"] == 1
     assert node.counters[f"messages_malformed./{cams[0].name}/image_raw"] == 1
+    assert node.counters["messages_malformed./tf_static"] == 1
+    assert node.counters[f"messages_malformed./{cams[0].name}/camera_info"] == 1
     assert node.counters["clouds_received"] == 0 and dets == []
     pub_cloud.publish(good)
     _spin_until(ex, lambda: len(dets) >= 1, 10.0)
@@ -171,6 +181,8 @@ def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_
     assert counters["messages_malformed./LIDAR_TOP"] == "1"
     assert "truncated at data" in counters["last_problem.malformed:/LIDAR_TOP"]
     assert "unknown CDR encapsulation" in counters[f"last_problem.malformed:/{cams[0].name}/image_raw"]
+    assert counters["messages_malformed./tf_static"] == "1"
+    assert "failed to deserialize" in counters["last_problem.malformed:/tf_static"]
 
 
 def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):

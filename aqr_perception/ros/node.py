@@ -68,7 +68,7 @@ from aqr_perception.frames.cdr import parse_compressed_image, parse_image, parse
 from aqr_perception.frames.conversions import ConversionError
 from aqr_perception.frames.pipeline import FrameInputs, FramePipeline
 from aqr_perception.msg import DetectionVelocityArray, QueryRouting
-from aqr_perception.ros.counted_subscription import counted_subscription
+from aqr_perception.ros.counted_subscription import counted_subscription, typed_parser
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
 from aqr_perception.ros.diagnostics import NodeDiagnostics
@@ -264,7 +264,8 @@ class AqrPerceptionNode(LifecycleNode):
             self._io.append(pub)
             return pub
 
-        # clouds and images arrive as serialised bytes read through zero-copy views (frames/cdr.py)
+        # clouds and images arrive as serialised bytes read through zero-copy views (frames/cdr.py);
+        # the small messages are deserialised from raw bytes too, so a malformed one is counted
         subscribe(PointCloud2, cfg.lidar_topic, self._on_cloud, qos, parse_pointcloud2)
         image_type, parse_img = ((Image, parse_image) if cfg.image_transport == "raw" else
                                  (CompressedImage, parse_compressed_image))
@@ -272,12 +273,14 @@ class AqrPerceptionNode(LifecycleNode):
             subscribe(image_type, cfg.image_topic_format.format(camera=cam),
                       lambda m, c=cam: self.pipeline.on_image(c, m), image_qos, parse_img)
             subscribe(CameraInfo, cfg.camera_info_topic_format.format(camera=cam),
-                      lambda m, c=cam: self._on_info(c, m), qos)
+                      lambda m, c=cam: self._on_info(c, m), qos, typed_parser(CameraInfo))
         if cfg.extrinsics_source == "tf_static":
             subscribe(TFMessage, "/tf_static",
-                      lambda m: self._count_rejected("/tf_static", self.pipeline.on_tf_static(m)), static_qos)
+                      lambda m: self._count_rejected("/tf_static", self.pipeline.on_tf_static(m)), static_qos,
+                      typed_parser(TFMessage))
         if self.pipeline.multi_sweep:   # the ego pose that aligns past sweeps
-            subscribe(TFMessage, "/tf", lambda m: self._count_rejected("/tf", self.pipeline.on_tf(m)), tf_qos)
+            subscribe(TFMessage, "/tf", lambda m: self._count_rejected("/tf", self.pipeline.on_tf(m)), tf_qos,
+                      typed_parser(TFMessage))
         self.pub_det = publisher(Detection3DArray, "~/detections")
         self.pub_vel = publisher(DetectionVelocityArray, "~/velocities")
         self.pub_routing = publisher(QueryRouting, "~/routing")
