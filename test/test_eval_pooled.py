@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import CLI, run_cli
 
 from aqr_perception.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
-CLI = Path(sys.executable).with_name("aqr-perception")
 SCENES = {"scene-0103": 51, "scene-0916": 52}       # the devkit's mini_val split
 NODE_PARAMS = str(REPO / "config" / "nuscenes.param.yaml")
 
@@ -25,8 +25,8 @@ def converted(tmp_path_factory):
                                          "synth.lidar_mount_yaw_deg=-90", "synth.ego_yaw_rate=0.3"])
     root = tmp_path_factory.mktemp("pooled")
     export_nuscenes(cfg, root / "nuscenes", SCENES)
-    out = subprocess.run([str(CLI), "nuscenes2bag", "--dataroot", str(root / "nuscenes"), "--split", "mini_val",
-                          "--out", str(root / "bags"), "--quiet"], capture_output=True, text=True, timeout=300)
+    out = run_cli("nuscenes2bag", "--dataroot", str(root / "nuscenes"), "--split", "mini_val",
+                  "--out", str(root / "bags"), "--quiet", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return root
 

@@ -2,12 +2,11 @@
 nuscenes2bag`` -> bag, and that bag is the drive's own bag again (same points, JPEG bytes,
 poses, calibration and ground truth), read by the node's pipeline into the same
 detections. The converted bag is read with ``config/nuscenes.param.yaml``, as a user does."""
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 from rosbags.rosbag2 import Reader
 from scipy.spatial.transform import Rotation
 
@@ -33,10 +32,8 @@ def drives(tmp_path_factory):
     root = tmp_path_factory.mktemp("n2b")
     export_nuscenes(cfg, root / "nuscenes", {SCENE: SEED})
     direct = generate_drive(cfg, root / "direct", "drive", SEED)
-    cli = Path(sys.executable).with_name("aqr-perception")
-    out = subprocess.run([str(cli), "nuscenes2bag", "--dataroot", str(root / "nuscenes"), "--version", "v1.0-mini",
-                          "--split", "mini_val", "--out", str(root / "converted"), "--quiet"],
-                         capture_output=True, text=True, timeout=300)
+    out = run_cli("nuscenes2bag", "--dataroot", str(root / "nuscenes"), "--version", "v1.0-mini",
+                  "--split", "mini_val", "--out", str(root / "converted"), "--quiet", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return cfg, direct, root / "converted" / SCENE
 
@@ -124,14 +121,12 @@ def test_the_pipeline_detects_the_same_from_both_bags(drives):
 
 
 def test_asking_for_what_is_not_there_is_one_line_and_exit_code_2(drives, tmp_path):
-    cli = Path(sys.executable).with_name("aqr-perception")
     _, _, converted = drives
     dataroot = converted.parent.parent / "nuscenes"
     for args, words in ((["--dataroot", str(tmp_path)], "no v1.0-mini tables in"),
                         (["--dataroot", str(dataroot), "--scenes", "scene-9999"], "scene(s) scene-9999 not in"),
                         (["--dataroot", str(dataroot), "--split", "no_such_split"], "unknown split 'no_such_split'")):
-        out = subprocess.run([str(cli), "nuscenes2bag", *args, "--out", str(tmp_path / "x"), "--quiet"],
-                             capture_output=True, text=True, timeout=120)
+        out = run_cli("nuscenes2bag", *args, "--out", str(tmp_path / "x"), "--quiet", timeout=120)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and words in lines[0], out.stderr
 
@@ -145,15 +140,14 @@ def test_the_readme_eval_of_a_converted_scene_replays_it_through_the_node(drives
     import json
     import re
 
-    cli = Path(sys.executable).with_name("aqr-perception")
     _, _, converted = drives
     scores = {}
     for mode in ("offline", "replay"):
         official = (["--devkit-eval", str(converted.parent.parent / "nuscenes")] if mode == "replay"
                     else ["--submission", str(tmp_path / "offline_submission.json")])
-        out = subprocess.run([str(cli), "eval", "--bag", str(converted), "--node-params",
-                              str(REPO / "config" / "nuscenes.param.yaml"), "--mode", mode, *official,
-                              "--out", str(tmp_path / mode), "--quiet"], capture_output=True, text=True, timeout=300)
+        out = run_cli("eval", "--bag", str(converted), "--node-params",
+                      str(REPO / "config" / "nuscenes.param.yaml"), "--mode", mode, *official,
+                      "--out", str(tmp_path / mode), "--quiet", timeout=300)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         report = json.loads((tmp_path / mode / "report.json").read_text())
         assert report["frames"] == report["frames_with_output"] == 3
@@ -181,19 +175,17 @@ def test_the_imported_cmt_model_runs_in_the_node_on_a_converted_scene(drives, tm
 
     from cmt_fixture import VOV, write_official_file
 
-    cli = Path(sys.executable).with_name("aqr-perception")
     _, _, converted = drives
     official = write_official_file(tmp_path / "voxel0075_vov_1600x640_epoch20.pth")
     model = tmp_path / "vov.pt"
     small = ["model.image.input_height=64", "model.image.input_width=160",
              "model.point_cloud_range=[-13.2,-13.2,-5.0,13.2,13.2,3.0]", "model.bev_size=44"]
-    r = subprocess.run([str(cli), "import-cmt", str(official), "--config", VOV, "--allow-missing", "aqr",
-                        "--out", str(model), *[a for s in small for a in ("--set", s)]],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("import-cmt", str(official), "--config", VOV, "--allow-missing", "aqr",
+                "--out", str(model), *[a for s in small for a in ("--set", s)], timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    out = subprocess.run([str(cli), "eval", "--bag", str(converted), "--node-params",
-                          str(REPO / "config" / "nuscenes.param.yaml"), "--checkpoint", str(model),
-                          "--out", str(tmp_path / "eval"), "--quiet"], capture_output=True, text=True, timeout=600)
+    out = run_cli("eval", "--bag", str(converted), "--node-params",
+                  str(REPO / "config" / "nuscenes.param.yaml"), "--checkpoint", str(model),
+                  "--out", str(tmp_path / "eval"), "--quiet", timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["frames"] == report["frames_with_output"] == 3
@@ -234,10 +226,9 @@ def test_the_readme_training_on_converted_scenes_uses_the_key_frames_with_cbgs(d
     from aqr_perception.model.checkpoint import load_checkpoint
 
     _, _, converted = drives
-    cli = Path(sys.executable).with_name("aqr-perception")
-    out = subprocess.run([str(cli), "train", "--config", str(REPO / "config" / "tiny_nuscenes.yaml"),
-                          "--data", str(converted.parent), "--out", str(tmp_path / "run"), "--max-steps", "2",
-                          "--quiet"], capture_output=True, text=True, timeout=300)
+    out = run_cli("train", "--config", str(REPO / "config" / "tiny_nuscenes.yaml"),
+                  "--data", str(converted.parent), "--out", str(tmp_path / "run"), "--max-steps", "2",
+                  "--quiet", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     meta = load_checkpoint(tmp_path / "run" / "final.pt")[1]["meta"]
     assert meta["frames"] == 3 and meta["step"] == 2                     # the 3 key frames of 11 sweeps
@@ -247,10 +238,8 @@ def test_the_readme_training_on_converted_scenes_uses_the_key_frames_with_cbgs(d
 
 def test_the_conversion_is_deterministic(drives, tmp_path):
     cfg, _, converted = drives
-    cli = Path(sys.executable).with_name("aqr-perception")
-    out = subprocess.run([str(cli), "nuscenes2bag", "--dataroot", str(converted.parent.parent / "nuscenes"),
-                          "--scenes", SCENE, "--out", str(tmp_path), "--quiet"], capture_output=True, text=True,
-                         timeout=300)
+    out = run_cli("nuscenes2bag", "--dataroot", str(converted.parent.parent / "nuscenes"),
+                  "--scenes", SCENE, "--out", str(tmp_path), "--quiet", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
 
     def messages(bag):

@@ -134,16 +134,12 @@ def test_camera_calibration_projects_boxes_where_the_bags_rig_does(exported):
 
 def test_the_synth_command_writes_a_dataset_the_devkit_loads(tmp_path):
     """The command a user types: ``aqr-perception synth --format nuscenes``."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    from cli_helpers import run_cli
     from nuscenes.nuscenes import NuScenes
 
-    cli = Path(sys.executable).with_name("aqr-perception")
-    out = subprocess.run([str(cli), "synth", "--format", "nuscenes", "--drives", "2", "--frames", "6", "--seed", "40",
-                          "--set", "synth.lidar_azimuth_steps=180", "--out", str(tmp_path / "nuscenes"), "--quiet"],
-                         capture_output=True, text=True, timeout=300)
+    out = run_cli("synth", "--format", "nuscenes", "--drives", "2", "--frames", "6", "--seed", "40",
+                  "--set", "synth.lidar_azimuth_steps=180", "--out", str(tmp_path / "nuscenes"), "--quiet",
+                  timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     nusc = NuScenes(version="v1.0-mini", dataroot=str(tmp_path / "nuscenes"), verbose=False)
     assert sorted(s["name"] for s in nusc.scene) == ["scene-0040", "scene-0041"]
