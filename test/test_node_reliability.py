@@ -310,3 +310,91 @@ def test_overload_newest_frame_wins_latency_bounded_and_counted(ros_context):
         assert max(lat) < 1.5, f"latency grew: {[round(x, 2) for x in lat]}"
         assert sum(lat[-third:]) / third < sum(lat[:third]) / third + 0.5, f"latency trend: {lat}"
         assert [s for _, s in received] == sorted(s for _, s in received)
+
+
+class OneSecondRuntime(NodeRuntime):
+    """A model that takes a second per frame: a lifecycle transition lands during inference."""
+
+    def infer(self, arrays):
+        time.sleep(1.0)
+        return super().infer(arrays)
+
+
+def _request_transition(probe, transition: int):
+    """A lifecycle transition through the node's service, as ``ros2 lifecycle set`` sends it;
+    returns the future of the answer."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    client = probe.create_client(ChangeState, "/aqr_perception/change_state")
+    assert client.wait_for_service(timeout_sec=10)
+    return client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+
+
+def _change_state(probe, ex, transition: int) -> bool:
+    future = _request_transition(probe, transition)
+    _spin_until(ex, future.done, 30.0)
+    return future.done() and future.result().success
+
+
+def test_samples_arriving_while_a_deactivate_waits_for_the_frame_are_counted(ros_context, monkeypatch):
+    """``deactivate`` holds the node's executor while the frame in inference finishes. The
+    clouds and images published meanwhile are still taken and counted (received, then
+    replaced or dropped on deactivate), so a cloud topic's samples sent = clouds_received +
+    messages_missed + messages_malformed holds across the transition. Before, they were
+    destroyed in the readers with the subscriptions, in no counter. A frame kept past the stop
+    timeout does not block a later activate once it has finished."""
+    import functools
+
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+
+    cams = nuscenes_like_rig(W, H)
+    args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
+            "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0",
+            "-p", "extrinsics_source:=tf_static"]
+    with running_node(ros_context, OneSecondRuntime(), args, "deactivate_probe") as (node, probe, ex):
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
+        pub_img = {c.name: probe.create_publisher(Image, f"/{c.name}/image_raw", qos) for c in cams}
+        pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
+        pub_tf = probe.create_publisher(TFMessage, "/tf_static", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        _spin(ex, 1.0)
+        pub_tf.publish(_tf_static(cams))
+        for c in cams:
+            pub_info[c.name].publish(_info(c.name, c.K))
+        _spin(ex, 0.3)
+        pub_cloud.publish(_cloud(t_ns=NS))
+        _spin_until(ex, lambda: node._processing, 5.0)
+        assert node._processing
+        future = _request_transition(probe, Transition.TRANSITION_DEACTIVATE)
+        _spin(ex, 0.1)                                      # the transition now waits for the frame
+        for k in range(2, 6):                               # LiDAR and cameras go on meanwhile
+            pub_cloud.publish(_cloud(t_ns=k * NS))
+            for c in cams:
+                pub_img[c.name].publish(_image(c.name, k * NS))
+            _spin(ex, 0.1)
+        _spin_until(ex, future.done, 10.0)
+        assert future.done() and future.result().success
+        c = node.counters
+        clouds_counted = c["clouds_received"] + c["messages_missed./LIDAR_TOP"] + c["messages_malformed./LIDAR_TOP"]
+        assert clouds_counted == 5, dict(c)
+        assert c["clouds_received"] == (c["frames_published"] + c["clouds_skipped_newest_wins"]
+                                        + c["clouds_dropped_on_deactivate"]), dict(c)
+        images = node.pipeline.sync.counters.images_received
+        for cam in cams:
+            assert images[cam.name] + c[f"messages_missed./{cam.name}/image_raw"] == 4, (cam.name, dict(c))
+
+        # a frame still in inference past the stop timeout is kept; once done, activate works again
+        assert _change_state(probe, ex, Transition.TRANSITION_ACTIVATE)
+        _spin(ex, 0.5)
+        pub_cloud.publish(_cloud(t_ns=6 * NS))
+        _spin_until(ex, lambda: node._processing, 5.0)
+        monkeypatch.setattr(node, "stop_worker", functools.partial(type(node).stop_worker, node, timeout_s=0.1))
+        assert _change_state(probe, ex, Transition.TRANSITION_DEACTIVATE)
+        assert node._worker_thread is not None                # kept: still in inference
+        _spin_until(ex, lambda: not node._worker_thread.is_alive(), 5.0)
+        assert _change_state(probe, ex, Transition.TRANSITION_ACTIVATE)

@@ -45,6 +45,24 @@ class SequenceGaps:
         return gap
 
 
+def take_pending(sub: Subscription, limit: int = 1000) -> int:
+    """Hand the samples waiting in ``sub``'s reader to its callback, as the executor's take
+    would (rclpy ``Executor._take_subscription``); returns how many were taken.
+
+    For a subscription made by :func:`counted_subscription` (its callback takes the message
+    and its info), while the executor cannot run: a lifecycle transition's callback holds it.
+    ``limit`` bounds the loop against a publisher faster than the callbacks."""
+    taken = 0
+    while taken < limit:
+        with sub.handle:
+            sample = sub.handle.take_message(sub.msg_type, sub.raw)
+        if sample is None:
+            break
+        sub.callback(*sample)
+        taken += 1
+    return taken
+
+
 def typed_parser(msg_type: type) -> Callable[[bytes], Any]:
     """``parse`` for :func:`counted_subscription` that makes the typed message (rclpy's own
     deserialisation, ~20 us for a CameraInfo).

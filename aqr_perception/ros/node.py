@@ -45,6 +45,7 @@ from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64, Header
 from tf2_msgs.msg import TFMessage
@@ -68,7 +69,7 @@ from aqr_perception.frames.cdr import parse_compressed_image, parse_image, parse
 from aqr_perception.frames.conversions import ConversionError
 from aqr_perception.frames.pipeline import FrameInputs, FramePipeline
 from aqr_perception.msg import DetectionVelocityArray, QueryRouting
-from aqr_perception.ros.counted_subscription import counted_subscription, typed_parser
+from aqr_perception.ros.counted_subscription import counted_subscription, take_pending, typed_parser
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
 from aqr_perception.ros.diagnostics import NodeDiagnostics
@@ -79,6 +80,8 @@ from aqr_perception.ros.shutdown import StopSignals
 LOG_THROTTLE_S = 5.0
 #: on deactivate / shutdown, the frame in inference may take this long to finish and publish
 WORKER_STOP_TIMEOUT_S = 30.0
+#: while waiting for that frame, the input samples are taken this often (the executor is held)
+STOP_TAKE_PERIOD_S = 0.02
 #: how often the main loop looks for a stop signal while spinning
 SPIN_PERIOD_S = 0.1
 #: the node's debug timing topics, ``~/debug/<name>``
@@ -164,6 +167,8 @@ class AqrPerceptionNode(LifecycleNode):
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._worker_thread is not None and not self._worker_thread.is_alive():
+            self._worker_thread = None          # the frame kept past the stop timeout has finished since
         if self._worker_thread is not None:     # a frame of the last activation is still in inference
             self.get_logger().error("activate refused: the frame in inference at deactivate has not finished yet "
                                     f"(after {WORKER_STOP_TIMEOUT_S:.0f} s); try again")
@@ -292,8 +297,13 @@ class AqrPerceptionNode(LifecycleNode):
         self._io.append(self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics))
 
     def _deactivate(self) -> None:
-        """Let the frame in progress finish (and publish), end the worker, remove the I/O."""
-        self.stop_worker()
+        """Let the frame in progress finish (and publish), end the worker, remove the I/O.
+
+        The transition holds the executor, so the samples arriving meanwhile are taken here
+        (counted, and a frame waiting for its images gets them) rather than destroyed with
+        the subscriptions, uncounted."""
+        self.stop_worker(take_inputs=True)
+        self._take_pending_inputs()
         for entity in self._io:
             if isinstance(entity, Publisher):
                 self.destroy_publisher(entity)
@@ -488,19 +498,29 @@ class AqrPerceptionNode(LifecycleNode):
         self.pub_diag.publish(self._diagnostics.build(self))
 
     # ------------------------------------------------------------- stopping
-    def stop_worker(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> None:
+    def stop_worker(self, timeout_s: float = WORKER_STOP_TIMEOUT_S, take_inputs: bool = False) -> None:
         """Let the frame in progress finish (and publish), then end the worker thread. A
         worker still in inference after ``timeout_s`` is kept (and named in the log): a new
-        activation waits for it rather than running two workers."""
+        activation waits for it rather than running two workers. ``take_inputs``: meanwhile
+        take the input samples, for a caller that holds the executor."""
         if self._worker_thread is not None:
             self._stop.set()
             with self._cond:
                 self._cond.notify_all()
-            self._worker_thread.join(timeout=timeout_s)
+            end = time.monotonic() + timeout_s
+            while self._worker_thread.is_alive() and (left := end - time.monotonic()) > 0:
+                if take_inputs:
+                    self._take_pending_inputs()
+                self._worker_thread.join(timeout=min(left, STOP_TAKE_PERIOD_S if take_inputs else left))
             if self._worker_thread.is_alive():
                 self.get_logger().error(f"the frame in inference did not finish within {timeout_s:.0f} s")
                 return
             self._worker_thread = None
+
+    def _take_pending_inputs(self) -> None:
+        for entity in self._io:
+            if isinstance(entity, Subscription):
+                take_pending(entity)
 
     def destroy_node(self) -> None:
         """Stop the worker and destroy the node, its lifecycle services included: rclpy's
