@@ -94,6 +94,30 @@ def test_static_transform_chain_lookup():
     assert tf.lookup("cam", "nowhere") is None
 
 
+def test_a_frame_given_a_new_parent_uses_it_as_tf2_does():
+    """tf2 keeps one parent per frame: a corrected calibration that re-roots the camera under
+    base_link replaces its old lidar -> cam edge. Before, both edges stayed and the shorter,
+    stale one was used, without a word."""
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    def rigid(rotvec, t):
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = Rotation.from_rotvec(rotvec).as_matrix(), t
+        return T
+
+    tf = StaticTransforms()
+    tf.add("lidar", "cam", rigid([0.1, -1.5, 0.0], [0.5, 0.1, -0.3]))         # the first calibration
+    lidar_to_base = rigid([0.0, 0.0, 0.02], [0.9, 0.0, 1.8])
+    cam_to_base = rigid([0.12, -1.48, 0.01], [1.8, 0.5, 1.5])                 # the corrected one: 0.4 m away
+    tf.add("base_link", "lidar", lidar_to_base)
+    tf.add("base_link", "cam", cam_to_base)
+    p_lidar = np.array([10.0, 2.0, -1.0, 1.0])
+    expected = np.linalg.inv(cam_to_base) @ lidar_to_base @ p_lidar             # lidar -> base_link -> cam
+    np.testing.assert_allclose(tf.lookup("cam", "lidar") @ p_lidar, expected, atol=1e-9)
+    assert tf.frames == {"base_link", "lidar", "cam"}
+
+
 def test_calibration_store_names_what_is_missing():
     from sensor_msgs.msg import CameraInfo
 

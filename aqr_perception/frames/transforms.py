@@ -82,10 +82,13 @@ def message_transforms(msg) -> tuple[list[tuple[str, str, int, np.ndarray]], lis
 
 
 class StaticTransforms:
-    """A tree of static frames."""
+    """A tree of static frames: one parent per frame, as in tf2, so a transform that gives a
+    frame a new parent (a corrected calibration re-rooting a camera) replaces the old edge
+    rather than leaving two paths to choose from."""
 
     def __init__(self) -> None:
         self._edges: dict[tuple[str, str], np.ndarray] = {}   # (parent, child) -> child->parent
+        self._parent: dict[str, str] = {}                      # child -> parent
 
     def add_message(self, msg) -> list[RejectedTransform]:
         """Add every valid transform of a TFMessage; returns the rejected ones."""
@@ -95,6 +98,10 @@ class StaticTransforms:
         return rejected
 
     def add(self, parent: str, child: str, child_to_parent: np.ndarray) -> None:
+        previous = self._parent.get(child)
+        if previous is not None and previous != parent:
+            del self._edges[(previous, child)]
+        self._parent[child] = parent
         self._edges[(parent, child)] = child_to_parent
 
     @property
