@@ -693,6 +693,28 @@ def test_an_intensity_convention_that_does_not_fit_is_reported(scale, words):
     assert (problem is None) if words is None else (words in problem), problem
 
 
+def test_the_intensity_warning_clears_once_the_driver_sends_intensity_again():
+    """Two sweeps without an intensity field, then good ones: the LiDAR is used again at
+    once, and the warning (on /diagnostics) names the bad sweeps only while they are among
+    the last ``WINDOW``. Before, it stayed, saying the LiDAR was masked, for good."""
+    p, _ = _pipeline()
+    recorded = np.random.default_rng(1).uniform(0, 59, 200).astype(np.float32)
+    t = iter(range(NS, 100 * NS, NS // 10))
+    for _ in range(2):
+        assert p.assemble(_cloud_with_intensity(None, t_ns=next(t))).lidar_masked
+    out = p.assemble(_cloud_with_intensity(recorded, t_ns=next(t)))
+    assert out.lidar_masked is None and out.arrays.lidar_valid
+    assert "2 of the last 3 sweeps without an intensity field" in p.intensity.problem()
+    for _ in range(p.intensity.WINDOW - 3):
+        p.assemble(_cloud_with_intensity(recorded, t_ns=next(t)))
+    assert "2 of the last" in p.intensity.problem()            # still in the window
+    p.assemble(_cloud_with_intensity(recorded, t_ns=next(t)))
+    assert "1 of the last" in p.intensity.problem()
+    p.assemble(_cloud_with_intensity(recorded, t_ns=next(t)))
+    assert p.intensity.problem() is None
+    assert p.intensity.without_field == 2                       # the count of all of them stays
+
+
 def test_lidar_intensity_scale_brings_a_normalised_driver_to_the_model_scale():
     recorded = np.random.default_rng(1).uniform(0, 59, 200).astype(np.float32)
     a, _ = _pipeline()

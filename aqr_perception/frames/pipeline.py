@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,7 +86,9 @@ class IntensityMonitor:
     Keeps the 99th percentile of the last ``WINDOW`` non-empty sweeps (after
     ``lidar_intensity_scale``) and whether they had an intensity field at all. A driver's
     convention (0-1, 0-255, 0-65535) decides whether the model sees anything, so a
-    mismatch is reported, not guessed at."""
+    mismatch is reported, not guessed at; the report covers the last ``WINDOW`` sweeps, so
+    it clears once the driver sends intensity again (``without_field`` / ``all_zero``
+    count them all)."""
 
     WINDOW = 20
     #: above this share of the model's scale: a wider convention (16-bit, or unscaled)
@@ -97,6 +100,7 @@ class IntensityMonitor:
         self.intensity_max = float(intensity_max)
         self.required = required
         self._p99: list[float] = []
+        self._recent: deque[str] = deque(maxlen=self.WINDOW)   # per non-empty sweep: "ok" / "no_field" / "zero"
         self.without_field = 0
         self.all_zero = 0
 
@@ -106,20 +110,25 @@ class IntensityMonitor:
             return True
         if not has_field:
             self.without_field += 1
+            self._recent.append("no_field")
             return False
         if not points[:, 3].any():
             self.all_zero += 1
+            self._recent.append("zero")
             return False
+        self._recent.append("ok")
         self._p99 = [*self._p99[-(self.WINDOW - 1):], float(np.percentile(points[:, 3], 99))]
         return True
 
     def problem(self) -> str | None:
-        """A one-line warning, or None while the intensity fits."""
-        if self.without_field or self.all_zero:
-            what = (f"{self.without_field} sweep(s) without an intensity field" if self.without_field else
-                    f"{self.all_zero} sweep(s) with intensity all zero")
+        """A one-line warning about the last ``WINDOW`` sweeps, or None while the intensity fits."""
+        no_field, zero = self._recent.count("no_field"), self._recent.count("zero")
+        if no_field or zero:
+            of = f"of the last {len(self._recent)} sweeps"
+            what = (f"{no_field} {of} without an intensity field" if no_field else
+                    f"{zero} {of} with intensity all zero")
             if self.required:
-                return f"{what}: the model needs intensity, LiDAR masked (camera-only detection)"
+                return f"{what}: the model needs intensity, LiDAR masked for those (camera-only detection)"
             return f"{what}: the model reads geometry alone (it expects intensity 0-{self.intensity_max:g})"
         if not self._p99:
             return None
