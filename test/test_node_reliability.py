@@ -4,6 +4,7 @@ import contextlib
 import signal
 import time
 
+import numpy as np
 import pytest
 from test_bad_input import NS, H, StubRuntime, W, _cloud, _compressed_msg, _image, _info, _tf_static, damaged_jpeg
 
@@ -398,3 +399,46 @@ def test_samples_arriving_while_a_deactivate_waits_for_the_frame_are_counted(ros
         assert node._worker_thread is not None                # kept: still in inference
         _spin_until(ex, lambda: not node._worker_thread.is_alive(), 5.0)
         assert _change_state(probe, ex, Transition.TRANSITION_ACTIVATE)
+
+
+class NoInputRuntime(NodeRuntime):
+    """What the model answers when every modality is masked: no input, no detections."""
+
+    def infer(self, arrays):
+        from aqr_perception.detections import FrameDetections
+        from aqr_perception.model.runtime import Prediction
+
+        self.calls.append(arrays)
+        empty = FrameDetections(np.zeros((0, 9)), np.zeros(0), np.zeros(0, int), np.zeros(0, int),
+                                np.zeros((0, 1)), np.zeros((0, 1)))
+        return Prediction(empty, False, 1.0)
+
+
+def test_a_frame_with_no_modality_is_an_empty_result_counted_and_said(ros_context):
+    """No camera calibrated and a cloud the model cannot use: an empty Detection3DArray goes
+    out (a normal result), counted as frames_without_any_input with a line in the log and
+    its reason on /diagnostics (before: counted, but said nowhere but the model status)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+    from vision_msgs.msg import Detection3DArray
+
+    args = ["--ros-args", "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0",
+            "-p", "diagnostics_period_s:=0.2"]
+    with running_node(ros_context, NoInputRuntime(), args, "no_input_probe") as (node, probe, ex):
+        pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", QoSProfile(depth=10,
+                                                                           reliability=ReliabilityPolicy.RELIABLE))
+        dets, diags = [], []
+        probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        _spin(ex, 1.0)
+        pub.publish(_cloud(t_ns=NS))
+        _spin_until(ex, lambda: dets and len(diags) > 2, 10.0)
+        _spin(ex, 0.5)
+        assert len(dets) == 1 and len(dets[0].detections) == 0
+        assert node.counters["frames_without_any_input"] == 1
+        statuses = {s.name.split(": ")[-1]: s for s in diags[-1].status}
+        counters = {kv.key: kv.value for kv in statuses["processing"].values}
+        assert counters["frames_without_any_input"] == "1"
+        assert "no modality available" in counters["last_problem.no_input"]
+        assert statuses["model"].level == b"\x02"

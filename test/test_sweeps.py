@@ -159,6 +159,28 @@ def test_clouds_skipped_under_load_still_serve_as_past_sweeps(drive):
         np.testing.assert_array_equal(pts, full[stamp])
 
 
+def test_a_skipped_cloud_the_history_cannot_keep_is_counted(drive):
+    """A cloud skipped under load that does not read (no 'z' field), or comes older than the
+    history, is left out of the past sweeps and counted; before, it vanished without a
+    count (its cloud is in clouds_skipped_newest_wins, but never in clouds_invalid)."""
+    import copy
+
+    cfg = load_config("tiny", overrides=SMALL + SWEEPS)
+    pipeline = FramePipeline(cfg.node, input_hw=(192, 352), lidar=cfg.model.lidar)
+    clouds = []
+    feed_bag(drive.bag, pipeline, clouds.append)
+    for c in clouds[:3]:
+        pipeline.remember_sweep(c)
+    kept = [h.stamp_ns for h in pipeline.sweeps.history]
+    assert pipeline.sweeps.counters.skipped_not_kept == 0 and kept[0] == header_ns(clouds[2])
+    broken = copy.copy(clouds[3])
+    broken.fields = [f for f in broken.fields if f.name != "z"]
+    pipeline.remember_sweep(broken)
+    pipeline.remember_sweep(clouds[1])                          # older than the newest kept
+    assert pipeline.sweeps.counters.skipped_not_kept == 2
+    assert [h.stamp_ns for h in pipeline.sweeps.history] == kept
+
+
 def test_a_pose_recorded_just_after_its_cloud_still_gives_multi_sweep_frames(drive, tmp_path):
     """Offline reading waits for the pose in bag time as the node waits in wall time: the
     same frames (points and images) as from the bag whose /tf precedes each cloud."""

@@ -346,12 +346,14 @@ class FramePipeline:
 
     def remember_sweep(self, cloud) -> None:
         """Multi-sweep: keep a cloud that will not be run (skipped under load) as history
-        for the next ones. Unusable clouds and clouds without pose are left out."""
+        for the next ones. Unusable clouds and clouds without pose are left out, counted
+        (``sweeps.counters.skipped_not_kept``)."""
         if self.sweeps is None:
             return
         try:
             points = self._read_cloud(cloud)
         except ConversionError:
+            self.sweeps.counters.skipped_not_kept += 1
             return
         stamp = header_ns(cloud)
         self.sweeps.remember(stamp, points, self.lidar_pose(cloud.header.frame_id, stamp))

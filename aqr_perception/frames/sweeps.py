@@ -26,6 +26,8 @@ class SweepCounters:
 
     frames_without_pose: int = 0     # current sweep had no ego pose: used alone
     history_resets: int = 0          # no pose, LiDAR out, time went backwards or jumped beyond max_age_s
+    skipped_not_kept: int = 0        # clouds skipped under load and not kept as history: unreadable, no
+    #                                  pose, empty or older than the history
 
 
 @dataclass
@@ -84,6 +86,7 @@ class SweepAccumulator:
         without pose, empty, or older than the history is not kept."""
         pts = np.asarray(points, np.float32)[:, :4]
         if lidar_to_fixed is None or len(pts) == 0 or (self.history and stamp_ns <= self.history[0].stamp_ns):
+            self.counters.skipped_not_kept += 1
             return
         self.history.appendleft(_Sweep(stamp_ns, pts, lidar_to_fixed))
 

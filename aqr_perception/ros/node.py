@@ -489,6 +489,8 @@ class AqrPerceptionNode(LifecycleNode):
             self.slow_since = None
         if not has_input:
             self.counters["frames_without_any_input"] += 1
+            self._warn("no_input", f"frame {stamp}: no modality available (LiDAR empty or masked, every camera "
+                                   "masked): an empty detection array published")
         masked = inputs.masked
         self.report = FrameReport(stamp, int(inputs.arrays.points.shape[0]),
                                   [c for c in self.cameras if c not in masked], dict(masked), len(det), has_input,
