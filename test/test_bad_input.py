@@ -400,6 +400,26 @@ def test_an_unrelated_bad_dynamic_edge_does_not_stop_the_ego_pose():
     np.testing.assert_allclose(T[:3, 3], [5.0, 0.0, 1.8])
 
 
+def test_a_tf_sample_older_than_the_history_is_refused_by_name_not_dropped_silently():
+    """tf2 ignores a sample older than its cache with a TF_OLD_DATA warning; here it is a
+    rejected transform (the node counts ``tf_rejected.<edge>`` and logs it). Before, it was
+    stored and pruned at once, in no counter. A late sample inside the history is used."""
+    from tf2_msgs.msg import TFMessage
+
+    from aqr_perception.frames.ego_pose import EgoPoses
+
+    poses = EgoPoses(history_s=10.0)
+    for k in range(21):                                       # 0 .. 20 s
+        assert poses.add_message(TFMessage(transforms=[_transform("map", "base_link", t=(k, 0.0, 0.0),
+                                                                  stamp_ns=k * NS)])) == []
+    late = poses.add_message(TFMessage(transforms=[_transform("map", "base_link", t=(4.5, 0.0, 0.0),
+                                                              stamp_ns=int(4.5 * NS))]))
+    assert [str(r).split(":")[0] for r in late] == ["map -> base_link"] and "TF_OLD_DATA" in late[0].reason
+    assert poses.add_message(TFMessage(transforms=[_transform("map", "base_link", t=(15.5, 0.0, 0.0),
+                                                              stamp_ns=int(15.5 * NS))])) == []
+    np.testing.assert_allclose(poses.edges_at(int(15.25 * NS))[("map", "base_link")][:3, 3], [15.25, 0.0, 0.0])
+
+
 # ------------------------------------------------------------------ calibrations that pass a finite check
 @pytest.mark.parametrize("edit, words", [
     (lambda K: K.__setitem__((0, 0), 1e-300), "implausible focal lengths"),

@@ -32,10 +32,14 @@ class EgoPoses:
         """Add every valid transform of a TFMessage; returns the rejected ones."""
         good, rejected = message_transforms(msg)
         for parent, child, stamp, T in good:
-            self.add(parent, child, stamp, T)
+            if not self.add(parent, child, stamp, T):
+                rejected.append(RejectedTransform(parent, child, f"stamp {stamp / NS:.3f} s is more than "
+                                                  f"{self.history_ns / NS:g} s older than the edge's newest sample "
+                                                  "(tf2's TF_OLD_DATA): ignored"))
         return rejected
 
-    def add(self, parent: str, child: str, stamp_ns: int, child_to_parent: np.ndarray) -> None:
+    def add(self, parent: str, child: str, stamp_ns: int, child_to_parent: np.ndarray) -> bool:
+        """Store one sample; False when it is older than the history kept (not stored)."""
         edge = (parent, child)
         stamps = self._stamps.setdefault(edge, [])
         poses = self._poses.setdefault(edge, [])
@@ -50,10 +54,13 @@ class EgoPoses:
             poses.insert(i, child_to_parent)
         drop = bisect.bisect_left(stamps, stamps[-1] - self.history_ns)
         del stamps[:drop], poses[:drop]
+        if drop > i:                                 # the sample itself was past the history
+            return False
         previous = self.newest_ns
         self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
         if previous is not None and self.newest_ns // NS != previous // NS:   # once a second
             self._forget_stale_edges()
+        return True
 
     def _forget_stale_edges(self) -> None:
         """Drop edges without a sample in the last ``history_s`` (a tracker's object frames
