@@ -246,6 +246,42 @@ def test_a_publisher_with_incompatible_qos_is_counted_and_reported(node_env):
     assert node.counters["qos_incompatible./LIDAR_TOP"] == 1 and node.counters["clouds_received"] == 0
 
 
+def test_a_publisher_of_another_message_type_is_named_on_diagnostics(node_env):
+    """A camera driver sending CompressedImage to a node set to ``image_transport: raw``: DDS
+    never matches the two, so no counter can move. The node reads the ROS graph and says
+    which topic, which types, and which parameter (before: only "no image yet")."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.context import Context
+    from sensor_msgs.msg import CompressedImage
+
+    node, probe, ex, cams = node_env
+    diags = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    topic = f"/{cams[0].name}/image_raw"
+    driver_ctx = Context()                  # another participant, as the driver's process is
+    rclpy.init(context=driver_ctx)          # (one participant refuses two types on a topic)
+    try:
+        driver = rclpy.create_node("jpeg_driver", context=driver_ctx)
+        pub = driver.create_publisher(CompressedImage, topic, 10)
+
+        def named() -> bool:
+            return any("published as sensor_msgs/msg/CompressedImage" in s.message
+                       for d in diags[-2:] for s in d.status if s.name.endswith(": inputs"))
+        _spin_until(ex, named, 10.0)
+        inputs = [s for s in diags[-1].status if s.name.endswith(": inputs")][0]
+        assert f"{topic}: published as sensor_msgs/msg/CompressedImage, the node reads sensor_msgs/msg/Image " \
+               "(image_transport: raw)" in inputs.message
+        assert inputs.level >= b"\x01"
+        assert "published as" in node.last_problem[f"type:{topic}"]
+        driver.destroy_publisher(pub)                            # gone from the graph: the warning goes too
+        _spin_until(ex, lambda: not named(), 10.0)
+        assert not named() and node.type_mismatches == {}
+        driver.destroy_node()
+    finally:
+        rclpy.shutdown(context=driver_ctx)
+
+
 @pytest.mark.slow
 def test_sigterm_exits_cleanly_within_two_seconds_and_restart_works(tmp_path):
     from aqr_perception.ros.node_process import NodeProcess

@@ -1,10 +1,11 @@
 """The node's ``/diagnostics``: three statuses (inputs, processing, model) from its state.
 
-``inputs`` lists every input problem (LiDAR silent for ``lidar_timeout_s``, masked
-cameras with their reasons, an empty sweep, an intensity convention off the model's,
-sweeps without ego pose) at the level of the worst one; ``processing`` compares the last
-frame's time to ``max_processing_time_ms`` and carries every counter, the cloud repairs
-and the latest problem text per counter key; ``model`` names the device and checkpoint.
+``inputs`` lists every input problem (LiDAR silent for ``lidar_timeout_s``, input
+topics published with another message type, masked cameras with their reasons, an empty
+sweep, an intensity convention off the model's, sweeps without ego pose) at the level of
+the worst one; ``processing`` compares the last frame's time to ``max_processing_time_ms``
+and carries every counter, the cloud repairs and the latest problem text per counter key;
+``model`` names the device and checkpoint.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class NodeDiagnostics:
             problems.append((ERROR, f"no PointCloud2 received on {cfg.lidar_topic}"))
         elif now - node.last_cloud_wall > cfg.lidar_timeout_s:
             problems.append((ERROR, f"no PointCloud2 for {now - node.last_cloud_wall:.1f} s"))
+        problems.extend((WARN, text) for text in node.type_mismatches.values())
         if rep.cameras_masked:
             problems.append((WARN, "cameras masked: " + ", ".join(f"{c} ({r})" for c, r in rep.cameras_masked.items())))
         if rep.stamp_ns and rep.lidar_points == 0:

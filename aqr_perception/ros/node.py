@@ -137,6 +137,8 @@ class AqrPerceptionNode(LifecycleNode):
         self._last_done_wall: float | None = None
         # what activate creates and deactivate removes
         self._io: list = []
+        #: input topic -> why nothing can arrive on it: its publishers send another type (diagnostics)
+        self.type_mismatches: dict[str, str] = {}
         self._worker_thread: threading.Thread | None = None
         self._mailbox: PointCloud2 | None = None
         self._processing = False        # the worker holds a cloud (taken from the mailbox, not yet counted)
@@ -497,7 +499,27 @@ class AqrPerceptionNode(LifecycleNode):
                                   stage)
 
     def _publish_diagnostics(self) -> None:
+        self.type_mismatches = self._publisher_type_mismatches()
+        for topic, text in self.type_mismatches.items():
+            self._warn(f"type:{topic}", text)
         self.pub_diag.publish(self._diagnostics.build(self))
+
+    def _publisher_type_mismatches(self) -> dict[str, str]:
+        """Input topics whose publishers send another message type: DDS never matches them,
+        so nothing arrives and no counter can move (a camera driver sending CompressedImage to
+        a node set to ``image_transport: raw``). Read from the ROS graph."""
+        out = {}
+        for sub in self._io:
+            if not isinstance(sub, Subscription):
+                continue
+            ours = f"{sub.msg_type.__module__.split('.')[0]}/msg/{sub.msg_type.__name__}"
+            theirs = sorted({info.topic_type for info in self.get_publishers_info_by_topic(sub.topic_name)} - {ours})
+            if theirs:
+                image = sub.msg_type in (Image, CompressedImage)
+                hint = f" (image_transport: {self.cfg.image_transport})" if image else ""
+                out[sub.topic_name] = (f"{sub.topic_name}: published as {', '.join(theirs)}, the node reads "
+                                       f"{ours}{hint}: nothing arrives from those publishers")
+        return out
 
     # ------------------------------------------------------------- stopping
     def stop_worker(self, timeout_s: float = WORKER_STOP_TIMEOUT_S, take_inputs: bool = False) -> None:
