@@ -478,3 +478,46 @@ def test_a_frame_with_no_modality_is_an_empty_result_counted_and_said(ros_contex
         assert counters["frames_without_any_input"] == "1"
         assert "no modality available" in counters["last_problem.no_input"]
         assert statuses["model"].level == b"\x02"
+
+
+def test_cameras_without_an_ego_pose_fall_back_to_static_extrinsics_counted_on_diagnostics(ros_context):
+    """A multi-sweep model that places each camera at its own ego pose (CMT's nuScenes
+    reading) with no /tf: the frame goes out with the static extrinsics, and the fallbacks
+    are on /diagnostics (before: counted in the pipeline, published nowhere)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+    from vision_msgs.msg import Detection3DArray
+
+    class EgoMotionRuntime(NodeRuntime):
+        cfg = load_config("tiny", overrides=["model.lidar.sweeps=3", "model.image.camera_ego_motion=true"]).model
+
+    cams = nuscenes_like_rig(W, H)                 # one of them sends: the others are masked
+    args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
+            "-p", "qos_reliability:=reliable",
+            "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2",
+            "-p", "extrinsics_source:=tf_static"]
+    with running_node(ros_context, EgoMotionRuntime(), args, "ego_probe") as (node, probe, ex):
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
+        pub_img = probe.create_publisher(Image, f"/{cams[0].name}/image_raw", qos)
+        pub_info = probe.create_publisher(CameraInfo, f"/{cams[0].name}/camera_info", qos)
+        pub_tf = probe.create_publisher(TFMessage, "/tf_static", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        dets, diags = [], []
+        probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        _spin(ex, 1.0)
+        pub_tf.publish(_tf_static(cams))
+        pub_info.publish(_info(cams[0].name, cams[0].K))
+        pub_img.publish(_image(cams[0].name, NS))
+        _spin(ex, 0.3)
+        pub_cloud.publish(_cloud(t_ns=NS))
+        _spin_until(ex, lambda: dets, 10.0)
+        _spin(ex, 0.5)
+        assert len(dets) == 1
+        inputs = [s for s in diags[-1].status if s.name.endswith(": inputs")][0]
+        values = {kv.key: kv.value for kv in inputs.values}
+        assert values["cameras_used"] == cams[0].name
+        assert values["ego_motion_fallbacks"] == "1" == str(node.pipeline.ego_motion_fallbacks)
