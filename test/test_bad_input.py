@@ -418,6 +418,12 @@ def test_a_tf_sample_older_than_the_history_is_refused_by_name_not_dropped_silen
     assert poses.add_message(TFMessage(transforms=[_transform("map", "base_link", t=(15.5, 0.0, 0.0),
                                                               stamp_ns=int(15.5 * NS))])) == []
     np.testing.assert_allclose(poses.edges_at(int(15.25 * NS))[("map", "base_link")][:3, 3], [15.25, 0.0, 0.0])
+    assert poses.time_jumps == 0
+    # older than every sample kept by more than the history: time went back (a looping bag)
+    for k in range(21, 41):
+        poses.add_message(TFMessage(transforms=[_transform("map", "base_link", t=(k, 0.0, 0.0), stamp_ns=k * NS)]))
+    assert poses.add_message(TFMessage(transforms=[_transform("map", "base_link", stamp_ns=5 * NS)])) == []
+    assert poses.time_jumps == 1 and poses.edges_at(int(35.5 * NS)) == {}
 
 
 # ------------------------------------------------------------------ calibrations that pass a finite check

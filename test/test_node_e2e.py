@@ -85,6 +85,7 @@ def test_node_process_detects_from_played_bag_and_reports_withheld_camera(ros_co
     if sweeps > 1:
         assert last["sweeps.per_sample"] == str(sweeps) and last["sweeps.frames_without_pose"] == "0"
         assert last["sweeps.skipped_not_kept"].isdigit()       # skipped clouds the history could not keep
+        assert last["tf.time_jumps"] == "0"                     # the bag plays once: /tf never went back
     else:
         assert "sweeps.per_sample" not in last
     # debug images: the model's view of each camera used, stamped like the cloud; none for the withheld one

@@ -246,40 +246,52 @@ def test_a_publisher_with_incompatible_qos_is_counted_and_reported(node_env):
     assert node.counters["qos_incompatible./LIDAR_TOP"] == 1 and node.counters["clouds_received"] == 0
 
 
-def test_a_publisher_of_another_message_type_is_named_on_diagnostics(node_env):
+@pytest.mark.parametrize("swapped", [False, True], ids=["plain", "two_cameras_swapped_by_remapping"])
+def test_a_publisher_of_another_message_type_is_named_on_diagnostics(ros_context, swapped):
     """A camera driver sending CompressedImage to a node set to ``image_transport: raw``: DDS
     never matches the two, so no counter can move. The node reads the ROS graph and says
-    which topic, which types, and which parameter (before: only "no image yet")."""
+    which topic, which types, and which parameter (before: only "no image yet"). With two
+    cameras' topics swapped by ``-r`` remapping, the topic named is the one the node really
+    reads (asked by its ROS name, the graph query would have remapped it a second time)."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
-    from sensor_msgs.msg import CompressedImage
+    from sensor_msgs.msg import CompressedImage, Image
 
-    node, probe, ex, cams = node_env
+    cams = nuscenes_like_rig(W, H)
+    first, second = (f"/{c.name}/image_raw" for c in cams[:2])
+    args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
+            "-p", "diagnostics_period_s:=0.2"]
+    if swapped:
+        args += ["-r", f"{first}:={second}", "-r", f"{second}:={first}"]
+    wrong = second if swapped else first           # where the first camera's subscription reads
     diags = []
-    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    topic = f"/{cams[0].name}/image_raw"
     driver_ctx = Context()                  # another participant, as the driver's process is
     rclpy.init(context=driver_ctx)          # (one participant refuses two types on a topic)
-    try:
-        driver = rclpy.create_node("jpeg_driver", context=driver_ctx)
-        pub = driver.create_publisher(CompressedImage, topic, 10)
+    with running_node(ros_context, NodeRuntime(), args, "type_probe") as (node, probe, ex):
+        try:
+            probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+            driver = rclpy.create_node("jpeg_driver", context=driver_ctx)
+            pub = driver.create_publisher(CompressedImage, wrong, 10)
+            right = driver.create_publisher(Image, first if swapped else second, 10)
 
-        def named() -> bool:
-            return any("published as sensor_msgs/msg/CompressedImage" in s.message
-                       for d in diags[-2:] for s in d.status if s.name.endswith(": inputs"))
-        _spin_until(ex, named, 10.0)
-        inputs = [s for s in diags[-1].status if s.name.endswith(": inputs")][0]
-        assert f"{topic}: published as sensor_msgs/msg/CompressedImage, the node reads sensor_msgs/msg/Image " \
-               "(image_transport: raw)" in inputs.message
-        assert inputs.level >= b"\x01"
-        assert "published as" in node.last_problem[f"type:{topic}"]
-        driver.destroy_publisher(pub)                            # gone from the graph: the warning goes too
-        _spin_until(ex, lambda: not named(), 10.0)
-        assert not named() and node.type_mismatches == {}
-        driver.destroy_node()
-    finally:
-        rclpy.shutdown(context=driver_ctx)
+            def named() -> bool:
+                return any("published as sensor_msgs/msg/CompressedImage" in s.message
+                           for d in diags[-2:] for s in d.status if s.name.endswith(": inputs"))
+            _spin_until(ex, named, 10.0)
+            _spin(ex, 0.5)                          # the Image publisher is in the graph too by now
+            inputs = [s for s in diags[-1].status if s.name.endswith(": inputs")][0]
+            assert f"{wrong}: published as sensor_msgs/msg/CompressedImage, the node reads sensor_msgs/msg/Image " \
+                   "(image_transport: raw)" in inputs.message
+            assert inputs.level >= b"\x01" and list(node.type_mismatches) == [wrong]
+            assert "published as" in node.last_problem[f"type:{wrong}"]
+            driver.destroy_publisher(pub)                        # gone from the graph: the warning goes too
+            _spin_until(ex, lambda: not named(), 10.0)
+            assert not named() and node.type_mismatches == {}
+            driver.destroy_publisher(right)
+            driver.destroy_node()
+        finally:
+            rclpy.shutdown(context=driver_ctx)
 
 
 @pytest.mark.slow
@@ -349,11 +361,18 @@ def test_overload_newest_frame_wins_latency_bounded_and_counted(ros_context):
         assert [s for _, s in received] == sorted(s for _, s in received)
 
 
-class OneSecondRuntime(NodeRuntime):
-    """A model that takes a second per frame: a lifecycle transition lands during inference."""
+class GatedRuntime(NodeRuntime):
+    """A model whose inference lasts until the test releases it: a lifecycle transition lands
+    while a frame is in inference, whatever the machine's speed."""
+
+    def __init__(self):
+        import threading
+
+        super().__init__()
+        self.release = threading.Event()
 
     def infer(self, arrays):
-        time.sleep(1.0)
+        assert self.release.wait(timeout=60.0), "the test never released the frame"
         return super().infer(arrays)
 
 
@@ -377,10 +396,11 @@ def _change_state(probe, ex, transition: int) -> bool:
 def test_samples_arriving_while_a_deactivate_waits_for_the_frame_are_counted(ros_context, monkeypatch):
     """``deactivate`` holds the node's executor while the frame in inference finishes. The
     clouds and images published meanwhile are still taken and counted (received, then
-    replaced or dropped on deactivate), so a cloud topic's samples sent = clouds_received +
-    messages_missed + messages_malformed holds across the transition. Before, they were
-    destroyed in the readers with the subscriptions, in no counter. A frame kept past the stop
-    timeout does not block a later activate once it has finished."""
+    replaced or dropped on deactivate: no new frame is started), so a cloud topic's samples
+    sent = clouds_received + messages_missed + messages_malformed holds across the
+    transition. Before, they were destroyed in the readers with the subscriptions, in no
+    counter. A frame kept past the stop timeout does not block a later activate once it has
+    finished."""
     import functools
 
     from lifecycle_msgs.msg import Transition
@@ -392,7 +412,8 @@ def test_samples_arriving_while_a_deactivate_waits_for_the_frame_are_counted(ros
     args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
             "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0",
             "-p", "extrinsics_source:=tf_static"]
-    with running_node(ros_context, OneSecondRuntime(), args, "deactivate_probe") as (node, probe, ex):
+    runtime = GatedRuntime()
+    with running_node(ros_context, runtime, args, "deactivate_probe") as (node, probe, ex):
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
         pub_img = {c.name: probe.create_publisher(Image, f"/{c.name}/image_raw", qos) for c in cams}
@@ -405,36 +426,63 @@ def test_samples_arriving_while_a_deactivate_waits_for_the_frame_are_counted(ros
             pub_info[c.name].publish(_info(c.name, c.K))
         _spin(ex, 0.3)
         pub_cloud.publish(_cloud(t_ns=NS))
-        _spin_until(ex, lambda: node._processing, 5.0)
+        _spin_until(ex, lambda: node._processing, 10.0)
         assert node._processing
         future = _request_transition(probe, Transition.TRANSITION_DEACTIVATE)
-        _spin(ex, 0.1)                                      # the transition now waits for the frame
+        _spin_until(ex, node._stop.is_set, 10.0)            # the transition now waits for the frame
+        assert node._stop.is_set()
         for k in range(2, 6):                               # LiDAR and cameras go on meanwhile
             pub_cloud.publish(_cloud(t_ns=k * NS))
             for c in cams:
                 pub_img[c.name].publish(_image(c.name, k * NS))
             _spin(ex, 0.1)
+        images = node.pipeline.sync.counters.images_received
+        _spin_until(ex, lambda: node.counters["clouds_received"] == 5 and sum(images.values()) == 24, 10.0)
+        runtime.release.set()
         _spin_until(ex, future.done, 10.0)
         assert future.done() and future.result().success
         c = node.counters
         clouds_counted = c["clouds_received"] + c["messages_missed./LIDAR_TOP"] + c["messages_malformed./LIDAR_TOP"]
         assert clouds_counted == 5, dict(c)
+        assert c["frames_published"] == 1 and c["clouds_dropped_on_deactivate"] == 1, dict(c)   # no new frame
         assert c["clouds_received"] == (c["frames_published"] + c["clouds_skipped_newest_wins"]
                                         + c["clouds_dropped_on_deactivate"]), dict(c)
-        images = node.pipeline.sync.counters.images_received
         for cam in cams:
             assert images[cam.name] + c[f"messages_missed./{cam.name}/image_raw"] == 4, (cam.name, dict(c))
 
         # a frame still in inference past the stop timeout is kept; once done, activate works again
+        runtime.release.clear()
         assert _change_state(probe, ex, Transition.TRANSITION_ACTIVATE)
-        _spin(ex, 0.5)
+        _spin_until(ex, lambda: pub_cloud.get_subscription_count() > 0, 10.0)
         pub_cloud.publish(_cloud(t_ns=6 * NS))
-        _spin_until(ex, lambda: node._processing, 5.0)
+        _spin_until(ex, lambda: node._processing, 10.0)
+        assert node._processing
         monkeypatch.setattr(node, "stop_worker", functools.partial(type(node).stop_worker, node, timeout_s=0.1))
         assert _change_state(probe, ex, Transition.TRANSITION_DEACTIVATE)
-        assert node._worker_thread is not None                # kept: still in inference
-        _spin_until(ex, lambda: not node._worker_thread.is_alive(), 5.0)
+        assert node._worker_thread is not None and node._worker_thread.is_alive()   # kept: still in inference
+        runtime.release.set()
+        _spin_until(ex, lambda: not node._worker_thread.is_alive(), 10.0)
         assert _change_state(probe, ex, Transition.TRANSITION_ACTIVATE)
+
+
+def test_a_cloud_taken_once_stopping_has_begun_starts_no_new_frame(node_env):
+    """While a deactivate stops the worker it takes the samples waiting in the readers; a
+    cloud among them stays in the mailbox (counted as dropped on deactivate) instead of
+    waking an idle worker into a whole new frame that the transition would wait for."""
+    from lifecycle_msgs.msg import Transition
+    from rclpy.serialization import serialize_message
+
+    from aqr_perception.frames.cdr import parse_pointcloud2
+
+    node, probe, ex, _ = node_env
+    _spin(ex, 0.3)
+    assert not node._processing and node._mailbox is None          # the worker idles
+    node._stop.set()                                               # what stop_worker does first
+    node._on_cloud(parse_pointcloud2(serialize_message(_cloud(t_ns=NS))))   # as take_pending hands it over
+    _spin(ex, 0.5)
+    assert node.counters["frames_published"] == 0 and node._mailbox is not None
+    assert _change_state(probe, ex, Transition.TRANSITION_DEACTIVATE)
+    assert node.counters["clouds_dropped_on_deactivate"] == 1 and node.counters["frames_published"] == 0
 
 
 class NoInputRuntime(NodeRuntime):

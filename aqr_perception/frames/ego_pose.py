@@ -27,6 +27,7 @@ class EgoPoses:
         self._stamps: dict[tuple[str, str], list[int]] = {}
         self._poses: dict[tuple[str, str], list[np.ndarray]] = {}
         self.newest_ns: int | None = None
+        self.time_jumps = 0          # edges whose history restarted: a sample far older than all kept
 
     def add_message(self, msg) -> list[RejectedTransform]:
         """Add every valid transform of a TFMessage; returns the rejected ones."""
@@ -46,6 +47,7 @@ class EgoPoses:
         if stamps and stamp_ns < stamps[0] - self.history_ns:
             stamps.clear()      # time jumped back (bag restarted): old samples mean nothing now
             poses.clear()
+            self.time_jumps += 1
         i = bisect.bisect_left(stamps, stamp_ns)
         if i < len(stamps) and stamps[i] == stamp_ns:
             poses[i] = child_to_parent

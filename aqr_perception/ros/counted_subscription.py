@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidHandle
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message
@@ -54,8 +55,11 @@ def take_pending(sub: Subscription, limit: int = 1000) -> int:
     ``limit`` bounds the loop against a publisher faster than the callbacks."""
     taken = 0
     while taken < limit:
-        with sub.handle:
-            sample = sub.handle.take_message(sub.msg_type, sub.raw)
+        try:
+            with sub.handle:
+                sample = sub.handle.take_message(sub.msg_type, sub.raw)
+        except InvalidHandle:                # destroyed meanwhile: nothing left to take
+            break
         if sample is None:
             break
         sub.callback(*sample)

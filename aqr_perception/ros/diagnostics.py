@@ -65,7 +65,8 @@ class NodeDiagnostics:
             sweep_values = [_kv("sweeps.per_sample", pipeline.sweeps.sweeps),
                             _kv("sweeps.frames_without_pose", sc.frames_without_pose),
                             _kv("sweeps.history_resets", sc.history_resets),
-                            _kv("sweeps.skipped_not_kept", sc.skipped_not_kept)]
+                            _kv("sweeps.skipped_not_kept", sc.skipped_not_kept),
+                            _kv("tf.time_jumps", pipeline.poses.time_jumps)]
             if pipeline.camera_ego_motion:
                 sweep_values.append(_kv("ego_motion_fallbacks", pipeline.ego_motion_fallbacks))
         level = max((lv for lv, _ in problems), default=OK, key=_level)

@@ -78,6 +78,8 @@ from aqr_perception.ros.params import declare_node_parameters, node_config_from_
 from aqr_perception.ros.shutdown import StopSignals
 
 LOG_THROTTLE_S = 5.0
+#: what the rmw layers put before a ROS topic name to make the DDS topic name
+ROS_TOPIC_PREFIX = "rt"
 #: on deactivate / shutdown, the frame in inference may take this long to finish and publish
 WORKER_STOP_TIMEOUT_S = 30.0
 #: while waiting for that frame, the input samples are taken this often (the executor is held)
@@ -394,6 +396,8 @@ class AqrPerceptionNode(LifecycleNode):
             with self._cond:
                 if self._mailbox is None:
                     self._cond.wait(timeout=0.1)
+                if self._stop.is_set():         # a cloud taken while stopping waits, counted on deactivate
+                    break
                 msg, self._mailbox = self._mailbox, None
                 self._processing = msg is not None
                 skipped = list(self._skipped_sweeps)
@@ -513,7 +517,9 @@ class AqrPerceptionNode(LifecycleNode):
             if not isinstance(sub, Subscription):
                 continue
             ours = f"{sub.msg_type.__module__.split('.')[0]}/msg/{sub.msg_type.__name__}"
-            theirs = sorted({info.topic_type for info in self.get_publishers_info_by_topic(sub.topic_name)} - {ours})
+            # sub.topic_name is already remapped: asked by its ROS name, rclpy would remap it again
+            infos = self.get_publishers_info_by_topic(ROS_TOPIC_PREFIX + sub.topic_name, no_mangle=True)
+            theirs = sorted({ros_type_name(info.topic_type) for info in infos} - {ours})
             if theirs:
                 image = sub.msg_type in (Image, CompressedImage)
                 hint = f" (image_transport: {self.cfg.image_transport})" if image else ""
@@ -554,6 +560,14 @@ class AqrPerceptionNode(LifecycleNode):
         self.stop_worker()
         super().destroy_node()
         self._state_machine.destroy_when_not_in_use()
+
+
+def ros_type_name(dds_type: str) -> str:
+    """``sensor_msgs::msg::dds_::Image_`` (a DDS type name, as the graph gives it for a
+    name asked ``no_mangle``) -> ``sensor_msgs/msg/Image``; a ROS type name is returned as is."""
+    if "::" not in dds_type:
+        return dds_type
+    return dds_type.replace("::dds_::", "::").removesuffix("_").replace("::", "/")
 
 
 def start_node(node: AqrPerceptionNode) -> None:
