@@ -70,25 +70,31 @@ def _spin(ex, seconds):
         ex.spin_once(timeout_sec=0.02)
 
 
+def _rig_publishers(probe, cams, image_type=None, image_topic: str = "/{camera}/image_raw"):
+    """A driver rig's publishers on ``probe`` (reliable, as the node's ``qos_reliability``
+    here): (cloud, {camera: image}, {camera: CameraInfo}, latched /tf_static)."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    images = {c.name: probe.create_publisher(image_type or Image, image_topic.format(camera=c.name), qos)
+              for c in cams}
+    infos = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
+    static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return (probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos), images, infos,
+            probe.create_publisher(TFMessage, "/tf_static", static))
+
+
 def test_bad_messages_are_counted_reported_and_never_published(node_env):
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from vision_msgs.msg import Detection3DArray
 
     node, probe, ex, cams = node_env
-    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
-    pub_img = {c.name: probe.create_publisher(Image, f"/{c.name}/image_raw", qos) for c in cams}
-    pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
+    pub_cloud, pub_img, pub_info, pub_tf = _rig_publishers(probe, cams)
     dets, diags = [], []
     probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
     probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    from rclpy.qos import DurabilityPolicy
-    from tf2_msgs.msg import TFMessage
-
-    static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    pub_tf = probe.create_publisher(TFMessage, "/tf_static", static)
     _spin(ex, 1.0)                                              # discovery
     pub_tf.publish(_tf_static(cams))
     bad_info = _info(cams[0].name, cams[0].K)
@@ -192,9 +198,7 @@ def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):
     import cv2
     import numpy as np
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2
-    from tf2_msgs.msg import TFMessage
+    from sensor_msgs.msg import CompressedImage
 
     from aqr_perception.msg import QueryRouting
 
@@ -202,14 +206,8 @@ def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):
     args = ["--ros-args", "-p", "image_transport:=compressed", "-p", "qos_reliability:=reliable",
             "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2"]
     with running_node(ros_context, NodeRuntime(), args, "jpeg_probe") as (node, probe, ex):
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
-        pub_img = {c.name: probe.create_publisher(CompressedImage, f"/{c.name}/image_rect_compressed", qos)
-                   for c in cams}
-        pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
-        static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        pub_tf = probe.create_publisher(TFMessage, "/tf_static", static)
+        pub_cloud, pub_img, pub_info, pub_tf = _rig_publishers(probe, cams, CompressedImage,
+                                                               "/{camera}/image_rect_compressed")
         routing, diags = [], []
         probe.create_subscription(QueryRouting, node_topic("routing"), routing.append, 10)
         probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
@@ -404,9 +402,6 @@ def test_samples_arriving_while_a_deactivate_waits_for_the_frame_are_counted(ros
     import functools
 
     from lifecycle_msgs.msg import Transition
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-    from tf2_msgs.msg import TFMessage
 
     cams = nuscenes_like_rig(W, H)
     args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
@@ -414,12 +409,7 @@ def test_samples_arriving_while_a_deactivate_waits_for_the_frame_are_counted(ros
             "-p", "extrinsics_source:=tf_static"]
     runtime = GatedRuntime()
     with running_node(ros_context, runtime, args, "deactivate_probe") as (node, probe, ex):
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
-        pub_img = {c.name: probe.create_publisher(Image, f"/{c.name}/image_raw", qos) for c in cams}
-        pub_info = {c.name: probe.create_publisher(CameraInfo, f"/{c.name}/camera_info", qos) for c in cams}
-        pub_tf = probe.create_publisher(TFMessage, "/tf_static", QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        pub_cloud, pub_img, pub_info, pub_tf = _rig_publishers(probe, cams)
         _spin(ex, 1.0)
         pub_tf.publish(_tf_static(cams))
         for c in cams:
@@ -533,9 +523,6 @@ def test_cameras_without_an_ego_pose_fall_back_to_static_extrinsics_counted_on_d
     reading) with no /tf: the frame goes out with the static extrinsics, and the fallbacks
     are on /diagnostics (before: counted in the pipeline, published nowhere)."""
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-    from tf2_msgs.msg import TFMessage
     from vision_msgs.msg import Detection3DArray
 
     class EgoMotionRuntime(NodeRuntime):
@@ -547,19 +534,14 @@ def test_cameras_without_an_ego_pose_fall_back_to_static_extrinsics_counted_on_d
             "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2",
             "-p", "extrinsics_source:=tf_static"]
     with running_node(ros_context, EgoMotionRuntime(), args, "ego_probe") as (node, probe, ex):
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        pub_cloud = probe.create_publisher(PointCloud2, "/LIDAR_TOP", qos)
-        pub_img = probe.create_publisher(Image, f"/{cams[0].name}/image_raw", qos)
-        pub_info = probe.create_publisher(CameraInfo, f"/{cams[0].name}/camera_info", qos)
-        pub_tf = probe.create_publisher(TFMessage, "/tf_static", QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        pub_cloud, pub_img, pub_info, pub_tf = _rig_publishers(probe, cams[:1])
         dets, diags = [], []
         probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
         probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
         _spin(ex, 1.0)
         pub_tf.publish(_tf_static(cams))
-        pub_info.publish(_info(cams[0].name, cams[0].K))
-        pub_img.publish(_image(cams[0].name, NS))
+        pub_info[cams[0].name].publish(_info(cams[0].name, cams[0].K))
+        pub_img[cams[0].name].publish(_image(cams[0].name, NS))
         _spin(ex, 0.3)
         pub_cloud.publish(_cloud(t_ns=NS))
         _spin_until(ex, lambda: dets, 10.0)
