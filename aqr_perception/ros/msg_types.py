@@ -1,4 +1,4 @@
-"""'pkg/msg/Type' -> rclpy message class (stands in for rosidl_runtime_py.utilities.get_message)."""
+"""Message type names <-> rclpy message classes (stands in for rosidl_runtime_py.utilities)."""
 from __future__ import annotations
 
 import importlib
@@ -12,3 +12,16 @@ def get_message(msgtype: str):
     if len(parts) != 3 or parts[1] != "msg":
         raise ValueError(f"not a message type name: {msgtype!r}")
     return getattr(importlib.import_module(f"{parts[0]}.msg"), parts[2])
+
+
+def message_type_name(msg_class: type) -> str:
+    """The ``pkg/msg/Type`` name of an rclpy message class (the inverse of :func:`get_message`)."""
+    return f"{msg_class.__module__.split('.')[0]}/msg/{msg_class.__name__}"
+
+
+def ros_type_name(dds_type: str) -> str:
+    """``sensor_msgs::msg::dds_::Image_`` (a DDS type name, as the ROS graph gives it for a
+    topic asked ``no_mangle``) -> ``sensor_msgs/msg/Image``; a ROS type name is returned as is."""
+    if "::" not in dds_type:
+        return dds_type
+    return dds_type.replace("::dds_::", "::").removesuffix("_").replace("::", "/")

@@ -74,6 +74,7 @@ from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
 from aqr_perception.ros.diagnostics import NodeDiagnostics
 from aqr_perception.ros.markers import detection_markers, detection_markers_cdr, marker_cdr_matches
+from aqr_perception.ros.msg_types import message_type_name, ros_type_name
 from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters, set_refusal
 from aqr_perception.ros.shutdown import StopSignals
 
@@ -516,7 +517,7 @@ class AqrPerceptionNode(LifecycleNode):
         for sub in self._io:
             if not isinstance(sub, Subscription):
                 continue
-            ours = f"{sub.msg_type.__module__.split('.')[0]}/msg/{sub.msg_type.__name__}"
+            ours = message_type_name(sub.msg_type)
             # sub.topic_name is already remapped: asked by its ROS name, rclpy would remap it again
             infos = self.get_publishers_info_by_topic(ROS_TOPIC_PREFIX + sub.topic_name, no_mangle=True)
             theirs = sorted({ros_type_name(info.topic_type) for info in infos} - {ours})
@@ -560,14 +561,6 @@ class AqrPerceptionNode(LifecycleNode):
         self.stop_worker()
         super().destroy_node()
         self._state_machine.destroy_when_not_in_use()
-
-
-def ros_type_name(dds_type: str) -> str:
-    """``sensor_msgs::msg::dds_::Image_`` (a DDS type name, as the graph gives it for a
-    name asked ``no_mangle``) -> ``sensor_msgs/msg/Image``; a ROS type name is returned as is."""
-    if "::" not in dds_type:
-        return dds_type
-    return dds_type.replace("::dds_::", "::").removesuffix("_").replace("::", "/")
 
 
 def start_node(node: AqrPerceptionNode) -> None:
