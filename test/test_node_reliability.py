@@ -551,3 +551,76 @@ def test_cameras_without_an_ego_pose_fall_back_to_static_extrinsics_counted_on_d
         values = {kv.key: kv.value for kv in inputs.values}
         assert values["cameras_used"] == cams[0].name
         assert values["ego_motion_fallbacks"] == "1" == str(node.pipeline.ego_motion_fallbacks)
+
+
+def test_stamps_that_go_back_or_come_out_of_order_are_said_per_source_again_after_a_reconfigure(node_env):
+    """A camera whose stamps jump back (its driver restarted), a cloud that jumps back (a
+    looping bag) and an image older than the camera's newest: each is said once, in the log
+    (``last_problem.*``) and as a WARN on the inputs status of that diagnostics period, with
+    the sync counters beside it (before: counted in the sync, said nowhere, and
+    images_used / images_out_of_order / stale frames not published). After a reconfigure the
+    counters start again from 0, and so does what the diagnostics remember of them."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from lifecycle_msgs.msg import Transition
+    from vision_msgs.msg import Detection3DArray
+
+    node, probe, ex, cams = node_env
+    cam = cams[0].name
+    pub_cloud, pub_img, pub_info, pub_tf = _rig_publishers(probe, cams[:1])
+    dets, diags = [], []
+    probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+
+    def statuses(after: int) -> dict:
+        """The statuses of the newest DiagnosticArray, one published after ``diags[after]``."""
+        _spin_until(ex, lambda: len(diags) > after + 1, 10.0)
+        return {s.name.split(": ")[-1]: s for s in diags[-1].status}
+
+    def frame(t_s: float):
+        pub_img[cam].publish(_image(cam, int(t_s * NS)))
+        _spin(ex, 0.2)
+        pub_cloud.publish(_cloud(t_ns=int(t_s * NS)))
+        n = len(dets)
+        _spin_until(ex, lambda: len(dets) > n, 10.0)
+
+    def drive_with_a_restart() -> tuple[str, dict]:
+        """Two frames, the camera and the LiDAR restarting in between, and a late image: the
+        inputs messages of the periods since, joined, and the statuses published after."""
+        start = len(diags)
+        _spin_until(ex, lambda: pub_cloud.get_subscription_count() > 0, 10.0)
+        pub_tf.publish(_tf_static(cams))
+        pub_info[cam].publish(_info(cam, cams[0].K))
+        _spin(ex, 0.5)
+        frame(10.0)
+        statuses(len(diags))
+        n = len(diags)
+        quiet = " | ".join(s.message for d in diags[start:n] for s in d.status)
+        assert "went back" not in quiet and "not newer" not in quiet
+        frame(2.0)                                          # the camera, then the LiDAR, restart at 2 s
+        pub_img[cam].publish(_image(cam, int(1.95 * NS)))   # and an image older than the camera's newest
+        _spin(ex, 0.2)
+        last = statuses(len(diags))
+        said = " | ".join(s.message for d in diags[n:] for s in d.status if s.name.endswith(": inputs"))
+        return said, last
+
+    said, last = drive_with_a_restart()
+    assert f"/{cam}/image_raw: image stamps went back by more than 1 s (1x" in said
+    assert "/LIDAR_TOP: cloud stamps went back by more than 1 s (1x" in said
+    assert f"/{cam}/image_raw: 1 image(s) not newer than the newest one" in said
+    values = {kv.key: kv.value for kv in last["inputs"].values}
+    assert values[f"sync.camera_time_jumps.{cam}"] == "1" and values["sync.time_jumps"] == "1"
+    assert values[f"sync.images_used.{cam}"] == "2" and values[f"sync.images_out_of_order.{cam}"] == "1"
+    assert values[f"sync.frames_stale.{cams[1].name}"] == "2"         # never sent: stale in both frames
+    problems = {kv.key: kv.value for kv in last["processing"].values}
+    assert "image stamps went back" in problems[f"last_problem.clock:{cam}"]
+    assert "cloud stamps went back" in problems["last_problem.clock:lidar"]
+    assert "not newer" in problems[f"last_problem.order:{cam}"]
+    later = last["inputs"].message                                    # said in its period only
+    assert "went back" not in later and "not newer" not in later
+
+    for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP,
+                       Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        assert _change_state(probe, ex, transition)
+    said, _ = drive_with_a_restart()
+    assert f"/{cam}/image_raw: image stamps went back by more than 1 s (1x" in said
+    assert "/LIDAR_TOP: cloud stamps went back" in said

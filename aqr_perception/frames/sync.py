@@ -19,6 +19,7 @@ reader uses the same logic as the node.
 """
 from __future__ import annotations
 
+import copy
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -180,6 +181,11 @@ class LidarTriggeredSync:
                     self._used[c].add(s)
                     self.counters.images_used[c] += 1
             return Association(stamp_ns, images, stamps, stale)
+
+    def counters_now(self) -> SyncCounters:
+        """A copy of the counters, taken under the lock (for differences over time)."""
+        with self._lock:
+            return copy.deepcopy(self.counters)
 
     def reset(self) -> None:
         with self._lock:

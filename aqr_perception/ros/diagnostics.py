@@ -2,10 +2,11 @@
 
 ``inputs`` lists every input problem (LiDAR silent for ``lidar_timeout_s``, input
 topics published with another message type, masked cameras with their reasons, an empty
-sweep, an intensity convention off the model's, sweeps without ego pose) at the level of
-the worst one; ``processing`` compares the last frame's time to ``max_processing_time_ms``
-and carries every counter, the cloud repairs and the latest problem text per counter key;
-``model`` names the device and checkpoint.
+sweep, an intensity convention off the model's, sweeps without ego pose, stamps that went
+back or arrived out of order since the last report) at the level of the worst one;
+``processing`` compares the last frame's time to ``max_processing_time_ms`` and carries
+every counter, the cloud repairs and the latest problem text per counter key; ``model``
+names the device and checkpoint.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 if TYPE_CHECKING:
+    from aqr_perception.frames.sync import SyncCounters
     from aqr_perception.ros.node import AqrPerceptionNode
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
@@ -29,16 +31,49 @@ def _level(value: bytes | int) -> int:
 
 
 class NodeDiagnostics:
-    """Builds the node's DiagnosticArray; remembers what it already reported (sweeps without pose)."""
+    """Builds the node's DiagnosticArray; remembers what it already reported (sweeps without
+    pose, the sync's counters), so one is made per configured pipeline (its counters start at 0).
+
+    ``clock_events`` holds (problem key, text) of the stamp events counted since the last
+    build: the node logs them (throttled) and keeps them as ``last_problem.<key>``."""
 
     def __init__(self) -> None:
         self._sweeps_without_pose_seen = 0
+        self._sync_seen: SyncCounters | None = None
+        self.clock_events: list[tuple[str, str]] = []
 
     def build(self, node: AqrPerceptionNode) -> DiagnosticArray:
         now = time.monotonic()
+        self.clock_events = self._new_clock_events(node)
         arr = DiagnosticArray(status=[self._inputs(node, now), self._processing(node, now), self._model(node)])
         arr.header.stamp = node.get_clock().now().to_msg()
         return arr
+
+    def _new_clock_events(self, node: AqrPerceptionNode) -> list[tuple[str, str]]:
+        """Stamps that went back or came out of order since the last build, per source."""
+        cfg, counters = node.cfg, node.pipeline.sync.counters_now()
+        before, self._sync_seen = self._sync_seen, counters
+        if before is None:
+            return []
+        jump = f"{cfg.sync.time_jump_back_s:g} s"
+        events = []
+        if (n := counters.time_jumps - before.time_jumps) > 0:
+            events.append(("clock:lidar", f"{cfg.lidar_topic}: cloud stamps went back by more than {jump} ({n}x "
+                                          "since the last report: a looping bag or a simulation reset); the images "
+                                          "buffered after the new time were dropped"))
+        if (n := counters.clouds_out_of_order - before.clouds_out_of_order) > 0:
+            events.append(("order:lidar", f"{cfg.lidar_topic}: {n} cloud(s) older than the newest one (out of order "
+                                          "in transport)"))
+        for cam in counters.images_received:
+            topic = cfg.image_topic_format.format(camera=cam)
+            if (n := counters.camera_time_jumps[cam] - before.camera_time_jumps[cam]) > 0:
+                events.append((f"clock:{cam}", f"{topic}: image stamps went back by more than {jump} ({n}x since "
+                                               "the last report: a driver restart or a looping bag); the camera's "
+                                               "buffered images were dropped"))
+            if (n := counters.images_out_of_order[cam] - before.images_out_of_order[cam]) > 0:
+                events.append((f"order:{cam}", f"{topic}: {n} image(s) not newer than the newest one (out of order, "
+                                               "or a repeated stamp, which is dropped)"))
+        return events
 
     def _inputs(self, node: AqrPerceptionNode, now: float) -> DiagnosticStatus:
         cfg, rep, pipeline, sync = node.cfg, node.report, node.pipeline, node.pipeline.sync
@@ -69,6 +104,7 @@ class NodeDiagnostics:
                             _kv("tf.time_jumps", pipeline.poses.time_jumps)]
             if pipeline.camera_ego_motion:
                 sweep_values.append(_kv("ego_motion_fallbacks", pipeline.ego_motion_fallbacks))
+        problems.extend((WARN, text) for _, text in self.clock_events)
         level = max((lv for lv, _ in problems), default=OK, key=_level)
         counters = sync.counters
         return DiagnosticStatus(
@@ -77,7 +113,10 @@ class NodeDiagnostics:
                 _kv("lidar_points", rep.lidar_points), _kv("cameras_used", ",".join(rep.cameras_used)),
                 *[_kv(f"stale.{c}", r) for c, r in rep.cameras_masked.items()],
                 *[_kv(f"sync.images_received.{c}", n) for c, n in counters.images_received.items()],
+                *[_kv(f"sync.images_used.{c}", n) for c, n in counters.images_used.items()],
                 *[_kv(f"sync.images_unused.{c}", n) for c, n in counters.images_evicted_unused.items()],
+                *[_kv(f"sync.images_out_of_order.{c}", n) for c, n in counters.images_out_of_order.items() if n],
+                *[_kv(f"sync.frames_stale.{c}", n) for c, n in counters.stale_per_camera.items()],
                 _kv("sync.time_jumps", counters.time_jumps),
                 *[_kv(f"sync.camera_time_jumps.{c}", n) for c, n in counters.camera_time_jumps.items() if n],
                 _kv("sync.clouds_out_of_order", counters.clouds_out_of_order),
