@@ -43,3 +43,29 @@ def rename_topic(src, dst, old: str, new: str, clouds: int | None = None):
                 conns[topic] = writer.add_connection(topic, conn.msgtype, typestore=store)
             writer.write(conns[topic], t, bytes(raw))
     return dst
+
+
+def rewrite_storage(src, dst, storage: str, compression: str = "none", clouds: int | None = None,
+                    cloud_topic: str = "/LIDAR_TOP"):
+    """Copy a drive bag as another recorder writes it: ``storage`` "sqlite3" or "mcap",
+    ``compression`` "none", "file" or "message" (zstd, as ``ros2 bag record
+    --compression-mode ... --compression-format zstd``); with ``clouds``, only the messages
+    before the (clouds+1)-th cloud."""
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
+
+    from aqr_perception.data.typestore import project_typestore
+
+    store, conns, seen = project_typestore(), {}, 0
+    writer = Writer(dst, version=8, storage_plugin=StoragePlugin[storage.upper()])
+    if compression != "none":
+        writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
+    with Reader(src) as reader, writer:
+        for conn, t, raw in reader.messages():
+            if conn.topic == cloud_topic:
+                seen += 1
+                if clouds is not None and seen > clouds:
+                    break
+            if conn.topic not in conns:
+                conns[conn.topic] = writer.add_connection(conn.topic, conn.msgtype, typestore=store)
+            writer.write(conns[conn.topic], t, bytes(raw))
+    return dst
