@@ -46,6 +46,7 @@ from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64, Header
 from tf2_msgs.msg import TFMessage
@@ -313,7 +314,7 @@ class AqrPerceptionNode(LifecycleNode):
         for entity in self._io:
             if isinstance(entity, Publisher):
                 self.destroy_publisher(entity)
-            elif hasattr(entity, "cancel"):    # the diagnostics timer
+            elif isinstance(entity, Timer):    # the diagnostics timer
                 self.destroy_timer(entity)
             else:
                 self.destroy_subscription(entity)
