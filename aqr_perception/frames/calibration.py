@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from aqr_perception.config import ConfigError
 from aqr_perception.frames.conversions import ConversionError, camera_info_K
 from aqr_perception.frames.transforms import RejectedTransform, StaticTransforms
 
@@ -95,25 +96,47 @@ class CalibrationStore:
 
 
 def load_calibration_file(path: str, cameras: list[str]) -> dict[str, np.ndarray]:
-    """YAML ``{camera: {lidar_to_camera: [16 numbers, row-major]}}`` -> camera -> (4, 4)."""
+    """YAML ``{camera: {lidar_to_camera: [16 numbers, row-major]}}`` -> camera -> (4, 4).
+
+    Cameras the file leaves out are not calibrated (masked, with the reason). Raises
+    ConfigError, one line naming the file, for a file that cannot be read or parsed, an
+    entry that is not 16 finite numbers of a rigid motion, or a file that names none of
+    ``cameras`` (the usual cause: other camera names)."""
     if not path:
-        raise ValueError("extrinsics_source is 'file' but calibration_file is empty")
-    data = yaml.safe_load(Path(path).read_text()) or {}
+        raise ConfigError("extrinsics_source is 'file' but calibration_file is empty")
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"calibration_file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError(f"calibration_file {path}: not valid YAML{at}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"calibration_file {path}: expected a mapping camera -> {{lidar_to_camera: [16 numbers]}}, "
+                          f"got {type(data).__name__}")
     out = {}
     for c in cameras:
         entry = data.get(c)
         if entry is None:
             continue
-        T = np.asarray(entry.get("lidar_to_camera", []), dtype=np.float64)
+        values = entry.get("lidar_to_camera", []) if isinstance(entry, dict) else None
+        try:
+            T = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            T = np.zeros(0)
         if T.size != 16 or not np.all(np.isfinite(T)):
-            raise ValueError(f"{path}: {c}.lidar_to_camera must be 16 finite numbers")
+            raise ConfigError(f"calibration_file {path}: {c}.lidar_to_camera must be 16 finite numbers (row-major 4x4)")
         T = T.reshape(4, 4)
         R = T[:3, :3]
         if not (np.allclose(T[3], [0, 0, 0, 1]) and np.allclose(R @ R.T, np.eye(3), atol=1e-3)
                 and np.linalg.det(R) > 0):
-            raise ValueError(f"{path}: {c}.lidar_to_camera is not a rigid motion (rotation part not orthonormal "
-                             "or last row not 0 0 0 1)")
+            raise ConfigError(f"calibration_file {path}: {c}.lidar_to_camera is not a rigid motion (rotation part not "
+                              "orthonormal or last row not 0 0 0 1)")
         out[c] = T
+    if not out:
+        raise ConfigError(f"calibration_file {path} names none of the node's cameras ({', '.join(cameras)}); it has: "
+                          f"{', '.join(map(str, data)) or 'nothing'}")
     return out
 
 
