@@ -624,3 +624,107 @@ def test_stamps_that_go_back_or_come_out_of_order_are_said_per_source_again_afte
     said, _ = drive_with_a_restart()
     assert f"/{cam}/image_raw: image stamps went back by more than 1 s (1x" in said
     assert "/LIDAR_TOP: cloud stamps went back" in said
+
+
+class ScriptedRuntime(NodeRuntime):
+    """A model that fails as told, frame by frame (an exception, or None: answers), and sleeps
+    ``delay_s`` per frame."""
+
+    def __init__(self, script, delay_s: float = 0.0):
+        super().__init__()
+        self.script, self.delay_s = list(script), delay_s
+
+    def infer(self, arrays):
+        time.sleep(self.delay_s)
+        failure = self.script.pop(0) if self.script else None
+        if failure is not None:
+            raise failure
+        return super().infer(arrays)
+
+
+def _statuses(diags) -> dict:
+    return {s.name.split(": ")[-1]: s for s in diags[-1].status}
+
+
+def test_model_failures_a_sweep_without_intensity_and_a_silent_lidar_are_counted_and_said(ros_context):
+    """What the README promises for a model that fails (a CUDA out-of-memory: the cache
+    released; any other model error) and for a sweep a model needing intensity cannot use,
+    seen from outside: the node's counters on /diagnostics, nothing published from the
+    failed frames, the node going on; and the LiDAR's silence, before the first cloud and
+    for longer than ``lidar_timeout_s``, an ERROR on the inputs status."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+    from test_bad_input import _cloud_with_intensity
+    from vision_msgs.msg import Detection3DArray
+
+    from aqr_perception.model.runtime import ModelOutputError
+
+    runtime = ScriptedRuntime([RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                               ModelOutputError("the model's outputs are not finite"), None, None])
+    args = ["--ros-args", "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0",
+            "-p", "diagnostics_period_s:=0.2", "-p", "lidar_timeout_s:=0.6"]
+    with running_node(ros_context, runtime, args, "failures_probe") as (node, probe, ex):
+        pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", QoSProfile(depth=10,
+                                                                           reliability=ReliabilityPolicy.RELIABLE))
+        dets, diags = [], []
+        probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        _spin_until(ex, lambda: diags and pub.get_subscription_count() > 0, 10.0)
+        inputs = _statuses(diags)["inputs"]
+        assert inputs.level == b"\x02" and "no PointCloud2 received on /LIDAR_TOP" in inputs.message
+        outcomes = lambda: sum(node.counters[key] for key in (  # noqa: E731
+            "frames_published", "model_errors", "model_out_of_memory"))
+        for k, cloud in enumerate([_cloud(t_ns=NS), _cloud(t_ns=2 * NS), _cloud(t_ns=3 * NS),
+                                   _cloud_with_intensity(None, t_ns=4 * NS)]):
+            pub.publish(cloud)
+            _spin_until(ex, lambda k=k: outcomes() > k, 10.0)
+        n = len(diags)
+        _spin_until(ex, lambda: len(diags) > n + 1, 10.0)
+        assert len(dets) == 2 and runtime.released == 1
+        statuses = _statuses(diags)
+        values = {kv.key: kv.value for kv in statuses["processing"].values}
+        assert (values["model_out_of_memory"], values["model_errors"], values["frames_published"],
+                values["lidar_masked.no_intensity"], values["clouds_received"]) == ("1", "1", "2", "1", "4"), values
+        assert "CUDA out of memory" in values["last_problem.model_out_of_memory"]
+        assert "nothing published" in values["last_problem.model_errors"]
+        assert "camera-only frame" in values["last_problem.lidar_masked"]
+        assert "without an intensity field" in statuses["inputs"].message
+        _spin(ex, 0.8)                                       # longer than lidar_timeout_s without a cloud
+        inputs = _statuses(diags)["inputs"]
+        assert inputs.level == b"\x02" and "no PointCloud2 for" in inputs.message, inputs.message
+
+
+def test_a_slow_model_is_warn_then_error_on_the_processing_status_and_ok_again_when_fast(ros_context):
+    """``max_processing_time_ms`` and ``max_consecutive_delay_ms`` as documented: one frame
+    slower than the first is a WARN naming both times, slowness lasting longer than the
+    second an ERROR, and a fast frame brings the status back to OK."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    runtime = ScriptedRuntime([], delay_s=0.3)
+    args = ["--ros-args", "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0",
+            "-p", "diagnostics_period_s:=0.1", "-p", "max_processing_time_ms:=150.0",
+            "-p", "max_consecutive_delay_ms:=500.0"]
+    with running_node(ros_context, runtime, args, "slow_probe") as (node, probe, ex):
+        pub = probe.create_publisher(PointCloud2, "/LIDAR_TOP", QoSProfile(depth=10,
+                                                                           reliability=ReliabilityPolicy.RELIABLE))
+        diags = []
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        _spin_until(ex, lambda: diags and pub.get_subscription_count() > 0, 10.0)
+        seen = []
+        for k in range(1, 9):                                # 8 slow frames, ~2.4 s of slowness
+            pub.publish(_cloud(t_ns=k * NS))
+            _spin_until(ex, lambda k=k: node.counters["frames_published"] >= k, 10.0)
+            seen.append(_statuses(diags)["processing"])
+        assert any(s.level == b"\x01" and "> 150 ms" in s.message for s in seen), [s.message for s in seen]
+        assert any(s.level == b"\x02" and "slower than 150 ms for" in s.message for s in seen), \
+            [s.message for s in seen]
+        runtime.delay_s = 0.0
+        pub.publish(_cloud(t_ns=10 * NS))
+        _spin_until(ex, lambda: node.counters["frames_published"] >= 9, 10.0)
+        n = len(diags)
+        _spin_until(ex, lambda: len(diags) > n + 1, 10.0)
+        processing = _statuses(diags)["processing"]
+        assert processing.level == b"\x00" and processing.message.startswith("processing "), processing.message
