@@ -646,12 +646,13 @@ def _statuses(diags) -> dict:
     return {s.name.split(": ")[-1]: s for s in diags[-1].status}
 
 
-def test_model_failures_a_sweep_without_intensity_and_a_silent_lidar_are_counted_and_said(ros_context):
+def test_model_failures_sweeps_with_bad_intensity_and_a_silent_lidar_are_counted_and_said(ros_context):
     """What the README promises for a model that fails (a CUDA out-of-memory: the cache
-    released; any other model error) and for a sweep a model needing intensity cannot use,
-    seen from outside: the node's counters on /diagnostics, nothing published from the
-    failed frames, the node going on; and the LiDAR's silence, before the first cloud and
-    for longer than ``lidar_timeout_s``, an ERROR on the inputs status."""
+    released; any other model error), for a sweep a model needing intensity cannot use and
+    for one with non-finite intensities (repaired), seen from outside: the node's counters
+    on /diagnostics, nothing published from the failed frames, the node going on; and the
+    LiDAR's silence, before the first cloud and for longer than ``lidar_timeout_s``, an
+    ERROR on the inputs status."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
@@ -675,17 +676,21 @@ def test_model_failures_a_sweep_without_intensity_and_a_silent_lidar_are_counted
         assert inputs.level == b"\x02" and "no PointCloud2 received on /LIDAR_TOP" in inputs.message
         outcomes = lambda: sum(node.counters[key] for key in (  # noqa: E731
             "frames_published", "model_errors", "model_out_of_memory"))
+        intensity = np.random.default_rng(0).uniform(0, 59, 200).astype(np.float32)
+        intensity[[3, 50, 199]] = [np.nan, np.inf, -np.inf]               # repaired to 0, points kept
         for k, cloud in enumerate([_cloud(t_ns=NS), _cloud(t_ns=2 * NS), _cloud(t_ns=3 * NS),
-                                   _cloud_with_intensity(None, t_ns=4 * NS)]):
+                                   _cloud_with_intensity(None, t_ns=4 * NS),
+                                   _cloud_with_intensity(intensity, t_ns=5 * NS)]):
             pub.publish(cloud)
             _spin_until(ex, lambda k=k: outcomes() > k, 10.0)
         n = len(diags)
         _spin_until(ex, lambda: len(diags) > n + 1, 10.0)
-        assert len(dets) == 2 and runtime.released == 1
+        assert len(dets) == 3 and runtime.released == 1
         statuses = _statuses(diags)
         values = {kv.key: kv.value for kv in statuses["processing"].values}
         assert (values["model_out_of_memory"], values["model_errors"], values["frames_published"],
-                values["lidar_masked.no_intensity"], values["clouds_received"]) == ("1", "1", "2", "1", "4"), values
+                values["lidar_masked.no_intensity"], values["clouds_received"]) == ("1", "1", "3", "1", "5"), values
+        assert values["cloud_repairs.intensity_non_finite"] == "3"
         assert "CUDA out of memory" in values["last_problem.model_out_of_memory"]
         assert "nothing published" in values["last_problem.model_errors"]
         assert "camera-only frame" in values["last_problem.lidar_masked"]
@@ -728,3 +733,44 @@ def test_a_slow_model_is_warn_then_error_on_the_processing_status_and_ok_again_w
         _spin_until(ex, lambda: len(diags) > n + 1, 10.0)
         processing = _statuses(diags)["processing"]
         assert processing.level == b"\x00" and processing.message.startswith("processing "), processing.message
+
+
+def test_refused_transforms_are_counted_by_edge_on_diagnostics_and_the_rest_is_used(node_env):
+    """A degenerate edge in /tf_static (robot_state_publisher's one message) and in /tf: each
+    counted under its own name (``tf_static_rejected.<parent>-><child>``,
+    ``tf_rejected.<parent>-><child>``) with the reason kept, while the cameras' transforms of
+    the same message calibrate the cameras."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from test_bad_input import _transform
+    from tf2_msgs.msg import TFMessage
+    from vision_msgs.msg import Detection3DArray
+
+    node, probe, ex, cams = node_env
+    pub_cloud, pub_img, pub_info, pub_static = _rig_publishers(probe, cams)
+    pub_tf = probe.create_publisher(TFMessage, "/tf", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    dets, diags = [], []
+    probe.create_subscription(Detection3DArray, node_topic("detections"), dets.append, 10)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    _spin_until(ex, lambda: pub_tf.get_subscription_count() > 0, 10.0)
+    pub_static.publish(TFMessage(transforms=[_transform("lidar", "base_link"),
+                                             _transform("base_link", "gps", q=(0.0, 0.0, 0.0, 0.0)),
+                                             *_tf_static(cams).transforms]))
+    pub_tf.publish(TFMessage(transforms=[_transform("map", "wheel", q=(float("nan"), 0.0, 0.0, 1.0), stamp_ns=NS),
+                                         _transform("map", "lidar", stamp_ns=NS)]))
+    for c in cams:
+        pub_info[c.name].publish(_info(c.name, c.K))
+        pub_img[c.name].publish(_image(c.name, NS))
+    _spin(ex, 0.3)
+    pub_cloud.publish(_cloud(t_ns=NS))
+    _spin_until(ex, lambda: dets, 10.0)
+    n = len(diags)
+    _spin_until(ex, lambda: len(diags) > n + 1, 10.0)
+    statuses = {s.name.split(": ")[-1]: s for s in diags[-1].status}
+    values = {kv.key: kv.value for kv in statuses["processing"].values}
+    assert values["tf_static_rejected.base_link->gps"] == "1" and values["tf_rejected.map->wheel"] == "1", values
+    assert not any(k.startswith(("tf_static_rejected.lidar", "tf_rejected.map->lidar")) for k in values)
+    assert "base_link -> gps" in values["last_problem./tf_static:base_link->gps"]
+    assert "map -> wheel" in values["last_problem./tf:map->wheel"]
+    inputs = {kv.key: kv.value for kv in statuses["inputs"].values}
+    assert inputs["cameras_used"] == ",".join(c.name for c in cams)
