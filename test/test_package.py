@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from catkin_pkg.package import parse_package
+
+from aqr_perception.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,6 +59,10 @@ def test_console_scripts_run():
     out = subprocess.run([bindir / "aqr-perception", "config", "schema", "--check"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    shown = subprocess.run([bindir / "aqr-perception", "config", "show", "--config", "tiny", "--set",
+                            "model.aqr.mode=global"], capture_output=True, text=True, timeout=60)   # as the README
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout)["model"]["aqr"]["mode"] == "global" != load_config("tiny").model.aqr.mode
     bad = subprocess.run([bindir / "aqr-perception", "config", "show", "--set", "model.nope=1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "model.nope: unknown key" in bad.stderr

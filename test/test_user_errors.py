@@ -156,6 +156,17 @@ def test_eval_of_missing_files_is_one_line_and_exit_2(tmp_path):
                      "parameter file", "v.yaml")
 
 
+def test_eval_record_refuses_what_it_cannot_record_before_any_work(tmp_path):
+    """``eval --bag B --record DIR`` records a replay over DDS: offline there is nothing on
+    DDS to record, and an existing recording is never overwritten."""
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--record", str(tmp_path / "rec")),
+                     "--record writes the replay of one bag (--mode replay, one --bag)")
+    (tmp_path / "rec").mkdir()
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--record", str(tmp_path / "rec"), "--out",
+                             str(tmp_path / "out")), "rec: it exists (a recording is never overwritten)")
+    assert not (tmp_path / "out").exists() and not any((tmp_path / "rec").iterdir())
+
+
 @pytest.mark.parametrize("mode", ["offline", "replay"])
 def test_eval_of_a_bag_whose_camera_topics_the_node_does_not_read_fails_naming_them(mode, tmp_path):
     """Without the check the node runs on LiDAR alone and scores lower, exit code 0."""
