@@ -110,14 +110,20 @@ def test_unknown_parameters_are_named_in_a_warning(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_during_inference_stops_the_node_cleanly(ros_context, tmp_path):
+    """The node started as the README's command line starts it (``aqr-perception node
+    --ros-args --params-file config/aqr_perception.param.yaml``, a few settings after it)
+    answers a looping bag and stops cleanly on Ctrl-C in the middle of a frame."""
+    from cli_helpers import CLI
     from vision_msgs.msg import Detection3DArray
 
     from aqr_perception.ros.node_process import NodeProcess, Probe, RosProcess, node_topic, player_command
 
+    shipped = Path(__file__).resolve().parent.parent / "config" / "aqr_perception.param.yaml"
     with Probe("shutdown_probe", ros_context) as probe:
         got = probe.collect(Detection3DArray, node_topic("detections"))
-        with NodeProcess(["-p", "score_threshold:=0.0", "-p", "qos_reliability:=reliable",
-                          "-p", "sync.calibration_wait_s:=0.5"], log=tmp_path / "node.log") as node:
+        with NodeProcess(["--params-file", str(shipped), "-p", "score_threshold:=0.0",
+                          "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.5"],
+                         log=tmp_path / "node.log", executable=[str(CLI), "node"]) as node:
             # at rate 1 a sweep comes every 50 ms and a frame takes longer: the worker is always busy
             with RosProcess(player_command(BAG, "--rate", "1", "--loop", "20", "--linger", "0", "--wait-for",
                                            "/LIDAR_TOP", "/CAM_FRONT/image_rect_compressed", "/tf"),
