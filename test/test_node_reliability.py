@@ -774,3 +774,76 @@ def test_refused_transforms_are_counted_by_edge_on_diagnostics_and_the_rest_is_u
     assert "map -> wheel" in values["last_problem./tf:map->wheel"]
     inputs = {kv.key: kv.value for kv in statuses["inputs"].values}
     assert inputs["cameras_used"] == ",".join(c.name for c in cams)
+
+
+def test_output_parameters_set_at_runtime_apply_from_the_next_frame(ros_context):
+    """What ``ros2 param set`` changes while the node runs, seen on its outputs (before,
+    only the stored value was tested): ``max_detections`` and ``score_threshold`` cut the
+    next frame's detections, ``publish_markers: false`` stops the markers though RViz
+    subscribes, ``publish_debug_images: true`` starts the debug image of the camera that
+    sends. Beside them: CameraInfo on a ``camera_info_topic_format`` of the user's, the
+    ``~/debug/*_ms`` timings, the model status's values and the camera counters."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Float64
+    from vision_msgs.msg import Detection3DArray
+    from visualization_msgs.msg import MarkerArray
+
+    cams = nuscenes_like_rig(W, H)
+    cam = cams[0].name
+    args = ["--ros-args", "-p", "image_transport:=raw", "-p", "image_topic_format:=/{camera}/image_raw",
+            "-p", "camera_info_topic_format:=/{camera}/intrinsics", "-p", "qos_reliability:=reliable",
+            "-p", "sync.calibration_wait_s:=0.0", "-p", "diagnostics_period_s:=0.2",
+            "-p", "extrinsics_source:=tf_static"]
+    with running_node(ros_context, NodeRuntime(), args, "param_effect_probe") as (node, probe, ex):
+        pub_cloud, pub_img, _, pub_tf = _rig_publishers(probe, cams[:1])
+        pub_info = probe.create_publisher(CameraInfo, f"/{cam}/intrinsics",
+                                          QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        got: dict[str, list] = {"dets": [], "markers": [], "debug": [], "timing": [], "diags": []}
+        for key, msg_type, topic in (("dets", Detection3DArray, node_topic("detections")),
+                                     ("markers", MarkerArray, node_topic("markers")),
+                                     ("debug", Image, node_topic(f"debug/{cam}/image")),
+                                     ("timing", Float64, node_topic("debug/processing_time_ms")),
+                                     ("diags", DiagnosticArray, "/diagnostics")):
+            probe.create_subscription(msg_type, topic, got[key].append, 10)
+        client = AsyncParameterClient(probe, "/aqr_perception")
+        assert client.wait_for_services(timeout_sec=10)
+
+        def set_params(**values):
+            future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+            ex.spin_until_future_complete(future, timeout_sec=10)
+            assert all(r.successful for r in future.result().results), future.result()
+
+        def frame(k: int) -> Detection3DArray:
+            pub_img[cam].publish(_image(cam, k * NS))
+            _spin(ex, 0.2)
+            pub_cloud.publish(_cloud(t_ns=k * NS))
+            _spin_until(ex, lambda: len(got["dets"]) >= k, 10.0)
+            _spin(ex, 0.3)
+            return got["dets"][-1]
+
+        _spin_until(ex, lambda: pub_cloud.get_subscription_count() > 0, 10.0)
+        pub_tf.publish(_tf_static(cams))
+        pub_info.publish(_info(cam, cams[0].K))
+        _spin(ex, 0.3)
+        assert len(frame(1).detections) == 2                  # scores 0.9, 0.5 of 0.9, 0.5, 0.1 >= 0.3
+        assert len(got["markers"]) == 1 and got["debug"] == [] and len(got["timing"]) == 1
+        assert got["timing"][0].data > 0.0
+        set_params(max_detections=1, publish_markers=False, publish_debug_images=True)
+        assert len(frame(2).detections) == 1
+        assert len(got["markers"]) == 1 and len(got["debug"]) == 1
+        assert got["debug"][0].header.frame_id == cam and got["debug"][0].encoding == "rgb8"
+        set_params(max_detections=200, score_threshold=0.05)
+        assert len(frame(3).detections) == 3
+        n = len(got["diags"])
+        _spin_until(ex, lambda: len(got["diags"]) > n + 1, 10.0)
+        statuses = {s.name.split(": ")[-1]: s for s in got["diags"][-1].status}
+        model = {kv.key: kv.value for kv in statuses["model"].values}
+        assert (model["runtime"], model["last_detections"], model["checkpoint"]) == ("torch", "3", "stub.pt")
+        counters = {kv.key: kv.value for kv in statuses["processing"].values}
+        assert counters["camera_info_received"] == "1"
+        assert counters[f"camera_masked.{cams[1].name}"] == "3" and f"camera_masked.{cam}" not in counters
+        assert {kv.key: kv.value for kv in statuses["inputs"].values}["cameras_used"] == cam
