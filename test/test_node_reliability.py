@@ -627,8 +627,8 @@ def test_stamps_that_go_back_or_come_out_of_order_are_said_per_source_again_afte
 
 
 class ScriptedRuntime(NodeRuntime):
-    """A model that fails as told, frame by frame (an exception, or None: answers), and sleeps
-    ``delay_s`` per frame."""
+    """A model that fails as told, frame by frame (an exception to raise, a Prediction to
+    answer instead, or None: answers), and sleeps ``delay_s`` per frame."""
 
     def __init__(self, script, delay_s: float = 0.0):
         super().__init__()
@@ -637,9 +637,9 @@ class ScriptedRuntime(NodeRuntime):
     def infer(self, arrays):
         time.sleep(self.delay_s)
         failure = self.script.pop(0) if self.script else None
-        if failure is not None:
+        if isinstance(failure, Exception):
             raise failure
-        return super().infer(arrays)
+        return failure if failure is not None else super().infer(arrays)
 
 
 def _statuses(diags) -> dict:
@@ -648,21 +648,25 @@ def _statuses(diags) -> dict:
 
 def test_model_failures_sweeps_with_bad_intensity_and_a_silent_lidar_are_counted_and_said(ros_context):
     """What the README promises for a model that fails (a CUDA out-of-memory: the cache
-    released; any other model error), for a sweep a model needing intensity cannot use and
-    for one with non-finite intensities (repaired), seen from outside: the node's counters
-    on /diagnostics, nothing published from the failed frames, the node going on; and the
-    LiDAR's silence, before the first cloud and for longer than ``lidar_timeout_s``, an
-    ERROR on the inputs status."""
+    released; any other model error; an answer the node cannot publish: frames_failed), for
+    a sweep a model needing intensity cannot use and for one with non-finite intensities
+    (repaired), seen from outside: the node's counters on /diagnostics, nothing published
+    from the failed frames, the node going on; and the LiDAR's silence, before the first
+    cloud and for longer than ``lidar_timeout_s``, an ERROR on the inputs status."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
     from test_bad_input import _cloud_with_intensity
     from vision_msgs.msg import Detection3DArray
 
-    from aqr_perception.model.runtime import ModelOutputError
+    from aqr_perception.detections import FrameDetections
+    from aqr_perception.model.runtime import ModelOutputError, Prediction
 
+    n = 2                                                   # boxes of 5 numbers: publishing them fails
+    broken = Prediction(FrameDetections(np.zeros((n, 5)), np.full(n, 0.9), np.zeros(n, int), np.arange(n),
+                                        np.full((n, 1), 0.7), np.full((n, 1), 0.6)), True, 1.0)
     runtime = ScriptedRuntime([RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                               ModelOutputError("the model's outputs are not finite"), None, None])
+                               ModelOutputError("the model's outputs are not finite"), broken, None, None])
     args = ["--ros-args", "-p", "qos_reliability:=reliable", "-p", "sync.calibration_wait_s:=0.0",
             "-p", "diagnostics_period_s:=0.2", "-p", "lidar_timeout_s:=0.6"]
     with running_node(ros_context, runtime, args, "failures_probe") as (node, probe, ex):
@@ -675,12 +679,12 @@ def test_model_failures_sweeps_with_bad_intensity_and_a_silent_lidar_are_counted
         inputs = _statuses(diags)["inputs"]
         assert inputs.level == b"\x02" and "no PointCloud2 received on /LIDAR_TOP" in inputs.message
         outcomes = lambda: sum(node.counters[key] for key in (  # noqa: E731
-            "frames_published", "model_errors", "model_out_of_memory"))
+            "frames_published", "model_errors", "model_out_of_memory", "frames_failed"))
         intensity = np.random.default_rng(0).uniform(0, 59, 200).astype(np.float32)
         intensity[[3, 50, 199]] = [np.nan, np.inf, -np.inf]               # repaired to 0, points kept
-        for k, cloud in enumerate([_cloud(t_ns=NS), _cloud(t_ns=2 * NS), _cloud(t_ns=3 * NS),
-                                   _cloud_with_intensity(None, t_ns=4 * NS),
-                                   _cloud_with_intensity(intensity, t_ns=5 * NS)]):
+        for k, cloud in enumerate([_cloud(t_ns=NS), _cloud(t_ns=2 * NS), _cloud(t_ns=3 * NS), _cloud(t_ns=4 * NS),
+                                   _cloud_with_intensity(None, t_ns=5 * NS),
+                                   _cloud_with_intensity(intensity, t_ns=6 * NS)]):
             pub.publish(cloud)
             _spin_until(ex, lambda k=k: outcomes() > k, 10.0)
         n = len(diags)
@@ -688,8 +692,10 @@ def test_model_failures_sweeps_with_bad_intensity_and_a_silent_lidar_are_counted
         assert len(dets) == 3 and runtime.released == 1
         statuses = _statuses(diags)
         values = {kv.key: kv.value for kv in statuses["processing"].values}
-        assert (values["model_out_of_memory"], values["model_errors"], values["frames_published"],
-                values["lidar_masked.no_intensity"], values["clouds_received"]) == ("1", "1", "3", "1", "5"), values
+        assert (values["model_out_of_memory"], values["model_errors"], values["frames_failed"],
+                values["frames_published"], values["lidar_masked.no_intensity"],
+                values["clouds_received"]) == ("1", "1", "1", "3", "1", "6"), values
+        assert values["last_problem.frame_failed"].startswith("frame skipped: IndexError"), values
         assert values["cloud_repairs.intensity_non_finite"] == "3"
         assert "CUDA out of memory" in values["last_problem.model_out_of_memory"]
         assert "nothing published" in values["last_problem.model_errors"]
