@@ -138,8 +138,8 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
 
 def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_env):
     """The node reads every input from raw subscriptions (clouds and images through
-    zero-copy views, CameraInfo and TF deserialised from the bytes): a sample that is not a
-    well-formed message is counted and reported with the reason, and the next good one is
+    zero-copy views, CameraInfo and TF read from the bytes the same way): a sample that is not
+    a well-formed message is counted and reported with the field it breaks at, and the next good one is
     processed (here the good TF and CameraInfo after the bad ones give the frame its camera)."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -163,7 +163,7 @@ def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_
     tf_bytes = serialize_message(_tf_static(cams))
     pub_tf.publish(tf_bytes[:-8])                               # the last transform cut short
     info_bytes = serialize_message(_info(cams[0].name, cams[0].K))
-    pub_info.publish(info_bytes[:40])                           # cut inside the header's frame_id
+    pub_info.publish(info_bytes[:40])                           # cut inside distortion_model
     _spin_until(ex, lambda: node.counters["messages_malformed./tf_static"]
                 and node.counters[f"messages_malformed./{cams[0].name}/camera_info"], 10.0)
     pub_tf.publish(tf_bytes)
@@ -189,7 +189,9 @@ def test_bytes_that_do_not_parse_are_counted_by_topic_and_the_node_goes_on(node_
     assert "truncated at data" in counters["last_problem.malformed:/LIDAR_TOP"]
     assert "unknown CDR encapsulation" in counters[f"last_problem.malformed:/{cams[0].name}/image_raw"]
     assert counters["messages_malformed./tf_static"] == "1"
-    assert "failed to deserialize" in counters["last_problem.malformed:/tf_static"]
+    assert "TFMessage: truncated at transforms[5].transform" in counters["last_problem.malformed:/tf_static"]
+    assert "CameraInfo: truncated at distortion_model" in \
+        counters[f"last_problem.malformed:/{cams[0].name}/camera_info"]
 
 
 def test_a_damaged_jpeg_is_counted_and_its_warning_reported(ros_context):

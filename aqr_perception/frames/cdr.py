@@ -6,7 +6,9 @@ dev machine. A raw subscription (``raw=True``) hands over the serialised CDR byt
 instead; these functions read the few scalar fields with ``struct`` and expose ``data``
 as a numpy view into those bytes, so the pixels and points are never copied again.
 They stand in for rclpy's typed deserialisation of Image, CompressedImage and
-PointCloud2 only (the small messages keep rclpy's).
+PointCloud2; CameraInfo and TFMessage are read the same way (small, but a malformed one
+through rclpy also makes its C type support print a line to stderr per sample, outside the
+node's throttled log).
 
 The views carry the message's field names (``header.stamp.sec``, ``height``, ``encoding``,
 ``fields[i].offset`` ...), so everything downstream reads them as it reads rclpy
@@ -85,6 +87,67 @@ class PointCloud2View:
     is_dense: bool = False
 
 
+@dataclass
+class Vector3:
+    x: float
+    y: float
+    z: float
+
+
+@dataclass
+class Quaternion:
+    x: float
+    y: float
+    z: float
+    w: float
+
+
+@dataclass
+class Transform:
+    translation: Vector3
+    rotation: Quaternion
+
+
+@dataclass
+class TransformStamped:
+    header: Header
+    child_frame_id: str
+    transform: Transform
+
+
+@dataclass
+class TFMessageView:
+    """``tf2_msgs/TFMessage``."""
+
+    transforms: list[TransformStamped]
+
+
+@dataclass
+class RegionOfInterest:
+    x_offset: int
+    y_offset: int
+    height: int
+    width: int
+    do_rectify: bool
+
+
+@dataclass
+class CameraInfoView:
+    """``sensor_msgs/CameraInfo``; ``d``, ``k`` (9), ``r`` (9), ``p`` (12) as float64 arrays."""
+
+    header: Header
+    height: int
+    width: int
+    distortion_model: str
+    d: np.ndarray
+    k: np.ndarray
+    r: np.ndarray
+    p: np.ndarray
+    binning_x: int
+    binning_y: int
+    roi: RegionOfInterest
+
+
 class _Reader:
     """Sequential CDR reader over ``buf`` (bytes-like), positions relative to the body."""
 
@@ -128,6 +191,18 @@ class _Reader:
             return raw[:-1].decode("utf-8")
         except UnicodeDecodeError:
             raise CdrError(f"{self.what}: {name} is not UTF-8") from None
+
+    def f64s(self, n: int, name: str) -> np.ndarray:
+        """``n`` float64 (8-aligned, as XCDR1 aligns them), copied out of the buffer."""
+        start = self._take(8 * n, 8 if n else 1, name)
+        return np.frombuffer(self.buf, dtype=self.order + "f8", count=n, offset=start).astype(np.float64)
+
+    def count(self, name: str, min_size: int) -> int:
+        """A sequence length that the remaining bytes can hold at ``min_size`` bytes an element."""
+        n = self.u32(name)
+        if n * min_size > len(self.buf) - self.pos:
+            raise CdrError(f"{self.what}: {name} declares {n} elements in {len(self.buf) - self.pos} remaining bytes")
+        return n
 
     def octets(self, name: str) -> np.ndarray:
         n = self.u32(name)
@@ -177,6 +252,33 @@ def parse_pointcloud2(buf) -> PointCloud2View:
     data = r.octets("data")
     dense = bool(r.u8("is_dense"))
     return PointCloud2View(header, height, width, fields, big, point_step, row_step, data, dense)
+
+
+def parse_camera_info(buf) -> CameraInfoView:
+    """Serialised ``sensor_msgs/msg/CameraInfo`` -> :class:`CameraInfoView`."""
+    r = _Reader(buf, "sensor_msgs/CameraInfo")
+    header = r.header()
+    height, width = r.u32("height"), r.u32("width")
+    model = r.string("distortion_model")
+    d = r.f64s(r.count("d", 8), "d")
+    k, rect, p = r.f64s(9, "k"), r.f64s(9, "r"), r.f64s(12, "p")
+    bx, by = r.u32("binning_x"), r.u32("binning_y")
+    roi = RegionOfInterest(r.u32("roi.x_offset"), r.u32("roi.y_offset"), r.u32("roi.height"), r.u32("roi.width"),
+                           bool(r.u8("roi.do_rectify")))
+    return CameraInfoView(header, height, width, model, d, k, rect, p, bx, by, roi)
+
+
+def parse_tf_message(buf) -> TFMessageView:
+    """Serialised ``tf2_msgs/msg/TFMessage`` -> :class:`TFMessageView`."""
+    r = _Reader(buf, "tf2_msgs/TFMessage")
+    transforms = []
+    for i in range(r.count("transforms", 4 + 4 + 4 + 4 + 7 * 8)):   # stamp, two string lengths, 7 doubles
+        header = r.header()
+        child = r.string(f"transforms[{i}].child_frame_id")
+        t = r.f64s(7, f"transforms[{i}].transform")
+        transforms.append(TransformStamped(header, child, Transform(Vector3(*map(float, t[:3])),
+                                                                    Quaternion(*map(float, t[3:])))))
+    return TFMessageView(transforms)
 
 
 class CdrWriter:

@@ -16,7 +16,6 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidHandle
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from rclpy.serialization import deserialize_message
 from rclpy.subscription import Subscription
 
 
@@ -67,22 +66,6 @@ def take_pending(sub: Subscription, limit: int = 1000) -> int:
     return taken
 
 
-def typed_parser(msg_type: type) -> Callable[[bytes], Any]:
-    """``parse`` for :func:`counted_subscription` that makes the typed message (rclpy's own
-    deserialisation, ~20 us for a CameraInfo).
-
-    A typed subscription's sample that does not deserialise is dropped inside rmw before any
-    callback and is counted nowhere until a later sample of its publisher shows the gap (a
-    one-off latched ``/tf_static`` never is); taken raw and deserialised here, it is counted
-    as malformed like a cloud or an image."""
-    def parse(buf: bytes) -> Any:
-        try:
-            return deserialize_message(buf, msg_type)
-        except RuntimeError as exc:         # rclpy's RMWError: Fast CDR ran out of bytes, a bad length
-            raise ValueError(str(exc).split(", at ")[0]) from None
-    return parse
-
-
 def counted_subscription(node: Node, msg_type: type, topic: str, callback: Callable[[Any], None], qos: QoSProfile,
                          counters: MutableMapping[str, int], warn: Callable[[str, str], None],
                          parse: Callable[[bytes], Any] | None = None) -> Subscription:
@@ -98,7 +81,7 @@ def counted_subscription(node: Node, msg_type: type, topic: str, callback: Calla
 
     With ``parse`` the subscription is raw (rclpy hands over the serialised bytes, no
     typed copy) and ``parse(bytes)`` makes the message (:mod:`aqr_perception.frames.cdr`'s
-    zero-copy views, or :func:`typed_parser`); bytes it refuses (``ValueError``) are counted as
+    readers); bytes it refuses (``ValueError``) are counted as
     ``messages_malformed.<topic>`` with the reason, and the callback does not run."""
     def lost(info) -> None:
         counters[f"dds_messages_lost.{topic}"] += info.total_count_change

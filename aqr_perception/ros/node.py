@@ -66,11 +66,18 @@ from aqr_perception.config import (
 )
 from aqr_perception.data.detection_cdr import detection_array_cdr, routing_cdr, velocity_cdr
 from aqr_perception.detections import FrameDetections
-from aqr_perception.frames.cdr import parse_compressed_image, parse_image, parse_pointcloud2
+from aqr_perception.frames.cdr import (
+    CameraInfoView,
+    parse_camera_info,
+    parse_compressed_image,
+    parse_image,
+    parse_pointcloud2,
+    parse_tf_message,
+)
 from aqr_perception.frames.conversions import ConversionError
 from aqr_perception.frames.pipeline import FrameInputs, FramePipeline
 from aqr_perception.msg import DetectionVelocityArray, QueryRouting
-from aqr_perception.ros.counted_subscription import counted_subscription, take_pending, typed_parser
+from aqr_perception.ros.counted_subscription import counted_subscription, take_pending
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.ros.debug_images import debug_views, rgb_to_imgmsg
 from aqr_perception.ros.diagnostics import NodeDiagnostics
@@ -276,8 +283,8 @@ class AqrPerceptionNode(LifecycleNode):
             self._io.append(pub)
             return pub
 
-        # clouds and images arrive as serialised bytes read through zero-copy views (frames/cdr.py);
-        # the small messages are deserialised from raw bytes too, so a malformed one is counted
+        # every input arrives as serialised bytes read by frames/cdr.py (clouds and images through
+        # zero-copy views), so a malformed sample is counted, and said once in the throttled log
         subscribe(PointCloud2, cfg.lidar_topic, self._on_cloud, qos, parse_pointcloud2)
         image_type, parse_img = ((Image, parse_image) if cfg.image_transport == "raw" else
                                  (CompressedImage, parse_compressed_image))
@@ -285,14 +292,14 @@ class AqrPerceptionNode(LifecycleNode):
             subscribe(image_type, cfg.image_topic_format.format(camera=cam),
                       lambda m, c=cam: self.pipeline.on_image(c, m), image_qos, parse_img)
             subscribe(CameraInfo, cfg.camera_info_topic_format.format(camera=cam),
-                      lambda m, c=cam: self._on_info(c, m), qos, typed_parser(CameraInfo))
+                      lambda m, c=cam: self._on_info(c, m), qos, parse_camera_info)
         if cfg.extrinsics_source == "tf_static":
             subscribe(TFMessage, "/tf_static",
                       lambda m: self._count_rejected("/tf_static", self.pipeline.on_tf_static(m)), static_qos,
-                      typed_parser(TFMessage))
+                      parse_tf_message)
         if self.pipeline.multi_sweep:   # the ego pose that aligns past sweeps
             subscribe(TFMessage, "/tf", lambda m: self._count_rejected("/tf", self.pipeline.on_tf(m)), tf_qos,
-                      typed_parser(TFMessage))
+                      parse_tf_message)
         self.pub_det = publisher(Detection3DArray, "~/detections")
         self.pub_vel = publisher(DetectionVelocityArray, "~/velocities")
         self.pub_routing = publisher(QueryRouting, "~/routing")
@@ -377,7 +384,7 @@ class AqrPerceptionNode(LifecycleNode):
             self._mailbox = msg
             self._cond.notify()
 
-    def _on_info(self, camera: str, msg: CameraInfo) -> None:
+    def _on_info(self, camera: str, msg: CameraInfoView) -> None:
         self.counters["camera_info_received"] += 1
         try:
             self.pipeline.on_camera_info(camera, msg)
