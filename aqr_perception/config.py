@@ -445,6 +445,10 @@ class NodeConfig(_Section):
         if offsets and len(offsets) != len(self.camera_names):
             raise ValueError(f"sync.camera_time_offsets_s has {len(offsets)} entries for {len(self.camera_names)} "
                              "cameras (camera_names): give one per camera, or none")
+        return self
+
+    @model_validator(mode="after")
+    def _extrinsics_file_named(self) -> NodeConfig:
         if self.extrinsics_source == "file" and not self.calibration_file:
             raise ValueError("extrinsics_source is 'file' but calibration_file is empty: name the YAML with each "
                              "camera's lidar_to_camera, or use extrinsics_source tf_static")

@@ -52,6 +52,8 @@ def test_extrinsics_from_a_calibration_file_give_the_frames_tf_static_gives(tmp_
     ("- 1\n- 2\n", "expected a mapping camera -> {lidar_to_camera: [16 numbers]}, got list"),
     ({"CAM_FRONT": {"lidar_to_camera": [1.0] * 15}}, "CAM_FRONT.lidar_to_camera must be 16 finite numbers"),
     ({"CAM_FRONT": [1.0] * 16}, "CAM_FRONT.lidar_to_camera must be 16 finite numbers"),
+    ({"CAM_FRONT": None}, "CAM_FRONT.lidar_to_camera must be 16 finite numbers"),
+    ({"CAM_FRONT": {"lidar_to_camera": [10 ** 400] * 16}}, "CAM_FRONT.lidar_to_camera must be 16 finite numbers"),
     ({"CAM_FRONT": {"lidar_to_camera": [2.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]}}, "not a rigid motion"),
     ({"cam_front": {"lidar_to_camera": np.eye(4).reshape(-1).tolist()}}, "names none of the node's cameras"),
 ])

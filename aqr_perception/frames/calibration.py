@@ -117,13 +117,13 @@ def load_calibration_file(path: str, cameras: list[str]) -> dict[str, np.ndarray
                           f"got {type(data).__name__}")
     out = {}
     for c in cameras:
-        entry = data.get(c)
-        if entry is None:
+        if c not in data:
             continue
+        entry = data[c]
         values = entry.get("lidar_to_camera", []) if isinstance(entry, dict) else None
         try:
             T = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             T = np.zeros(0)
         if T.size != 16 or not np.all(np.isfinite(T)):
             raise ConfigError(f"calibration_file {path}: {c}.lidar_to_camera must be 16 finite numbers (row-major 4x4)")

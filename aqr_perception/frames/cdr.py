@@ -89,6 +89,8 @@ class PointCloud2View:
 
 @dataclass
 class Vector3:
+    """``geometry_msgs/Vector3`` (a translation in m)."""
+
     x: float
     y: float
     z: float
@@ -96,6 +98,8 @@ class Vector3:
 
 @dataclass
 class Quaternion:
+    """``geometry_msgs/Quaternion`` (x, y, z, w), as sent: not normalised here."""
+
     x: float
     y: float
     z: float
@@ -104,12 +108,16 @@ class Quaternion:
 
 @dataclass
 class Transform:
+    """``geometry_msgs/Transform``: the child frame's pose in the parent frame."""
+
     translation: Vector3
     rotation: Quaternion
 
 
 @dataclass
 class TransformStamped:
+    """``geometry_msgs/TransformStamped``: ``header.frame_id`` is the parent frame."""
+
     header: Header
     child_frame_id: str
     transform: Transform
@@ -124,6 +132,8 @@ class TFMessageView:
 
 @dataclass
 class RegionOfInterest:
+    """``sensor_msgs/RegionOfInterest`` (pixels)."""
+
     x_offset: int
     y_offset: int
     height: int
@@ -254,6 +264,10 @@ def parse_pointcloud2(buf) -> PointCloud2View:
     return PointCloud2View(header, height, width, fields, big, point_step, row_step, data, dense)
 
 
+#: the smallest serialised TransformStamped: stamp (8), two string lengths (8), 7 float64 (56)
+_TRANSFORM_STAMPED_MIN_BYTES = 8 + 8 + 7 * 8
+
+
 def parse_camera_info(buf) -> CameraInfoView:
     """Serialised ``sensor_msgs/msg/CameraInfo`` -> :class:`CameraInfoView`."""
     r = _Reader(buf, "sensor_msgs/CameraInfo")
@@ -272,7 +286,7 @@ def parse_tf_message(buf) -> TFMessageView:
     """Serialised ``tf2_msgs/msg/TFMessage`` -> :class:`TFMessageView`."""
     r = _Reader(buf, "tf2_msgs/TFMessage")
     transforms = []
-    for i in range(r.count("transforms", 4 + 4 + 4 + 4 + 7 * 8)):   # stamp, two string lengths, 7 doubles
+    for i in range(r.count("transforms", _TRANSFORM_STAMPED_MIN_BYTES)):
         header = r.header()
         child = r.string(f"transforms[{i}].child_frame_id")
         t = r.f64s(7, f"transforms[{i}].transform")

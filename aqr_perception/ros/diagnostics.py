@@ -3,7 +3,7 @@
 ``inputs`` lists every input problem (LiDAR silent for ``lidar_timeout_s``, input
 topics published with another message type, masked cameras with their reasons, an empty
 sweep, an intensity convention off the model's, sweeps without ego pose, stamps that went
-back or arrived out of order since the last report) at the level of the worst one;
+back or arrived out of order in the last period) at the level of the worst one;
 ``processing`` compares the last frame's time to ``max_processing_time_ms`` and carries
 every counter, the cloud repairs and the latest problem text per counter key; ``model``
 names the device and checkpoint.
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 if TYPE_CHECKING:
+    from aqr_perception.config import NodeConfig
     from aqr_perception.frames.sync import SyncCounters
     from aqr_perception.ros.node import AqrPerceptionNode
 
@@ -32,47 +33,52 @@ def _level(value: bytes | int) -> int:
 
 class NodeDiagnostics:
     """Builds the node's DiagnosticArray; remembers what it already reported (sweeps without
-    pose, the sync's counters), so one is made per configured pipeline (its counters start at 0).
+    pose, the sync's counters), so one is made per configured pipeline, from the counters it
+    starts with (``sync_baseline``: all 0).
 
-    ``clock_events`` holds (problem key, text) of the stamp events counted since the last
-    build: the node logs them (throttled) and keeps them as ``last_problem.<key>``."""
+    Each period the node first calls :meth:`update_clock_events`: (problem key, text) of the
+    stamp events counted since the last period, which it logs (throttled, kept as
+    ``last_problem.<key>``), then :meth:`build`, whose inputs status carries them as WARN and
+    the sync counters of that same snapshot."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync_baseline: SyncCounters | None = None) -> None:
         self._sweeps_without_pose_seen = 0
-        self._sync_seen: SyncCounters | None = None
+        self._sync_seen: SyncCounters | None = sync_baseline
         self.clock_events: list[tuple[str, str]] = []
 
     def build(self, node: AqrPerceptionNode) -> DiagnosticArray:
         now = time.monotonic()
-        self.clock_events = self._new_clock_events(node)
         arr = DiagnosticArray(status=[self._inputs(node, now), self._processing(node, now), self._model(node)])
         arr.header.stamp = node.get_clock().now().to_msg()
         return arr
 
-    def _new_clock_events(self, node: AqrPerceptionNode) -> list[tuple[str, str]]:
-        """Stamps that went back or came out of order since the last build, per source."""
+    def update_clock_events(self, node: AqrPerceptionNode) -> list[tuple[str, str]]:
+        """Stamps that went back or came out of order since the last call, per source."""
         cfg, counters = node.cfg, node.pipeline.sync.counters_now()
         before, self._sync_seen = self._sync_seen, counters
-        if before is None:
-            return []
-        jump = f"{cfg.sync.time_jump_back_s:g} s"
+        self.clock_events = [] if before is None else self._clock_events(cfg, before, counters)
+        return self.clock_events
+
+    @staticmethod
+    def _clock_events(cfg: NodeConfig, before: SyncCounters, counters: SyncCounters) -> list[tuple[str, str]]:
+        jump, period = f"{cfg.sync.time_jump_back_s:g} s", "in the last diagnostics period"
         events = []
         if (n := counters.time_jumps - before.time_jumps) > 0:
             events.append(("clock:lidar", f"{cfg.lidar_topic}: cloud stamps went back by more than {jump} ({n}x "
-                                          "since the last report: a looping bag or a simulation reset); the images "
-                                          "buffered after the new time were dropped"))
+                                          f"{period}: a looping bag or a simulation reset); the images buffered "
+                                          "after the new time were dropped"))
         if (n := counters.clouds_out_of_order - before.clouds_out_of_order) > 0:
-            events.append(("order:lidar", f"{cfg.lidar_topic}: {n} cloud(s) older than the newest one (out of order "
-                                          "in transport)"))
+            events.append(("order:lidar", f"{cfg.lidar_topic}: {n} cloud(s) {period} older than the newest one (out "
+                                          "of order in transport)"))
         for cam in counters.images_received:
             topic = cfg.image_topic_format.format(camera=cam)
             if (n := counters.camera_time_jumps[cam] - before.camera_time_jumps[cam]) > 0:
-                events.append((f"clock:{cam}", f"{topic}: image stamps went back by more than {jump} ({n}x since "
-                                               "the last report: a driver restart or a looping bag); the camera's "
-                                               "buffered images were dropped"))
+                events.append((f"clock:{cam}", f"{topic}: image stamps went back by more than {jump} ({n}x {period}: "
+                                               "a driver restart or a looping bag); the camera's buffered images "
+                                               "were dropped"))
             if (n := counters.images_out_of_order[cam] - before.images_out_of_order[cam]) > 0:
-                events.append((f"order:{cam}", f"{topic}: {n} image(s) not newer than the newest one (out of order, "
-                                               "or a repeated stamp, which is dropped)"))
+                events.append((f"order:{cam}", f"{topic}: {n} image(s) {period} not newer than the newest one (out "
+                                               "of order, or a repeated stamp, which is dropped)"))
         return events
 
     def _inputs(self, node: AqrPerceptionNode, now: float) -> DiagnosticStatus:
@@ -106,7 +112,7 @@ class NodeDiagnostics:
                 sweep_values.append(_kv("ego_motion_fallbacks", pipeline.ego_motion_fallbacks))
         problems.extend((WARN, text) for _, text in self.clock_events)
         level = max((lv for lv, _ in problems), default=OK, key=_level)
-        counters = sync.counters
+        counters = self._sync_seen or sync.counters_now()      # the snapshot the events came from
         return DiagnosticStatus(
             level=level, name=f"{node.get_name()}: inputs", hardware_id=node.get_name(),
             message="; ".join(t for _, t in problems) or "all inputs fresh", values=[

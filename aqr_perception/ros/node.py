@@ -238,7 +238,7 @@ class AqrPerceptionNode(LifecycleNode):
         self.cfg, self.runtime = cfg, runtime
         self.cameras, self.class_names = list(cfg.camera_names), list(runtime.cfg.classes)
         self.pipeline = FramePipeline(cfg, runtime)
-        self._diagnostics = NodeDiagnostics()       # what it remembers is of the pipeline's counters
+        self._diagnostics = NodeDiagnostics(self.pipeline.sync.counters_now())   # it remembers the pipeline's
         # clouds the model had no time for, kept as past sweeps (multi-sweep models only)
         self._skipped_sweeps = deque(maxlen=max(0, runtime.cfg.lidar.sweeps - 1))
         self.model_loads += 1
@@ -516,10 +516,9 @@ class AqrPerceptionNode(LifecycleNode):
         self.type_mismatches = self._publisher_type_mismatches()
         for topic, text in self.type_mismatches.items():
             self._warn(f"type:{topic}", text)
-        diagnostics = self._diagnostics.build(self)
-        for key, text in self._diagnostics.clock_events:
+        for key, text in self._diagnostics.update_clock_events(self):   # said before last_problem is built
             self._warn(key, text)
-        self.pub_diag.publish(diagnostics)
+        self.pub_diag.publish(self._diagnostics.build(self))
 
     def _publisher_type_mismatches(self) -> dict[str, str]:
         """Input topics whose publishers send another message type: DDS never matches them,
