@@ -1,7 +1,9 @@
 """Bags as users bring them: ``ros2 bag record`` on Humble writes sqlite3 (``.db3``), and
 ``--compression-mode file|message --compression-format zstd`` compresses whole files or
 each message. The bag readers (offline evaluation, training, the topic check before a
-replay) take them as they take the project's MCAP bags: the same frames, the same answers."""
+replay) take them as they take the project's MCAP bags: the same frames, the same answers.
+So does one ROS 2 .mcap file without its folder; what rosbags cannot read (another MCAP
+profile, a folder without metadata.yaml) is one line naming the cause."""
 import numpy as np
 import pytest
 from bag_helpers import rewrite_storage
@@ -97,3 +99,58 @@ def test_play_sends_a_compressed_sqlite3_bag_message_for_message(reference, tmp_
     assert len(want["/LIDAR_TOP"]) == CLOUDS and want["/CAM_FRONT/image_rect_compressed"]
     for topic in topics:
         assert got[topic] == want[topic], topic
+
+
+def test_one_ros2_mcap_file_reads_as_its_bag_folder(reference):
+    """The path of a bag's .mcap file (copied out of its folder, say) is a bag too."""
+    cfg, mcap, runtime, answers = reference
+    (single,) = mcap.glob("*.mcap")
+    theirs = predict_offline(single, cfg, runtime)
+    assert sorted(theirs) == sorted(answers)
+    for token, ours in answers.items():
+        np.testing.assert_array_equal(theirs[token].boxes, ours.boxes)
+
+
+def _foxglove_like(src_mcap, dst):
+    """An MCAP whose header names the profile Foxglove's nuscenes2mcap writes ("", with
+    protobuf messages) instead of "ros2"; readers stop at the header, so the records after
+    it are the source file's."""
+    import struct
+
+    data = src_mcap.read_bytes()
+    magic, opcode = data[:8], data[8]
+    assert opcode == 0x01                                  # the Header record comes first
+    length = struct.unpack_from("<Q", data, 9)[0]
+    body = data[17:17 + length]
+    profile_len = struct.unpack_from("<I", body, 0)[0]
+    assert body[4:4 + profile_len] == b"ros2"
+    new_body = struct.pack("<I", 0) + body[4 + profile_len:]
+    dst.write_bytes(magic + bytes([opcode]) + struct.pack("<Q", len(new_body)) + new_body + data[17 + length:])
+    return dst
+
+
+def test_a_bag_rosbags_cannot_read_is_one_line_naming_the_cause(reference, tmp_path):
+    """A Foxglove MCAP (not ROS 2 messages) to eval, a bag folder without its metadata.yaml
+    to train: exit code 2 and one line saying why and what to do, before any work (before:
+    eval printed rosbags' traceback, train a bare 'Expected metadata file')."""
+    import shutil
+
+    from cli_helpers import run_cli
+
+    _, mcap, _, _ = reference
+    (src,) = mcap.glob("*.mcap")
+    fox = _foxglove_like(src, tmp_path / "scene-0061.mcap")
+    shutil.copy(PACKAGE_RESOURCES / "default_drive.gt.json", tmp_path / "scene-0061.mcap.gt.json")
+    out = run_cli("eval", "--bag", str(fox), "--mode", "offline", "--out", str(tmp_path / "out"))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert f"{fox}: not a readable ROS 2 bag" in lines[0] and "aqr-perception nuscenes2bag" in lines[0]
+    assert not (tmp_path / "out").exists()
+    data = tmp_path / "data"
+    (data / "drive_0001").mkdir(parents=True)
+    shutil.copy(src, data / "drive_0001" / src.name)                        # metadata.yaml left behind
+    shutil.copy(PACKAGE_RESOURCES / "default_drive.gt.json", data / "drive_0001.gt.json")
+    out = run_cli("train", "--data", str(data), "--out", str(tmp_path / "train"), "--quiet", "--max-steps", "1")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert "drive_0001: not a readable ROS 2 bag" in lines[0] and "metadata.yaml" in lines[0]

@@ -145,7 +145,7 @@ def test_robustness_refuses_an_unknown_condition_before_any_work(tmp_path):
 
 
 def test_play_of_a_missing_bag_is_one_line_and_exit_2(tmp_path):
-    _one_line_exit_2(run_cli("play", str(tmp_path / "nothing")), "not a readable rosbag2")
+    _one_line_exit_2(run_cli("play", str(tmp_path / "nothing")), "not a readable ROS 2 bag")
 
 
 def test_eval_of_missing_files_is_one_line_and_exit_2(tmp_path):

@@ -2,18 +2,53 @@
 One frame per PointCloud2 message; the ground truth is data/ground_truth.py's."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from rosbags.rosbag2 import Reader
+from rosbags.rosbag2 import Reader, ReaderError
 
-from aqr_perception.config import AqrConfig, ConfigError, NodeConfig
+from aqr_perception.config import AqrConfig, ConfigError, NodeConfig, one_line
 from aqr_perception.data.bag_order import node_pose_wait
 from aqr_perception.data.typestore import project_typestore
 from aqr_perception.frames.pipeline import FrameInputs, FramePipeline
 
 #: the message types of camera images (raw and compressed)
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def unreadable_bag(bag: Path | str, exc: Exception) -> str:
+    """One line saying why rosbags cannot read ``bag``, with what to do for the usual causes."""
+    text = one_line(str(exc)) or type(exc).__name__
+    hint = ""
+    if "profile is not ros2" in text.lower():
+        hint = ("; its messages are not ROS 2 messages (Foxglove's nuscenes2mcap, for one, writes protobuf ones): "
+                "convert nuScenes with `aqr-perception nuscenes2bag`")
+    elif "metadata" in text.lower():
+        hint = ("; a rosbag2 folder holds its metadata.yaml beside the .mcap / .db3 files (`ros2 bag reindex` "
+                "rebuilds it), or give the path of one ROS 2 .mcap file")
+    return f"{bag}: not a readable ROS 2 bag ({text}){hint}"
+
+
+@contextlib.contextmanager
+def open_bag(bag: Path | str) -> Iterator[Reader]:
+    """rosbags' Reader over a rosbag2 folder or one ROS 2 .mcap file; what it cannot open
+    (another MCAP profile, no metadata.yaml, not a bag at all) is a ConfigError in one line."""
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except (ReaderError, OSError) as exc:
+        raise ConfigError(unreadable_bag(bag, exc)) from None
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def bag_topics(bag: Path | str) -> dict[str, str]:
+    """topic -> message type of ``bag`` (:func:`open_bag`)."""
+    with open_bag(bag) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
 
 
 def check_bag_topics(bag: Path, node_cfg: NodeConfig) -> None:
@@ -23,8 +58,7 @@ def check_bag_topics(bag: Path, node_cfg: NodeConfig) -> None:
     has images on others (without this the node would run on LiDAR alone and score lower,
     silently). A bag without some of the node's cameras, or with more image topics than the
     node reads (raw and compressed, another camera), is fine; so is one without images."""
-    with Reader(bag) as reader:
-        topics = {c.topic: c.msgtype for c in reader.connections}
+    topics = bag_topics(bag)
     if node_cfg.lidar_topic not in topics:
         clouds = sorted(t for t, ty in topics.items() if ty == "sensor_msgs/msg/PointCloud2")
         raise ConfigError(f"{bag}: no messages on the node's lidar_topic {node_cfg.lidar_topic}; the bag's "
@@ -48,7 +82,7 @@ def feed_bag(bag: Path, pipeline: FramePipeline, on_cloud) -> None:
     store = project_typestore()
     image_topics = {node.image_topic_format.format(camera=c): c for c in pipeline.cameras}
     info_topics = {node.camera_info_topic_format.format(camera=c): c for c in pipeline.cameras}
-    with Reader(bag) as reader:
+    with open_bag(bag) as reader:
         messages = reader.messages()
         if pipeline.multi_sweep:    # a /tf recorded just after its cloud still reaches it, as in the live node
             messages = node_pose_wait(node.lidar_topic, node.sync.camera_wait_s, store)(messages)

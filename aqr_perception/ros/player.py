@@ -163,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt-markers", default=gt.gt_markers_topic,
                         help="draw the ground truth as RViz markers on this topic ('' : not drawn)")
     args = parser.parse_args(argv)
-    from rosbags.rosbag2 import Reader, ReaderError
+    from aqr_perception.config import ConfigError
+    from aqr_perception.data.bag_reader import bag_topics
 
     try:                                 # a bad path is one line and exit code 2, before any DDS
-        with Reader(args.bag) as reader:
-            topics = {c.topic for c in reader.connections}
-    except (OSError, ReaderError) as exc:
-        print(f"play: {args.bag}: not a readable rosbag2 ({exc})", file=sys.stderr)
+        topics = set(bag_topics(args.bag))
+    except ConfigError as exc:
+        print(f"play: {exc}", file=sys.stderr)
         return 2
     for topic in sorted(set(args.exclude) - topics):
         print(f"play: --exclude {topic}: the bag has no such topic (its topics: {', '.join(sorted(topics))})",
