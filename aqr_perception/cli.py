@@ -123,17 +123,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if record is not None and record.exists():
         raise cfgmod.ConfigError(f"--record {record}: it exists (a recording is never overwritten)")
     from aqr_perception.data.bag_reader import check_bag_topics
+    from aqr_perception.data.ground_truth import read_ground_truth
 
-    for bag in [paths[0]] if single else [b for b, _ in drive_pairs(paths)]:   # every bag, before any work
+    pairs = [(paths[0], Path(args.gt) if args.gt else paths[0].with_name(paths[0].name + ".gt.json"))] if single \
+        else drive_pairs(paths)
+    for bag, gt in pairs:                               # every bag and its ground truth, before any work
         check_bag_topics(bag, cfg.node)
+        read_ground_truth(gt, list(cfg.model.classes))
     name = paths[0].name if single else "pooled"
     out = Path(args.out or Path(cfg.eval.output_dir) / name)
     submission = Path(args.submission) if args.submission else (out / "results_nusc.json" if args.devkit_eval
                                                                    else None)
     try:
         if single:
-            bag = paths[0]
-            gt = Path(args.gt) if args.gt else bag.with_name(bag.name + ".gt.json")
+            ((bag, gt),) = pairs
             result, report = run_eval(bag, gt, cfg, checkpoint, args.mode, out, args.device, args.quiet,
                                       submission, record)
         else:
@@ -206,14 +209,16 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     if args.bag:                # the user's own bags, corrupted copies per condition
         from aqr_perception.data.bag_reader import check_bag_topics
         from aqr_perception.data.corrupt_bag import BAG_CONDITIONS, check_bag_condition
+        from aqr_perception.data.ground_truth import read_ground_truth
         from aqr_perception.evaluation.pooled import drive_pairs
 
         bags = drive_pairs([Path(b) for b in args.bag])
         conditions = tuple(args.conditions or (c for c in CONDITIONS if c in BAG_CONDITIONS))
         for c in conditions:          # before any work: a refused condition or bag costs nothing
             check_bag_condition(c)
-        for bag, _ in bags:
+        for bag, gt in bags:
             check_bag_topics(bag, cfg.node)
+            read_ground_truth(gt, list(cfg.model.classes))
     else:
         conditions = tuple(args.conditions or CONDITIONS)
         unknown = [c for c in conditions if c not in ALL_CONDITIONS]

@@ -1,5 +1,6 @@
 """A user's mistake on the command line: one line on stderr naming it, exit code 2, no
 traceback, before any work; and the parameter-file checks agree with rcl's own parser."""
+import re
 import shutil
 from pathlib import Path
 
@@ -154,6 +155,31 @@ def test_eval_of_missing_files_is_one_line_and_exit_2(tmp_path):
                      "gt.json: no such file or folder")
     _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--node-params", str(tmp_path / "v.yaml")),
                      "parameter file", "v.yaml")
+
+
+def test_ground_truth_that_cannot_be_used_is_one_line_before_any_work(tmp_path):
+    """A ground truth naming a class the model lacks (a raw nuScenes category, say), one
+    that is not JSON, one without the layout: one line naming the file, the frame and the
+    problem, before the bag is played (before: a KeyError traceback, or a bare JSON message,
+    after the whole evaluation had run)."""
+    import json
+
+    from aqr_perception.config import load_config
+    from aqr_perception.data.ground_truth import read_ground_truth
+
+    gt = json.loads(DRIVE.with_name(DRIVE.name + ".gt.json").read_text())
+    gt["frames"][2]["boxes"][0]["detection_name"] = "vehicle.car"
+    path = tmp_path / "raw_names.gt.json"
+    path.write_text(json.dumps(gt))
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--gt", str(path), "--out", str(tmp_path / "out")),
+                     f"ground truth {path}: frames[2]: detection_name vehicle.car is not among the model's classes")
+    assert not (tmp_path / "out").exists()
+    classes = list(load_config("tiny").model.classes)
+    for text, words in (("{not json", "not JSON (Expecting property name enclosed in double quotes at line 1"),
+                        ('{"frames": []}', "the field 'meta' is missing")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            read_ground_truth(path, classes)
 
 
 def test_eval_record_refuses_what_it_cannot_record_before_any_work(tmp_path):

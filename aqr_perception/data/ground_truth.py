@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aqr_perception.config import ConfigError, one_line
 from aqr_perception.data.boxes import pose_wxyz, quaternion_to_yaw
 
 
@@ -49,25 +50,49 @@ def _lwh(size_wlh) -> list[float]:
 
 
 def read_ground_truth(gt_json: Path, classes: list[str]) -> dict[int, GtFrame]:
-    """stamp_ns -> GtFrame of every frame of a drive's ``.gt.json``."""
-    data = json.loads(Path(gt_json).read_text())
-    lidar_to_ego = np.asarray(data["meta"]["lidar_to_ego"], dtype=np.float64)
-    out: dict[int, GtFrame] = {}
-    for f in data["frames"]:
-        ego = pose_wxyz(f["ego_pose"]["translation"], f["ego_pose"]["rotation"])
-        boxes = f["boxes"]
-        lidar = [[*b["lidar"]["center"], *_lwh(b["size"]), b["lidar"]["yaw"], *_velocity(b["lidar"]["velocity"])]
-                 for b in boxes]
-        rotation = np.array([[b["rotation"][1], b["rotation"][2], b["rotation"][3], b["rotation"][0]]
-                             for b in boxes]).reshape(-1, 4)             # w, x, y, z -> x, y, z, w
-        yaw = quaternion_to_yaw(rotation)
-        glob = [[*b["translation"], *_lwh(b["size"]), yaw[i], *_velocity(b["velocity"])] for i, b in enumerate(boxes)]
-        names = [b["detection_name"] for b in boxes]
-        out[int(f["stamp_ns"])] = GtFrame(
-            stamp_ns=int(f["stamp_ns"]), lidar_boxes=np.array(lidar, dtype=np.float64).reshape(-1, 9),
-            global_boxes=np.array(glob, dtype=np.float64).reshape(-1, 9),
-            labels=np.array([classes.index(n) for n in names], dtype=np.int64), names=names,
-            attributes=[b["attribute_name"] for b in boxes],
-            num_lidar_pts=np.array([b["num_lidar_pts"] for b in boxes], dtype=np.int64),
-            lidar_to_global=ego @ lidar_to_ego, ego_xyz=ego[:3, 3].copy(), sample_token=f.get("sample_token"))
+    """stamp_ns -> GtFrame of every frame of a drive's ``.gt.json``.
+
+    Raises ConfigError, one line naming the file, for one that cannot be read, is not JSON,
+    lacks a field or names a class outside ``classes``."""
+    try:
+        data = json.loads(Path(gt_json).read_text())
+    except OSError as exc:
+        raise ConfigError(f"ground truth {gt_json}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"ground truth {gt_json}: not JSON ({exc.msg} at line {exc.lineno}, column "
+                          f"{exc.colno})") from None
+    where = ""
+    try:
+        lidar_to_ego = np.asarray(data["meta"]["lidar_to_ego"], dtype=np.float64).reshape(4, 4)
+        out = {}
+        for k, f in enumerate(data["frames"]):
+            where = f"frames[{k}]: "
+            out[int(f["stamp_ns"])] = _frame(f, lidar_to_ego, classes)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        reason = f"the field {exc} is missing" if isinstance(exc, KeyError) else one_line(str(exc))
+        raise ConfigError(f"ground truth {gt_json}: {where}{reason} (the .gt.json layout of data/ground_truth.py, "
+                          "as `aqr-perception synth` and `nuscenes2bag` write it)") from None
     return out
+
+
+def _frame(f: dict, lidar_to_ego: np.ndarray, classes: list[str]) -> GtFrame:
+    """One ``frames[i]`` entry of a ``.gt.json``."""
+    if unknown := sorted({b["detection_name"] for b in f["boxes"]} - set(classes)):
+        raise ValueError(f"detection_name {', '.join(unknown)} is not among the model's classes "
+                         f"({', '.join(classes)})")
+    ego = pose_wxyz(f["ego_pose"]["translation"], f["ego_pose"]["rotation"])
+    boxes = f["boxes"]
+    lidar = [[*b["lidar"]["center"], *_lwh(b["size"]), b["lidar"]["yaw"], *_velocity(b["lidar"]["velocity"])]
+             for b in boxes]
+    rotation = np.array([[b["rotation"][1], b["rotation"][2], b["rotation"][3], b["rotation"][0]]
+                         for b in boxes]).reshape(-1, 4)             # w, x, y, z -> x, y, z, w
+    yaw = quaternion_to_yaw(rotation)
+    glob = [[*b["translation"], *_lwh(b["size"]), yaw[i], *_velocity(b["velocity"])] for i, b in enumerate(boxes)]
+    names = [b["detection_name"] for b in boxes]
+    return GtFrame(
+        stamp_ns=int(f["stamp_ns"]), lidar_boxes=np.array(lidar, dtype=np.float64).reshape(-1, 9),
+        global_boxes=np.array(glob, dtype=np.float64).reshape(-1, 9),
+        labels=np.array([classes.index(n) for n in names], dtype=np.int64), names=names,
+        attributes=[b["attribute_name"] for b in boxes],
+        num_lidar_pts=np.array([b["num_lidar_pts"] for b in boxes], dtype=np.int64),
+        lidar_to_global=ego @ lidar_to_ego, ego_xyz=ego[:3, 3].copy(), sample_token=f.get("sample_token"))
