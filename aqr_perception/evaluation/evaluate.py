@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aqr_perception.config import AqrConfig, ModelConfig
+from aqr_perception.config import AqrConfig, ConfigError, ModelConfig
 from aqr_perception.data.boxes import transform_boxes
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
@@ -184,8 +184,12 @@ def model_config(checkpoint: str, cfg: AqrConfig) -> ModelConfig:
     from aqr_perception.model.checkpoint import read_model_config
     from aqr_perception.model.runtime import BUNDLED_CHECKPOINT, UNTRAINED
 
-    path = None if checkpoint == UNTRAINED else (checkpoint or BUNDLED_CHECKPOINT)
-    return read_model_config(path) if path and Path(path).exists() else cfg.model
+    if checkpoint == UNTRAINED or not (checkpoint or BUNDLED_CHECKPOINT.exists()):
+        return cfg.model
+    path = Path(checkpoint or BUNDLED_CHECKPOINT)
+    if not path.is_file():        # before the node starts (it would say the same, and exit)
+        raise ConfigError(f"checkpoint {path}: no such file")
+    return read_model_config(path)
 
 
 def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: str, out_dir: Path,

@@ -80,8 +80,9 @@ def wait_for_node_inputs(player: BagPlayer, probe: Probe, node_cfg: NodeConfig, 
     up_since = None
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
     while not player.wait_for_subscribers(wanted, 0.2, probe.spin):
-        if not node.running():
-            raise RuntimeError(f"the node exited with code {node.returncode} before subscribing")
+        if not node.running():     # exit code 2: a start-up error, which the node has said in one line
+            raise (ConfigError if node.returncode == 2 else RuntimeError)(
+                f"the node exited with code {node.returncode} before subscribing (its output above says why)")
         now = time.monotonic()
         if up_since is None and probe.node.count_publishers(node_topic("detections")) > 0:
             up_since = now
