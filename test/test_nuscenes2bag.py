@@ -263,3 +263,47 @@ def test_ten_sweeps_stack_with_their_time_lag_not_the_ring(drives):
     last = frames[-1].arrays.points
     assert last.shape[1] == 5
     np.testing.assert_allclose(np.unique(last[:, 4]), 0.05 * np.arange(10), atol=1e-6)   # 10 sweeps, 0 ... 0.45 s
+
+
+def test_files_missing_from_a_partial_download_are_left_out_and_said(drives, tmp_path):
+    """A dataroot with a sweep file missing, another cut short and a camera image missing
+    (a partial download): the bag is the full conversion less exactly those messages, and
+    stderr says how many (even with --quiet); a scene with no LiDAR file at all is one line
+    and exit code 2 (before: a FileNotFoundError or reshape traceback)."""
+    import json
+    import shutil
+
+    _, _, converted = drives
+    root = tmp_path / "nuscenes"
+    shutil.copytree(converted.parent.parent / "nuscenes", root)
+    tables = {t: json.loads((root / "v1.0-mini" / f"{t}.json").read_text()) for t in ("sample_data",)}
+    lidar = sorted((sd for sd in tables["sample_data"] if sd["filename"].startswith("sweeps/LIDAR_TOP")),
+                   key=lambda sd: sd["timestamp"])
+    camera = next(sd for sd in tables["sample_data"] if sd["filename"].startswith("samples/CAM_BACK/"))
+    (root / lidar[1]["filename"]).unlink()
+    path = root / lidar[2]["filename"]
+    path.write_bytes(path.read_bytes()[:-7])                                 # not a whole number of points
+    (root / camera["filename"]).unlink()
+    out = run_cli("nuscenes2bag", "--dataroot", str(root), "--scenes", SCENE, "--out", str(tmp_path / "bags"),
+                  "--quiet", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{SCENE}: 2 of {len([sd for sd in tables['sample_data'] if 'LIDAR_TOP' in sd['filename']])} LiDAR files " \
+           "and 1 camera files missing or unreadable" in out.stderr, out.stderr
+
+    def messages(bag):
+        with Reader(bag) as reader:
+            return [(c.topic, t) for c, t, _ in reader.messages()]
+
+    left_out = {("/LIDAR_TOP", 1000 * lidar[1]["timestamp"]), ("/LIDAR_TOP", 1000 * lidar[2]["timestamp"]),
+                ("/CAM_BACK/compressed", 1000 * camera["timestamp"]),
+                ("/CAM_BACK/camera_info", 1000 * camera["timestamp"])}
+    full = messages(converted)
+    assert left_out <= set(full)
+    assert messages(tmp_path / "bags" / SCENE) == [m for m in full if m not in left_out]
+    shutil.rmtree(root / "sweeps")
+    shutil.rmtree(root / "samples" / "LIDAR_TOP")
+    out = run_cli("nuscenes2bag", "--dataroot", str(root), "--scenes", SCENE, "--out", str(tmp_path / "none"),
+                  "--quiet", timeout=300)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and f"{SCENE}: none of its" in lines[0], out.stderr
+    assert not (tmp_path / "none").exists()

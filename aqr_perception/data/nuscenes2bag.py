@@ -87,8 +87,27 @@ def _in_scene(nusc, sd: dict, scene_token: str) -> bool:
     return nusc.get("sample", sd["sample_token"])["scene_token"] == scene_token
 
 
-def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> dict:
-    """Write ``out_dir/<name>`` (bag) and ``out_dir/<name>.gt.json``; returns message counts."""
+#: bytes per point of a nuScenes ``.pcd.bin`` (float32 x, y, z, intensity, ring)
+PCD_BIN_POINT_BYTES = 5 * 4
+
+
+def _read_sweep(path: Path) -> np.ndarray | None:
+    """(N, 5) float32 points of a ``.pcd.bin``, or None where the file is missing or not a
+    whole number of points (a partial download)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) % PCD_BIN_POINT_BYTES:
+        return None
+    return np.frombuffer(data, dtype="<f4").reshape(-1, 5)
+
+
+def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> tuple[dict[str, int], dict[str, int]]:
+    """Write ``out_dir/<name>`` (bag) and ``out_dir/<name>.gt.json``; returns (message counts
+    per topic, files skipped: ``lidar`` / ``camera`` files missing or unreadable in the
+    dataroot, ``lidar_of``: the scene's LiDAR files). A scene none of whose LiDAR files is
+    there raises ValueError and writes nothing."""
     store = project_typestore()
     scene = next(s for s in nusc.scene if s["name"] == name)
     first = nusc.get("sample", scene["first_sample_token"])
@@ -105,19 +124,30 @@ def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> dict
     t0 = min(_ns(records[c][0]["timestamp"]) for c in channels)
     static = [M.transform_stamped(t0, BASE_FRAME, c, sensor_to_base[c]) for c in channels]
     messages.append((t0, 0, "/tf_static", "tf2_msgs/msg/TFMessage", M.tf_message(static)))
+    skipped = {"lidar": 0, "camera": 0, "lidar_of": len(records[LIDAR_CHANNEL])}
     for sd in records[LIDAR_CHANNEL]:
         stamp = _ns(sd["timestamp"])
         ego = nusc.get("ego_pose", sd["ego_pose_token"])
         messages.append((stamp, 1, "/tf", "tf2_msgs/msg/TFMessage", M.tf_message(
             [M.transform_stamped(stamp, MAP_FRAME, BASE_FRAME, pose_wxyz(ego["translation"], ego["rotation"]))])))
-        raw = np.fromfile(Path(nusc.dataroot) / sd["filename"], dtype="<f4").reshape(-1, 5)
+        raw = _read_sweep(Path(nusc.dataroot) / sd["filename"])
+        if raw is None:
+            skipped["lidar"] += 1
+            continue
         messages.append((stamp, 3, f"/{LIDAR_CHANNEL}", "sensor_msgs/msg/PointCloud2",
                          M.pointcloud2(stamp, LIDAR_CHANNEL, raw[:, :4], raw[:, 4], ring_datatype=M.FLOAT32)))
+    if skipped["lidar"] == skipped["lidar_of"]:
+        raise ValueError(f"{name}: none of its {skipped['lidar_of']} LiDAR files is in {nusc.dataroot} (are the "
+                         "samples/ and sweeps/ folders downloaded?)")
     for cam in cameras:
         K = np.asarray(calib[cam]["camera_intrinsic"], dtype=np.float64)
         for sd in records[cam]:
             stamp = _ns(sd["timestamp"])
-            data = (Path(nusc.dataroot) / sd["filename"]).read_bytes()
+            try:
+                data = (Path(nusc.dataroot) / sd["filename"]).read_bytes()
+            except FileNotFoundError:
+                skipped["camera"] += 1
+                continue
             messages.append((stamp, 2, CAMERA_TOPIC.format(camera=cam), "sensor_msgs/msg/CompressedImage",
                              M.jpeg_image(stamp, cam, data)))
             messages.append((stamp, 2, INFO_TOPIC.format(camera=cam), "sensor_msgs/msg/CameraInfo",
@@ -157,7 +187,7 @@ def convert_scene(nusc, name: str, out_dir: Path, compress: bool = True) -> dict
             "frames": len(gt_frames), "lidar_frame": LIDAR_CHANNEL, "classes": list(NUSCENES_CLASSES),
             "cameras": cameras, "lidar_to_ego": lidar_to_ego.tolist()}
     (out_dir / f"{name}.gt.json").write_text(json.dumps({"meta": meta, "frames": gt_frames}, indent=1))
-    return counts
+    return counts, skipped
 
 
 def _json_floats(values) -> list[float | None]:
@@ -226,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aqr-perception nuscenes2bag: {exc}", file=sys.stderr)
         return 2
     for name in tqdm(names, desc="scenes", unit="scene", disable=args.quiet):
-        counts = convert_scene(nusc, name, args.out)
+        try:
+            counts, skipped = convert_scene(nusc, name, args.out)
+        except ValueError as exc:
+            print(f"aqr-perception nuscenes2bag: {exc}", file=sys.stderr)
+            return 2
+        if skipped["lidar"] or skipped["camera"]:      # said even with --quiet: the bag lacks them
+            tqdm.write(f"aqr-perception nuscenes2bag: {name}: {skipped['lidar']} of {skipped['lidar_of']} LiDAR "
+                       f"files and {skipped['camera']} camera files missing or unreadable in {args.dataroot} (a "
+                       "partial download?): left out of the bag", file=sys.stderr)
         if not args.quiet:
             tqdm.write(f"{args.out / name}: {counts.get('/' + LIDAR_CHANNEL, 0)} sweeps, "
                        f"{sum(v for k, v in counts.items() if k.endswith('/compressed'))} images")
