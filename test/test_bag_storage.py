@@ -57,10 +57,8 @@ def test_play_sends_a_compressed_sqlite3_bag_message_for_message(reference, tmp_
     bag: every message of a camera topic and of the cloud topic arrives over loopback DDS,
     equal to the MCAP twin's as rosbags reads them (compared as messages: rclpy leaves the
     CDR padding bytes uninitialised when it serialises)."""
-    import subprocess
-    import time
 
-    from cli_helpers import CLI
+    from cli_helpers import play_while_spinning
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -81,21 +79,12 @@ def test_play_sends_a_compressed_sqlite3_bag_message_for_message(reference, tmp_
     for topic, msg_type in topics.items():
         node.create_subscription(msg_type, topic, lambda m, t=topic: got[t].append(m),
                                  QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    play = subprocess.Popen([str(CLI), "play", str(bag), "--rate", "2", "--wait-for", *topics],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while play.poll() is None and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        for _ in range(20):                          # what is still in flight
-            executor.spin_once(timeout_sec=0.05)
+        returncode, err = play_while_spinning(executor, bag, "--rate", "2", "--wait-for", *topics)
     finally:
-        if play.poll() is None:
-            play.kill()
-        _, err = play.communicate(timeout=10)
         executor.shutdown()
         node.destroy_node()
-    assert play.returncode == 0, err[-3000:]
+    assert returncode == 0, err[-3000:]
     assert len(want["/LIDAR_TOP"]) == CLOUDS and want["/CAM_FRONT/image_rect_compressed"]
     for topic in topics:
         assert got[topic] == want[topic], topic

@@ -1,9 +1,7 @@
 """``aqr-perception play`` (the ros2 bag play stand-in) as the README writes it, received
 over loopback DDS and compared with the bag as rosbags reads it."""
-import subprocess
-import time
 
-from cli_helpers import CLI
+from cli_helpers import play_while_spinning
 
 from aqr_perception.model.runtime import PACKAGE_RESOURCES
 
@@ -32,21 +30,13 @@ def test_play_with_clock_and_exclude_as_the_readme_writes_it(ros_context):
                              100)
     for topic in (KEPT, EXCLUDED):
         node.create_subscription(CompressedImage, topic, lambda m, t=topic: got[t].append(m), 100)
-    play = subprocess.Popen([str(CLI), "play", str(DRIVE), "--rate", "1", "--clock", "--exclude", EXCLUDED,
-                             "--wait-for", "/clock", KEPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while play.poll() is None and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        for _ in range(20):                          # what is still in flight
-            executor.spin_once(timeout_sec=0.05)
+        returncode, err = play_while_spinning(executor, DRIVE, "--rate", "1", "--clock", "--exclude", EXCLUDED,
+                                              "--wait-for", "/clock", KEPT)
     finally:
-        if play.poll() is None:
-            play.kill()
-        _, err = play.communicate(timeout=10)
         executor.shutdown()
         node.destroy_node()
-    assert play.returncode == 0, err[-3000:]
+    assert returncode == 0, err[-3000:]
     assert len(got[KEPT]) == kept > 0 and got[EXCLUDED] == []
     clock = got["clock"]
     assert clock and set(clock) <= set(times) and clock == sorted(clock) and clock[-1] == max(times)
