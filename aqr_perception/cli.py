@@ -99,8 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     One bag: its report and pictures; several (repeated --bag, or a folder of bags): pooled."""
     import os
 
-    from aqr_perception.evaluation.evaluate import run_eval
-    from aqr_perception.evaluation.pooled import drive_pairs, run_pooled_eval
+    from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs
+    from aqr_perception.data.ground_truth import read_ground_truth
 
     rate = [f"eval.replay_rate={args.rate}"] if args.rate is not None else []
     cfg = cfgmod.load_config(args.config, args.overrides + rate)
@@ -122,9 +122,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise cfgmod.ConfigError("--record writes the replay of one bag (--mode replay, one --bag)")
     if record is not None and record.exists():
         raise cfgmod.ConfigError(f"--record {record}: it exists (a recording is never overwritten)")
-    from aqr_perception.data.bag_reader import check_bag_topics
-    from aqr_perception.data.ground_truth import read_ground_truth
-
     pairs = [(paths[0], Path(args.gt) if args.gt else paths[0].with_name(paths[0].name + ".gt.json"))] if single \
         else drive_pairs(paths)
     for bag, gt in pairs:                               # every bag and its ground truth, before any work
@@ -134,13 +131,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(cfg.eval.output_dir) / name)
     submission = Path(args.submission) if args.submission else (out / "results_nusc.json" if args.devkit_eval
                                                                    else None)
+    # the devkit comes with these (~1 s of imports): after the checks, so that a mistake is said at once
+    from aqr_perception.evaluation.evaluate import run_eval
+    from aqr_perception.evaluation.pooled import run_pooled_eval
+
     try:
         if single:
             ((bag, gt),) = pairs
             result, report = run_eval(bag, gt, cfg, checkpoint, args.mode, out, args.device, args.quiet,
                                       submission, record)
         else:
-            done = run_pooled_eval(drive_pairs(paths), cfg, checkpoint, args.mode, out, args.device,
+            done = run_pooled_eval(pairs, cfg, checkpoint, args.mode, out, args.device,
                                    args.quiet, submission)
             if done is None:      # a torchrun rank other than 0: its answers went to rank 0
                 return 0
@@ -207,10 +208,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     seeds = [args.seed + i for i in range(args.drives)]
     bags = None
     if args.bag:                # the user's own bags, corrupted copies per condition
-        from aqr_perception.data.bag_reader import check_bag_topics
+        from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs
         from aqr_perception.data.corrupt_bag import BAG_CONDITIONS, check_bag_condition
         from aqr_perception.data.ground_truth import read_ground_truth
-        from aqr_perception.evaluation.pooled import drive_pairs
 
         bags = drive_pairs([Path(b) for b in args.bag])
         conditions = tuple(args.conditions or (c for c in CONDITIONS if c in BAG_CONDITIONS))

@@ -31,6 +31,12 @@ def converted(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def folder_report(converted, tmp_path_factory) -> dict:
+    """The report of ``eval --bag <folder of the two bags>`` (one process)."""
+    return _eval("--bag", str(converted / "bags"), out=tmp_path_factory.mktemp("folder"))
+
+
 def _eval(*args: str, out: Path, env_cmd: list[str] | None = None) -> dict:
     cmd = (env_cmd or [str(CLI)]) + ["eval", *args, "--node-params", NODE_PARAMS, "--mode", "offline",
                                      "--out", str(out), "--quiet"]
@@ -39,7 +45,8 @@ def _eval(*args: str, out: Path, env_cmd: list[str] | None = None) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def test_the_pooled_score_is_the_devkits_for_the_split_and_the_rows_are_the_bags(converted, tmp_path):
+def test_the_pooled_score_is_the_devkits_for_the_split_and_the_rows_are_the_bags(converted, folder_report,
+                                                                                  tmp_path):
     bags = converted / "bags"
     pooled = _eval("--bag", str(bags / "scene-0103"), "--bag", str(bags / "scene-0916"),
                    "--devkit-eval", str(converted / "nuscenes"), out=tmp_path / "pooled")
@@ -58,15 +65,15 @@ def test_the_pooled_score_is_the_devkits_for_the_split_and_the_rows_are_the_bags
         alone = _eval("--bag", str(bags / scene), out=tmp_path / scene)
         assert pooled["per_bag"][scene]["mAP"] == pytest.approx(alone["mAP"], abs=1e-6)
         assert pooled["per_bag"][scene]["NDS"] == pytest.approx(alone["NDS"], abs=1e-6)
-    folder = _eval("--bag", str(bags), out=tmp_path / "folder")
+    folder = folder_report
     assert folder["per_bag"].keys() == pooled["per_bag"].keys() and folder["frames"] == pooled["frames"]
     assert folder["NDS"] == pytest.approx(pooled["NDS"], abs=1e-6)
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_share_the_bags_and_give_the_same_report(converted, tmp_path):
+def test_torchrun_ranks_share_the_bags_and_give_the_same_report(converted, folder_report, tmp_path):
     bags = str(converted / "bags")
-    one = _eval("--bag", bags, out=tmp_path / "one")
+    one = folder_report
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29577",
                 "-m", "aqr_perception.cli"]
     two = _eval("--bag", bags, out=tmp_path / "two", env_cmd=torchrun)

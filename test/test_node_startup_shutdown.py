@@ -153,26 +153,28 @@ def test_ctrl_c_stops_the_player_cleanly(ros_context, tmp_path):
     assert "play: interrupted after" in text
 
 
-def test_config_file_builds_its_model_without_a_checkpoint_and_is_named_against_one(tmp_path):
+def test_config_file_builds_its_model_without_a_checkpoint_and_is_named_against_one(ros_context, tmp_path,
+                                                                                      capfd):
     """``config_file`` with ``checkpoint:=none``: the node runs that config's model, untrained
     (said at configure); with a checkpoint of another model, the checkpoint's model runs and
-    a warning names both."""
+    a warning names both. (The node in this process: the same configure as its own.)"""
     import yaml
 
     from aqr_perception.config import config_to_dict, load_config
-    from aqr_perception.ros.node_process import NodeProcess
+    from aqr_perception.ros.node import AqrPerceptionNode, start_node
 
     data = config_to_dict(load_config("tiny"))
     data["model"]["name"], data["model"]["transformer"]["num_layers"] = "cmt_aqr_two_layers", 2
     path = tmp_path / "two_layers.yaml"
     path.write_text(yaml.safe_dump(data))
-    with NodeProcess(["-p", f"config_file:={path}", "-p", "checkpoint:=none"], log=tmp_path / "a.log") as node:
-        node.wait_ready(90)
-        assert node.stop() == 0
-    assert "configured: model cmt_aqr_two_layers" in node.output() and "checkpoint=NONE" in node.output()
-    with NodeProcess(["-p", f"config_file:={path}"], log=tmp_path / "b.log") as node:
-        node.wait_ready(90)
-        assert node.stop() == 0
-    out = node.output()
-    assert "configured: model cmt_aqr_tiny" in out
-    assert f"config_file {path} describes model 'cmt_aqr_two_layers', the checkpoint holds 'cmt_aqr_tiny'" in out
+    for checkpoint, model in ((["-p", "checkpoint:=none"], "cmt_aqr_two_layers"), ([], "cmt_aqr_tiny")):
+        node = AqrPerceptionNode(context=ros_context, cli_args=["--ros-args", "-p", f"config_file:={path}",
+                                                                *checkpoint])
+        try:
+            start_node(node)
+            assert node.runtime.cfg.name == model and node.runtime.trained == (not checkpoint)
+        finally:
+            node.destroy_node()
+    err = capfd.readouterr().err
+    assert "configured: model cmt_aqr_two_layers" in err and "checkpoint=NONE" in err
+    assert f"config_file {path} describes model 'cmt_aqr_two_layers', the checkpoint holds 'cmt_aqr_tiny'" in err

@@ -185,21 +185,32 @@ def test_ground_truth_that_cannot_be_used_is_one_line_before_any_work(tmp_path):
 def test_eval_replay_with_a_checkpoint_the_node_cannot_load_is_one_line(tmp_path):
     """Replay (the default mode) checks the checkpoint before starting the node, as offline
     does (before: the node said it and exited, and eval died in a RuntimeError traceback);
-    a node that still exits at start-up is said in one line after the node's own."""
-    import torch
+    a node that still exits at start-up (exit code 2, its own line said) ends the replay in
+    a ConfigError, one line, not a traceback."""
+    from types import SimpleNamespace
 
-    for mode in ("replay", "offline"):
-        _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--mode", mode, "--checkpoint", str(tmp_path / "x.pt"),
-                                 "--out", str(tmp_path / "out")), f"checkpoint {tmp_path / 'x.pt'}: no such file")
-    if torch.cuda.is_available():
-        return                                         # the node's start-up error below needs a CPU-only host
-    out = run_cli("eval", "--bag", str(DRIVE), "--device", "cuda", "--out", str(tmp_path / "out"))
-    lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert lines[-2].startswith("aqr_perception_node: device 'cuda' requested but CUDA is not available")
-    assert lines[-1] == ("aqr-perception eval: the node exited with code 2 before subscribing (its output above "
-                         "says why)")
+    from aqr_perception.config import NodeConfig
+    from aqr_perception.evaluation.replay import wait_for_node_inputs
+
+    _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--checkpoint", str(tmp_path / "x.pt"),
+                             "--out", str(tmp_path / "out")), f"checkpoint {tmp_path / 'x.pt'}: no such file")
     assert not (tmp_path / "out").exists()
+
+    class ExitedAtStartUp:
+        returncode = 2
+
+        def running(self) -> bool:
+            return False
+
+    class Player:
+        publishers = {"/LIDAR_TOP": None}
+
+        def wait_for_subscribers(self, topics, timeout_s, spin) -> bool:
+            return False
+
+    with pytest.raises(ConfigError, match=re.escape("the node exited with code 2 before subscribing (its output "
+                                                    "above says why)")):
+        wait_for_node_inputs(Player(), SimpleNamespace(spin=lambda *_: None), NodeConfig(), ExitedAtStartUp())
 
 
 def test_eval_record_refuses_what_it_cannot_record_before_any_work(tmp_path):

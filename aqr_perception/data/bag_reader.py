@@ -51,6 +51,25 @@ def bag_topics(bag: Path | str) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
+def drive_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(bag, ground truth) for each path: a bag folder (``<bag>.gt.json`` beside it) or a folder
+    of them. ConfigError for a path that is neither."""
+    pairs = []
+    for path in paths:
+        path = Path(path).resolve()             # "." has no name
+        if path.with_name(path.name + ".gt.json").is_file():
+            pairs.append((path, path.with_name(path.name + ".gt.json")))
+            continue
+        found = sorted((gt.with_name(gt.name[: -len(".gt.json")]), gt) for gt in path.glob("*.gt.json")
+                       if gt.with_name(gt.name[: -len(".gt.json")]).is_dir()) if path.is_dir() else []
+        if not found:
+            raise ConfigError(f"{path}: neither a bag with {path.name}.gt.json beside it nor a folder of such bags")
+        pairs += found
+    if len({bag.name for bag, _ in pairs}) != len(pairs):
+        raise ConfigError("two bags of the same name: the per-bag table could not tell them apart")
+    return pairs
+
+
 def check_bag_topics(bag: Path, node_cfg: NodeConfig) -> None:
     """Fail at once (ConfigError naming the topics) when the node settings and the bag's
     topic names disagree, the usual cause being a bag recorded with other names: the bag has
