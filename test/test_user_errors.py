@@ -247,7 +247,7 @@ def test_eval_uses_the_checkpoint_of_the_node_parameter_file(tmp_path):
                              "--out", str(tmp_path / "o1"), "--quiet"), "vehicle.pt: no such file")
     shutil.copy(BUNDLED_CHECKPOINT, tmp_path / "vehicle.pt")
     out = run_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
-                  "--out", str(tmp_path / "o2"), "--quiet", timeout=300)
+                  "--set", "eval.pictures=0", "--out", str(tmp_path / "o2"), "--quiet", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "o2" / "report.json").read_text())["checkpoint"] == str(tmp_path / "vehicle.pt")
     _one_line_exit_2(run_cli("eval", "--bag", str(DRIVE), "--mode", "offline", "--node-params", str(missing),
