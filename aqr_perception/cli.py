@@ -113,7 +113,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for given, path in list(zip(args.bag, paths)) + ([(args.gt, Path(args.gt))] if args.gt else []):
         if not path.exists():
             raise cfgmod.ConfigError(f"{given}: no such file or folder")
-    single = len(paths) == 1 and (args.gt or paths[0].with_name(paths[0].name + ".gt.json").is_file()) \
+    beside = paths[0].with_name(paths[0].name + ".gt.json")      # a single bag's ground truth
+    single = len(paths) == 1 and (args.gt or beside.is_file()) \
         and int(os.environ.get("WORLD_SIZE", "1")) == 1
     if args.gt and not single:
         raise cfgmod.ConfigError("--gt names the ground truth of one bag; several bags each have <bag>.gt.json")
@@ -122,8 +123,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise cfgmod.ConfigError("--record writes the replay of one bag (--mode replay, one --bag)")
     if record is not None and record.exists():
         raise cfgmod.ConfigError(f"--record {record}: it exists (a recording is never overwritten)")
-    pairs = [(paths[0], Path(args.gt) if args.gt else paths[0].with_name(paths[0].name + ".gt.json"))] if single \
-        else drive_pairs(paths)
+    pairs = [(paths[0], Path(args.gt) if args.gt else beside)] if single else drive_pairs(paths)
     for bag, gt in pairs:                               # every bag and its ground truth, before any work
         check_bag_topics(bag, cfg.node)
         read_ground_truth(gt, list(cfg.model.classes))

@@ -793,7 +793,7 @@ def test_refused_transforms_are_counted_by_edge_on_diagnostics_and_the_rest_is_u
     _spin_until(ex, lambda: dets, 10.0)
     n = len(diags)
     _spin_until(ex, lambda: len(diags) > n + 1, 10.0)
-    statuses = {s.name.split(": ")[-1]: s for s in diags[-1].status}
+    statuses = _statuses(diags)
     values = {kv.key: kv.value for kv in statuses["processing"].values}
     assert values["tf_static_rejected.base_link->gps"] == "1" and values["tf_rejected.map->wheel"] == "1", values
     assert not any(k.startswith(("tf_static_rejected.lidar", "tf_rejected.map->lidar")) for k in values)
@@ -868,7 +868,7 @@ def test_output_parameters_set_at_runtime_apply_from_the_next_frame(ros_context)
         assert len(frame(3).detections) == 3
         n = len(got["diags"])
         _spin_until(ex, lambda: len(got["diags"]) > n + 1, 10.0)
-        statuses = {s.name.split(": ")[-1]: s for s in got["diags"][-1].status}
+        statuses = _statuses(got["diags"])
         model = {kv.key: kv.value for kv in statuses["model"].values}
         assert (model["runtime"], model["last_detections"], model["checkpoint"]) == ("torch", "3", "stub.pt")
         counters = {kv.key: kv.value for kv in statuses["processing"].values}

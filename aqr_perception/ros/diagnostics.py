@@ -34,16 +34,16 @@ def _level(value: bytes | int) -> int:
 class NodeDiagnostics:
     """Builds the node's DiagnosticArray; remembers what it already reported (sweeps without
     pose, the sync's counters), so one is made per configured pipeline, from the counters it
-    starts with (``sync_baseline``: all 0).
+    starts with (``sync_baseline``: the new pipeline's, all 0).
 
     Each period the node first calls :meth:`update_clock_events`: (problem key, text) of the
     stamp events counted since the last period, which it logs (throttled, kept as
     ``last_problem.<key>``), then :meth:`build`, whose inputs status carries them as WARN and
     the sync counters of that same snapshot."""
 
-    def __init__(self, sync_baseline: SyncCounters | None = None) -> None:
+    def __init__(self, sync_baseline: SyncCounters) -> None:
         self._sweeps_without_pose_seen = 0
-        self._sync_seen: SyncCounters | None = sync_baseline
+        self._sync_seen = sync_baseline
         self.clock_events: list[tuple[str, str]] = []
 
     def build(self, node: AqrPerceptionNode) -> DiagnosticArray:
@@ -56,7 +56,7 @@ class NodeDiagnostics:
         """Stamps that went back or came out of order since the last call, per source."""
         cfg, counters = node.cfg, node.pipeline.sync.counters_now()
         before, self._sync_seen = self._sync_seen, counters
-        self.clock_events = [] if before is None else self._clock_events(cfg, before, counters)
+        self.clock_events = self._clock_events(cfg, before, counters)
         return self.clock_events
 
     @staticmethod
@@ -82,7 +82,7 @@ class NodeDiagnostics:
         return events
 
     def _inputs(self, node: AqrPerceptionNode, now: float) -> DiagnosticStatus:
-        cfg, rep, pipeline, sync = node.cfg, node.report, node.pipeline, node.pipeline.sync
+        cfg, rep, pipeline = node.cfg, node.report, node.pipeline
         problems: list[tuple[bytes, str]] = []
         if node.last_cloud_wall is None:
             problems.append((ERROR, f"no PointCloud2 received on {cfg.lidar_topic}"))
@@ -112,7 +112,7 @@ class NodeDiagnostics:
                 sweep_values.append(_kv("ego_motion_fallbacks", pipeline.ego_motion_fallbacks))
         problems.extend((WARN, text) for _, text in self.clock_events)
         level = max((lv for lv, _ in problems), default=OK, key=_level)
-        counters = self._sync_seen or sync.counters_now()      # the snapshot the events came from
+        counters = self._sync_seen                              # the snapshot the events came from
         return DiagnosticStatus(
             level=level, name=f"{node.get_name()}: inputs", hardware_id=node.get_name(),
             message="; ".join(t for _, t in problems) or "all inputs fresh", values=[

@@ -156,7 +156,7 @@ class AqrPerceptionNode(LifecycleNode):
         self._skipped_sweeps: deque[PointCloud2] = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._diagnostics = NodeDiagnostics()
+        self._diagnostics: NodeDiagnostics | None = None    # made at configure, from its pipeline's counters
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------ lifecycle
