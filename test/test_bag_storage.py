@@ -4,6 +4,8 @@ each message. The bag readers (offline evaluation, training, the topic check bef
 replay) take them as they take the project's MCAP bags: the same frames, the same answers.
 So does one ROS 2 .mcap file without its folder; what rosbags cannot read (another MCAP
 profile, a folder without metadata.yaml) is one line naming the cause."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from bag_helpers import rewrite_storage
@@ -15,6 +17,7 @@ from aqr_perception.evaluation.evaluate import Sweeps
 from aqr_perception.model.runtime import PACKAGE_RESOURCES, DetectorRuntime
 
 CLOUDS = 3
+VEHICLE_PARAMS = Path(__file__).resolve().parent.parent / "config" / "aqr_perception.param.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +146,33 @@ def test_a_bag_rosbags_cannot_read_is_one_line_naming_the_cause(reference, tmp_p
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
     assert "drive_0001: not a readable ROS 2 bag" in lines[0] and "metadata.yaml" in lines[0]
+
+
+def test_train_takes_one_drive_and_mcap_files_as_eval_does(reference, tmp_path, capsys):
+    """``train --data`` takes what eval's ``--bag`` takes: one drive (a bag folder with
+    <bag>.gt.json beside it; before: "no drives") and a folder whose drives are .mcap files
+    (before: not seen). Both train on the same frames: the same loss after one step."""
+    import json
+    import shutil
+
+    import aqr_perception.training.train as train_mod
+
+    _, mcap, _, _ = reference
+    gt = PACKAGE_RESOURCES / "default_drive.gt.json"
+    shutil.copytree(mcap, tmp_path / "drive")
+    shutil.copy(gt, tmp_path / "drive.gt.json")
+    (src,) = mcap.glob("*.mcap")
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(src, files / "drive.mcap")
+    shutil.copy(gt, files / "drive.mcap.gt.json")
+    losses = []
+    # the first as the README's line for one's own bag: the vehicle's parameter file names the topics
+    for data, extra in ((tmp_path / "drive", ["--node-params", str(VEHICLE_PARAMS)]), (files, [])):
+        out = tmp_path / f"out_{data.name}"
+        rc = train_mod.main(["--data", str(data), "--out", str(out), "--quiet", "--max-steps", "1", *extra])
+        assert rc == 0, capsys.readouterr().err
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert (summary["drives"], summary["frames"], summary["step"]) == (1, CLOUDS, 1)
+        losses.append(summary["loss_last_20"])
+    assert losses[0] == losses[1]

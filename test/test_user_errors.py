@@ -275,3 +275,31 @@ def test_a_bag_missing_one_of_the_node_cameras_beside_other_images_is_evaluated(
     check_bag_topics(bag, NodeConfig())
     with pytest.raises(ConfigError, match="none of the node's camera image topics"):
         check_bag_topics(bag, NodeConfig(image_topic_format="/{camera}/image"))
+
+
+def test_train_refuses_drives_it_cannot_train_on_in_one_line(tmp_path, capsys):
+    """A bag without the LiDAR topic of the node's parameter file, and ground truth whose stamps match none of
+    the sweeps: exit code 2 and one line naming the cause (before: both went on to a
+    ValueError traceback from the DataLoader, the first after decoding every drive)."""
+    import json
+
+    import aqr_perception.training.train as train_mod
+
+    shutil.copytree(PACKAGE_RESOURCES / "default_drive", tmp_path / "data" / "drive")
+    gt = json.loads((PACKAGE_RESOURCES / "default_drive.gt.json").read_text())
+    for frame in gt["frames"]:
+        frame["stamp_ns"] += 7
+    (tmp_path / "data" / "drive.gt.json").write_text(json.dumps(gt))
+
+    def refused(*extra: str) -> str:
+        rc = train_mod.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--quiet", *extra])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, lines
+        return lines[0]
+
+    vehicle = _params(tmp_path / "vehicle.param.yaml", {"lidar_topic": "/velodyne_points"})
+    line = refused("--node-params", str(vehicle))         # the node's own parameter file, as eval takes it
+    assert "no messages on the node's lidar_topic /velodyne_points" in line and "/LIDAR_TOP" in line
+    line = refused()
+    assert "0 annotated frames in 1 drive(s)" in line and f"{len(gt['frames'])} sweeps without ground truth" in line
+    assert not (tmp_path / "out" / "final.pt").exists()

@@ -51,19 +51,28 @@ def bag_topics(bag: Path | str) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
+def ground_truth_beside(bag: Path) -> Path:
+    """Where a bag's ground truth lives: ``<bag>.gt.json`` beside the bag folder or .mcap file."""
+    return bag.with_name(bag.name + ".gt.json")
+
+
 def drive_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
-    """(bag, ground truth) for each path: a bag folder (``<bag>.gt.json`` beside it) or a folder
-    of them. ConfigError for a path that is neither."""
+    """(bag, ground truth) for each path: a drive (a rosbag2 folder or one ROS 2 .mcap file,
+    ``<bag>.gt.json`` beside it) or a folder of drives. ConfigError for a path that is neither."""
     pairs = []
     for path in paths:
         path = Path(path).resolve()             # "." has no name
-        if path.with_name(path.name + ".gt.json").is_file():
-            pairs.append((path, path.with_name(path.name + ".gt.json")))
+        if ground_truth_beside(path).is_file():
+            pairs.append((path, ground_truth_beside(path)))
             continue
-        found = sorted((gt.with_name(gt.name[: -len(".gt.json")]), gt) for gt in path.glob("*.gt.json")
-                       if gt.with_name(gt.name[: -len(".gt.json")]).is_dir()) if path.is_dir() else []
+        found = []
+        for gt in sorted(path.glob("*.gt.json")) if path.is_dir() else []:
+            bag = gt.with_name(gt.name[: -len(".gt.json")])
+            if bag.is_dir() or (bag.suffix == ".mcap" and bag.is_file()):
+                found.append((bag, gt))
         if not found:
-            raise ConfigError(f"{path}: neither a bag with {path.name}.gt.json beside it nor a folder of such bags")
+            raise ConfigError(f"{path}: neither a drive (a bag folder or .mcap file with {path.name}.gt.json "
+                              "beside it) nor a folder of drives")
         pairs += found
     if len({bag.name for bag, _ in pairs}) != len(pairs):
         raise ConfigError("two bags of the same name: the per-bag table could not tell them apart")

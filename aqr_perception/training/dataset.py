@@ -31,16 +31,6 @@ class Sample:
     stamp_ns: int
 
 
-def drive_paths(folder: Path) -> list[tuple[Path, Path]]:
-    """(bag folder, gt json) pairs of the drives in ``folder``."""
-    pairs = []
-    for gt in sorted(Path(folder).glob("*.gt.json")):
-        bag = gt.with_name(gt.name[: -len(".gt.json")])
-        if bag.is_dir():
-            pairs.append((bag, gt))
-    return pairs
-
-
 def select_gt(gt: GtFrame, pc_range: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """GT boxes (LiDAR frame) seen by the LiDAR and inside the range."""
     r = np.asarray(pc_range)
@@ -61,8 +51,9 @@ class DriveDataset(Dataset):
         self.cfg = cfg
         self.samples: list[Sample] = []
         self.unannotated_frames = 0
-        for bag, gt_json in drives:
-            gts = read_ground_truth(gt_json, list(cfg.model.classes))
+        # every drive's ground truth first: one that cannot be used stops before any decoding
+        truths = [(bag, read_ground_truth(gt_json, list(cfg.model.classes))) for bag, gt_json in drives]
+        for bag, gts in truths:
             for frame in read_frames(bag, cfg):
                 if frame.stamp_ns not in gts:
                     self.unannotated_frames += 1

@@ -26,11 +26,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from aqr_perception.config import AqrConfig, ConfigError, config_to_dict, load_config, one_line
+from aqr_perception.config import (
+    AqrConfig,
+    ConfigError,
+    config_to_dict,
+    load_config,
+    node_config_from_param_file,
+    one_line,
+)
+from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs
 from aqr_perception.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from aqr_perception.model.detector import CmtAqrDetector
 from aqr_perception.training.cbgs import CbgsDataset
-from aqr_perception.training.dataset import DriveDataset, collate, drive_paths
+from aqr_perception.training.dataset import DriveDataset, collate
 from aqr_perception.training.engine import TrainLog, TrainRun, train_one_epoch
 from aqr_perception.training.schedule import BUDGET_TIMING_STEPS, TimeBudget
 
@@ -60,10 +68,14 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
     torch.manual_seed(tc.seed + rank)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    drives = drive_paths(data_dir)
-    if not drives:
-        raise FileNotFoundError(f"no drives (*.gt.json + bag folder) in {data_dir}")
+    drives = drive_pairs([data_dir])
+    for bag, _ in drives:           # before any decoding: a bag recorded under other topic names
+        check_bag_topics(bag, cfg.node)
     frames = DriveDataset(drives, cfg)
+    if len(frames) < tc.batch_size:     # drop_last: no batch at all, and a "trained" untrained model
+        raise ConfigError(f"{data_dir}: {len(frames)} annotated frames in {len(drives)} drive(s) "
+                          f"({frames.unannotated_frames} sweeps without ground truth at their stamp), fewer than "
+                          f"train.batch_size={tc.batch_size}")
     dataset = CbgsDataset(frames, tc.seed) if tc.cbgs else frames
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=tc.seed) if world > 1 else None
     generator = torch.Generator().manual_seed(tc.seed)
@@ -165,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="config YAML or preset (default: tiny)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--data", type=Path, required=True, help="folder of synthetic drives (aqr-perception synth)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="a folder of drives (aqr-perception synth, nuscenes2bag) or one drive: a bag folder "
+                             "or .mcap file with <bag>.gt.json beside it")
+    parser.add_argument("--node-params", default=None, metavar="PARAMS_YAML",
+                        help="the node's ROS parameter file: the bags' topic names, frames and cameras as the node "
+                             "would read them (as eval --node-params)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default train.output_dir)")
     parser.add_argument("--resume", type=Path, default=None, help="checkpoint to resume from (last.pt)")
     parser.add_argument("--init", type=Path, default=None,
@@ -183,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.node_params:
+            cfg = cfg.model_copy(update={"node": node_config_from_param_file(args.node_params)})
         meta = train(cfg, args.data, args.out or Path(cfg.train.output_dir), args.resume, args.device,
                      args.max_steps, progress=not args.quiet,
                      time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget, init=args.init)
