@@ -178,3 +178,19 @@ def test_config_file_builds_its_model_without_a_checkpoint_and_is_named_against_
     err = capfd.readouterr().err
     assert "configured: model cmt_aqr_two_layers" in err and "checkpoint=NONE" in err
     assert f"config_file {path} describes model 'cmt_aqr_two_layers', the checkpoint holds 'cmt_aqr_tiny'" in err
+
+
+def test_a_process_temporary_log_is_read_after_exit_and_removed_with_it():
+    """RosProcess without a log file writes a temporary one: readable once the program has
+    exited, gone when the RosProcess is (before: one aqr_proc_*.log left in /tmp per process)."""
+    import gc
+
+    from aqr_perception.ros.node_process import RosProcess
+
+    with RosProcess([sys.executable, "-c", "print('said and done')"]) as proc:
+        assert proc.wait(30) == 0
+    log = proc.log
+    assert log.is_file() and proc.output() == "said and done\n"
+    del proc
+    gc.collect()
+    assert not log.exists()

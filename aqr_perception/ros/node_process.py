@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ def player_command(bag: str | Path, *args: str) -> list[str]:
 class RosProcess:
     """A ROS program as a process; a context manager that stops it on exit.
 
-    ``log``: a file for its stdout and stderr (None: a temporary file; ``"inherit"``:
+    ``log``: a file for its stdout and stderr (None: a temporary file, removed when this
+    object is collected or the interpreter exits; ``"inherit"``:
     this process's terminal, e.g. the node's lines during ``aqr-perception eval``).
     """
 
@@ -71,9 +73,10 @@ class RosProcess:
         if log == "inherit":
             self.log, out = None, None
         else:
-            if log is None:                     # a temporary log, kept for reading after the process ended
+            if log is None:     # a temporary log: readable after the process ended, removed with this object
                 fd, name = tempfile.mkstemp(prefix="aqr_proc_", suffix=".log")
                 os.close(fd)
+                weakref.finalize(self, Path(name).unlink, missing_ok=True)
                 log = name
             self.log = Path(log)
             out = self.log.open("w")
