@@ -69,3 +69,36 @@ def rewrite_storage(src, dst, storage: str, compression: str = "none", clouds: i
                 conns[conn.topic] = writer.add_connection(conn.topic, conn.msgtype, typestore=store)
             writer.write(conns[conn.topic], t, bytes(raw))
     return dst
+
+
+#: a message type of a vendor's package, installed nowhere (as a real vehicle's bag holds some)
+VENDOR_TYPE = "vendor_can_msgs/msg/VehicleStatus"
+
+
+def with_vendor_topic(src, dst, topic: str = "/vehicle/status", clouds: int | None = None,
+                      cloud_topic: str = "/LIDAR_TOP"):
+    """Copy a drive bag with a ``VENDOR_TYPE`` message on ``topic`` beside each cloud (the
+    bag keeps its definition, as MCAP does); with ``clouds``, only the first clouds' messages."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.typesys import get_types_from_msg
+
+    from aqr_perception.data.typestore import project_typestore
+
+    store, conns, seen = project_typestore(), {}, 0
+    store.register(get_types_from_msg("std_msgs/Header header\nuint8 gear\nfloat32 speed_mps\n", VENDOR_TYPE))
+    header, stamp, status = (store.types[t] for t in ("std_msgs/msg/Header", "builtin_interfaces/msg/Time",
+                                                       VENDOR_TYPE))
+    with Reader(src) as reader, Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns[topic] = writer.add_connection(topic, VENDOR_TYPE, typestore=store)
+        for conn, t, raw in reader.messages():
+            if conn.topic == cloud_topic:
+                seen += 1
+                if clouds is not None and seen > clouds:
+                    break
+                msg = status(header=header(stamp=stamp(sec=t // 10**9, nanosec=t % 10**9), frame_id="base_link"),
+                             gear=3, speed_mps=5.0)
+                writer.write(conns[topic], t, store.serialize_cdr(msg, VENDOR_TYPE))
+            if conn.topic not in conns:
+                conns[conn.topic] = writer.add_connection(conn.topic, conn.msgtype, typestore=store)
+            writer.write(conns[conn.topic], t, bytes(raw))
+    return dst

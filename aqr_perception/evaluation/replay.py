@@ -131,6 +131,8 @@ def predict_replay(bag: Path, cfg: AqrConfig, checkpoint: str, device: str = "cp
             player = BagPlayer(probe.node, bag, exclude=[cfg.synth.gt_topic, cfg.synth.gt_velocity_topic]
                                + ([] if multi_sweep else ["/tf"]), publish_clock=True,
                                gt_markers=(cfg.synth.gt_topic, cfg.synth.gt_markers_topic))
+            for line in player.unplayable_lines("eval") if log else []:    # none of them is an input of the node
+                print(line, flush=True)
             recorder = None
             if record is not None:
                 recorder = Recorder(record, lambda: player.clock_ns)

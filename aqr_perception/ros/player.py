@@ -39,6 +39,9 @@ class BagPlayer:
         self._reader_cls = Reader
         self.publishers: dict[str, object] = {}
         self.types: dict[str, str] = {}
+        #: topic -> (message type, messages in the bag) of the topics not played because their
+        #: message type is not installed here (a vendor's package, as ros2 bag play skips them)
+        self.unplayable: dict[str, tuple[str, int]] = {}
         with Reader(self.bag) as reader:
             self.start_ns, self.end_ns = reader.start_time, reader.end_time
             for conn in reader.connections:
@@ -48,8 +51,17 @@ class BagPlayer:
                 qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100 if not static else 1,
                                  reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
+                if conn.topic in self.unplayable:        # the same topic in another connection
+                    msgtype, count = self.unplayable[conn.topic]
+                    self.unplayable[conn.topic] = (msgtype, count + conn.msgcount)
+                    continue
                 if conn.topic not in self.publishers:
-                    self.publishers[conn.topic] = node.create_publisher(get_message(conn.msgtype), conn.topic, qos)
+                    try:
+                        msg_class = get_message(conn.msgtype)
+                    except (ImportError, AttributeError, ValueError):
+                        self.unplayable[conn.topic] = (conn.msgtype, conn.msgcount)
+                        continue
+                    self.publishers[conn.topic] = node.create_publisher(msg_class, conn.topic, qos)
                     self.types[conn.topic] = conn.msgtype
             self.gt_topic = None
             gt_type = "vision_msgs/msg/Detection3DArray"
@@ -71,6 +83,11 @@ class BagPlayer:
         self.clock_ns = self.start_ns
         #: called with (topic, msgtype, bag time, bytes) for every message published (a recorder)
         self.on_publish: Callable[[str, str, int, bytes], None] | None = None
+
+    def unplayable_lines(self, prog: str) -> list[str]:
+        """One warning line per topic not played (ros2 bag play's "Ignoring a topic")."""
+        return [f"{prog}: not playing {topic} ({count} messages): its type {msgtype} is not installed here"
+                for topic, (msgtype, count) in sorted(self.unplayable.items())]
 
     def _publish_gt_markers(self, raw: bytes) -> None:
         from rclpy.serialization import deserialize_message
@@ -190,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             player = BagPlayer(node, args.bag, exclude=args.exclude, publish_clock=args.clock,
                                gt_markers=(args.gt_topic, args.gt_markers) if args.gt_markers else None)
+            for line in player.unplayable_lines("play"):
+                print(line, file=sys.stderr)
             if args.wait_for:
                 if not player.wait_for_subscribers(args.wait_for, args.wait_timeout, spin, should_stop=stop.is_set):
                     if stop.is_set():
@@ -207,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             state = "interrupted after" if stop.is_set() else "published"
             drawn = f" (+ {player.gt_markers_published} ground-truth marker arrays on {args.gt_markers})" \
                 if player.gt_markers_published else ""
-            print(f"play: {state} {total} messages from {args.bag}{drawn}")
+            skipped = sum(count for _, count in player.unplayable.values())
+            unplayed = (f"; not played: {skipped} messages on {len(player.unplayable)} topic(s) whose types are "
+                        "not installed") if player.unplayable else ""
+            print(f"play: {state} {total} messages from {args.bag}{drawn}{unplayed}")
             return 0
         finally:
             executor.shutdown()
