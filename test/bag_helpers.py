@@ -80,11 +80,12 @@ def with_vendor_topic(src, dst, topic: str = "/vehicle/status", clouds: int | No
     """Copy a drive bag with a ``VENDOR_TYPE`` message on ``topic`` beside each cloud (the
     bag keeps its definition, as MCAP does); with ``clouds``, only the first clouds' messages."""
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-    from rosbags.typesys import get_types_from_msg
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     from aqr_perception.data.typestore import project_typestore
 
-    store, conns, seen = project_typestore(), {}, 0
+    store, conns, seen = get_typestore(Stores.ROS2_KILTED), {}, 0     # the project's cached one is left as it is
+    store.register(dict(project_typestore().fielddefs))
     store.register(get_types_from_msg("std_msgs/Header header\nuint8 gear\nfloat32 speed_mps\n", VENDOR_TYPE))
     header, stamp, status = (store.types[t] for t in ("std_msgs/msg/Header", "builtin_interfaces/msg/Time",
                                                        VENDOR_TYPE))

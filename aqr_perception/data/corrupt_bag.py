@@ -1,6 +1,8 @@
 """A recorded bag under a sensor corruption: a corrupted copy, for ``robustness --bag``.
 
-Every message is copied as recorded, except what the condition changes
+Every message is copied as recorded (a topic of a type the project does not know with the
+definition the bag holds; one without any, which the pipeline never reads, is left out),
+except what the condition changes
 (:mod:`aqr_perception.data.corruptions`):
 
 - ``no_lidar``: each cloud keeps its header and fields, with no points (the node sees the
@@ -22,7 +24,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys.store import Typestore
 
 from aqr_perception.config import AqrConfig, ConfigError
 from aqr_perception.data.corruptions import CONDITIONS, NEEDS_DEPTH, cameras_removed, darken, reduced_lidar_keep
@@ -111,6 +115,19 @@ def check_bag_condition(condition: str) -> None:
                              if condition in NEEDS_DEPTH else ""))
 
 
+def _copy_connection(writer: Writer, conn: Connection, store: Typestore) -> Connection | None:
+    """``conn`` in ``writer``: a type the project knows from its typestore, another (a vendor's
+    package in a vehicle's bag) with the definition the bag holds, as it was recorded; None
+    for one of neither (a bag that stores no definitions, as Humble's sqlite3 bags): the
+    copy leaves it out, and the pipeline never reads it."""
+    if conn.msgtype in store.types:
+        return writer.add_connection(conn.topic, conn.msgtype, typestore=store)
+    if conn.msgdef.format != MessageDefinitionFormat.MSG or not conn.msgdef.data:
+        return None
+    return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data,
+                                 rihs01=conn.digest if conn.digest.startswith("RIHS01_") else None)
+
+
 def corrupt_bag(src: Path, dst: Path, condition: str, cfg: AqrConfig, seed: int = 0) -> dict[str, int]:
     """Write ``dst`` (rosbag2, MCAP): ``src`` under ``condition``, deterministic in ``seed``.
     Topic names from ``cfg.node``. Returns the messages written per topic."""
@@ -124,8 +141,8 @@ def corrupt_bag(src: Path, dst: Path, condition: str, cfg: AqrConfig, seed: int 
     shift = round(cfg.synth.time_offset_s * 1e9) if condition == "time_offset" else 0
     written: dict[str, int] = {}
     with Reader(src) as reader, Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store)
-                 for c in reader.connections if c.topic not in dropped}
+        conns = {c.id: _copy_connection(writer, c, store) for c in reader.connections if c.topic not in dropped}
+        conns = {cid: conn for cid, conn in conns.items() if conn is not None}
         for conn, stamp, raw in reader.messages(connections=[c for c in reader.connections if c.id in conns]):
             topic, msgtype, out = conn.topic, conn.msgtype, raw
             where = f"{src.name} {topic}"
