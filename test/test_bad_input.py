@@ -705,14 +705,15 @@ def _cloud_with_intensity(intensity: np.ndarray | None, t_ns: int = NS):
     return deserialize_message(bytes(raw), PointCloud2)
 
 
+@pytest.mark.parametrize("points", [200, 35_000])      # the large sweep: the percentile of a sample
 @pytest.mark.parametrize("scale, words", [(1.0, None), (255.0, "exceeds the model's 0-255"),
                                           (1 / 255, "a driver normalising to 0-1"),
                                           (None, "without an intensity field")])
-def test_an_intensity_convention_that_does_not_fit_is_reported(scale, words):
+def test_an_intensity_convention_that_does_not_fit_is_reported(scale, words, points):
     """The bundled drive's intensities (0-59 of 0-255) fit; x255 (16-bit), /255 (0-1) or no
     field do not, and the pipeline says which."""
     p, cams = _pipeline()
-    recorded = np.random.default_rng(1).uniform(0, 59, 200).astype(np.float32)
+    recorded = np.random.default_rng(1).uniform(0, 59, points).astype(np.float32)
     for k in range(p.intensity.WINDOW):
         p.process(_cloud_with_intensity(None if scale is None else recorded * scale, t_ns=NS + k * NS // 20))
     problem = p.intensity.problem()
