@@ -225,7 +225,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         if unknown:        # before any work: a typo would otherwise score clean drives under its name
             raise cfgmod.ConfigError(f"--conditions: unknown {', '.join(unknown)} (the synthetic drives' "
                                      f"conditions: {', '.join(ALL_CONDITIONS)})")
-    report = run_robustness(cfg, models, seeds, Path(args.out), conditions, args.device, bags=bags)
+    report = run_robustness(cfg, models, seeds, cfgmod.output_folder(args.out), conditions, args.device, bags=bags)
     from aqr_perception.evaluation.robustness import robustness_table
 
     print()
@@ -241,7 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = cfgmod.load_config(args.config, ["eval.animation=true", *args.overrides])   # the drive as a GIF too
     process_settings(cfg)
-    out = Path(args.out)
+    out = cfgmod.output_folder(args.out)
     trained = BUNDLED_CHECKPOINT.exists()
     print("aqr-perception demo: the aqr_perception node replays the bundled synthetic drive "
           f"({DEFAULT_BAG.name}: 16 LiDAR sweeps, 6 cameras) over loopback DDS\n"
@@ -271,6 +271,7 @@ def cmd_import_cmt(args: argparse.Namespace) -> int:
     from aqr_perception.model.cmt_import import import_cmt_checkpoint
 
     cfg = cfgmod.load_config(args.config, args.overrides)
+    cfgmod.output_folder(Path(args.out).parent, f"--out {args.out}:")
     rep = import_cmt_checkpoint(args.checkpoint, cfg.model, args.out, args.allow_missing, args.trust_file)
     conv = ", ".join(f"{n} {k}" for k, n in sorted(rep.conversions.items())) or "none"
     print(f"imported {args.checkpoint} into {cfg.model.name}: {rep.loaded} tensors loaded (layout conversions: "
@@ -294,7 +295,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             overrides.append(f"synth.{key}={value}")
     cfg = cfgmod.load_config(args.config, overrides)
     s = cfg.synth
-    out = Path(args.out or s.output_dir)
+    out = cfgmod.output_folder(args.out or s.output_dir)
     t0 = time.monotonic()
     if args.format == "nuscenes":
         from aqr_perception.data.nuscenes_export import export_nuscenes

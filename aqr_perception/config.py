@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -68,6 +69,33 @@ def one_line(text: str) -> str:
     """A multi-line error (one line per bad key) as the one line a start-up error gets."""
     head, *rest = [line.strip() for line in text.strip().splitlines() if line.strip()] or [""]
     return " ".join([head, "; ".join(rest)]) if rest else head
+
+
+def output_folder(path: Path | str, flag: str = "--out", make: bool = True) -> Path:
+    """``path`` made as a folder to write into, before any work: ConfigError in one line
+    when it cannot be (a file of that name, a file among its parents, no permission, a
+    read-only file system) instead of a traceback after the work. ``make=False``: only
+    checked (its first existing ancestor must be a writable folder), for a command that
+    leaves nothing behind when its input turns out unusable."""
+    path = Path(path)
+    if not make:
+        there = next(p for p in (path, *path.parents) if p.exists())
+        if there == path and not path.is_dir():
+            raise ConfigError(f"{flag} {path}: a file is there, not a folder")
+        if not there.is_dir():
+            raise ConfigError(f"{flag} {path}: cannot make the folder (Not a directory)")
+        if not os.access(there, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path}: {there} is not writable")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{flag} {path}: a file is there, not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot make the folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the folder is not writable")
+    return path
 
 
 class _Section(BaseModel):

@@ -303,3 +303,43 @@ def test_train_refuses_drives_it_cannot_train_on_in_one_line(tmp_path, capsys):
     line = refused()
     assert "0 annotated frames in 1 drive(s)" in line and f"{len(gt['frames'])} sweeps without ground truth" in line
     assert not (tmp_path / "out" / "final.pt").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["synth", "--drives", "1", "--frames", "2"],
+    ["eval", "--bag", str(PACKAGE_RESOURCES / "default_drive"), "--mode", "offline"],
+    ["train", "--data", str(PACKAGE_RESOURCES), "--quiet", "--max-steps", "1"],
+    ["demo", "--mode", "offline"],
+    ["robustness", "--drives", "1", "--conditions", "clean"],
+    ["nuscenes2bag", "--dataroot", "{tmp}/nuscenes", "--quiet"],
+], ids=lambda command: command[0])
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(command, tmp_path, capsys):
+    """``--out`` naming a file (or a path through one): exit code 2 and one line naming it,
+    before the work (before: a FileExistsError / NotADirectoryError traceback, for eval,
+    robustness and train after all of their work); the file is left as it was."""
+    from aqr_perception.cli import main
+
+    (tmp_path / "nuscenes" / "v1.0-mini").mkdir(parents=True)       # tables are looked for first
+    taken = tmp_path / "results"
+    taken.write_text("a file the user keeps")
+    for out in (taken, taken / "sub"):
+        rc = main([arg.format(tmp=tmp_path) for arg in command] + ["--out", str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, lines
+        assert f"--out {out}: " in lines[0] and ("a file is there, not a folder" in lines[0]
+                                                 or "cannot make the folder (Not a directory)" in lines[0]), lines[0]
+    assert taken.read_text() == "a file the user keeps"
+
+
+def test_a_submission_or_import_beside_a_file_is_one_line(tmp_path, capsys):
+    """``--submission`` / import-cmt ``--out`` inside a path that is a file: one line, exit 2."""
+    from aqr_perception.cli import main
+
+    taken = tmp_path / "results"
+    taken.write_text("")
+    for argv in (["eval", "--bag", str(PACKAGE_RESOURCES / "default_drive"), "--mode", "offline", "--out",
+                  str(tmp_path / "eval"), "--submission", str(taken / "results_nusc.json")],
+                 ["import-cmt", str(tmp_path / "cmt.pth"), "--config", "tiny", "--out", str(taken / "cmt.pt")]):
+        rc = main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and f"{taken}: a file is there, not a folder" in lines[0], lines

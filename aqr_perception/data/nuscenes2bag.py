@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
-from aqr_perception.config import NUSCENES_CLASSES
+from aqr_perception.config import NUSCENES_CLASSES, ConfigError, output_folder
 from aqr_perception.data import rosbag_msgs as M
 from aqr_perception.data.boxes import pose_wxyz, quaternion_to_yaw, transform_boxes
 from aqr_perception.data.typestore import project_typestore
@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (args.dataroot / args.version).is_dir():
         print(f"aqr-perception nuscenes2bag: no {args.version} tables in {args.dataroot}", file=sys.stderr)
+        return 2
+    try:
+        output_folder(args.out, make=False)     # made with the first scene: a refused one leaves nothing
+    except ConfigError as exc:
+        print(f"aqr-perception nuscenes2bag: {exc}", file=sys.stderr)
         return 2
     nusc = NuScenes(version=args.version, dataroot=str(args.dataroot), verbose=not args.quiet)
     try:

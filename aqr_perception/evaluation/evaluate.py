@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aqr_perception.config import AqrConfig, ConfigError, ModelConfig
+from aqr_perception.config import AqrConfig, ConfigError, ModelConfig, output_folder
 from aqr_perception.data.boxes import transform_boxes
 from aqr_perception.data.ground_truth import read_ground_truth
 from aqr_perception.evaluation.answers import FrameAnswer, predict_offline
@@ -192,6 +192,15 @@ def model_config(checkpoint: str, cfg: AqrConfig) -> ModelConfig:
     return read_model_config(path)
 
 
+def make_output_folders(out_dir: Path, submission_path: Path | None = None, record: Path | None = None) -> None:
+    """The folders the evaluation writes into, made before its work (once the checkpoint is
+    known good): ConfigError in one line for one that cannot be (config.output_folder)."""
+    output_folder(out_dir)
+    for flag, path in (("--submission", submission_path), ("--record", record)):
+        if path is not None:
+            output_folder(path.parent, f"{flag} {path}:")
+
+
 def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: str, out_dir: Path,
              device: str = "cpu", quiet: bool = False, submission_path: Path | None = None,
              record: Path | None = None) -> tuple[DetectionResult, dict]:
@@ -200,6 +209,7 @@ def run_eval(bag: Path, gt_json: Path, cfg: AqrConfig, checkpoint: str, mode: st
     converted nuScenes drive: its ground truth has the sample tokens)."""
     t0 = time.monotonic()
     cfg = cfg.model_copy(update={"model": model_config(checkpoint, cfg)})   # pictures read sweeps as the node
+    make_output_folders(out_dir, submission_path, record)
     if mode == "replay":
         from aqr_perception.evaluation.replay import predict_replay
 

@@ -23,6 +23,7 @@ from aqr_perception.evaluation.evaluate import (
     answered_only,
     drive_eval,
     global_answers,
+    make_output_folders,
     model_config,
     write_report,
 )
@@ -98,6 +99,7 @@ def run_pooled_eval(pairs: list[tuple[Path, Path]], cfg: AqrConfig, checkpoint: 
     bag, write the report (evaluate.write_report); None on ranks other than 0."""
     t0 = time.monotonic()
     cfg = cfg.model_copy(update={"model": model_config(checkpoint, cfg)})
+    make_output_folders(out_dir, submission_path)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and mode == "replay":
         raise ConfigError("replay evaluation runs in one process (each bag gets its own node): use --mode offline "

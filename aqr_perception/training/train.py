@@ -33,6 +33,7 @@ from aqr_perception.config import (
     load_config,
     node_config_from_param_file,
     one_line,
+    output_folder,
 )
 from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs
 from aqr_perception.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
@@ -68,6 +69,7 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
     torch.manual_seed(tc.seed + rank)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    output_folder(out_dir)
     drives = drive_pairs([data_dir])
     for bag, _ in drives:           # before any decoding: a bag recorded under other topic names
         check_bag_topics(bag, cfg.node)
@@ -96,7 +98,6 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
         start_from(model, init, device)
     net = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     total = min(max_steps or 10**12, tc.epochs * len(loader))
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"config": config_to_dict(cfg), "data": str(data_dir), "drives": len(drives), "frames": len(frames.samples),
             "samples_per_epoch": len(dataset),
             "world_size": world, "time_budget_s": time_budget_s, "planned_steps": total,
