@@ -787,3 +787,27 @@ def test_training_with_intensity_dropout_states_it_in_the_model_config(tmp_path)
     assert cfg.model.lidar.intensity_required
     train(cfg, tmp_path / "data", tmp_path / "run", device_name="cpu", max_steps=1, progress=False)
     assert read_model_config(tmp_path / "run" / "final.pt").lidar.intensity_required is False
+
+
+@pytest.mark.parametrize("topic, d, warned", [("/{camera}/image_raw", [-0.31, 0.12, 0, 0, 0], True),
+                                              ("/{camera}/image_rect_compressed", [-0.31, 0.12, 0, 0, 0], False),
+                                              ("/{camera}/image_rect_color", [-0.31, 0.12, 0, 0, 0], False),
+                                              ("/{camera}/image_raw", [0.0] * 5, False),
+                                              ("/{camera}/image_raw", [], False)])
+def test_a_distorted_camera_on_a_topic_that_is_not_rectified_is_named(topic, d, warned):
+    """A rectified image's CameraInfo keeps the raw camera's D (ROS' convention), so only a
+    stated distortion on a topic that is no image_rect one is said; D = 0 or empty is not."""
+    from aqr_perception.config import NodeConfig
+    from aqr_perception.frames.pipeline import FramePipeline
+
+    cams = nuscenes_like_rig(W, H)
+    p = FramePipeline(NodeConfig(image_topic_format=topic, camera_names=[c.name for c in cams]), input_hw=(H, W))
+    info = _info(cams[0].name, cams[0].K)
+    info.distortion_model, info.d = "plumb_bob", d
+    p.on_camera_info(cams[0].name, info)
+    text = p.unrectified_camera(cams[0].name)
+    assert (text is not None) == warned, text
+    if warned:
+        assert text.startswith(topic.format(camera=cams[0].name)) and "plumb_bob (largest |D| 0.31)" in text
+    p.on_camera_info(cams[0].name, _info(cams[0].name, cams[0].K))
+    assert p.unrectified_camera(cams[0].name) is None

@@ -907,3 +907,36 @@ def test_clock_events_before_the_first_diagnostics_period_are_said_in_it(ros_con
         inputs = next(s for s in diags[0].status if s.name.endswith(": inputs"))
         assert f"/{cam}/image_raw: image stamps went back" in inputs.message, inputs.message
         assert "/LIDAR_TOP: cloud stamps went back" in inputs.message
+
+
+def test_distorted_camera_info_on_a_topic_that_is_not_rectified_is_a_warning(node_env):
+    """A raw camera's ``image_raw`` with a CameraInfo stating plumb_bob distortion: the node
+    projects as for rectified images, so it says so on the inputs status (and logs it once)
+    while it lasts; a CameraInfo without distortion clears it. The other cameras (D = 0) are
+    not named."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    node, probe, ex, cams = node_env
+    _, _, pub_info, _ = _rig_publishers(probe, cams)
+    diags = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    _spin(ex, 1.0)                                              # discovery
+    distorted = _info(cams[0].name, cams[0].K)
+    distorted.distortion_model, distorted.d = "plumb_bob", [-0.31, 0.12, 0.0, 0.0, -0.02]
+    for c in cams[1:]:
+        pub_info[c.name].publish(_info(c.name, c.K))
+    pub_info[cams[0].name].publish(distorted)
+    _spin_until(ex, lambda: node.counters["camera_info_received"] >= len(cams), 10.0)
+    n = len(diags)
+    _spin_until(ex, lambda: len(diags) > n, 5.0)
+    inputs = _statuses(diags)["inputs"]
+    said = (f"/{cams[0].name}/image_raw: its CameraInfo states plumb_bob (largest |D| 0.31) distortion and the "
+            "topic is no image_rect one")
+    assert inputs.level != b"\x00" and said in inputs.message, inputs.message     # (and no cloud: an ERROR)
+    assert not any(f"/{c.name}/image_raw" in inputs.message for c in cams[1:])
+    assert said in node.last_problem[f"unrectified:{cams[0].name}"]
+    pub_info[cams[0].name].publish(_info(cams[0].name, cams[0].K))
+    _spin_until(ex, lambda: node.counters["camera_info_received"] >= len(cams) + 1, 10.0)
+    n = len(diags)
+    _spin_until(ex, lambda: len(diags) > n, 5.0)
+    assert "distortion" not in _statuses(diags)["inputs"].message

@@ -27,6 +27,7 @@ class CalibrationStore:
         self._file_ext: dict[str, np.ndarray] = {}
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._rejected: dict[str, str] = {}      # camera -> why its last CameraInfo was refused
+        self._distortion: dict[str, str] = {}    # camera -> its CameraInfo's distortion, when not zero
         self._lock = threading.Lock()
         if extrinsics_source == "file":
             self._file_ext = load_calibration_file(calibration_file, cameras)
@@ -43,6 +44,11 @@ class CalibrationStore:
         with self._lock:
             self._rejected.pop(camera, None)
             self._K[camera] = K
+            d = np.abs(np.asarray(info.d, dtype=np.float64))
+            if d.size and np.nanmax(d) > 0:
+                self._distortion[camera] = f"{info.distortion_model or 'unnamed'} (largest |D| {np.nanmax(d):.3g})"
+            else:
+                self._distortion.pop(camera, None)
             self._size[camera] = (int(info.height), int(info.width))
             if info.header.frame_id and self._frame.get(camera) != info.header.frame_id:
                 self._frame[camera] = info.header.frame_id
@@ -54,6 +60,13 @@ class CalibrationStore:
             rejected = self.tf.add_message(msg)
             self._cache.clear()
         return rejected
+
+    def distortion(self, camera: str) -> str | None:
+        """The distortion the camera's CameraInfo states ("plumb_bob (largest |D| 0.35)"), or
+        None when its D is zero or empty. A rectified image's CameraInfo keeps the raw
+        camera's D (ROS' convention: P is the rectified projection), so this alone says
+        nothing about the image."""
+        return self._distortion.get(camera)
 
     def intrinsics(self, camera: str) -> np.ndarray | None:
         return self._K.get(camera)

@@ -192,6 +192,18 @@ class FramePipeline:
         self.calib.set_camera_info(camera, msg)
         self._arrived()
 
+    def unrectified_camera(self, camera: str) -> str | None:
+        """Why ``camera``'s images look unrectified, or None: its CameraInfo states a
+        distortion and its image topic is no ``image_rect*`` one (image_proc's names; a raw
+        camera's ``image_raw``, say). The model projects with P, as for rectified images, so
+        distorted ones put camera features off by up to tens of pixels at the edges."""
+        topic = self.cfg.image_topic_format.format(camera=camera)
+        distortion = self.calib.distortion(camera)
+        if distortion is None or "rect" in topic:
+            return None
+        return (f"{topic}: its CameraInfo states {distortion} distortion and the topic is no image_rect one; the "
+                "model projects as for rectified images (rectify them, e.g. with image_proc)")
+
     def on_tf_static(self, msg) -> list[RejectedTransform]:
         """Store a /tf_static message's valid transforms; returns the rejected ones (the
         caller counts and logs them)."""

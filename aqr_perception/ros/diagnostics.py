@@ -95,6 +95,7 @@ class NodeDiagnostics:
             problems.append((WARN, "LiDAR sweep empty: camera-only detection"))
         if intensity := pipeline.intensity.problem():
             problems.append((WARN, intensity))
+        problems.extend((WARN, text) for cam in pipeline.cameras if (text := pipeline.unrectified_camera(cam)))
         sweep_values = []
         if pipeline.multi_sweep:
             sc = pipeline.sweeps.counters

@@ -145,6 +145,7 @@ class AqrPerceptionNode(LifecycleNode):
         self.last_cloud_wall: float | None = None
         self.slow_since: float | None = None
         self._throttle: dict[str, float] = {}
+        self._unrectified_said: set[str] = set()   # a state, not an event: logged once while it lasts
         self._last_done_wall: float | None = None
         # what activate creates and deactivate removes
         self._io: list = []
@@ -391,6 +392,13 @@ class AqrPerceptionNode(LifecycleNode):
         except ConversionError as exc:
             self.counters[f"camera_info_invalid.{camera}"] += 1
             self._warn(f"info:{camera}", f"{self.cfg.camera_info_topic_format.format(camera=camera)}: {exc}")
+            return
+        if unrectified := self.pipeline.unrectified_camera(camera):
+            if camera not in self._unrectified_said:      # the inputs status carries it while it lasts
+                self._unrectified_said.add(camera)
+                self._warn(f"unrectified:{camera}", unrectified)
+        else:
+            self._unrectified_said.discard(camera)
 
     def _count_rejected(self, topic: str, rejected) -> None:
         """Transforms refused one by one (the rest of the message was kept): a counter per
