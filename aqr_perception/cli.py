@@ -440,13 +440,20 @@ def main(argv: list[str] | None = None) -> int:
         if rest[:1] == ["--"]:
             rest = rest[1:]
         entry = importlib.import_module(PASSTHROUGH[argv[0]]).main
-        return int(entry([sys.argv[0], *rest]) if argv[0] == "node" else entry(rest) or 0)
+        try:
+            return int(entry([sys.argv[0], *rest]) if argv[0] == "node" else entry(rest) or 0)
+        except KeyboardInterrupt:       # node, play and train stop on Ctrl-C themselves
+            print(f"aqr-perception {argv[0]}: interrupted", file=sys.stderr)
+            return 130
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except cfgmod.ConfigError as exc:
         print(f"aqr-perception: {cfgmod.one_line(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:           # Ctrl-C: what was running (a replay's node too) has been stopped
+        print(f"aqr-perception {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

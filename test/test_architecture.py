@@ -18,7 +18,7 @@ ROS_IMPORTS = ("rclpy", "rcl_interfaces", "lifecycle_msgs", "builtin_interfaces"
                "geometry_msgs", "vision_msgs", "visualization_msgs", "diagnostic_msgs", "tf2_msgs", "rosgraph_msgs",
                "aqr_perception.msg")
 #: ros/ modules that set up a ROS process without importing its libraries
-ROS_PROCESS_HELPERS = {"aqr_perception.ros.dds_env", "aqr_perception.ros.shutdown", "aqr_perception.ros.msg_types"}
+ROS_PROCESS_HELPERS = {"aqr_perception.ros.dds_env", "aqr_perception.ros.msg_types"}
 
 
 def _tool(name: str) -> str:

@@ -1,6 +1,7 @@
 """The training entry point: single process and DistributedDataParallel (gloo, 2 processes)."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -177,3 +178,29 @@ def test_time_budget_stops_a_run_that_slows_down_after_planning(data, tmp_path, 
     meta, stored = _budget_run(data, tmp_path, monkeypatch, _FakeClock(slow_after=8, slow_tick=100.0), 40.0)
     assert meta["planned_steps"] > 20
     assert meta["step"] < 10 and stored["step"] == meta["step"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_training_after_its_step_with_a_resumable_checkpoint(data, tmp_path, sig, code):
+    """Ctrl-C (or systemd's SIGTERM) during training: the step in progress ends, last.pt holds
+    the run up to it (what --resume needs), and one line says so, exit code 128 + signal
+    (before: a KeyboardInterrupt traceback, and the steps since the last epoch end lost)."""
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, *_train_cmd(data, out, "--max-steps", "100000")],   # logs every step
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and \
+            (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    steps = [int(row.split(",")[0]) for row in log.read_text().splitlines()[1:]]
+    _, blob = load_checkpoint(out / "last.pt")
+    assert blob["meta"]["step"] == steps[-1] >= 2 and "optimizer" in blob
+    assert err.strip().splitlines() == [f"aqr-perception train: stopped at step {steps[-1]}: {out / 'last.pt'} holds "
+                                        f"it (--resume {out / 'last.pt'} goes on)"]
+    assert not (out / "final.pt").exists()

@@ -343,3 +343,52 @@ def test_a_submission_or_import_beside_a_file_is_one_line(tmp_path, capsys):
         rc = main(argv)
         lines = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and f"{taken}: a file is there, not a folder" in lines[0], lines
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C during ``synth`` (any command without a stop of its own): one line, exit code
+    130, as a shell reports it (before: a KeyboardInterrupt traceback)."""
+    import signal
+    import subprocess
+    import time
+
+    from cli_helpers import CLI
+
+    err = tmp_path / "stderr"
+    with err.open("w") as f:
+        proc = subprocess.Popen([str(CLI), "synth", "--drives", "50", "--frames", "4", "--out", str(tmp_path / "d")],
+                                stdout=subprocess.DEVNULL, stderr=f)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob("d/*.gt.json")):
+            time.sleep(0.1)                                     # one drive written: it is at work
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    text = err.read_text()
+    assert "Traceback" not in text and text.strip().splitlines()[-1].endswith("aqr-perception synth: interrupted"), text
+
+
+def test_ctrl_c_during_an_eval_replay_stops_its_node_too(tmp_path):
+    """Ctrl-C while eval replays a bag to its node process: eval ends in one line, exit code
+    130, and the node it started is gone (it runs in a session of its own, so the terminal's
+    Ctrl-C reaches it only through eval)."""
+    import signal
+    import subprocess
+    import time
+
+    from cli_helpers import CLI
+
+    err = tmp_path / "stderr"
+    with err.open("w") as f:
+        proc = subprocess.Popen([str(CLI), "eval", "--bag", str(DRIVE), "--rate", "0.02", "--out", str(tmp_path / "o")],
+                                stdout=subprocess.DEVNULL, stderr=f)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and "ready:" not in err.read_text():
+            time.sleep(0.1)
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert children, err.read_text()[-3000:]                          # the node
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    assert err.read_text().strip().splitlines()[-1] == "aqr-perception eval: interrupted"
+    alive = subprocess.run(["ps", "-o", "pid=", "-p", ",".join(children)], capture_output=True, text=True).stdout
+    assert alive.strip() == ""

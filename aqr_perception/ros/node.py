@@ -84,7 +84,7 @@ from aqr_perception.ros.diagnostics import NodeDiagnostics
 from aqr_perception.ros.markers import detection_markers, detection_markers_cdr, marker_cdr_matches
 from aqr_perception.ros.msg_types import message_type_name, ros_type_name
 from aqr_perception.ros.params import declare_node_parameters, node_config_from_parameters, set_refusal
-from aqr_perception.ros.shutdown import StopSignals
+from aqr_perception.stop_signals import StopSignals
 
 LOG_THROTTLE_S = 5.0
 #: what the rmw layers put before a ROS topic name to make the DDS topic name
@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Start-up errors (bad parameters, a missing or broken checkpoint) are one line on
     stderr and exit code 2. A stop signal lets the frame in inference finish and publish
-    before the context goes away (:mod:`aqr_perception.ros.shutdown`)."""
+    before the context goes away (:mod:`aqr_perception.stop_signals`)."""
     dds = apply_loopback_dds_defaults()
     with StopSignals() as stop:
         try:

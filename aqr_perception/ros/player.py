@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from aqr_perception.ros.shutdown import StopSignals
+    from aqr_perception.stop_signals import StopSignals
 
     with StopSignals() as stop:   # Ctrl-C ends playback cleanly, as with ros2 bag play
         rclpy.init(signal_handler_options=SignalHandlerOptions.NO)

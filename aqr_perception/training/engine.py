@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,18 @@ def train_step(run: TrainRun, inputs: DetectorInputs, gt_boxes: list[torch.Tenso
     return losses
 
 
-def train_one_epoch(run: TrainRun, loader: DataLoader, epoch: int, max_batches: int | None = None) -> None:
+def train_one_epoch(run: TrainRun, loader: DataLoader, epoch: int, max_batches: int | None = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> None:
     """Steps over ``loader`` until it ends, ``max_batches`` are done (the rest of an epoch a
-    run resumed in) or the run reaches its (budgeted) step count; the every-N-steps
-    checkpoint (``train.checkpoint_every``: ``epoch`` the one in progress) and log rows on the way."""
+    run resumed in), the run reaches its (budgeted) step count or ``should_stop()`` (checked
+    between steps: a Ctrl-C); the every-N-steps checkpoint (``train.checkpoint_every``:
+    ``epoch`` the one in progress) and log rows on the way."""
     tc = run.cfg.train
     run.model.train()
     for batch, (inputs, gt_boxes, gt_labels) in enumerate(loader):
-        if run.step >= run.total or (max_batches is not None and batch >= max_batches):
+        # under DDP every rank stops at the same step, when any has been asked (the largest flag)
+        stop = -agree(-int(should_stop()), run.world, run.device) if run.world > 1 else should_stop()
+        if run.step >= run.total or (max_batches is not None and batch >= max_batches) or stop:
             break
         losses = train_step(run, inputs, gt_boxes, gt_labels)
         if run.budget is not None:

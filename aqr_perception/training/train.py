@@ -38,6 +38,7 @@ from aqr_perception.config import (
 from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs
 from aqr_perception.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from aqr_perception.model.detector import CmtAqrDetector
+from aqr_perception.stop_signals import StopSignals
 from aqr_perception.training.cbgs import CbgsDataset
 from aqr_perception.training.dataset import DriveDataset, collate
 from aqr_perception.training.engine import TrainLog, TrainRun, train_one_epoch
@@ -135,6 +136,15 @@ def start_from(model: CmtAqrDetector, init: Path, device: torch.device) -> None:
     model.load_state_dict(theirs)
 
 
+class TrainingStopped(Exception):
+    """A run stopped by a signal after its step ``step``, resumable from ``checkpoint``;
+    ``exit_code``: 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, step: int, checkpoint: Path, exit_code: int) -> None:
+        super().__init__(f"stopped at step {step}: {checkpoint} holds it (--resume {checkpoint} goes on)")
+        self.step, self.checkpoint, self.exit_code = step, checkpoint, exit_code
+
+
 def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = None, device_name: str = "auto",
           max_steps: int | None = None, progress: bool = True, time_budget_s: float | None = None,
           budget_timing_steps: int = BUDGET_TIMING_STEPS, init: Path | None = None) -> dict:
@@ -147,22 +157,29 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
     t_start = time.monotonic()
     run, loader, sampler, start_epoch = setup(cfg, data_dir, out_dir, resume, device_name, max_steps, progress,
                                               time_budget_s, budget_timing_steps, t_start, init)
-    try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            # a run resumed from a mid-epoch checkpoint trains only the rest of that epoch
-            done = max(0, run.step - epoch * len(loader)) if epoch == start_epoch else 0
-            train_one_epoch(run, loader, epoch, max_batches=len(loader) - done)
-            if run.rank == 0:       # an epoch cut short (max steps, time budget) is resumed where it stopped
-                save_progress(run, epoch + 1 if run.step >= (epoch + 1) * len(loader) else epoch)
-            if run.step >= run.total:
-                break
-    finally:
-        if run.bar is not None:
-            run.bar.close()
-        if run.log is not None:
-            run.log.close()
+    # Ctrl-C / SIGTERM: the step in progress ends, last.pt is saved, the run stops (a second
+    # Ctrl-C stops at once, saving nothing)
+    with StopSignals(second_raises=True) as stop:
+        try:
+            for epoch in range(start_epoch, cfg.train.epochs):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                # a run resumed from a mid-epoch checkpoint trains only the rest of that epoch
+                done = max(0, run.step - epoch * len(loader)) if epoch == start_epoch else 0
+                train_one_epoch(run, loader, epoch, max_batches=len(loader) - done, should_stop=stop.is_set)
+                if run.rank == 0:   # an epoch cut short (max steps, time budget, a stop) is resumed where it stopped
+                    save_progress(run, epoch + 1 if run.step >= (epoch + 1) * len(loader) else epoch)
+                if run.step >= run.total or stop.is_set():
+                    break
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+            if run.log is not None:
+                run.log.close()
+    if stop.is_set():
+        if run.world > 1:
+            dist.destroy_process_group()
+        raise TrainingStopped(run.step, out_dir / "last.pt", 128 + (stop.signum or 2))
     if run.rank == 0:
         save_checkpoint(out_dir / "final.pt", run.model, run.meta)
         (out_dir / "train_summary.json").write_text(json.dumps({k: v for k, v in run.meta.items() if k != "config"},
@@ -209,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ConfigError) as exc:
         print(f"aqr-perception train: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"aqr-perception train: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:           # a second Ctrl-C, or one during the data loading
+        print("aqr-perception train: interrupted", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {meta['step']} steps on {meta['frames']} frames in {meta['train_seconds']} s; "
               f"loss {meta['loss_last_20']:.3f}")
