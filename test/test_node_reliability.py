@@ -940,3 +940,29 @@ def test_distorted_camera_info_on_a_topic_that_is_not_rectified_is_a_warning(nod
     n = len(diags)
     _spin_until(ex, lambda: len(diags) > n, 5.0)
     assert "distortion" not in _statuses(diags)["inputs"].message
+
+
+@pytest.mark.parametrize("clock", [False, True], ids=["no_clock", "clock"])
+def test_use_sim_time_without_a_clock_publisher_is_said(ros_context, monkeypatch, clock):
+    """use_sim_time with nothing publishing /clock (a bag played without --clock): the
+    node's clock stands at 0, its /diagnostics timer never fires, and the node says why
+    once; with a /clock publisher there, nothing is said."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rosgraph_msgs.msg import Clock
+
+    import aqr_perception.ros.node as node_mod
+
+    monkeypatch.setattr(node_mod, "SIM_CLOCK_WAIT_S", 0.3)
+    args = ["--ros-args", "-p", "use_sim_time:=true", "-p", "diagnostics_period_s:=0.1"]
+    with running_node(ros_context, NodeRuntime(), args, "sim_clock_probe") as (node, probe, ex):
+        diags = []
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        if clock:
+            probe.create_publisher(Clock, "/clock", 10)
+        _spin(ex, 1.5)
+        said = node.last_problem.get("sim_clock", "")
+        if clock:
+            assert said == ""
+        else:
+            assert "use_sim_time is true and nothing publishes /clock" in said and "--clock" in said
+            assert diags == []                              # what the line explains

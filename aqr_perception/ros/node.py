@@ -38,6 +38,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from pydantic import ValidationError
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -87,6 +88,9 @@ from aqr_perception.ros.params import declare_node_parameters, node_config_from_
 from aqr_perception.stop_signals import StopSignals
 
 LOG_THROTTLE_S = 5.0
+#: under use_sim_time, this long after activation (steady time) the node checks that something
+#: publishes /clock (a bag played without --clock leaves its clock at 0)
+SIM_CLOCK_WAIT_S = 5.0
 #: what the rmw layers put before a ROS topic name to make the DDS topic name
 ROS_TOPIC_PREFIX = "rt"
 #: on deactivate / shutdown, the frame in inference may take this long to finish and publish
@@ -310,6 +314,20 @@ class AqrPerceptionNode(LifecycleNode):
         self.pub_diag = publisher(DiagnosticArray, "/diagnostics", 10)
         self.pub_debug = {name: publisher(Float64, f"~/debug/{name}", 10) for name in DEBUG_TIMINGS}
         self._io.append(self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics))
+        if self.get_parameter("use_sim_time").value:
+            self._sim_clock_check = self.create_timer(SIM_CLOCK_WAIT_S, self._check_sim_clock,
+                                                      clock=Clock(clock_type=ClockType.STEADY_TIME))
+            self._io.append(self._sim_clock_check)
+
+    def _check_sim_clock(self) -> None:
+        """Once, SIM_CLOCK_WAIT_S after activation under use_sim_time: nothing publishing
+        /clock is said (the classic ``ros2 bag play`` without ``--clock``)."""
+        self._sim_clock_check.cancel()
+        if self.count_publishers("/clock") == 0 and self.get_clock().now().nanoseconds == 0:
+            self._warn("sim_clock", "use_sim_time is true and nothing publishes /clock: the node's clock stands at 0, "
+                                    "so /diagnostics (stamped and timed by it) is not published and "
+                                    "~/debug/pipeline_latency_ms means nothing until a clock comes (play the bag with "
+                                    "--clock, or set use_sim_time false)")
 
     def _deactivate(self) -> None:
         """Let the frame in progress finish (and publish), end the worker, remove the I/O.
@@ -322,7 +340,7 @@ class AqrPerceptionNode(LifecycleNode):
         for entity in self._io:
             if isinstance(entity, Publisher):
                 self.destroy_publisher(entity)
-            elif isinstance(entity, Timer):    # the diagnostics timer
+            elif isinstance(entity, Timer):    # the diagnostics timer, the sim clock check
                 self.destroy_timer(entity)
             else:
                 self.destroy_subscription(entity)
