@@ -173,7 +173,7 @@ def test_nan_points_dropped_and_empty_cloud_masks_lidar():
 
 
 @pytest.mark.parametrize("breakage, words", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "unsupported image encoding"),
+    (lambda m: setattr(m, "encoding", "32FC1"), "unsupported image encoding"),
     (lambda m: setattr(m, "step", 10), "step"),
     (lambda m: setattr(m, "data", bytes(m.data)[:100]), "bytes"),
 ])
@@ -297,7 +297,8 @@ def test_fuzz_pointcloud2_conversion_raises_only_conversion_errors(cloud):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["rgb8", "bgr8", "mono8", "rgba8", "16UC1", "", "bayer_rggb8"]), st.integers(0, 20),
+@given(st.sampled_from(["rgb8", "bgr8", "mono8", "rgba8", "16UC1", "", "bayer_rggb8", "bayer_grbg8", "yuv422",
+                        "yuv422_yuy2"]), st.integers(0, 20),
        st.integers(0, 20), st.integers(0, 80), st.binary(max_size=2000))
 def test_fuzz_image_conversion_raises_only_conversion_errors(encoding, h, w, step, data):
     msg = Image(height=h, width=w, encoding=encoding, step=step, data=data)

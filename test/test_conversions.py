@@ -126,10 +126,51 @@ def test_raw_images_in_every_encoding(pad):
     np.testing.assert_array_equal(C.imgmsg_to_cv2(_image(rgb, "rgb8", pad)), rgb)      # passthrough
 
 
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_every_bayer_mosaic_demosaics_to_its_colours(pattern):
+    """A mosaic sampled from a scene of one colour, in each of ROS' four Bayer patterns
+    (the 2x2 tile's colours row by row): its inside demosaics to that colour. A pattern
+    mapped to the wrong OpenCV code swaps red and blue."""
+    colour = {"r": 200, "g": 120, "b": 40}
+    h, w = 8, 10
+    tile = np.array([[colour[pattern[0]], colour[pattern[1]]], [colour[pattern[2]], colour[pattern[3]]]], np.uint8)
+    mosaic = np.tile(tile, (h // 2, w // 2))
+    rgb = C.imgmsg_to_cv2(_image(mosaic, f"bayer_{pattern}8"), "rgb8")
+    np.testing.assert_array_equal(rgb[2:-2, 2:-2], np.broadcast_to([200, 120, 40], (h - 4, w - 4, 3)))
+    assert C.imgmsg_to_cv2(_image(mosaic, f"bayer_{pattern}8"), "bgr8")[3, 3].tolist() == [40, 120, 200]
+
+
+@pytest.mark.parametrize("encoding, order", [("yuv422", "UYVY"), ("yuv422_yuy2", "YUYV")])
+def test_packed_yuv422_decodes_to_its_colours(encoding, order):
+    """yuv422 (UYVY, cv_bridge's and image_transport's name) and yuv422_yuy2 (YUYV, a USB
+    camera's usual format), packed by hand from colour bars with ITU-R BT.601's studio-range
+    formulas (Y 16-235, what cameras send and OpenCV's 4:2:2 decoders expect): they decode to
+    those colours (within rounding), and the swapped order does not."""
+    bars = np.repeat(np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [128, 128, 128]], np.uint8), 4, axis=0)
+    rgb = np.broadcast_to(bars[None], (4, 16, 3)).copy()
+    r, g, b = (rgb[..., k].astype(np.float64) for k in range(3))
+    y = np.rint(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255).astype(np.uint8)
+    u = np.rint(128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255).astype(np.uint8)
+    v = np.rint(128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255).astype(np.uint8)
+    pu, pv = u[:, 0::2], v[:, 0::2]                               # one U and V per pixel pair
+    packed = np.zeros((4, 16, 2), np.uint8)
+    packed[..., 1 if order == "UYVY" else 0] = y
+    chroma = packed[..., 0 if order == "UYVY" else 1]
+    chroma[:, 0::2], chroma[:, 1::2] = pu, pv
+    out = C.imgmsg_to_cv2(_image(packed, encoding), "rgb8").astype(int)
+    assert np.abs(out - rgb).max() <= 3
+    np.testing.assert_array_equal(C.imgmsg_to_cv2(_image(packed, encoding), "mono8"), y)   # the luma itself
+    other = "yuv422_yuy2" if encoding == "yuv422" else "yuv422"
+    assert np.abs(C.imgmsg_to_cv2(_image(packed, other), "rgb8").astype(int) - rgb).max() > 50
+
+
 def test_bad_raw_images():
     rgb = np.zeros((4, 4, 3), np.uint8)
     with pytest.raises(C.ConversionError, match="unsupported image encoding"):
-        C.imgmsg_to_cv2(_image(rgb, "yuv422"), "rgb8")
+        C.imgmsg_to_cv2(_image(rgb, "32FC1"), "rgb8")
+    with pytest.raises(C.ConversionError, match="yuv422_yuy2 image of odd width 3"):
+        C.imgmsg_to_cv2(_image(np.zeros((4, 3, 2), np.uint8), "yuv422_yuy2"), "rgb8")
+
     msg = _image(rgb, "rgb8")
     msg.step = 5
     with pytest.raises(C.ConversionError, match="step"):
@@ -180,7 +221,9 @@ def test_camera_info_validation():
 # Images: cv_bridge (PyPI cv-bridge, or a distro's). PyPI's cv-bridge 1.13.0.post0 reads a
 # padded image as if it were packed (it ignores step), so a padded message is checked
 # against cv_bridge's result for the same pixels sent packed.
-ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+# (PyPI's cv-bridge knows no bayer_grbg8 nor yuv422: those are checked below without it)
+ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "bayer_rggb8": 1, "bayer_bggr8": 1,
+             "bayer_gbrg8": 1}
 DESIRED = ("rgb8", "bgr8", "mono8", "passthrough")
 
 

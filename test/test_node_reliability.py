@@ -104,7 +104,7 @@ def test_bad_messages_are_counted_reported_and_never_published(node_env):
         pub_info[c.name].publish(_info(c.name, c.K))
         msg = _image(c.name, NS)
         if c is cams[1]:
-            msg.encoding = "yuv422"                             # unsupported encoding
+            msg.encoding = "32FC1"                              # unsupported encoding (a depth image)
         pub_img[c.name].publish(msg)
     broken = _cloud()
     broken.fields = [f for f in broken.fields if f.name != "z"]

@@ -166,15 +166,29 @@ def pointcloud2_to_xyzi(cloud, intensity_field: str = "intensity", max_points: i
 
 
 # ----------------------------------------------------------------------------- images
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3}
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3,
+             # a machine-vision camera's sensor mosaic, and a USB camera's packed YUV 4:2:2
+             "bayer_rggb8": 1, "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1, "yuv422": 2, "yuv422_yuy2": 2}
 _TO_RGB = {"rgb8": None, "bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
            "mono8": cv2.COLOR_GRAY2RGB, "8UC1": cv2.COLOR_GRAY2RGB, "8UC3": None}
+#: sources converted in one OpenCV step to each target, as cv_bridge does (its Bayer codes are
+#: named by the second row's pattern, OpenCV's convention: ROS' rggb is OpenCV's BG); a
+#: demosaiced or YUV image goes to mono8 from its own luma, not through RGB
+_DIRECT = {src: {"rgb8": getattr(cv2, f"COLOR_{cv}2RGB{suffix}"), "bgr8": getattr(cv2, f"COLOR_{cv}2BGR{suffix}"),
+                 "mono8": getattr(cv2, f"COLOR_{cv}2GRAY{suffix}")}
+           for src, cv, suffix in (("bayer_rggb8", "BayerBG", ""), ("bayer_bggr8", "BayerRG", ""),
+                                   ("bayer_gbrg8", "BayerGR", ""), ("bayer_grbg8", "BayerGB", ""),
+                                   ("yuv422", "YUV", "_UYVY"), ("yuv422_yuy2", "YUV", "_YUYV"))}
 
 
 def _to_desired(img: np.ndarray, source: str, desired: str) -> np.ndarray:
     """Convert an image in ``source`` encoding to ``desired`` (rgb8 / bgr8 / mono8 / passthrough)."""
     if desired in ("passthrough", source):
         return img
+    if source in _DIRECT:
+        if desired not in _DIRECT[source]:
+            raise ConversionError(f"unsupported desired encoding {desired!r}")
+        return cv2.cvtColor(img, _DIRECT[source][desired])
     rgb = img if _TO_RGB[source] is None else cv2.cvtColor(img, _TO_RGB[source])
     if desired == "rgb8":
         return rgb
@@ -206,6 +220,8 @@ def imgmsg_to_cv2(msg, desired_encoding: str = "passthrough") -> np.ndarray:
         raise ConversionError(f"empty image ({w}x{h})")
     if step < w * ch:
         raise ConversionError(f"image step {step} smaller than width*channels {w * ch}")
+    if ch == 2 and w % 2:                        # YUV 4:2:2 packs two pixels in four bytes
+        raise ConversionError(f"{enc} image of odd width {w}")
     buf = _buffer(msg.data)
     if buf.size < step * h:
         raise ConversionError(f"image data has {buf.size} bytes, height*step needs {step * h}")
