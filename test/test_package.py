@@ -69,7 +69,7 @@ def test_console_scripts_run():
     # pass-through subcommands take their own options directly
     train = subprocess.run([bindir / "aqr-perception", "train", "--data", "/nonexistent", "--quiet"],
                            capture_output=True, text=True, timeout=120)
-    assert train.returncode == 2 and "no drives" in train.stderr
+    assert train.returncode == 2 and "/nonexistent: no such file or folder" in train.stderr
     play = subprocess.run([bindir / "aqr-perception", "play", "--help"], capture_output=True, text=True, timeout=60)
     assert play.returncode == 0 and "--exclude" in play.stdout
 

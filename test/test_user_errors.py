@@ -345,6 +345,14 @@ def test_a_submission_or_import_beside_a_file_is_one_line(tmp_path, capsys):
         assert rc == 2 and len(lines) == 1 and f"{taken}: a file is there, not a folder" in lines[0], lines
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a terminal's program has it: a suite started in the background (``cmd &``
+    in a script, nohup) passes it on ignored, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C during ``synth`` (any command without a stop of its own): one line, exit code
     130, as a shell reports it (before: a KeyboardInterrupt traceback)."""
@@ -357,7 +365,7 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path):
     err = tmp_path / "stderr"
     with err.open("w") as f:
         proc = subprocess.Popen([str(CLI), "synth", "--drives", "50", "--frames", "4", "--out", str(tmp_path / "d")],
-                                stdout=subprocess.DEVNULL, stderr=f)
+                                stdout=subprocess.DEVNULL, stderr=f, preexec_fn=_as_from_a_terminal)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob("d/*.gt.json")):
             time.sleep(0.1)                                     # one drive written: it is at work
@@ -380,7 +388,7 @@ def test_ctrl_c_during_an_eval_replay_stops_its_node_too(tmp_path):
     err = tmp_path / "stderr"
     with err.open("w") as f:
         proc = subprocess.Popen([str(CLI), "eval", "--bag", str(DRIVE), "--rate", "0.02", "--out", str(tmp_path / "o")],
-                                stdout=subprocess.DEVNULL, stderr=f)
+                                stdout=subprocess.DEVNULL, stderr=f, preexec_fn=_as_from_a_terminal)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and "ready:" not in err.read_text():
             time.sleep(0.1)

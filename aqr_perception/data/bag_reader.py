@@ -62,6 +62,8 @@ def drive_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
     pairs = []
     for path in paths:
         path = Path(path).resolve()             # "." has no name
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or folder")
         if ground_truth_beside(path).is_file():
             pairs.append((path, ground_truth_beside(path)))
             continue
