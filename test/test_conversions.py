@@ -2,6 +2,8 @@
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
@@ -361,3 +363,47 @@ def test_a_field_with_count_other_than_one_is_refused():
     cloud.fields[1].count = 3
     with pytest.raises(C.ConversionError, match="count 3"):
         C.pointcloud2_to_xyzi(cloud)
+
+
+_INTENSITY_TYPES = {2: "u1", 4: "u2", 6: "u4", 7: "f4", 8: "f8"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(xyz_offset=st.sampled_from([0, 4, 16]), intensity=st.sampled_from([None, 2, 4, 6, 7, 8]),
+       extra=st.integers(0, 9), height=st.sampled_from([1, 3]), big=st.booleans(), xyz_f64=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_cloud_layouts_read_the_values_written(xyz_offset, intensity, extra, height, big, xyz_f64, seed):
+    """Drivers' layouts (x, y, z side by side at some offset, an intensity of any width after
+    them or none, padding, organised rows, either byte order, float64 positions): the points
+    read are the values written, with non-finite positions dropped and a non-finite intensity
+    0. Most of them take the strided fast path, the rest the general reader."""
+    order = ">" if big else "<"
+    xyz_type = "f8" if xyz_f64 else "f4"
+    size = 8 if xyz_f64 else 4
+    names, formats, offsets = ["x", "y", "z"], [order + xyz_type] * 3, [xyz_offset + k * size for k in range(3)]
+    end = xyz_offset + 3 * size
+    fields = [(nm, o, 8 if xyz_f64 else 7) for nm, o in zip(names, offsets)]
+    if intensity is not None:
+        names.append("intensity")
+        formats.append(order + _INTENSITY_TYPES[intensity])
+        offsets.append(end + 1)
+        fields.append(("intensity", end + 1, intensity))
+        end += 1 + np.dtype(_INTENSITY_TYPES[intensity]).itemsize
+    dt = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": end + extra})
+    rng = np.random.default_rng(seed)
+    rows = np.zeros(6 * height, dt)
+    for k in "xyz":
+        rows[k] = rng.normal(0, 30, rows.size)
+    rows["x"][rng.random(rows.size) < 0.2] = np.nan
+    rows["z"][rng.random(rows.size) < 0.1] = np.inf
+    if intensity is not None:
+        kind = np.dtype(_INTENSITY_TYPES[intensity]).kind
+        rows["intensity"] = rng.uniform(0, 250, rows.size) if kind == "f" else rng.integers(0, 250, rows.size)
+        if kind == "f":
+            rows["intensity"][rng.random(rows.size) < 0.2] = np.nan
+    got = C.pointcloud2_to_xyzi(_cloud(fields, rows, dt.itemsize, height=height, big=big))
+    xyz = np.stack([rows[k].astype(np.float64) for k in "xyz"], 1)
+    inten = rows["intensity"].astype(np.float64) if intensity is not None else np.zeros(rows.size)
+    keep = np.isfinite(xyz).all(1)
+    expected = np.concatenate([xyz, np.nan_to_num(inten, nan=0.0)[:, None]], 1)[keep].astype(np.float32)
+    np.testing.assert_array_equal(got, expected)
