@@ -157,18 +157,21 @@ def test_robustness_on_a_users_bag(tmp_path):
     assert refused.returncode == 2 and "depth" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
-def test_a_topic_of_a_type_the_project_does_not_know_is_copied_as_recorded(tmp_path):
+@pytest.mark.parametrize("single_file", [False, True], ids=["bag_folder", "one_mcap_file"])
+def test_a_topic_of_a_type_the_project_does_not_know_is_copied_as_recorded(tmp_path, single_file):
     """A vehicle's bag with a vendor's message type: the corrupted copy holds it byte for byte
     under its recorded type and definition hash (before: rosbags' "Type ... is unknown"
-    traceback before the first message), and the condition applies to the rest."""
+    traceback before the first message), and the condition applies to the rest. One .mcap
+    file records no hash (rosbags reads it as ''): the copy computes it from the definition."""
     from bag_helpers import VENDOR_TYPE, with_vendor_topic
 
-    bag = with_vendor_topic(DEFAULT_BAG, tmp_path / "vehicle", clouds=2)
+    folder = with_vendor_topic(DEFAULT_BAG, tmp_path / "vehicle", clouds=2)
+    bag = next(folder.glob("*.mcap")) if single_file else folder
     corrupt_bag(bag, tmp_path / "no_lidar", "no_lidar", CFG)
     src, out = _messages(bag), _messages(tmp_path / "no_lidar")
     _same_except(src, out, {LIDAR})
     assert len(out["/vehicle/status"]) == 2 and all(len(_points(raw)) == 0 for _, raw in out[LIDAR])
-    with Reader(bag) as a, Reader(tmp_path / "no_lidar") as b:
+    with Reader(folder) as a, Reader(tmp_path / "no_lidar") as b:
         (was,), (now,) = ([(c.msgtype, c.digest) for c in r.connections if c.topic == "/vehicle/status"]
                           for r in (a, b))
     assert now == was and was[0] == VENDOR_TYPE and was[1].startswith("RIHS01_")

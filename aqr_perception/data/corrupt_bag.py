@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from aqr_perception.config import AqrConfig, ConfigError
@@ -124,8 +125,12 @@ def _copy_connection(writer: Writer, conn: Connection, store: Typestore) -> Conn
         return writer.add_connection(conn.topic, conn.msgtype, typestore=store)
     if conn.msgdef.format != MessageDefinitionFormat.MSG or not conn.msgdef.data:
         return None
-    return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data,
-                                 rihs01=conn.digest if conn.digest.startswith("RIHS01_") else None)
+    if conn.digest.startswith("RIHS01_"):
+        return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest)
+    # no type hash recorded (one .mcap file, a Humble-era metadata.yaml): the definition's own
+    own = get_typestore(Stores.EMPTY)
+    own.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+    return writer.add_connection(conn.topic, conn.msgtype, typestore=own)
 
 
 def corrupt_bag(src: Path, dst: Path, condition: str, cfg: AqrConfig, seed: int = 0) -> dict[str, int]:
