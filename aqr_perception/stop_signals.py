@@ -22,8 +22,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopSignals:
     """Context manager: while active, SIGINT/SIGTERM set :attr:`event` instead of raising.
 
-    ``second_raises``: a second signal raises KeyboardInterrupt at once (for work whose
-    steps can be long: the user asked twice). The previous handlers come back on exit.
+    ``second_raises``: a second SIGINT raises KeyboardInterrupt at once (for work whose
+    steps can be long: the user pressed Ctrl-C twice). A repeated SIGTERM does not: systemd,
+    Slurm and torchrun may each send one to the same process. The previous handlers come
+    back on exit.
     Entered from another thread it installs nothing (Python delivers signals to the main one).
     """
 
@@ -35,7 +37,7 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.event.is_set() and self.second_raises:
+        if self.event.is_set() and self.second_raises and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = self.signum or signum
         self.event.set()

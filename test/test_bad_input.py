@@ -793,6 +793,7 @@ def test_training_with_intensity_dropout_states_it_in_the_model_config(tmp_path)
 @pytest.mark.parametrize("topic, d, warned", [("/{camera}/image_raw", [-0.31, 0.12, 0, 0, 0], True),
                                               ("/{camera}/image_rect_compressed", [-0.31, 0.12, 0, 0, 0], False),
                                               ("/{camera}/image_rect_color", [-0.31, 0.12, 0, 0, 0], False),
+                                              ("/direct_{camera}/image_raw", [-0.31, 0.12, 0, 0, 0], True),
                                               ("/{camera}/image_raw", [0.0] * 5, False),
                                               ("/{camera}/image_raw", [], False)])
 def test_a_distorted_camera_on_a_topic_that_is_not_rectified_is_named(topic, d, warned):

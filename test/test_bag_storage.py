@@ -176,3 +176,9 @@ def test_train_takes_one_drive_and_mcap_files_as_eval_does(reference, tmp_path, 
         assert (summary["drives"], summary["frames"], summary["step"]) == (1, CLOUDS, 1)
         losses.append(summary["loss_last_20"])
     assert losses[0] == losses[1]
+    # fewer frames than a batch: refused in one line, no model "trained" on nothing
+    rc = train_mod.main(["--data", str(files), "--out", str(tmp_path / "none"), "--quiet", "--set",
+                         f"train.batch_size={CLOUDS + 1}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"not one batch of train.batch_size={CLOUDS + 1}" in err[0], err
+    assert not (tmp_path / "none" / "final.pt").exists()

@@ -952,14 +952,14 @@ def test_use_sim_time_without_a_clock_publisher_is_said(ros_context, monkeypatch
 
     import aqr_perception.ros.node as node_mod
 
-    monkeypatch.setattr(node_mod, "SIM_CLOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(node_mod, "SIM_CLOCK_WAIT_S", 1.0)     # the /clock publisher comes after activation
     args = ["--ros-args", "-p", "use_sim_time:=true", "-p", "diagnostics_period_s:=0.1"]
     with running_node(ros_context, NodeRuntime(), args, "sim_clock_probe") as (node, probe, ex):
         diags = []
         probe.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
         if clock:
             probe.create_publisher(Clock, "/clock", 10)
-        _spin(ex, 1.5)
+        _spin(ex, 2.0)
         said = node.last_problem.get("sim_clock", "")
         if clock:
             assert said == ""

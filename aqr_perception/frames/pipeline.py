@@ -12,6 +12,7 @@ Messages may be rclpy or rosbags objects (same field names).
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -78,6 +79,12 @@ class FrameOutcome:
     has_input: bool = False
     message: str = ""
     stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+#: a topic name that says its images are rectified: a name part starting with "rect"
+#: (image_proc's image_rect, image_rect_color; a driver's rect_raw, rectified), not
+#: "direct" or "corrected"
+_RECTIFIED_TOPIC = re.compile(r"(^|[/_])rect")
 
 
 class IntensityMonitor:
@@ -199,7 +206,7 @@ class FramePipeline:
         distorted ones put camera features off by up to tens of pixels at the edges."""
         topic = self.cfg.image_topic_format.format(camera=camera)
         distortion = self.calib.distortion(camera)
-        if distortion is None or "rect" in topic:
+        if distortion is None or _RECTIFIED_TOPIC.search(topic):
             return None
         return (f"{topic}: its CameraInfo states {distortion} distortion and the topic is no image_rect one; the "
                 "model projects as for rectified images (rectify them, e.g. with image_proc)")

@@ -39,9 +39,11 @@ class BagPlayer:
         self._reader_cls = Reader
         self.publishers: dict[str, object] = {}
         self.types: dict[str, str] = {}
-        #: topic -> (message type, messages in the bag) of the topics not played because their
-        #: message type is not installed here (a vendor's package, as ros2 bag play skips them)
-        self.unplayable: dict[str, tuple[str, int]] = {}
+        #: (topic, message type) -> (messages in the bag, why) of what is not played: a type not
+        #: installed here (a vendor's package; ros2 bag play skips them too), or a second type
+        #: on a topic already played as another
+        self.unplayable: dict[tuple[str, str], tuple[int, str]] = {}
+        self._played: set[int] = set()          # the connections played
         with Reader(self.bag) as reader:
             self.start_ns, self.end_ns = reader.start_time, reader.end_time
             for conn in reader.connections:
@@ -51,18 +53,23 @@ class BagPlayer:
                 qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100 if not static else 1,
                                  reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
-                if conn.topic in self.unplayable:        # the same topic in another connection
-                    msgtype, count = self.unplayable[conn.topic]
-                    self.unplayable[conn.topic] = (msgtype, count + conn.msgcount)
-                    continue
-                if conn.topic not in self.publishers:
+                why = None
+                if conn.topic in self.publishers:
+                    if conn.msgtype != self.types[conn.topic]:
+                        why = f"differs from the {self.types[conn.topic]} played on it"
+                else:
                     try:
                         msg_class = get_message(conn.msgtype)
                     except (ImportError, AttributeError, ValueError):
-                        self.unplayable[conn.topic] = (conn.msgtype, conn.msgcount)
-                        continue
-                    self.publishers[conn.topic] = node.create_publisher(msg_class, conn.topic, qos)
-                    self.types[conn.topic] = conn.msgtype
+                        why = "is not installed here"
+                    else:
+                        self.publishers[conn.topic] = node.create_publisher(msg_class, conn.topic, qos)
+                        self.types[conn.topic] = conn.msgtype
+                if why is None:
+                    self._played.add(conn.id)
+                else:       # one entry per topic and type, over the bag's connections
+                    count, _ = self.unplayable.get((conn.topic, conn.msgtype), (0, why))
+                    self.unplayable[(conn.topic, conn.msgtype)] = (count + conn.msgcount, why)
             self.gt_topic = None
             gt_type = "vision_msgs/msg/Detection3DArray"
             if gt_markers is not None and any(c.topic == gt_markers[0] and c.msgtype == gt_type
@@ -86,8 +93,8 @@ class BagPlayer:
 
     def unplayable_lines(self, prog: str) -> list[str]:
         """One warning line per topic not played (ros2 bag play's "Ignoring a topic")."""
-        return [f"{prog}: not playing {topic} ({count} messages): its type {msgtype} is not installed here"
-                for topic, (msgtype, count) in sorted(self.unplayable.items())]
+        return [f"{prog}: not playing {topic} ({count} messages): its type {msgtype} {why}"
+                for (topic, msgtype), (count, why) in sorted(self.unplayable.items())]
 
     def _publish_gt_markers(self, raw: bytes) -> None:
         from rclpy.serialization import deserialize_message
@@ -138,7 +145,7 @@ class BagPlayer:
         wall0 = time.monotonic()
         clock = None
         with self._reader_cls(self.bag) as reader:
-            conns = [c for c in reader.connections if c.topic in self.publishers or c.topic == self.gt_topic]
+            conns = [c for c in reader.connections if c.id in self._played or c.topic == self.gt_topic]
             messages = reader.messages(connections=conns)
             for conn, stamp, raw in (order(messages) if order is not None else messages):
                 if should_stop is not None and should_stop():
@@ -155,7 +162,7 @@ class BagPlayer:
                 if conn.topic == self.gt_topic:
                     self._publish_gt_markers(bytes(raw))
                 self.clock_ns = clock
-                if conn.topic in self.publishers:
+                if conn.id in self._played:
                     if self.on_publish is not None:
                         self.on_publish(conn.topic, conn.msgtype, stamp, bytes(raw))
                     self.publishers[conn.topic].publish(bytes(raw))
@@ -226,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             state = "interrupted after" if stop.is_set() else "published"
             drawn = f" (+ {player.gt_markers_published} ground-truth marker arrays on {args.gt_markers})" \
                 if player.gt_markers_published else ""
-            skipped = sum(count for _, count in player.unplayable.values())
-            unplayed = (f"; not played: {skipped} messages on {len(player.unplayable)} topic(s) whose types are "
-                        "not installed") if player.unplayable else ""
+            skipped = sum(count for count, _ in player.unplayable.values())
+            unplayed = (f"; not played: {skipped} messages on {len({t for t, _ in player.unplayable})} topic(s), "
+                        "as said above") if player.unplayable else ""
             print(f"play: {state} {total} messages from {args.bag}{drawn}{unplayed}")
             return 0
         finally:

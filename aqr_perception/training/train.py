@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,10 +39,10 @@ from aqr_perception.config import (
 from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs
 from aqr_perception.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from aqr_perception.model.detector import CmtAqrDetector
-from aqr_perception.stop_signals import StopSignals
+from aqr_perception.stop_signals import STOP_SIGNALS, StopSignals
 from aqr_perception.training.cbgs import CbgsDataset
 from aqr_perception.training.dataset import DriveDataset, collate
-from aqr_perception.training.engine import TrainLog, TrainRun, train_one_epoch
+from aqr_perception.training.engine import TrainLog, TrainRun, agree, train_one_epoch
 from aqr_perception.training.schedule import BUDGET_TIMING_STEPS, TimeBudget
 
 
@@ -52,6 +53,13 @@ def _ddp(device: torch.device) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _workers_ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C / SIGTERM to the main process (a terminal or systemd
+    signals the whole group): it ends the step, saves, and stops them itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, device_name: str,
@@ -75,15 +83,19 @@ def setup(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None, de
     for bag, _ in drives:           # before any decoding: a bag recorded under other topic names
         check_bag_topics(bag, cfg.node)
     frames = DriveDataset(drives, cfg)
-    if len(frames) < tc.batch_size:     # drop_last: no batch at all, and a "trained" untrained model
-        raise ConfigError(f"{data_dir}: {len(frames)} annotated frames in {len(drives)} drive(s) "
-                          f"({frames.unannotated_frames} sweeps without ground truth at their stamp), fewer than "
-                          f"train.batch_size={tc.batch_size}")
+    found = (f"{data_dir}: {len(frames)} annotated frames in {len(drives)} drive(s) ({frames.unannotated_frames} "
+             "sweeps without ground truth at their stamp)")
+    if not len(frames):
+        raise ConfigError(f"{found}: nothing to train on")
     dataset = CbgsDataset(frames, tc.seed) if tc.cbgs else frames
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=tc.seed) if world > 1 else None
     generator = torch.Generator().manual_seed(tc.seed)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler,
-                        collate_fn=collate, num_workers=tc.num_workers, generator=generator, drop_last=True)
+                        collate_fn=collate, num_workers=tc.num_workers, generator=generator, drop_last=True,
+                        worker_init_fn=_workers_ignore_stop_signals)
+    if len(loader) == 0:     # drop_last: no batch at all, and a "trained" untrained model
+        raise ConfigError(f"{found}: not one batch of train.batch_size={tc.batch_size} per process "
+                          f"({world} process(es))")
     model = CmtAqrDetector(cfg.model).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
@@ -159,6 +171,7 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
                                               time_budget_s, budget_timing_steps, t_start, init)
     # Ctrl-C / SIGTERM: the step in progress ends, last.pt is saved, the run stops (a second
     # Ctrl-C stops at once, saving nothing)
+    stopped = False
     with StopSignals(second_raises=True) as stop:
         try:
             for epoch in range(start_epoch, cfg.train.epochs):
@@ -167,17 +180,20 @@ def train(cfg: AqrConfig, data_dir: Path, out_dir: Path, resume: Path | None = N
                 # a run resumed from a mid-epoch checkpoint trains only the rest of that epoch
                 done = max(0, run.step - epoch * len(loader)) if epoch == start_epoch else 0
                 train_one_epoch(run, loader, epoch, max_batches=len(loader) - done, should_stop=stop.is_set)
+                # every rank stops here when any was signalled (a signal can reach them at different steps)
+                stopped = bool(-agree(-int(stop.is_set()), run.world, run.device))
                 if run.rank == 0:   # an epoch cut short (max steps, time budget, a stop) is resumed where it stopped
                     save_progress(run, epoch + 1 if run.step >= (epoch + 1) * len(loader) else epoch)
-                if run.step >= run.total or stop.is_set():
+                if run.step >= run.total or stopped:
                     break
         finally:
             if run.bar is not None:
                 run.bar.close()
             if run.log is not None:
                 run.log.close()
-    if stop.is_set():
+    if stopped and run.step < run.total:      # (a signal during the last save: the run is complete)
         if run.world > 1:
+            dist.barrier()                     # rank 0's last.pt is written before any rank exits
             dist.destroy_process_group()
         raise TrainingStopped(run.step, out_dir / "last.pt", 128 + (stop.signum or 2))
     if run.rank == 0:
