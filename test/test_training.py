@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,4 +204,40 @@ def test_a_signal_stops_training_after_its_step_with_a_resumable_checkpoint(data
     assert blob["meta"]["step"] == steps[-1] >= 2 and "optimizer" in blob
     assert err.strip().splitlines() == [f"aqr-perception train: stopped at step {steps[-1]}: {out / 'last.pt'} holds "
                                         f"it (--resume {out / 'last.pt'} goes on)"]
+    assert not (out / "final.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(data, tmp_path):
+    """SIGTERM to rank 1 alone (as a supervisor that signals one process might): the run
+    ends, rank 0 saves last.pt at its last step and says so, nothing hangs in a collective.
+    (That the ranks agree on the step is not seen from here: torchrun's own SIGTERM to the
+    other rank, once one has exited, also ends it.)"""
+    import time
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           *_train_cmd(data, out, "--max-steps", "100000", "--threads", "1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = out / "train_log.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and \
+            (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.1)
+    workers = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                             text=True).stdout.split()
+    def rank(pid: str) -> str | None:
+        entries = (Path("/proc") / pid / "environ").read_bytes().split(b"\0")
+        return dict(e.decode().split("=", 1) for e in entries if b"=" in e).get("RANK")
+
+    rank1 = [int(pid) for pid in workers if rank(pid) == "1"]
+    assert len(rank1) == 1, workers
+    os.kill(rank1[0], signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    steps = [int(row.split(",")[0]) for row in log.read_text().splitlines()[1:]]
+    _, blob = load_checkpoint(out / "last.pt")
+    assert blob["meta"]["step"] == steps[-1] >= 2 and blob["meta"]["world_size"] == 2
+    assert f"aqr-perception train: stopped at step {steps[-1]}: {out / 'last.pt'} holds it" in err, err[-3000:]
     assert not (out / "final.pt").exists()
