@@ -439,6 +439,11 @@ class NodeConfig(_Section):
     score_threshold: Probability = Field(0.3, description="detections below this score are not published")
     max_detections: Annotated[int, Field(ge=1, le=1000)] = Field(
         200, description="at most this many detections per frame (highest scores)")
+    lidar_to_model_yaw_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = Field(
+        0.0, description="turns the LiDAR frame about z into the one the model was trained in, deg: points and "
+                         "calibration go in turned, detections come out turned back into the LiDAR frame. 90 for a "
+                         "LiDAR with x forward (REP 103) and a model trained on nuScenes (LIDAR_TOP: x right, "
+                         "y forward: the published CMT weights); -90 the other way round")
     lidar_intensity_scale: PositiveFloat = Field(
         1.0, description="multiplies the cloud's intensity to reach the model's scale (0-255 for the bundled model): "
                          "255.0 for a driver normalising to 0-1, 0.00389 (255/65535) for a 16-bit one")

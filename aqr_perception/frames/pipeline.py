@@ -33,6 +33,7 @@ from aqr_perception.frames.conversions import (
     reduce_intrinsics,
 )
 from aqr_perception.frames.ego_pose import EgoPoses
+from aqr_perception.frames.model_frame import from_model_frame, to_model_frame
 from aqr_perception.frames.preprocess import ModelArrays, build_model_arrays, camera_pool
 from aqr_perception.frames.sweeps import SweepAccumulator
 from aqr_perception.frames.sync import LidarTriggeredSync
@@ -454,14 +455,14 @@ class FramePipeline:
             return FrameOutcome("invalid_cloud", stamp, message=str(exc))
         t1 = time.perf_counter()
         try:
-            pred = self.runtime.infer(inputs.arrays)
+            pred = self.runtime.infer(to_model_frame(inputs.arrays, self.cfg.lidar_to_model_yaw_deg))
         except RuntimeError as exc:   # includes ModelOutputError and CUDA out-of-memory
             if "out of memory" in str(exc).lower():
                 self.runtime.release_memory()
             return FrameOutcome("model_error", stamp, inputs=inputs, message=f"{type(exc).__name__}: {exc}")
         t2 = time.perf_counter()
         keep = np.nonzero(pred.detections.scores >= self.cfg.score_threshold)[0][:self.cfg.max_detections]
-        det = pred.detections.select(keep)
+        det = from_model_frame(pred.detections.select(keep), self.cfg.lidar_to_model_yaw_deg)
         return FrameOutcome("ok", stamp, det, inputs, pred.has_input,
                             stage_ms={"input_wait_ms": 1e3 * (t0 - t_wait), "preprocess_ms": 1e3 * (t1 - t0),
                                       "inference_ms": 1e3 * (t2 - t1)})
