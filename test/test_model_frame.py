@@ -61,3 +61,29 @@ def test_a_lidar_frame_turned_by_hand_gives_the_same_detections_turned(runtime):
     np.testing.assert_allclose(after.boxes[:, :6], expect[:, :6], atol=1e-3)
     np.testing.assert_allclose(after.boxes[:, 7:9], expect[:, 7:9], atol=1e-3)
     np.testing.assert_allclose(np.cos(after.boxes[:, 6] - expect[:, 6]), 1.0, atol=1e-6)
+
+
+def test_training_turns_its_samples_into_the_models_frame(tmp_path):
+    """Training with the node's lidar_to_model_yaw_deg (train --node-params) learns in the
+    frame the node will run the model in: each sample's points, projections and ground-truth
+    boxes turned by it (here 90: x' = -y, y' = x, headings + 90 deg)."""
+    import shutil
+
+    from bag_helpers import rewrite_storage
+
+    from aqr_perception.training.dataset import DriveDataset
+
+    bag = rewrite_storage(PACKAGE_RESOURCES / "default_drive", tmp_path / "drive", "mcap", clouds=2)
+    shutil.copy(PACKAGE_RESOURCES / "default_drive.gt.json", tmp_path / "drive.gt.json")
+    drives = [(bag, tmp_path / "drive.gt.json")]
+    plain = DriveDataset(drives, load_config("tiny")).samples
+    turned = DriveDataset(drives, load_config("tiny", ["node.lidar_to_model_yaw_deg=90"])).samples
+    R = np.array([[0.0, -1.0], [1.0, 0.0]])
+    assert len(plain) == len(turned) == 2
+    for a, b in zip(plain, turned):
+        np.testing.assert_array_equal(b.arrays.points[:, :2], a.arrays.points[:, :2] @ R.T)
+        np.testing.assert_allclose(b.arrays.lidar2img[:, :, :2] @ R, a.arrays.lidar2img[:, :, :2], atol=1e-4)
+        assert len(b.boxes) == len(a.boxes) > 0 and (b.labels == a.labels).all()
+        np.testing.assert_allclose(b.boxes[:, 0:2], a.boxes[:, 0:2] @ R.T, atol=1e-9)
+        np.testing.assert_allclose(b.boxes[:, 7:9], a.boxes[:, 7:9] @ R.T, atol=1e-9)
+        np.testing.assert_allclose(np.cos(b.boxes[:, 6] - a.boxes[:, 6] - np.pi / 2), 1.0, atol=1e-9)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys import Stores, TypesysError, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from aqr_perception.config import AqrConfig, ConfigError
@@ -118,9 +118,9 @@ def check_bag_condition(condition: str) -> None:
 
 def _copy_connection(writer: Writer, conn: Connection, store: Typestore) -> Connection | None:
     """``conn`` in ``writer``: a type the project knows from its typestore, another (a vendor's
-    package in a vehicle's bag) with the definition the bag holds, as it was recorded; None
-    for one of neither (a bag that stores no definitions, as Humble's sqlite3 bags): the
-    copy leaves it out, and the pipeline never reads it."""
+    package in a vehicle's bag) with the definition the bag holds; None for one of neither
+    (a bag that stores no definitions, as Humble's sqlite3 bags, or one rosbags cannot
+    read): the copy leaves it out, and the pipeline never reads it."""
     if conn.msgtype in store.types:
         return writer.add_connection(conn.topic, conn.msgtype, typestore=store)
     if conn.msgdef.format != MessageDefinitionFormat.MSG or not conn.msgdef.data:
@@ -129,8 +129,11 @@ def _copy_connection(writer: Writer, conn: Connection, store: Typestore) -> Conn
         return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest)
     # no type hash recorded (one .mcap file, a Humble-era metadata.yaml): the definition's own
     own = get_typestore(Stores.EMPTY)
-    own.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
-    return writer.add_connection(conn.topic, conn.msgtype, typestore=own)
+    try:
+        own.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+        return writer.add_connection(conn.topic, conn.msgtype, typestore=own)
+    except (TypesysError, KeyError):            # a definition rosbags cannot read: left out, as without one
+        return None
 
 
 def corrupt_bag(src: Path, dst: Path, condition: str, cfg: AqrConfig, seed: int = 0) -> dict[str, int]:

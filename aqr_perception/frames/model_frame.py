@@ -39,14 +39,19 @@ def to_model_frame(arrays: ModelArrays, deg: float) -> ModelArrays:
     return replace(arrays, points=points, lidar2img=lidar2img)
 
 
+def turn_boxes(boxes: np.ndarray, deg: float) -> np.ndarray:
+    """(N, 9) ``[x, y, z, dx, dy, dz, yaw, vx, vy]`` turned about z by ``deg``: centres and
+    velocities rotated, headings plus ``deg`` (wrapped to [-pi, pi]); same dtype."""
+    R = yaw_rotation(deg)[:2, :2]
+    out = np.array(boxes, dtype=np.float64)
+    out[:, 0:2] = out[:, 0:2] @ R.T
+    out[:, 7:9] = out[:, 7:9] @ R.T
+    out[:, 6] = (out[:, 6] + math.radians(deg) + math.pi) % (2 * math.pi) - math.pi
+    return out.astype(np.asarray(boxes).dtype)
+
+
 def from_model_frame(det: FrameDetections, deg: float) -> FrameDetections:
-    """Detections of the model frame in the LiDAR frame: centres and velocities turned back
-    by ``deg``, headings less ``deg`` (wrapped to [-pi, pi)). 0 returns ``det``."""
+    """Detections of the model frame in the LiDAR frame (turned back by ``deg``). 0 returns ``det``."""
     if deg == 0 or not len(det):
         return det
-    back = yaw_rotation(-deg)[:2, :2]
-    boxes = np.array(det.boxes, dtype=np.float64)
-    boxes[:, 0:2] = boxes[:, 0:2] @ back.T
-    boxes[:, 7:9] = boxes[:, 7:9] @ back.T
-    boxes[:, 6] = (boxes[:, 6] - math.radians(deg) + math.pi) % (2 * math.pi) - math.pi
-    return replace(det, boxes=boxes.astype(det.boxes.dtype))
+    return replace(det, boxes=turn_boxes(det.boxes, -deg))

@@ -20,6 +20,9 @@ from aqr_perception.data.bag_order import Message
 from aqr_perception.ros.dds_env import apply_loopback_dds_defaults
 from aqr_perception.stamps import ns_to_sec_nanosec
 
+#: the message type of a bag's ground truth, drawn as markers
+GT_TYPE = "vision_msgs/msg/Detection3DArray"
+
 
 class BagPlayer:
     """Publishers for a bag's topics on ``node``; :meth:`play` sends the messages."""
@@ -71,8 +74,7 @@ class BagPlayer:
                     count, _ = self.unplayable.get((conn.topic, conn.msgtype), (0, why))
                     self.unplayable[(conn.topic, conn.msgtype)] = (count + conn.msgcount, why)
             self.gt_topic = None
-            gt_type = "vision_msgs/msg/Detection3DArray"
-            if gt_markers is not None and any(c.topic == gt_markers[0] and c.msgtype == gt_type
+            if gt_markers is not None and any(c.topic == gt_markers[0] and c.msgtype == GT_TYPE
                                               for c in reader.connections):
                 from visualization_msgs.msg import MarkerArray
 
@@ -145,7 +147,8 @@ class BagPlayer:
         wall0 = time.monotonic()
         clock = None
         with self._reader_cls(self.bag) as reader:
-            conns = [c for c in reader.connections if c.id in self._played or c.topic == self.gt_topic]
+            conns = [c for c in reader.connections if c.id in self._played
+                     or (c.topic == self.gt_topic and c.msgtype == GT_TYPE)]
             messages = reader.messages(connections=conns)
             for conn, stamp, raw in (order(messages) if order is not None else messages):
                 if should_stop is not None and should_stop():
@@ -159,7 +162,7 @@ class BagPlayer:
                     gate(conn.topic, stamp)
                 if self.clock_pub is not None:
                     self._publish_clock(clock + time_shift_ns)
-                if conn.topic == self.gt_topic:
+                if conn.topic == self.gt_topic and conn.msgtype == GT_TYPE:
                     self._publish_gt_markers(bytes(raw))
                 self.clock_ns = clock
                 if conn.id in self._played:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from aqr_perception.config import AqrConfig
 from aqr_perception.data.bag_reader import read_frames
 from aqr_perception.data.ground_truth import GtFrame, read_ground_truth
+from aqr_perception.frames.model_frame import to_model_frame, turn_boxes
 from aqr_perception.frames.preprocess import ModelArrays
 from aqr_perception.model.batching import make_inputs
 from aqr_perception.model.detector import DetectorInputs
@@ -31,10 +32,11 @@ class Sample:
     stamp_ns: int
 
 
-def select_gt(gt: GtFrame, pc_range: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """GT boxes (LiDAR frame) seen by the LiDAR and inside the range."""
+def select_gt(gt: GtFrame, pc_range: list[float], yaw_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """GT boxes seen by the LiDAR and inside the range, in the model's frame (the LiDAR frame
+    turned by ``yaw_deg``, ``node.lidar_to_model_yaw_deg``, as the node turns its input)."""
     r = np.asarray(pc_range)
-    boxes = gt.lidar_boxes
+    boxes = turn_boxes(gt.lidar_boxes, yaw_deg) if yaw_deg else gt.lidar_boxes
     inside = np.all((boxes[:, :3] >= r[:3]) & (boxes[:, :3] <= r[3:]), axis=1)
     keep = inside & (gt.num_lidar_pts > 0)
     return boxes[keep], gt.labels[keep]
@@ -58,8 +60,9 @@ class DriveDataset(Dataset):
                 if frame.stamp_ns not in gts:
                     self.unannotated_frames += 1
                     continue
-                boxes, labels = select_gt(gts[frame.stamp_ns], cfg.model.point_cloud_range)
-                self.samples.append(Sample(frame.arrays, boxes, labels, frame.stamp_ns))
+                yaw = cfg.node.lidar_to_model_yaw_deg     # trained in the frame the node will run it in
+                boxes, labels = select_gt(gts[frame.stamp_ns], cfg.model.point_cloud_range, yaw)
+                self.samples.append(Sample(to_model_frame(frame.arrays, yaw), boxes, labels, frame.stamp_ns))
 
     def __len__(self) -> int:
         return len(self.samples)
