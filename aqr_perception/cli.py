@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     One bag: its report and pictures; several (repeated --bag, or a folder of bags): pooled."""
     import os
 
-    from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs
+    from aqr_perception.data.bag_reader import check_bag_topics, drive_pairs, ground_truth_beside
     from aqr_perception.data.ground_truth import read_ground_truth
 
     rate = [f"eval.replay_rate={args.rate}"] if args.rate is not None else []
@@ -113,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for given, path in list(zip(args.bag, paths)) + ([(args.gt, Path(args.gt))] if args.gt else []):
         if not path.exists():
             raise cfgmod.ConfigError(f"{given}: no such file or folder")
-    beside = paths[0].with_name(paths[0].name + ".gt.json")      # a single bag's ground truth
+    beside = ground_truth_beside(paths[0])                          # a single bag's ground truth
     single = len(paths) == 1 and (args.gt or beside.is_file()) \
         and int(os.environ.get("WORLD_SIZE", "1")) == 1
     if args.gt and not single:
@@ -236,6 +236,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README main job: the node replays the bundled drive with the bundled checkpoint."""
+    from aqr_perception.data.bag_reader import ground_truth_beside
     from aqr_perception.evaluation.evaluate import run_eval
     from aqr_perception.model.runtime import BUNDLED_CHECKPOINT
 
@@ -252,7 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(record)
-    result, report = run_eval(DEFAULT_BAG, DEFAULT_BAG.with_name(DEFAULT_BAG.name + ".gt.json"), cfg, "",
+    result, report = run_eval(DEFAULT_BAG, ground_truth_beside(DEFAULT_BAG), cfg, "",
                               args.mode, out, "cpu", quiet=True, record=record)
     _print_result(DEFAULT_BAG.name, result, report)
     by = "by the node" if args.mode == "replay" else "offline (the node's pipeline in this process)"
